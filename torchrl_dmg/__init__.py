@@ -1,0 +1,3 @@
+"""torchrl-dmg: Doubly Mild Generalization (DMG, NeurIPS 2024) for TorchRL."""
+
+__version__ = "0.1.0"

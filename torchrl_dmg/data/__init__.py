@@ -1,0 +1,1 @@
+"""Minari datasets for DMG: loading, normalisation and local generation."""

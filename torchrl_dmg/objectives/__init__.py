@@ -1,0 +1,11 @@
+"""Loss modules, mirroring :mod:`torchrl.objectives`."""
+
+from torchrl_dmg.objectives.dmg import (
+    IN_SAMPLE_ESTIMATORS,
+    DMGLoss,
+    expectile_loss,
+    gumbel_loss,
+    sparse_loss,
+)
+
+__all__ = ["DMGLoss", "IN_SAMPLE_ESTIMATORS", "expectile_loss", "gumbel_loss", "sparse_loss"]

@@ -1,0 +1,249 @@
+"""Minari datasets as TorchRL transition TensorDicts.
+
+We read Minari's own episode API (``minari.load_dataset(...).iterate_episodes()``) rather
+than :class:`torchrl.data.datasets.MinariExperienceReplay`: with tensordict 0.14 the
+latter returns all-zero data for local datasets (it stores ``memmap_like`` of the data,
+an empty copy), it writes a second full copy of every dataset to disk on each load, and
+it neither flattens goal-conditioned observations nor converts float64 to float32.
+The result here is one TED-format TensorDict (``observation``, ``action``,
+``("next", "observation"/"reward"/"terminated"/"truncated"/"done")``) that is put in a
+TorchRL replay buffer or kept on the training device as is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from torchrl_dmg.data.local import dataset_path, is_complete
+
+# Local datasets the project can make itself, by id pattern -> generator.
+_POINTMAZE_ID = re.compile(r"^local/pointmaze/(umaze|medium|large)-v0$")
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset id that is neither stored locally nor reachable remotely."""
+
+
+def _generator_for(dataset_id: str) -> Callable[[], str] | None:
+    match = _POINTMAZE_ID.match(dataset_id)
+    if match:
+        from torchrl_dmg.data.pointmaze import generate_pointmaze_dataset
+
+        maze = match.group(1)
+        return lambda: generate_pointmaze_dataset(maze=maze, dataset_id=dataset_id)
+    return None
+
+
+def ensure_dataset(dataset_id: str, *, download: bool = True):
+    """Return the :class:`minari.MinariDataset` for ``dataset_id``, making it available first.
+
+    Order: a complete local copy (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``);
+    a dataset this project generates (``local/pointmaze/<maze>-v0``), generated once;
+    Minari's remote server (``download=True``). Anything else fails early with a
+    message that names the dataset and the ways to provide it.
+    """
+    import minari
+
+    if is_complete(dataset_id):
+        return minari.load_dataset(dataset_id)
+    generator = _generator_for(dataset_id)
+    if generator is not None:
+        generator()
+        return minari.load_dataset(dataset_id)
+    if dataset_path(dataset_id).exists():
+        raise DatasetUnavailableError(
+            f"Dataset '{dataset_id}' exists at {dataset_path(dataset_id)} but is incomplete or "
+            "corrupt. Delete that directory and download or regenerate it."
+        )
+    hint = (
+        f"Dataset '{dataset_id}' is not stored locally (looked in {dataset_path(dataset_id)}). "
+        "Either set MINARI_DATASETS_PATH to a directory that holds it, generate a local one "
+        "(e.g. dataset=local/pointmaze/medium-v0, made on first use), or download it on a "
+        f"machine with internet: `minari download {dataset_id}`."
+    )
+    if not download:
+        raise DatasetUnavailableError(hint)
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as err:  # network errors come in many types (requests, gcs, OSError)
+        raise DatasetUnavailableError(
+            f"Could not download '{dataset_id}' from Minari's remote server "
+            f"({type(err).__name__}: {str(err)[:200]}). {hint}"
+        ) from None
+    return minari.load_dataset(dataset_id)
+
+
+def _flatten_obs(obs, obs_keys: Sequence[str] | None) -> np.ndarray:
+    if isinstance(obs, dict):
+        if obs_keys is None:
+            raise ValueError(
+                f"The dataset has dict observations with keys {sorted(obs)}; give obs_keys "
+                "(e.g. ['observation', 'desired_goal']) to choose which are concatenated."
+            )
+        missing = [k for k in obs_keys if k not in obs]
+        if missing:
+            raise KeyError(f"obs_keys {missing} not in the dataset's observations {sorted(obs)}.")
+        return np.concatenate([np.asarray(obs[k]) for k in obs_keys], axis=-1)
+    return np.asarray(obs)
+
+
+def default_obs_keys(dataset) -> list[str] | None:
+    """Observation then desired goal for goal-conditioned (dict) observations, else ``None``."""
+    import gymnasium as gym
+
+    space = dataset.observation_space
+    if isinstance(space, gym.spaces.Dict):
+        return [k for k in ("observation", "desired_goal") if k in space.spaces]
+    return None
+
+
+def load_transitions(
+    dataset, obs_keys: Sequence[str] | None = None, *, progress: bool = False
+) -> TensorDict:
+    """Every transition of a Minari dataset as one float32 TED TensorDict.
+
+    Dict observations are flattened by concatenating ``obs_keys`` in order (the
+    evaluation env uses the same order, see :func:`torchrl_dmg.envs.make_env`).
+    """
+    from tqdm.auto import tqdm
+
+    obs, next_obs, actions, rewards, terms, truncs, episode = [], [], [], [], [], [], []
+    for ep in tqdm(
+        dataset.iterate_episodes(),
+        total=dataset.total_episodes,
+        desc="loading episodes",
+        disable=not progress,
+    ):
+        o = _flatten_obs(ep.observations, obs_keys)
+        n = len(ep.actions)
+        obs.append(o[:n])
+        next_obs.append(o[1 : n + 1])
+        actions.append(np.asarray(ep.actions).reshape(n, -1))
+        rewards.append(np.asarray(ep.rewards).reshape(n))
+        terms.append(np.asarray(ep.terminations).reshape(n))
+        truncs.append(np.asarray(ep.truncations).reshape(n))
+        episode.append(np.full(n, ep.id))
+
+    def cat(xs, dtype):
+        return torch.from_numpy(np.concatenate(xs)).to(dtype)
+
+    terminated = cat(terms, torch.bool).unsqueeze(-1)
+    truncated = cat(truncs, torch.bool).unsqueeze(-1)
+    size = terminated.shape[0]
+    return TensorDict(
+        {
+            "observation": cat(obs, torch.float32),
+            "action": cat(actions, torch.float32),
+            "episode": cat(episode, torch.int64),
+            "next": {
+                "observation": cat(next_obs, torch.float32),
+                "reward": cat(rewards, torch.float32).unsqueeze(-1),
+                "terminated": terminated,
+                "truncated": truncated,
+                "done": terminated | truncated,
+            },
+        },
+        batch_size=[size],
+    )
+
+
+def observation_stats(data: TensorDict, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and ``std + eps`` of the dataset's observations (the spec's state normalisation)."""
+    obs = data["observation"]
+    return obs.mean(0), obs.std(0) + eps
+
+
+@dataclass
+class OfflineDataset:
+    """A loaded offline dataset and what evaluating on it needs.
+
+    Attributes:
+        dataset_id: the Minari id it came from.
+        data: every transition, TED format, float32, already normalised/shifted as requested.
+        obs_keys: the dict-observation keys concatenated into ``observation`` (or ``None``).
+        obs_loc, obs_scale: the normalisation applied to observations (identity if off);
+            the evaluation env applies the same ones.
+        reward_shift: added to every dataset reward (AntMaze: -1).
+        minari_dataset: the underlying :class:`minari.MinariDataset`.
+    """
+
+    dataset_id: str
+    data: TensorDict
+    obs_keys: list[str] | None
+    obs_loc: torch.Tensor
+    obs_scale: torch.Tensor
+    reward_shift: float
+    minari_dataset: object
+
+    @property
+    def obs_dim(self) -> int:
+        return self.data["observation"].shape[-1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.data["action"].shape[-1]
+
+    @property
+    def action_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        space = self.minari_dataset.action_space
+        return (
+            torch.as_tensor(space.low, dtype=torch.float32),
+            torch.as_tensor(space.high, dtype=torch.float32),
+        )
+
+    def normalized_score(self, returns: np.ndarray | torch.Tensor | float) -> np.ndarray:
+        """``100 · (R - R_random) / (R_expert - R_random)`` with the dataset's reference scores."""
+        import minari
+
+        returns = np.asarray(torch.as_tensor(returns).cpu(), dtype=np.float64)
+        return 100.0 * np.asarray(minari.get_normalized_score(self.minari_dataset, returns))
+
+    @property
+    def has_reference_scores(self) -> bool:
+        meta = self.minari_dataset.storage.metadata
+        return meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None
+
+
+def load_offline_dataset(
+    dataset_id: str,
+    *,
+    obs_keys: Sequence[str] | None = None,
+    normalize_obs: bool = False,
+    obs_eps: float = 1e-3,
+    reward_shift: float = 0.0,
+    download: bool = True,
+    progress: bool = True,
+) -> OfflineDataset:
+    """Load (generating or downloading if needed) and preprocess an offline dataset.
+
+    Normalisation statistics are computed here, once, and applied to the stored
+    transitions; the same ``obs_loc``/``obs_scale`` go to the evaluation env.
+    """
+    dataset = ensure_dataset(dataset_id, download=download)
+    if obs_keys is None:
+        obs_keys = default_obs_keys(dataset)
+    data = load_transitions(dataset, obs_keys, progress=progress)
+    obs_dim = data["observation"].shape[-1]
+    if normalize_obs:
+        loc, scale = observation_stats(data, obs_eps)
+        data["observation"] = (data["observation"] - loc) / scale
+        data["next", "observation"] = (data["next", "observation"] - loc) / scale
+    else:
+        loc, scale = torch.zeros(obs_dim), torch.ones(obs_dim)
+    if reward_shift:
+        data["next", "reward"] = data["next", "reward"] + reward_shift
+    return OfflineDataset(
+        dataset_id=dataset_id,
+        data=data,
+        obs_keys=list(obs_keys) if obs_keys is not None else None,
+        obs_loc=loc,
+        obs_scale=scale,
+        reward_shift=float(reward_shift),
+        minari_dataset=dataset,
+    )

@@ -1,0 +1,96 @@
+"""Environments that see observations exactly as the offline data stores them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchrl.envs import (
+    CatTensors,
+    DoubleToFloat,
+    EnvBase,
+    GymWrapper,
+    ObservationNorm,
+    SerialEnv,
+    TransformedEnv,
+)
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from torchrl_dmg.data.offline import OfflineDataset
+
+
+def _base_env(dataset: OfflineDataset, eval_env: bool) -> EnvBase:
+    gym_env = dataset.minari_dataset.recover_environment(eval_env=eval_env)
+    return GymWrapper(gym_env)
+
+
+def make_env(
+    dataset: OfflineDataset,
+    *,
+    num_envs: int = 1,
+    eval_env: bool = True,
+    device: torch.device | str = "cpu",
+) -> TransformedEnv:
+    """TorchRL env for ``dataset`` with the same observation pipeline as its transitions.
+
+    Dict observations are concatenated in ``dataset.obs_keys`` order into ``observation``,
+    cast to float32 and normalised with the dataset's ``obs_loc``/``obs_scale`` (identity
+    when normalisation is off). Rewards are left raw: scores use the env's own returns.
+    ``num_envs > 1`` batches copies with :class:`~torchrl.envs.SerialEnv`.
+    """
+
+    def factory() -> EnvBase:
+        return _base_env(dataset, eval_env)
+
+    base = factory() if num_envs == 1 else SerialEnv(num_envs, factory)
+    transforms = []
+    if dataset.obs_keys is not None:
+        transforms.append(
+            CatTensors(in_keys=list(dataset.obs_keys), out_key="observation", del_keys=True)
+        )
+    transforms.append(DoubleToFloat())
+    transforms.append(
+        ObservationNorm(
+            loc=dataset.obs_loc.clone(),
+            scale=dataset.obs_scale.clone(),
+            in_keys=["observation"],
+            standard_normal=True,
+        )
+    )
+    env = TransformedEnv(base, transforms[0])
+    for t in transforms[1:]:
+        env.append_transform(t)
+    return env.to(device)
+
+
+def episode_returns(rollout) -> torch.Tensor:
+    """Return of the first episode of each env in a ``[num_envs, T]`` rollout."""
+    reward = rollout["next", "reward"].reshape(*rollout.batch_size, -1)[..., 0]
+    done = rollout["next", "done"].reshape(*rollout.batch_size, -1)[..., 0].to(torch.int64)
+    after_first_done = (done.cumsum(-1) - done) > 0
+    return torch.where(after_first_done, torch.zeros_like(reward), reward).sum(-1)
+
+
+@torch.no_grad()
+def evaluate(env: EnvBase, policy, *, max_steps: int, seed: int | None = None) -> np.ndarray:
+    """Deterministic returns of one episode per batched env copy.
+
+    Runs ``max_steps`` steps (the env's time limit), so every copy finishes its first
+    episode; anything after a copy's first ``done`` is ignored.
+    """
+    if seed is not None:
+        env.set_seed(seed)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+    if not env.batch_size:
+        rollout = rollout.unsqueeze(0)
+    return episode_returns(rollout).cpu().numpy().astype(np.float64)
+
+
+def max_episode_steps(dataset: OfflineDataset, eval_env: bool = True) -> int:
+    """The time limit of the dataset's (evaluation) environment."""
+    spec = dataset.minari_dataset.recover_environment(eval_env=eval_env).spec
+    if spec is None or spec.max_episode_steps is None:
+        raise ValueError(
+            f"The environment of '{dataset.dataset_id}' has no time limit; set eval.max_steps."
+        )
+    return int(spec.max_episode_steps)

@@ -1,0 +1,121 @@
+"""Run directories: resolved config, metrics CSV, optional TensorBoard / wandb mirror."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("sanitize"):
+        # dataset ids contain slashes; run directory names must not
+        OmegaConf.register_new_resolver("sanitize", lambda s: str(s).replace("/", "-"))
+
+
+_register_resolvers()
+
+
+class MetricsLogger:
+    """Appends rows to ``<run_dir>/metrics.csv`` and mirrors scalars to TensorBoard or wandb.
+
+    The CSV is the record: one row per logging event with ``step`` and ``kind``
+    (``train``/``eval``/``online``...), columns added as new metrics appear (the file is
+    rewritten then, atomically). ``backend`` ``"tensorboard"`` and ``"wandb"`` mirror the
+    same scalars through TorchRL's loggers; wandb runs in offline mode when no account
+    is configured (``WANDB_API_KEY`` unset and no ``wandb login``).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        backend: str = "csv",
+        project: str = "torchrl-dmg",
+        experiment_name: str | None = None,
+        config: dict | None = None,
+    ) -> None:
+        if backend not in ("csv", "tensorboard", "wandb"):
+            raise ValueError(f"logger.backend must be csv, tensorboard or wandb, got {backend!r}.")
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        self.fields: list[str] = []
+        if self.path.exists():  # resuming: keep what was logged before
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                self.rows = list(reader)
+        self.mirror = None
+        name = experiment_name or self.run_dir.name
+        if backend == "tensorboard":
+            from torchrl.record.loggers import TensorboardLogger
+
+            self.mirror = TensorboardLogger(exp_name=name, log_dir=str(self.run_dir / "tb"))
+        elif backend == "wandb":
+            from torchrl.record.loggers import WandbLogger
+
+            offline = not _wandb_has_account()
+            self.mirror = WandbLogger(
+                exp_name=name,
+                save_dir=str(self.run_dir),
+                project=project,
+                offline=offline,
+                config=config,
+            )
+
+    def log(self, step: int, kind: str, metrics: dict[str, float]) -> None:
+        row = {"step": int(step), "kind": kind, **{k: float(v) for k, v in metrics.items()}}
+        new = [k for k in row if k not in self.fields]
+        self.rows.append(row)
+        if new:
+            self.fields += new
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+        if self.mirror is not None:
+            for k, v in metrics.items():
+                self.mirror.log_scalar(f"{kind}/{k}", float(v), step=int(step))
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (resuming from a checkpoint taken at ``step``)."""
+        self.rows = [r for r in self.rows if int(float(r["step"])) <= step]
+        if self.path.exists():
+            self._rewrite()
+
+
+def _wandb_has_account() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    if os.environ.get("WANDB_MODE") == "offline":
+        return False
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text()
+
+
+def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as ``config.yaml`` (and return its path)."""
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)

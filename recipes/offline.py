@@ -125,7 +125,12 @@ def main(cfg: DictConfig) -> dict:
     last_score = float("nan")
     train_time = 0.0
     bar = tqdm(
-        total=cfg.steps, initial=step, disable=not cfg.progress, desc="dmg", unit="step", mininterval=1.0
+        total=cfg.steps,
+        initial=step,
+        disable=not cfg.progress,
+        desc="dmg",
+        unit="step",
+        mininterval=1.0,
     )
     while step < cfg.steps:
         t0 = time.perf_counter()

@@ -45,7 +45,9 @@ def make_env(
     transforms = []
     if dataset.obs_keys is not None:
         transforms.append(
-            CatTensors(in_keys=list(dataset.obs_keys), out_key="observation", del_keys=True)
+            CatTensors(
+                in_keys=list(dataset.obs_keys), out_key="observation", del_keys=True, sort=False
+            )
         )
     transforms.append(DoubleToFloat())
     transforms.append(

@@ -12,7 +12,9 @@ TorchRL replay buffer or kept on the training device as is.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,17 +32,19 @@ class DatasetUnavailableError(RuntimeError):
     """A dataset id that is neither stored locally nor reachable remotely."""
 
 
-def _generator_for(dataset_id: str) -> Callable[[], str] | None:
+def _generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
     match = _POINTMAZE_ID.match(dataset_id)
     if match:
         from torchrl_dmg.data.pointmaze import generate_pointmaze_dataset
 
         maze = match.group(1)
-        return lambda: generate_pointmaze_dataset(maze=maze, dataset_id=dataset_id)
+        return lambda: generate_pointmaze_dataset(
+            maze=maze, dataset_id=dataset_id, progress=progress
+        )
     return None
 
 
-def ensure_dataset(dataset_id: str, *, download: bool = True):
+def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
     """Return the :class:`minari.MinariDataset` for ``dataset_id``, making it available first.
 
     Order: a complete local copy (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``);
@@ -52,7 +56,7 @@ def ensure_dataset(dataset_id: str, *, download: bool = True):
 
     if is_complete(dataset_id):
         return minari.load_dataset(dataset_id)
-    generator = _generator_for(dataset_id)
+    generator = _generator_for(dataset_id, progress)
     if generator is not None:
         generator()
         return minari.load_dataset(dataset_id)
@@ -69,6 +73,12 @@ def ensure_dataset(dataset_id: str, *, download: bool = True):
     )
     if not download:
         raise DatasetUnavailableError(hint)
+    host = _remote_host()
+    if host is not None and not _reachable(host):
+        raise DatasetUnavailableError(
+            f"Minari's remote server ({host}) is unreachable, so '{dataset_id}' cannot be "
+            f"downloaded here. {hint}"
+        )
     try:
         minari.download_dataset(dataset_id)
     except Exception as err:  # network errors come in many types (requests, gcs, OSError)
@@ -77,6 +87,24 @@ def ensure_dataset(dataset_id: str, *, download: bool = True):
             f"({type(err).__name__}: {str(err)[:200]}). {hint}"
         ) from None
     return minari.load_dataset(dataset_id)
+
+
+def _remote_host() -> str | None:
+    """Host behind Minari's remote (``$MINARI_REMOTE``, default Hugging Face), if known."""
+    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+    if remote.startswith("hf://"):
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].strip("/")
+    return None  # another backend: let Minari try and report
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """A TCP connection to ``host:443`` within ``timeout``: without it Minari would retry for
+    half a minute before failing."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _flatten_obs(obs, obs_keys: Sequence[str] | None) -> np.ndarray:
@@ -225,7 +253,7 @@ def load_offline_dataset(
     Normalisation statistics are computed here, once, and applied to the stored
     transitions; the same ``obs_loc``/``obs_scale`` go to the evaluation env.
     """
-    dataset = ensure_dataset(dataset_id, download=download)
+    dataset = ensure_dataset(dataset_id, download=download, progress=progress)
     if obs_keys is None:
         obs_keys = default_obs_keys(dataset)
     data = load_transitions(dataset, obs_keys, progress=progress)

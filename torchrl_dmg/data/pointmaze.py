@@ -12,8 +12,11 @@ this module recreates the recipe behind them:
   shortest path to the goal cell (:mod:`torchrl_dmg.data.maze`); the action is the PD law
   ``clip(kp * (waypoint - pos) - kd * vel, -1, 1)`` plus Gaussian noise, clipped again. Inside
   the goal cell the waypoint is the goal itself.
-* One continuous stream (the env is reset once); the stream is cut into episodes at every goal
-  reach and after ``max_episode_steps`` steps without one. Both cuts are ``truncated`` - the
+* One continuous stream (the env is reset once). Unlike D4RL, after reaching a goal the
+  controller holds it for a random 0..``max_dwell`` steps before a new goal is drawn: the
+  evaluation task rewards every step spent at the goal, and without such data holding the goal
+  is out of distribution (a policy trained without it runs through the goal). The stream is
+  cut into episodes at every goal change and after ``max_episode_steps`` steps without one. Both cuts are ``truncated`` - the
   task never terminates, so ``terminated`` is always False. Cutting at goal reaches keeps every
   stored transition within a single goal: the env only swaps the goal *after* computing the
   observation of the reaching step, so the next episode starts from the same state with the
@@ -73,7 +76,21 @@ DEFAULT_KD = 1.0
 #: Radius within which gymnasium-robotics counts the goal as reached (reward 1).
 GOAL_RADIUS = 0.45
 
-_GENERATOR_VERSION = 1
+#: Upper bound of the random number of steps the controller holds a reached goal.
+DEFAULT_MAX_DWELL = 100
+
+#: Bumped whenever the data a given set of arguments produces changes; older datasets are rebuilt.
+_GENERATOR_VERSION = 2
+
+
+def _stored_generator_version(dataset_id: str) -> int | None:
+    import minari
+
+    try:
+        meta = minari.load_dataset(dataset_id).storage.metadata
+        return int(meta.get("generator_params", {}).get("generator_version"))
+    except Exception:
+        return None
 
 
 def _register() -> None:
@@ -249,6 +266,7 @@ def _collect(
     max_episode_steps: int,
     split_on_success: bool,
     progress: bool,
+    max_dwell: int = 0,
 ) -> dict[str, np.ndarray]:
     """Run the controller for ``num_steps`` steps of one continuing stream.
 
@@ -273,6 +291,11 @@ def _collect(
 
     chunk = 2_000
     ep_len = 0
+    # After a reach the controller keeps steering to the same goal for U{0..max_dwell} steps
+    # (reward 1 while inside the radius) before the env may draw a new goal: the evaluation
+    # task pays for every step spent at the goal, so holding it must be in the data.
+    dwell_rng = np.random.default_rng(seed + 7)
+    dwell_left: int | None = None
     with tqdm(
         total=num_steps, disable=not progress, desc="pointmaze collect", unit="step", smoothing=0.1
     ) as bar:
@@ -280,14 +303,23 @@ def _collect(
             for k in keys:
                 out[f"obs_{k}"][t] = obs[k]
             action = controller(obs)
+            base.reset_target = dwell_left is not None and dwell_left <= 0
+            goal_before = base.goal.copy()
             next_obs, reward, _terminated, _truncated, info = base.step(action)
+            goal_changed = not np.array_equal(goal_before, base.goal)
+            if goal_changed:
+                dwell_left = None
+            elif info["success"] and dwell_left is None:
+                dwell_left = int(dwell_rng.integers(0, max_dwell + 1))
+            elif dwell_left is not None:
+                dwell_left -= 1
             out["action"][t] = action
             out["reward"][t] = reward
             out["success"][t] = info["success"]
             for k in keys:
                 out[f"next_{k}"][t] = next_obs[k]
             ep_len += 1
-            if (split_on_success and info["success"]) or ep_len >= max_episode_steps:
+            if (split_on_success and goal_changed) or ep_len >= max_episode_steps:
                 out["episode_end"][t] = True
                 ep_len = 0
                 # The env computed next_obs before moving the goal: start the next episode from
@@ -352,6 +384,7 @@ def generate_pointmaze_dataset(
     max_episode_steps: int | None = None,
     split_on_success: bool = True,
     num_ref_episodes: int = 30,
+    max_dwell: int = DEFAULT_MAX_DWELL,
 ) -> str:
     """Generate (or reuse) a local Minari PointMaze dataset and return its id.
 
@@ -370,6 +403,8 @@ def generate_pointmaze_dataset(
         split_on_success: also cut episodes at each goal reach (see the module docstring);
             with False episodes have fixed length and a goal may change inside one.
         num_ref_episodes: evaluation episodes for each reference score.
+        max_dwell: after each goal reach the controller holds the goal for a uniformly drawn
+            0..max_dwell further steps before a new goal is drawn (0: switch at once, as D4RL).
 
     Returns:
         the dataset id; load it with ``minari.load_dataset``. (TorchRL 0.14.1's
@@ -392,7 +427,9 @@ def generate_pointmaze_dataset(
     if num_steps <= 0:
         raise ValueError("num_steps must be positive")
     if not force and is_complete(dataset_id):
-        return dataset_id
+        if _stored_generator_version(dataset_id) == _GENERATOR_VERSION:
+            return dataset_id
+        # made by an older generator: rebuild rather than silently train on stale data
 
     env = _make_collection_env(maze, max_episode_steps)
     controller = WaypointController(
@@ -405,7 +442,14 @@ def generate_pointmaze_dataset(
     )
     try:
         data = _collect(
-            env, controller, num_steps, seed, max_episode_steps, split_on_success, progress
+            env,
+            controller,
+            num_steps,
+            seed,
+            max_episode_steps,
+            split_on_success,
+            progress,
+            max_dwell,
         )
     finally:
         env.close()
@@ -424,8 +468,9 @@ def generate_pointmaze_dataset(
         "kd": float(kd),
         "max_episode_steps": max_episode_steps,
         "split_on_success": bool(split_on_success),
+        "max_dwell": int(max_dwell),
         "num_ref_episodes": int(num_ref_episodes),
-        "goal_reaches": int(data["success"].sum()),
+        "steps_at_goal": int(data["success"].sum()),
     }
     description = (
         f"D4RL maze2d-style {env_id} data (sparse reward, continuing task, a new random goal "
@@ -433,7 +478,8 @@ def generate_pointmaze_dataset(
         f"action noise std {noise}; {num_steps} steps, seed {seed}. Episodes end (truncated, "
         f"never terminated) "
         + (
-            f"at each goal reach and after {max_episode_steps} steps without one"
+            f"at each goal change (after holding a reached goal for U{{0..{max_dwell}}} steps) "
+            f"and after {max_episode_steps} steps without one"
             if split_on_success
             else f"every {max_episode_steps} steps"
         )

@@ -35,6 +35,16 @@ def sparse_loss(diff: torch.Tensor, value: torch.Tensor, alpha: float) -> torch.
     return torch.where(x > 0, x.pow(2), torch.zeros_like(x)) + value / alpha
 
 
+def _require(tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor:
+    value = tensordict.get(key, None)
+    if value is None:
+        raise KeyError(
+            f"DMGLoss needs the key {key!r} in its input, which has keys "
+            f"{sorted(map(str, tensordict.keys(True, True)))}. Rename keys with loss.set_keys(...)."
+        )
+    return value
+
+
 class DMGLoss(LossModule):
     r"""Doubly Mild Generalization (DMG) loss.
 
@@ -156,7 +166,8 @@ class DMGLoss(LossModule):
             state_action_value (NestedKey): output of the critics. Defaults to
                 ``"state_action_value"``.
             reward (NestedKey): reward, read under ``"next"``. Defaults to ``"reward"``.
-            done (NestedKey): done flag, read under ``"next"`` (diagnostic only).
+            done (NestedKey): done flag; never read (DMG bootstraps through truncation),
+                kept so that ``set_keys`` calls shared with other TorchRL losses work.
                 Defaults to ``"done"``.
             terminated (NestedKey): termination flag, read under ``"next"``; the only
                 flag that stops bootstrapping. Defaults to ``"terminated"``.
@@ -193,6 +204,7 @@ class DMGLoss(LossModule):
     value_network_params: TensorDictParams
     target_actor_network_params: TensorDictParams
     target_qvalue_network_params: TensorDictParams
+    target_value_network_params: TensorDictParams  # a detached view: V has no target copy
 
     def __init__(
         self,
@@ -407,8 +419,8 @@ class DMGLoss(LossModule):
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """Critic regression on the DMG target; reaches only the critics."""
-        action = tensordict.get(self.tensor_keys.action)
-        next_td = tensordict.get("next")
+        action = _require(tensordict, self.tensor_keys.action)
+        next_td = _require(tensordict, "next")
         with torch.no_grad():
             noise = torch.randn_like(action) * self.policy_noise
             noise = noise.clamp(-self.noise_clip, self.noise_clip) * self.action_scale
@@ -420,8 +432,9 @@ class DMGLoss(LossModule):
             next_td = next_td.set(self.tensor_keys.action, next_action)
             next_q = self._qvalues(next_td, self.target_qvalue_network_params).min(0).values
             next_v = self._state_value(tensordict.get("next"))
-            reward = tensordict.get(("next", self.tensor_keys.reward)).squeeze(-1)
-            not_terminated = (~tensordict.get(("next", self.tensor_keys.terminated))).squeeze(-1)
+            reward = _require(tensordict, ("next", self.tensor_keys.reward)).squeeze(-1)
+            terminated = _require(tensordict, ("next", self.tensor_keys.terminated))
+            not_terminated = (~terminated.bool()).squeeze(-1)
             mixed = self.mixture_coef * next_q + (1.0 - self.mixture_coef) * next_v
             target = reward + self.gamma * not_terminated.to(reward.dtype) * mixed
         pred = self._qvalues(tensordict, self.qvalue_network_params)
@@ -434,7 +447,7 @@ class DMGLoss(LossModule):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """Normalised Q maximisation plus the advantage-weighted BC penalty; reaches only the actor."""
-        dataset_action = tensordict.get(self.tensor_keys.action)
+        dataset_action = _require(tensordict, self.tensor_keys.action)
         with torch.no_grad():
             adv = self._target_min_q(tensordict) - self._state_value(tensordict)
             raw_weight = (self.temperature * adv).exp()

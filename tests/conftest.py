@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny locally generated PointMaze dataset in a private Minari root."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("RL_WARNINGS", "False")
+warnings.filterwarnings("ignore", message=".*AdroitHand.*")
+
+TINY_DATASET = "local/pointmaze/umaze-v0"
+
+
+@pytest.fixture(scope="session")
+def minari_root(tmp_path_factory) -> str:
+    """A Minari datasets root holding a tiny UMaze dataset (made once per test session)."""
+    from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.data.pointmaze import generate_pointmaze_dataset
+
+    root = tmp_path_factory.mktemp("minari")
+    with minari_datasets_path(root):
+        generate_pointmaze_dataset(
+            maze="umaze", num_steps=3_000, seed=0, progress=False, num_ref_episodes=3
+        )
+    return str(root)
+
+
+@pytest.fixture
+def tiny_dataset_env(minari_root, monkeypatch) -> str:
+    """Point MINARI_DATASETS_PATH at the tiny dataset's root for one test."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", minari_root)
+    return TINY_DATASET

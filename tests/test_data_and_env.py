@@ -1,0 +1,139 @@
+"""Minari -> TensorDict loading, normalisation shared with the evaluation env, clear errors."""
+
+from __future__ import annotations
+
+import minari
+import numpy as np
+import pytest
+import torch
+
+from torchrl_dmg.data.offline import (
+    DatasetUnavailableError,
+    ensure_dataset,
+    load_offline_dataset,
+    load_transitions,
+)
+from torchrl_dmg.envs import episode_returns, evaluate, make_env, max_episode_steps
+
+
+def test_transitions_are_float32_with_observation_then_desired_goal(tiny_dataset_env):
+    dataset = minari.load_dataset(tiny_dataset_env)
+    data = load_transitions(dataset, ["observation", "desired_goal"])
+    episode = next(dataset.iterate_episodes())
+    n = len(episode.actions)
+    expected = np.concatenate(
+        [episode.observations["observation"], episode.observations["desired_goal"]], -1
+    )
+    assert data["observation"].dtype == torch.float32
+    assert data["action"].dtype == torch.float32
+    assert data["next", "reward"].dtype == torch.float32
+    torch.testing.assert_close(data["observation"][:n], torch.as_tensor(expected[:n]).float())
+    torch.testing.assert_close(
+        data["next", "observation"][:n], torch.as_tensor(expected[1 : n + 1]).float()
+    )
+    assert data.shape[0] == dataset.total_steps
+
+
+def test_episode_ends_are_truncations_and_done_is_their_union(tiny_dataset_env):
+    data = load_transitions(minari.load_dataset(tiny_dataset_env), ["observation", "desired_goal"])
+    assert not data["next", "terminated"].any()
+    assert data["next", "truncated"].sum() == minari.load_dataset(tiny_dataset_env).total_episodes
+    assert torch.equal(data["next", "done"], data["next", "terminated"] | data["next", "truncated"])
+
+
+def test_dict_observations_need_obs_keys(tiny_dataset_env):
+    with pytest.raises(ValueError, match="obs_keys"):
+        load_transitions(minari.load_dataset(tiny_dataset_env), None)
+
+
+def test_normalisation_uses_mean_and_std_plus_eps_and_is_applied_to_the_data(tiny_dataset_env):
+    raw = load_offline_dataset(tiny_dataset_env, progress=False)
+    norm = load_offline_dataset(tiny_dataset_env, normalize_obs=True, progress=False)
+    obs = raw.data["observation"]
+    torch.testing.assert_close(norm.obs_loc, obs.mean(0))
+    torch.testing.assert_close(norm.obs_scale, obs.std(0) + 1e-3)
+    torch.testing.assert_close(norm.data["observation"], (obs - norm.obs_loc) / norm.obs_scale)
+    torch.testing.assert_close(
+        norm.data["next", "observation"],
+        (raw.data["next", "observation"] - norm.obs_loc) / norm.obs_scale,
+    )
+
+
+def test_eval_env_applies_the_same_flattening_and_normalisation(tiny_dataset_env):
+    dataset = load_offline_dataset(tiny_dataset_env, normalize_obs=True, progress=False)
+    env = make_env(dataset)
+    td = env.reset(seed=0)
+    raw_env = dataset.minari_dataset.recover_environment(eval_env=True)
+    raw_obs, _ = raw_env.reset(seed=0)
+    flat = np.concatenate([raw_obs["observation"], raw_obs["desired_goal"]])
+    expected = (torch.as_tensor(flat, dtype=torch.float32) - dataset.obs_loc) / dataset.obs_scale
+    assert td["observation"].dtype == torch.float32
+    torch.testing.assert_close(td["observation"], expected)
+
+
+def test_reward_shift_is_added_to_dataset_rewards_only(tiny_dataset_env):
+    raw = load_offline_dataset(tiny_dataset_env, progress=False)
+    shifted = load_offline_dataset(tiny_dataset_env, reward_shift=-1.0, progress=False)
+    torch.testing.assert_close(shifted.data["next", "reward"], raw.data["next", "reward"] - 1.0)
+
+
+def test_normalized_score_uses_the_reference_scores(tiny_dataset_env):
+    dataset = load_offline_dataset(tiny_dataset_env, progress=False)
+    meta = dataset.minari_dataset.storage.metadata
+    lo, hi = meta["ref_min_score"], meta["ref_max_score"]
+    assert dataset.has_reference_scores
+    np.testing.assert_allclose(dataset.normalized_score(np.array([lo, hi])), [0.0, 100.0])
+
+
+def test_episode_returns_count_only_the_first_episode_of_each_env():
+    from tensordict import TensorDict
+
+    reward = torch.tensor([[1.0, 1.0, 1.0, 5.0], [2.0, 2.0, 2.0, 2.0]]).unsqueeze(-1)
+    done = torch.tensor([[False, False, True, False], [False, False, False, True]]).unsqueeze(-1)
+    rollout = TensorDict({("next", "reward"): reward, ("next", "done"): done}, batch_size=[2, 4])
+    torch.testing.assert_close(episode_returns(rollout), torch.tensor([3.0, 8.0]))
+
+
+def test_evaluate_runs_one_episode_per_env_copy(tiny_dataset_env):
+    dataset = load_offline_dataset(tiny_dataset_env, normalize_obs=True, progress=False)
+    env = make_env(dataset, num_envs=2)
+    assert max_episode_steps(dataset) == 300
+
+    def zero_policy(td):
+        return td.set("action", torch.zeros(*td.batch_size, 2))
+
+    returns = evaluate(env, zero_policy, max_steps=20, seed=0)
+    assert returns.shape == (2,)
+
+
+def test_unknown_dataset_without_download_fails_early_with_a_hint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(
+        DatasetUnavailableError, match="mujoco/hopper/medium-v0.*not stored locally"
+    ):
+        ensure_dataset("mujoco/hopper/medium-v0", download=False)
+
+
+def test_unreachable_remote_fails_fast_with_the_dataset_name(tmp_path, monkeypatch):
+    import minari as minari_module
+
+    import torchrl_dmg.data.offline as offline
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    monkeypatch.setattr(offline, "_reachable", lambda host, timeout=3.0: False)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("must not try to download when the remote is unreachable")
+
+    monkeypatch.setattr(minari_module, "download_dataset", no_download)
+    with pytest.raises(DatasetUnavailableError, match="unreachable.*mujoco/hopper/medium-v0"):
+        ensure_dataset("mujoco/hopper/medium-v0", download=True)
+
+
+def test_incomplete_local_dataset_is_reported_not_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    broken = tmp_path / "someone" / "broken-v0" / "data"
+    broken.mkdir(parents=True)
+    (broken / "main_data.hdf5").write_bytes(b"not hdf5")
+    with pytest.raises(DatasetUnavailableError, match="incomplete or corrupt"):
+        ensure_dataset("someone/broken-v0", download=False)

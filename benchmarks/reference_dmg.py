@@ -17,7 +17,11 @@ from torch.nn import functional as F
 
 def _mlp(inp: int, out: int, hidden: int = 256) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out)
+        nn.Linear(inp, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out),
     )
 
 
@@ -77,7 +81,9 @@ class ReferenceDMG:
         self.value_opt.step()
         # critic step
         with torch.no_grad():
-            noise = (torch.randn_like(action) * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
+            noise = (torch.randn_like(action) * self.policy_noise).clamp(
+                -self.noise_clip, self.noise_clip
+            )
             next_action = (self.pi(self.actor_target, next_obs) + noise * self.max_action).clamp(
                 -self.max_action, self.max_action
             )
@@ -92,7 +98,9 @@ class ReferenceDMG:
         # delayed actor step
         if self.total_it % self.policy_freq == 0:
             with torch.no_grad():
-                weight = torch.exp(self.alpha * (target_q - self.value(obs))).clamp(max=self.max_weight)
+                weight = torch.exp(self.alpha * (target_q - self.value(obs))).clamp(
+                    max=self.max_weight
+                )
             pi = self.pi(self.actor, obs)
             psa = torch.cat([obs, pi], -1)
             q = torch.min(self.q1(psa), self.q2(psa))
@@ -102,6 +110,10 @@ class ReferenceDMG:
             actor_loss.backward()
             self.actor_opt.step()
             with torch.no_grad():
-                for net, tgt in ((self.actor, self.actor_target), (self.q1, self.q1_target), (self.q2, self.q2_target)):
-                    for p, tp in zip(net.parameters(), tgt.parameters()):
+                for net, tgt in (
+                    (self.actor, self.actor_target),
+                    (self.q1, self.q1_target),
+                    (self.q2, self.q2_target),
+                ):
+                    for p, tp in zip(net.parameters(), tgt.parameters(), strict=True):
                         tp.data.copy_(self.tau * p.data + (1 - self.tau) * tp.data)

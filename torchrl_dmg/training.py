@@ -15,7 +15,7 @@ from torchrl.objectives import SoftUpdate
 
 from torchrl_dmg.objectives import DMGLoss
 
-UpdateMode = Literal["eager", "compile"]
+UpdateMode = Literal["eager", "compile", "cudagraphs"]
 
 
 class DMGUpdater:
@@ -33,7 +33,9 @@ class DMGUpdater:
         policy_freq: critic steps per actor step (spec: 2).
         actor_cosine_steps: if given, the actor's learning rate follows a cosine
             schedule over this many *actor* updates (spec, offline phase).
-        mode: ``"eager"`` or ``"compile"`` (``torch.compile`` of both step functions).
+        mode: ``"eager"``, ``"compile"`` (``torch.compile``) or ``"cudagraphs"``
+            (``torch.compile`` + :class:`tensordict.nn.CudaGraphModule`, CUDA only).
+        cudagraph_warmup: eager calls before a graph is captured (``"cudagraphs"`` only).
     """
 
     def __init__(
@@ -45,18 +47,31 @@ class DMGUpdater:
         policy_freq: int = 2,
         actor_cosine_steps: int | None = None,
         mode: UpdateMode = "eager",
+        cudagraph_warmup: int = 3,
     ) -> None:
         if policy_freq < 1:
             raise ValueError(f"policy_freq must be >= 1, got {policy_freq}.")
-        if mode not in ("eager", "compile"):
-            raise ValueError(f"mode must be 'eager' or 'compile', got {mode!r}.")
+        if mode not in ("eager", "compile", "cudagraphs"):
+            raise ValueError(f"mode must be 'eager', 'compile' or 'cudagraphs', got {mode!r}.")
+        device = next(iter(loss.parameters())).device
+        if mode == "cudagraphs" and device.type != "cuda":
+            raise ValueError(
+                f"mode='cudagraphs' needs the loss on a CUDA device (it is on {device}); "
+                "use mode='compile' or 'eager' on CPU."
+            )
         self.loss = loss
         self.policy_freq = policy_freq
         self.mode = mode
-        fused = {"fused": True} if _fused_adam_ok(loss) else {}
-        self.optim_value = torch.optim.Adam(_params(loss.value_network_params), lr=lr, **fused)
-        self.optim_qvalue = torch.optim.Adam(_params(loss.qvalue_network_params), lr=lr, **fused)
-        self.optim_actor = torch.optim.Adam(_params(loss.actor_network_params), lr=lr, **fused)
+        # Fused Adam is one kernel per step. Under CUDA graphs the optimisers must be
+        # capturable and read the learning rate from a device tensor, which the cosine
+        # schedule then updates in place (``fill_``) between replays.
+        graphs = mode == "cudagraphs"
+        opt_kwargs: dict[str, Any] = {"fused": device.type in ("cpu", "cuda")}
+        if graphs:
+            opt_kwargs["capturable"] = True
+        self.optim_value = self._adam(loss.value_network_params, lr, graphs, device, opt_kwargs)
+        self.optim_qvalue = self._adam(loss.qvalue_network_params, lr, graphs, device, opt_kwargs)
+        self.optim_actor = self._adam(loss.actor_network_params, lr, graphs, device, opt_kwargs)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optim_actor, T_max=actor_cosine_steps)
             if actor_cosine_steps
@@ -64,16 +79,35 @@ class DMGUpdater:
         )
         self.target_updater = SoftUpdate(loss, tau=tau)
         self.num_updates = 0
-        # Loss + backward are what gets compiled; the fused optimiser steps and the
-        # target update stay eager (a compiled optimiser step recompiles whenever the
-        # cosine schedule changes the learning rate, i.e. at every actor step).
+        # What gets compiled: in "compile" mode the loss + backward of each network (the
+        # fused optimiser steps stay eager: a compiled step with a float learning rate
+        # recompiles whenever the cosine schedule changes it). In "cudagraphs" mode the
+        # whole critic step and the whole actor step, each captured as its own graph; the
+        # delay counter stays in Python, so no branch lives inside a graph.
         self._value_backward = self.value_backward
         self._qvalue_backward = self.qvalue_backward
         self._actor_backward = self.actor_backward
+        self._critic_step = self.critic_step
+        self._actor_step = self.actor_step
         if mode == "compile":
             self._value_backward = torch.compile(self.value_backward)
             self._qvalue_backward = torch.compile(self.qvalue_backward)
             self._actor_backward = torch.compile(self.actor_backward)
+        elif graphs:
+            from tensordict.nn import CudaGraphModule
+
+            self._critic_step = CudaGraphModule(
+                torch.compile(self.critic_step), in_keys=[], out_keys=[], warmup=cudagraph_warmup
+            )
+            self._actor_step = CudaGraphModule(
+                torch.compile(self.actor_step), in_keys=[], out_keys=[], warmup=cudagraph_warmup
+            )
+
+    @staticmethod
+    def _adam(params_td, lr, graphs, device, kwargs) -> torch.optim.Adam:
+        if graphs:
+            lr = torch.tensor(lr, device=device)
+        return torch.optim.Adam(_params(params_td), lr=lr, **kwargs)
 
     def value_backward(self, batch: TensorDict) -> tuple[torch.Tensor, dict]:
         loss_value, metadata = self.loss.value_loss(batch)
@@ -112,10 +146,10 @@ class DMGUpdater:
 
     def update(self, batch: TensorDict) -> TensorDict:
         """One iteration on ``batch``; returns detached metrics (actor ones on actor steps)."""
-        metrics = self.critic_step(batch)
+        metrics = self._critic_step(batch)
         self.num_updates += 1
         if self.num_updates % self.policy_freq == 0:
-            metrics.update(self.actor_step(batch))
+            metrics.update(self._actor_step(batch))
             if self.scheduler is not None:
                 self.scheduler.step()
         return metrics
@@ -146,12 +180,6 @@ class DMGUpdater:
 
 def _params(params_td) -> list[torch.Tensor]:
     return list(params_td.values(include_nested=True, leaves_only=True))
-
-
-def _fused_adam_ok(loss: DMGLoss) -> bool:
-    # Fused Adam is one kernel per step on CPU and CUDA; it is the fastest stock option.
-    device = next(iter(loss.parameters())).device
-    return device.type in ("cpu", "cuda")
 
 
 # ---------------------------------------------------------------- reproducibility

@@ -54,11 +54,11 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
     """
     import minari
 
-    if is_complete(dataset_id):
-        return minari.load_dataset(dataset_id)
     generator = _generator_for(dataset_id, progress)
     if generator is not None:
-        generator()
+        generator()  # returns at once when an up-to-date complete copy exists
+        return minari.load_dataset(dataset_id)
+    if is_complete(dataset_id):
         return minari.load_dataset(dataset_id)
     if dataset_path(dataset_id).exists():
         raise DatasetUnavailableError(

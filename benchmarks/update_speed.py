@@ -1,0 +1,181 @@
+"""Updates per second of DMG implementations, measured side by side in one process.
+
+    python benchmarks/update_speed.py                       # CPU: reference, eager, compile
+    python benchmarks/update_speed.py --device cuda         # + compile with CUDA graphs
+
+Modes (each a full DMG iteration: value step, critic step, actor step every 2nd iteration,
+Polyak target update; batch 256, 256-256 networks):
+
+* ``reference``      plain eager PyTorch written straight from the spec (benchmarks/reference_dmg.py)
+* ``eager``          ``DMGUpdater`` + ``DMGLoss``, critics vmapped
+* ``eager-loop``     the same with a Python loop over the two critics (``deactivate_vmap``)
+* ``compile``        ``torch.compile`` of the loss + backward of each network
+* ``cudagraphs``     ``torch.compile`` + ``CudaGraphModule`` of the critic step and the actor step
+
+Every mode samples its batches the same way (indices drawn on the device from a dataset held
+on the device). After a warm-up (compilation and graph capture are reported separately), the
+modes are timed in interleaved rounds and the median round is reported, with the ratio to
+``reference``. Results are printed as a table and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_dmg import ReferenceDMG  # noqa: E402
+
+from torchrl_dmg.models import make_dmg_networks  # noqa: E402
+from torchrl_dmg.objectives import DMGLoss  # noqa: E402
+from torchrl_dmg.training import DMGUpdater  # noqa: E402
+
+PROBLEMS = {"locomotion": (17, 6), "antmaze": (29, 8)}
+
+
+def random_dataset(obs_dim: int, act_dim: int, size: int, device: torch.device) -> TensorDict:
+    g = torch.Generator().manual_seed(0)
+    return TensorDict(
+        {
+            "observation": torch.randn(size, obs_dim, generator=g),
+            "action": torch.rand(size, act_dim, generator=g) * 2 - 1,
+            "next": {
+                "observation": torch.randn(size, obs_dim, generator=g),
+                "reward": torch.randn(size, 1, generator=g),
+                "terminated": torch.rand(size, 1, generator=g) < 0.01,
+                "done": torch.zeros(size, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[size],
+    ).to(device)
+
+
+class Runner:
+    """One mode: ``step()`` runs one DMG iteration on a freshly sampled batch."""
+
+    def __init__(self, mode: str, data: TensorDict, batch_size: int, device: torch.device):
+        self.mode, self.data, self.batch_size, self.device = mode, data, batch_size, device
+        obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
+        torch.manual_seed(0)
+        if mode == "reference":
+            self.ref = ReferenceDMG(obs_dim, act_dim, device=device)
+        else:
+            actor, qvalue, value = make_dmg_networks(obs_dim, act_dim, -1.0, 1.0, device=device)
+            loss = DMGLoss(
+                actor, qvalue, value, bounds=(-1.0, 1.0), deactivate_vmap=mode == "eager-loop"
+            )
+            update_mode = {"eager": "eager", "eager-loop": "eager"}.get(mode, mode)
+            self.updater = DMGUpdater(loss, mode=update_mode, actor_cosine_steps=10**6)
+
+    def sample(self) -> TensorDict:
+        idx = torch.randint(self.data.shape[0], (self.batch_size,), device=self.device)
+        return self.data[idx]
+
+    def step(self) -> None:
+        batch = self.sample()
+        if self.mode == "reference":
+            self.ref.update(
+                batch["observation"],
+                batch["action"],
+                batch["next", "reward"],
+                batch["next", "observation"],
+                batch["next", "terminated"],
+            )
+        else:
+            self.updater.update(batch)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", nargs="+", default=None)
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--updates", type=int, default=200, help="updates per timed round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default="benchmarks/results/update_speed.json")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modes = args.modes or (
+        ["reference", "eager", "eager-loop", "compile"]
+        + (["cudagraphs"] if device.type == "cuda" else [])
+    )
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "problems": {},
+    }
+    for problem in args.problems:
+        obs_dim, act_dim = PROBLEMS[problem]
+        data = random_dataset(obs_dim, act_dim, 100_000, device)
+        runners, warmup_s, peak_mem = {}, {}, {}
+        for mode in modes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            runner = Runner(mode, data, args.batch_size, device)
+            for _ in range(args.warmup):
+                runner.step()
+            sync(device)
+            warmup_s[mode] = time.perf_counter() - t0
+            runners[mode] = runner
+            if device.type == "cuda":
+                peak_mem[mode] = torch.cuda.max_memory_allocated(device) / 2**20
+        rates: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.rounds):  # interleaved: drift hits every mode alike
+            for mode in modes:
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(args.updates):
+                    runners[mode].step()
+                sync(device)
+                rates[mode].append(args.updates / (time.perf_counter() - t0))
+        ref = statistics.median(rates["reference"]) if "reference" in rates else None
+        rows = {}
+        for mode in modes:
+            med = statistics.median(rates[mode])
+            rows[mode] = {
+                "updates_per_s": med,
+                "rounds": rates[mode],
+                "ratio_to_reference": med / ref if ref else None,
+                "warmup_s": warmup_s[mode],
+                "peak_memory_mib": peak_mem.get(mode),
+            }
+        results["problems"][problem] = {"obs_dim": obs_dim, "act_dim": act_dim, "modes": rows}
+        print(
+            f"\n{problem} (obs {obs_dim}, act {act_dim}, batch {args.batch_size}) on {results['device']}"
+        )
+        print(f"{'mode':<12} {'updates/s':>10} {'x ref':>7} {'warm-up s':>10} {'peak MiB':>9}")
+        for mode, row in rows.items():
+            ratio = f"{row['ratio_to_reference']:.2f}" if row["ratio_to_reference"] else "-"
+            mem = f"{row['peak_memory_mib']:.0f}" if row["peak_memory_mib"] is not None else "-"
+            print(
+                f"{mode:<12} {row['updates_per_s']:>10.1f} {ratio:>7} {row['warmup_s']:>10.1f} {mem:>9}"
+            )
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""DMGUpdater: the update step shared by the recipes, in every mode this machine can run.
+
+CUDA-graph mode runs the same checks when a GPU is present (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torchrl_dmg.models import make_dmg_networks
+from torchrl_dmg.objectives import DMGLoss
+from torchrl_dmg.training import DMGUpdater
+
+OBS, ACT, BATCH = 5, 2, 32
+MODES = ["eager", "compile"] + (["cudagraphs"] if torch.cuda.is_available() else [])
+
+
+def make_loss(device="cpu", **kwargs) -> DMGLoss:
+    torch.manual_seed(0)
+    actor, qvalue, value = make_dmg_networks(OBS, ACT, -1.0, 1.0, num_cells=(16, 16))
+    return DMGLoss(actor, qvalue, value, bounds=(-1.0, 1.0), **kwargs).to(device)
+
+
+def make_batch(seed: int = 0, device="cpu") -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {
+            "observation": torch.randn(BATCH, OBS, generator=g),
+            "action": torch.rand(BATCH, ACT, generator=g) * 2 - 1,
+            "next": {
+                "observation": torch.randn(BATCH, OBS, generator=g),
+                "reward": torch.randn(BATCH, 1, generator=g),
+                "terminated": torch.zeros(BATCH, 1, dtype=torch.bool),
+                "done": torch.zeros(BATCH, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[BATCH],
+    ).to(device)
+
+
+def device_for(mode: str) -> str:
+    return "cuda" if mode == "cudagraphs" else "cpu"
+
+
+def snapshot(params) -> TensorDict:
+    return params.detach().clone()
+
+
+def changed(before: TensorDict, after: TensorDict) -> bool:
+    pairs = zip(before.values(True, True), after.values(True, True), strict=True)
+    return not all((a == b).all() for a, b in pairs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_actor_and_targets_update_exactly_every_policy_freq_steps(mode):
+    device = device_for(mode)
+    loss = make_loss(device)
+    updater = DMGUpdater(loss, policy_freq=2, mode=mode)
+    batch = make_batch(device=device)
+    actor_changed, target_changed, reported = [], [], []
+    for _ in range(8):
+        actor_before = snapshot(loss.actor_network_params)
+        target_before = snapshot(loss.target_qvalue_network_params)
+        metrics = updater.update(batch)
+        actor_changed.append(changed(actor_before, loss.actor_network_params))
+        target_changed.append(changed(target_before, loss.target_qvalue_network_params))
+        reported.append("loss_actor" in metrics.keys())
+    expected = [False, True] * 4
+    assert actor_changed == expected
+    assert target_changed == expected
+    assert reported == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_target_policy_noise_is_fresh_at_every_step(mode):
+    """With frozen networks (lr 0), consecutive critic targets differ only through the noise."""
+    device = device_for(mode)
+    loss = make_loss(device, mixture_coef=1.0)  # the target depends on the noisy action only
+    updater = DMGUpdater(loss, lr=0.0, mode=mode)
+    batch = make_batch(device=device)
+    targets = [updater.update(batch)["target_value"].item() for _ in range(6)]
+    assert len(set(targets)) == 6, targets
+
+    quiet = make_loss(device, mixture_coef=1.0, policy_noise=0.0)
+    updater = DMGUpdater(quiet, lr=0.0, mode=mode)
+    targets = [updater.update(batch)["target_value"].item() for _ in range(6)]
+    assert len(set(targets)) == 1, targets
+
+
+def test_compiled_updater_matches_eager_for_several_steps():
+    from torch._inductor import config as inductor_config
+
+    eager_loss = make_loss()
+    compiled_loss = copy.deepcopy(eager_loss)
+    eager = DMGUpdater(eager_loss, actor_cosine_steps=10)
+    compiled = DMGUpdater(compiled_loss, actor_cosine_steps=10, mode="compile")
+    with inductor_config.patch(fallback_random=True):
+        for step in range(6):
+            batch = make_batch(seed=step)
+            torch.manual_seed(100 + step)
+            eager.update(batch)
+            torch.manual_seed(100 + step)
+            compiled.update(batch)
+    for a, b in zip(eager_loss.parameters(), compiled_loss.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert eager.actor_lr == pytest.approx(compiled.actor_lr)
+
+
+def test_cosine_schedule_runs_over_actor_updates_only():
+    updater = DMGUpdater(make_loss(), lr=1e-3, policy_freq=2, actor_cosine_steps=4)
+    batch = make_batch()
+    lrs = []
+    for _ in range(8):
+        updater.update(batch)
+        lrs.append(updater.actor_lr)
+    # lr changes only with actor steps (every 2nd update) and reaches 0 after 4 of them
+    assert lrs[0] == pytest.approx(1e-3)
+    assert lrs[1] == lrs[2] < 1e-3
+    assert lrs[3] == lrs[4] < lrs[2]
+    assert lrs[7] == pytest.approx(0.0, abs=1e-12)
+    assert updater.optim_value.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_state_dict_round_trip_restores_training_exactly():
+    loss_a = make_loss()
+    a = DMGUpdater(loss_a, actor_cosine_steps=20)
+    for step in range(3):
+        a.update(make_batch(seed=step))
+    state = copy.deepcopy(a.state_dict())
+    loss_b = make_loss()
+    b = DMGUpdater(loss_b, actor_cosine_steps=20)
+    b.load_state_dict(state)
+    assert b.num_updates == 3
+    for step in range(3, 6):
+        torch.manual_seed(step)
+        a.update(make_batch(seed=step))
+        torch.manual_seed(step)
+        b.update(make_batch(seed=step))
+    for pa, pb in zip(loss_a.state_dict().values(), loss_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_cudagraphs_mode_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match="CUDA"):
+        DMGUpdater(make_loss(), mode="cudagraphs")

@@ -49,15 +49,6 @@ from torchrl_dmg.training import (
 ANTMAZE_PREFIX = "D4RL/antmaze/"
 # What an offline checkpoint fixes for the online phase: the data pipeline and the networks.
 OFFLINE_CONFIG_KEYS = ("dataset", "family", "data", "network", "loss")
-TRANSITION_KEYS = (
-    "observation",
-    "action",
-    ("next", "observation"),
-    ("next", "reward"),
-    ("next", "terminated"),
-    ("next", "truncated"),
-    ("next", "done"),
-)
 
 
 # ---------------------------------------------------------------- schedules

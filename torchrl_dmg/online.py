@@ -319,8 +319,9 @@ def with_offline_config(cfg: DictConfig) -> DictConfig:
 
 
 def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineDataset:
-    """:func:`load_offline_dataset` with ``cfg.data``; an AntMaze id that is not available
-    fails early, saying that AntMaze data cannot be made locally yet."""
+    """:func:`load_offline_dataset` with ``cfg.data``; a ``D4RL/antmaze/*`` id that is not
+    available fails early, saying that goal-reaching AntMaze data cannot be made locally yet
+    (``local/antmaze/*-random-v0`` placeholders are generated like any local dataset)."""
     try:
         return load_offline_dataset(
             cfg.dataset,
@@ -334,8 +335,10 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
         if str(cfg.dataset).startswith(ANTMAZE_PREFIX):
             raise DatasetUnavailableError(
                 f"AntMaze data '{cfg.dataset}' is not available here, and this project cannot "
-                "make AntMaze data locally yet (only PointMaze). Fine-tune on the local PointMaze "
-                "data instead: dataset=local/pointmaze/medium-v0 family=pointmaze. "
+                "make goal-reaching AntMaze data locally yet (local/antmaze/<maze>-random-v0 is "
+                "only a random-policy placeholder that exercises the AntMaze code path). "
+                "Fine-tune on the local PointMaze data instead: "
+                "dataset=local/pointmaze/medium-v0 family=pointmaze. "
                 f"Details: {err}"
             ) from None
         raise

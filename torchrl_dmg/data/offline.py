@@ -12,6 +12,7 @@ TorchRL replay buffer or kept on the training device as is.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import socket
@@ -24,8 +25,19 @@ from tensordict import TensorDict
 
 from torchrl_dmg.data.local import dataset_path, is_complete
 
-# Local datasets the project can make itself, by id pattern -> generator.
-_POINTMAZE_ID = re.compile(r"^local/pointmaze/(umaze|medium|large)-v0$")
+# Local datasets the project can make itself: id pattern (the maze is group 1) -> generator.
+_GENERATORS: tuple[tuple[re.Pattern, str, str], ...] = (
+    (
+        re.compile(r"^local/pointmaze/(umaze|medium|large)-v0$"),
+        "torchrl_dmg.data.pointmaze",
+        "generate_pointmaze_dataset",
+    ),
+    (
+        re.compile(r"^local/antmaze/(umaze|medium|large)-random-v0$"),
+        "torchrl_dmg.data.antmaze",
+        "generate_antmaze_dataset",
+    ),
+)
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -33,14 +45,12 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def _generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
-    match = _POINTMAZE_ID.match(dataset_id)
-    if match:
-        from torchrl_dmg.data.pointmaze import generate_pointmaze_dataset
-
-        maze = match.group(1)
-        return lambda: generate_pointmaze_dataset(
-            maze=maze, dataset_id=dataset_id, progress=progress
-        )
+    for pattern, module, function in _GENERATORS:
+        match = pattern.match(dataset_id)
+        if match:
+            generate = getattr(importlib.import_module(module), function)
+            maze = match.group(1)
+            return lambda: generate(maze=maze, dataset_id=dataset_id, progress=progress)
     return None
 
 
@@ -48,7 +58,8 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
     """Return the :class:`minari.MinariDataset` for ``dataset_id``, making it available first.
 
     Order: a complete local copy (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``);
-    a dataset this project generates (``local/pointmaze/<maze>-v0``), generated once;
+    a dataset this project generates (``local/pointmaze/<maze>-v0``, the placeholder
+    ``local/antmaze/<maze>-random-v0``), generated once;
     Minari's remote server (``download=True``). Anything else fails early with a
     message that names the dataset and the ways to provide it.
     """

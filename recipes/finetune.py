@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from torchrl_dmg.envs import evaluate, make_env, max_episode_steps
+from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
 from torchrl_dmg.online import (
     FinetuneSchedule,
     RolloutActor,
@@ -133,14 +132,9 @@ def main(cfg: DictConfig) -> dict:
     eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
 
     def run_eval() -> dict:
-        returns = evaluate(eval_env, actor, max_steps=eval_steps, seed=cfg.seed + 10_000)
-        scores = dataset.normalized_score(returns) if dataset.has_reference_scores else returns
-        return {
-            "return_mean": float(np.mean(returns)),
-            "return_std": float(np.std(returns)),
-            "normalized_score": float(np.mean(scores)),
-            "normalized_score_std": float(np.std(scores)),
-        }
+        return evaluate_scores(
+            eval_env, actor, dataset, max_steps=eval_steps, seed=cfg.seed + 10_000
+        )
 
     logger = MetricsLogger(
         run_dir,

@@ -14,19 +14,18 @@ import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.offline import load_offline_dataset
-from torchrl_dmg.envs import evaluate, make_env, max_episode_steps
+from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
 from torchrl_dmg.recording import MetricsLogger, save_config, write_json
 from torchrl_dmg.training import (
-    DMGUpdater,
     load_checkpoint,
     make_dmg_loss,
     make_offline_buffer,
+    make_updater,
     resolve_device,
     rng_state,
     save_checkpoint,
@@ -68,15 +67,7 @@ def main(cfg: DictConfig) -> dict:
 
     # ---------------------------------------------------------------- loss and updater
     loss = make_dmg_loss(cfg, dataset, device)
-    num_actor_updates = cfg.steps // cfg.optim.policy_freq
-    updater = DMGUpdater(
-        loss,
-        lr=cfg.optim.lr,
-        tau=cfg.optim.tau,
-        policy_freq=cfg.optim.policy_freq,
-        actor_cosine_steps=num_actor_updates if cfg.optim.actor_cosine else None,
-        mode=cfg.compile.mode,
-    )
+    updater = make_updater(cfg, loss, steps=cfg.steps)
     step = 0
     if resume_state is not None:
         updater.load_state_dict(resume_state["updater"])
@@ -90,14 +81,9 @@ def main(cfg: DictConfig) -> dict:
 
     def run_eval(step: int) -> dict:
         with loss.actor_network_params.to_module(actor):
-            returns = evaluate(eval_env, actor, max_steps=eval_steps, seed=cfg.seed + 10_000)
-        scores = dataset.normalized_score(returns) if dataset.has_reference_scores else returns
-        return {
-            "return_mean": float(np.mean(returns)),
-            "return_std": float(np.std(returns)),
-            "normalized_score": float(np.mean(scores)),
-            "normalized_score_std": float(np.std(scores)),
-        }
+            return evaluate_scores(
+                eval_env, actor, dataset, max_steps=eval_steps, seed=cfg.seed + 10_000
+            )
 
     logger = MetricsLogger(
         run_dir,

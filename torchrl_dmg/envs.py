@@ -88,6 +88,26 @@ def evaluate(env: EnvBase, policy, *, max_steps: int, seed: int | None = None) -
     return episode_returns(rollout).cpu().numpy().astype(np.float64)
 
 
+def evaluate_scores(
+    env: EnvBase,
+    policy,
+    dataset: OfflineDataset,
+    *,
+    max_steps: int,
+    seed: int | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate`, summarised: mean/std of the returns and of the normalised scores
+    (the returns themselves when the dataset has no reference scores)."""
+    returns = evaluate(env, policy, max_steps=max_steps, seed=seed)
+    scores = dataset.normalized_score(returns) if dataset.has_reference_scores else returns
+    return {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "normalized_score": float(np.mean(scores)),
+        "normalized_score_std": float(np.std(scores)),
+    }
+
+
 def max_episode_steps(dataset: OfflineDataset, eval_env: bool = True) -> int:
     """The time limit of the dataset's (evaluation) environment."""
     spec = dataset.minari_dataset.recover_environment(eval_env=eval_env).spec

@@ -41,6 +41,7 @@ from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.training import (
     DMGUpdater,
     load_checkpoint,
+    make_updater,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -359,14 +360,7 @@ def make_online_updater(
     """The online :class:`DMGUpdater`: no cosine schedule (constant actor lr ``cfg.optim.lr``,
     spec), networks, targets and optimiser states loaded from ``state``. The actor lr is reset
     after loading: an offline optimiser state carries the end of its cosine schedule (~0)."""
-    updater = DMGUpdater(
-        loss,
-        lr=cfg.optim.lr,
-        tau=cfg.optim.tau,
-        policy_freq=cfg.optim.policy_freq,
-        actor_cosine_steps=None,
-        mode=cfg.compile.mode,
-    )
+    updater = make_updater(cfg, loss, steps=None)
     if state is not None:
         updater.load_state_dict(state)
     set_actor_lr(updater, cfg.optim.lr)
@@ -395,14 +389,7 @@ def run_offline_phase(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = int(cfg.offline_steps)
-    updater = DMGUpdater(
-        loss,
-        lr=cfg.optim.lr,
-        tau=cfg.optim.tau,
-        policy_freq=cfg.optim.policy_freq,
-        actor_cosine_steps=(steps // cfg.optim.policy_freq) if cfg.optim.actor_cosine else None,
-        mode=cfg.compile.mode,
-    )
+    updater = make_updater(cfg, loss, steps=steps)
     step = 0
     if (out_dir / "checkpoint.pt").exists():
         state = load_checkpoint(out_dir / "checkpoint.pt")

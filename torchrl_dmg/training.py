@@ -275,6 +275,20 @@ def make_dmg_loss(cfg, dataset, device: torch.device) -> DMGLoss:
     ).to(device)
 
 
+def make_updater(cfg, loss: DMGLoss, *, steps: int | None) -> DMGUpdater:
+    """:class:`DMGUpdater` from a recipe config (``optim``, ``compile``). ``steps`` gradient
+    steps give the actor's cosine schedule (``optim.actor_cosine``); ``None``: constant lr."""
+    cosine = steps is not None and cfg.optim.actor_cosine
+    return DMGUpdater(
+        loss,
+        lr=cfg.optim.lr,
+        tau=cfg.optim.tau,
+        policy_freq=cfg.optim.policy_freq,
+        actor_cosine_steps=steps // cfg.optim.policy_freq if cosine else None,
+        mode=cfg.compile.mode,
+    )
+
+
 def make_offline_buffer(data: TensorDict, *, batch_size: int, device: torch.device):
     """The whole dataset in a TorchRL replay buffer on ``device``, sampled uniformly."""
     from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer

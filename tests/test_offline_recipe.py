@@ -25,9 +25,14 @@ TINY = [
 
 def run_recipe(run_dir: Path, minari_root: str, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MINARI_DATASETS_PATH": minari_root, "WANDB_MODE": "offline"}
-    cmd = [sys.executable, str(ROOT / "recipes" / "offline.py"), *TINY, *overrides]
-    if not any(o.startswith("resume=") for o in overrides):
-        cmd.append(f"hydra.run.dir={run_dir}")
+    # hydra.run.dir also on resume: Hydra's own log dir must not land in the working tree
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "offline.py"),
+        *TINY,
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

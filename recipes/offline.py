@@ -10,13 +10,11 @@ evaluation, logging and checkpoints -> final score. The machinery lives in torch
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from torchrl_dmg.data.offline import load_offline_dataset
 from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
@@ -26,11 +24,12 @@ from torchrl_dmg.training import (
     make_dmg_loss,
     make_offline_buffer,
     make_updater,
+    offline_checkpoint_state,
     resolve_device,
-    rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    train_offline,
 )
 
 
@@ -85,59 +84,36 @@ def main(cfg: DictConfig) -> dict:
                 eval_env, actor, dataset, max_steps=eval_steps, seed=cfg.seed + 10_000
             )
 
+    config = OmegaConf.to_container(cfg, resolve=True)
     logger = MetricsLogger(
-        run_dir,
-        backend=cfg.logger.backend,
-        project=cfg.logger.project,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        run_dir, backend=cfg.logger.backend, project=cfg.logger.project, config=config
     )
     logger.truncate_after(step)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(
-            run_dir / "checkpoint.pt",
-            {
-                "step": step,
-                "updater": updater.state_dict(),
-                "rng": rng_state(),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "obs_loc": dataset.obs_loc,
-                "obs_scale": dataset.obs_scale,
-                "dataset_id": cfg.dataset,
-            },
+            run_dir / "checkpoint.pt", offline_checkpoint_state(step, updater, config, dataset)
         )
 
+    def evaluate_and_log(step: int) -> float:
+        result = run_eval(step)
+        logger.log(step, "eval", result)
+        return result["normalized_score"]
+
     # ---------------------------------------------------------------- training loop
-    last_score = float("nan")
-    train_time = 0.0
-    bar = tqdm(
-        total=cfg.steps,
-        initial=step,
-        disable=not cfg.progress,
-        desc="dmg",
-        unit="step",
-        mininterval=1.0,
+    step = train_offline(
+        updater,
+        buffer,
+        start=step,
+        steps=cfg.steps,
+        logger=logger,
+        log_interval=cfg.logger.log_interval,
+        checkpoint=checkpoint,
+        checkpoint_interval=cfg.checkpoint.interval,
+        evaluate=evaluate_and_log,
+        eval_interval=cfg.eval.interval,
+        progress=cfg.progress,
     )
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        metrics = updater.update(buffer.sample())
-        train_time += time.perf_counter() - t0
-        step += 1
-        bar.update(1)
-        if step % cfg.logger.log_interval == 0:
-            row = {k: v.item() for k, v in metrics.items()}
-            row["actor_lr"] = updater.actor_lr
-            row["updates_per_s"] = cfg.logger.log_interval / max(train_time, 1e-9)
-            train_time = 0.0
-            logger.log(step, "train", row)
-        if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.steps:
-            result = run_eval(step)
-            last_score = result["normalized_score"]
-            logger.log(step, "eval", result)
-            bar.set_postfix(score=f"{last_score:.1f}")
-        if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-            checkpoint(step)
-    bar.close()
 
     # ---------------------------------------------------------------- final score
     result = run_eval(step)

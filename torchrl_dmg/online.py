@@ -20,7 +20,6 @@ The pieces ``recipes/finetune.py`` is built from:
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,10 @@ from torchrl_dmg.training import (
     DMGUpdater,
     load_checkpoint,
     make_updater,
-    rng_state,
+    offline_checkpoint_state,
     save_checkpoint,
     set_rng_state,
+    train_offline,
 )
 
 ANTMAZE_PREFIX = "D4RL/antmaze/"
@@ -382,8 +382,6 @@ def run_offline_phase(
     (every ``cfg.checkpoint_interval`` steps and at the end; usable later as ``checkpoint=``),
     and continues from that checkpoint when one exists. Returns ``DMGUpdater.state_dict()``.
     """
-    from tqdm.auto import tqdm
-
     from torchrl_dmg.recording import MetricsLogger
 
     out_dir = Path(out_dir)
@@ -402,44 +400,23 @@ def run_offline_phase(
 
     def checkpoint(step: int) -> None:
         save_checkpoint(
-            out_dir / "checkpoint.pt",
-            {
-                "step": step,
-                "updater": updater.state_dict(),
-                "rng": rng_state(),
-                "config": config,
-                "obs_loc": dataset.obs_loc,
-                "obs_scale": dataset.obs_scale,
-                "dataset_id": cfg.dataset,
-            },
+            out_dir / "checkpoint.pt", offline_checkpoint_state(step, updater, config, dataset)
         )
 
     logger = MetricsLogger(out_dir, backend=logger_backend, project=cfg.logger.project)
     logger.truncate_after(step)
-    bar = tqdm(
-        total=steps,
-        initial=step,
-        disable=not cfg.progress,
+    step = train_offline(
+        updater,
+        buffer,
+        start=step,
+        steps=steps,
+        logger=logger,
+        log_interval=cfg.logger.log_interval,
+        checkpoint=checkpoint,
+        checkpoint_interval=cfg.checkpoint_interval,
+        progress=cfg.progress,
         desc="dmg offline",
-        unit="step",
-        mininterval=1.0,
     )
-    train_time = 0.0
-    while step < steps:
-        t0 = time.perf_counter()
-        metrics = updater.update(buffer.sample())
-        train_time += time.perf_counter() - t0
-        step += 1
-        bar.update(1)
-        if step % cfg.logger.log_interval == 0:
-            row = {k: v.item() for k, v in metrics.items()}
-            row["actor_lr"] = updater.actor_lr
-            row["updates_per_s"] = cfg.logger.log_interval / max(train_time, 1e-9)
-            train_time = 0.0
-            logger.log(step, "train", row)
-        if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0 and step < steps:
-            checkpoint(step)
-    bar.close()
     checkpoint(step)
     return updater.state_dict()
 

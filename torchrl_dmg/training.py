@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -287,6 +289,65 @@ def make_updater(cfg, loss: DMGLoss, *, steps: int | None) -> DMGUpdater:
         actor_cosine_steps=steps // cfg.optim.policy_freq if cosine else None,
         mode=cfg.compile.mode,
     )
+
+
+def offline_checkpoint_state(step: int, updater: DMGUpdater, config: dict, dataset) -> dict:
+    """What an offline checkpoint holds: enough to resume training or start fine-tuning."""
+    return {
+        "step": step,
+        "updater": updater.state_dict(),
+        "rng": rng_state(),
+        "config": config,
+        "obs_loc": dataset.obs_loc,
+        "obs_scale": dataset.obs_scale,
+        "dataset_id": config["dataset"],
+    }
+
+
+def train_offline(
+    updater: DMGUpdater,
+    buffer,
+    *,
+    start: int,
+    steps: int,
+    logger,
+    log_interval: int,
+    checkpoint: Callable[[int], None],
+    checkpoint_interval: int,
+    evaluate: Callable[[int], float] | None = None,
+    eval_interval: int = 0,
+    progress: bool = True,
+    desc: str = "dmg",
+) -> int:
+    """The offline loop of both recipes: sample, update, log every ``log_interval`` steps,
+    ``evaluate(step) -> score`` every ``eval_interval`` and ``checkpoint(step)`` every
+    ``checkpoint_interval`` steps before the last (the caller evaluates and checkpoints the
+    end). A tqdm bar shows steps, it/s, ETA and the last score. Returns the final step."""
+    from tqdm.auto import tqdm
+
+    step, train_time = start, 0.0
+    bar = tqdm(
+        total=steps, initial=step, disable=not progress, desc=desc, unit="step", mininterval=1.0
+    )
+    while step < steps:
+        t0 = time.perf_counter()
+        metrics = updater.update(buffer.sample())
+        train_time += time.perf_counter() - t0
+        step += 1
+        bar.update(1)
+        if step % log_interval == 0:
+            row = {k: v.item() for k, v in metrics.items()}
+            row["actor_lr"] = updater.actor_lr
+            row["updates_per_s"] = log_interval / max(train_time, 1e-9)
+            train_time = 0.0
+            logger.log(step, "train", row)
+        if step < steps:
+            if evaluate is not None and eval_interval and step % eval_interval == 0:
+                bar.set_postfix(score=f"{evaluate(step):.1f}")
+            if checkpoint_interval and step % checkpoint_interval == 0:
+                checkpoint(step)
+    bar.close()
+    return step
 
 
 def make_offline_buffer(data: TensorDict, *, batch_size: int, device: torch.device):

@@ -38,7 +38,7 @@ import gymnasium as gym
 import numpy as np
 
 from torchrl_dmg.data.local import building_dataset, is_complete
-from torchrl_dmg.data.maze import maze_map_with_cells
+from torchrl_dmg.data.maze import base_maze_map, maze_map_with_cells, register_maze_envs
 
 __all__ = [
     "ANTMAZE_MAZES",
@@ -73,12 +73,6 @@ _GENERATOR_VERSION = 1
 _POLICIES = ("random",)
 
 
-def _register() -> None:
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
-
-
 def _maze_entry(maze: str) -> tuple[str, tuple[int, int], tuple[int, int], int]:
     try:
         return ANTMAZE_MAZES[maze.lower()]
@@ -99,20 +93,12 @@ def default_antmaze_dataset_id(maze: str, policy: str = "random") -> str:
     return f"local/antmaze/{maze.lower()}-{policy}-v0"
 
 
-def _base_maze_map(maze: str) -> list[list[int | str]]:
-    from gymnasium_robotics.envs.maze import maps
-
-    return {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[
-        maze.lower()
-    ]
-
-
 def antmaze_env_kwargs(maze: str, max_episode_steps: int | None = None) -> dict[str, Any]:
     """``gym.make`` keyword arguments of the data-collection (and online) env: fixed reset and
     goal cells, sparse reward, continuing task, the goal never moves."""
     _, start, goal, horizon = _maze_entry(maze)
     return {
-        "maze_map": maze_map_with_cells(_base_maze_map(maze), goal=goal, reset=start),
+        "maze_map": maze_map_with_cells(base_maze_map(maze), goal=goal, reset=start),
         "reward_type": "sparse",
         "continuing_task": True,
         "reset_target": False,
@@ -128,13 +114,13 @@ def antmaze_eval_env_kwargs(maze: str) -> dict[str, Any]:
 
 def make_antmaze_env(maze: str, **kwargs: Any) -> gym.Env:
     """The data-collection env of ``maze`` (see :func:`antmaze_env_kwargs`)."""
-    _register()
+    register_maze_envs()
     return gym.make(antmaze_env_id(maze), **{**antmaze_env_kwargs(maze), **kwargs})
 
 
 def make_antmaze_eval_env(maze: str, **kwargs: Any) -> gym.Env:
     """The evaluation env of ``maze`` (see :func:`antmaze_eval_env_kwargs`)."""
-    _register()
+    register_maze_envs()
     return gym.make(antmaze_env_id(maze), **{**antmaze_eval_env_kwargs(maze), **kwargs})
 
 

@@ -219,3 +219,20 @@ def maze_map_with_cells(
             raise ValueError(f"cell {cell} for {code!r} is not a free cell")
         out[r][c] = code
     return out
+
+
+def register_maze_envs() -> None:
+    """Register gymnasium-robotics' envs (PointMaze, AntMaze) with gymnasium."""
+    import gymnasium as gym
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+
+
+def base_maze_map(maze: str) -> list[list[int | str]]:
+    """gymnasium-robotics' plain map of ``"umaze"``, ``"medium"`` or ``"large"``."""
+    from gymnasium_robotics.envs.maze import maps
+
+    return {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[
+        maze.lower()
+    ]

@@ -40,7 +40,7 @@ import gymnasium as gym
 import numpy as np
 
 from torchrl_dmg.data.local import building_dataset, is_complete
-from torchrl_dmg.data.maze import MazeGrid, maze_map_with_cells
+from torchrl_dmg.data.maze import MazeGrid, base_maze_map, maze_map_with_cells, register_maze_envs
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -93,12 +93,6 @@ def _stored_generator_version(dataset_id: str) -> int | None:
         return None
 
 
-def _register() -> None:
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
-
-
 def _maze_entry(maze: str) -> tuple[str, tuple[int, int], tuple[int, int], int]:
     try:
         return POINTMAZE_MAZES[maze.lower()]
@@ -119,14 +113,6 @@ def default_pointmaze_dataset_id(maze: str) -> str:
     return f"local/pointmaze/{maze.lower()}-v0"
 
 
-def _base_maze_map(maze: str) -> list[list[int | str]]:
-    from gymnasium_robotics.envs.maze import maps
-
-    return {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[
-        maze.lower()
-    ]
-
-
 def pointmaze_eval_env_kwargs(maze: str) -> dict[str, Any]:
     """``gym.make`` keyword arguments of the fixed-goal evaluation task (besides the env id).
 
@@ -135,7 +121,7 @@ def pointmaze_eval_env_kwargs(maze: str) -> dict[str, Any]:
     """
     _, start, goal, horizon = _maze_entry(maze)
     return {
-        "maze_map": maze_map_with_cells(_base_maze_map(maze), goal=goal, reset=start),
+        "maze_map": maze_map_with_cells(base_maze_map(maze), goal=goal, reset=start),
         "reward_type": "sparse",
         "continuing_task": True,
         "reset_target": False,
@@ -145,12 +131,12 @@ def pointmaze_eval_env_kwargs(maze: str) -> dict[str, Any]:
 
 def make_pointmaze_eval_env(maze: str, **kwargs: Any) -> gym.Env:
     """The evaluation environment of ``maze`` (fixed start and goal cells, time limit)."""
-    _register()
+    register_maze_envs()
     return gym.make(pointmaze_env_id(maze), **{**pointmaze_eval_env_kwargs(maze), **kwargs})
 
 
 def _make_collection_env(maze: str, max_episode_steps: int) -> gym.Env:
-    _register()
+    register_maze_envs()
     return gym.make(
         pointmaze_env_id(maze),
         reward_type="sparse",

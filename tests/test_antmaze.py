@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from recipe_runner import run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 ANTMAZE_ID = "local/antmaze/umaze-random-v0"
 EPISODES, EPISODE_STEPS = 2, 100
 # The antmaze family's data settings (recipes/config/family/antmaze.yaml).
@@ -135,15 +131,10 @@ def test_antmaze_family_transitions_and_env_layout(antmaze_env):
 
 def test_finetune_recipe_runs_on_antmaze(antmaze_root, tmp_path):
     run_dir = tmp_path / "run"
-    env = {
-        **os.environ,
-        "MINARI_DATASETS_PATH": antmaze_root,
-        "WANDB_MODE": "offline",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-    cmd = [
-        sys.executable,
-        str(ROOT / "recipes" / "finetune.py"),
+    proc = run_recipe(
+        "finetune.py",
+        run_dir,
+        antmaze_root,
         "family=antmaze",
         f"dataset={ANTMAZE_ID}",
         "offline_steps=50",
@@ -156,10 +147,8 @@ def test_finetune_recipe_runs_on_antmaze(antmaze_root, tmp_path):
         "logger.log_interval=25",
         "checkpoint_interval=0",
         "progress=false",
-        f"hydra.run.dir={run_dir}",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        base=(),
+    )
     final = [line for line in proc.stdout.splitlines() if "FINAL" in line]
     assert final and final[-1].startswith(
         f"[dmg] FINAL dataset={ANTMAZE_ID} seed=0 online_steps=50 normalized_score="

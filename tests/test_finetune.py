@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from recipe_runner import read_metrics, run_recipe
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torchrl.data import Bounded
@@ -37,8 +33,6 @@ from torchrl_dmg.online import (
     to_transitions,
 )
 from torchrl_dmg.training import DMGUpdater
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_loss(obs_dim: int = 4, action_dim: int = 2, **kwargs) -> DMGLoss:
@@ -264,40 +258,6 @@ def test_online_env_collects_transitions_that_fit_the_offline_buffer(tiny_datase
 
 
 # ---------------------------------------------------------------- the recipe
-TINY = [
-    "dataset=local/pointmaze/umaze-v0",
-    "network.num_cells=[32,32]",
-    "batch_size=32",
-    "eval.episodes=2",
-    "eval.max_steps=30",
-    "progress=false",
-]
-
-
-def run_recipe(
-    recipe: str, run_dir: Path | None, minari_root: str, *overrides: str
-) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "MINARI_DATASETS_PATH": minari_root,
-        "WANDB_MODE": "offline",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-    overridden = {o.split("=")[0] for o in overrides}
-    base = [o for o in TINY if o.split("=")[0] not in overridden]
-    cmd = [sys.executable, str(ROOT / "recipes" / recipe), *base, *overrides]
-    if run_dir is not None:
-        cmd.append(f"hydra.run.dir={run_dir}")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_finetune_recipe_runs_offline_then_online(tmp_path, minari_root):
     run_dir = tmp_path / "run"
     proc = run_recipe(

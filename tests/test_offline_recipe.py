@@ -2,51 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "dataset=local/pointmaze/umaze-v0",
-    "network.num_cells=[32,32]",
-    "batch_size=32",
-    "eval.episodes=2",
-    "eval.max_steps=30",
-    "progress=false",
-]
-
-
-def run_recipe(run_dir: Path, minari_root: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MINARI_DATASETS_PATH": minari_root, "WANDB_MODE": "offline"}
-    # hydra.run.dir also on resume: Hydra's own log dir must not land in the working tree
-    cmd = [
-        sys.executable,
-        str(ROOT / "recipes" / "offline.py"),
-        *TINY,
-        *overrides,
-        f"hydra.run.dir={run_dir}",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+from recipe_runner import read_metrics, run_recipe
 
 
 def test_offline_recipe_trains_evaluates_and_records_the_run(tmp_path, minari_root):
     run_dir = tmp_path / "run"
     proc = run_recipe(
-        run_dir, minari_root, "steps=60", "eval.interval=30", "logger.log_interval=20"
+        "offline.py", run_dir, minari_root, "steps=60", "eval.interval=30", "logger.log_interval=20"
     )
     assert "FINAL dataset=local/pointmaze/umaze-v0 seed=0 steps=60 normalized_score=" in proc.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -66,10 +32,17 @@ def test_offline_recipe_trains_evaluates_and_records_the_run(tmp_path, minari_ro
 
 def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):
     run_dir = tmp_path / "run"
-    run_recipe(run_dir, minari_root, "steps=40", "eval.interval=0", "logger.log_interval=20")
+    run_recipe(
+        "offline.py", run_dir, minari_root, "steps=40", "eval.interval=0", "logger.log_interval=20"
+    )
     first = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     proc = run_recipe(
-        run_dir, minari_root, f"resume={run_dir}", "steps=80", "logger.log_interval=20"
+        "offline.py",
+        run_dir,
+        minari_root,
+        f"resume={run_dir}",
+        "steps=80",
+        "logger.log_interval=20",
     )
     assert "resumed" in proc.stdout and "at step 40" in proc.stdout
     second = torch.load(run_dir / "checkpoint.pt", weights_only=False)
@@ -85,7 +58,14 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):
 @pytest.mark.parametrize("backend", ["tensorboard", "wandb"])
 def test_logger_backends_mirror_the_metrics(tmp_path, minari_root, backend):
     run_dir = tmp_path / "run"
-    run_recipe(run_dir, minari_root, "steps=20", "eval.interval=0", f"logger.backend={backend}")
+    run_recipe(
+        "offline.py",
+        run_dir,
+        minari_root,
+        "steps=20",
+        "eval.interval=0",
+        f"logger.backend={backend}",
+    )
     assert (run_dir / "metrics.csv").exists()
     produced = list((run_dir / ("tb" if backend == "tensorboard" else "wandb")).rglob("*"))
     assert produced, f"{backend} wrote nothing"

@@ -2,6 +2,7 @@
 
     python recipes/offline.py                                  # local PointMaze Medium (generated once)
     python recipes/offline.py dataset=mujoco/hopper/medium-v0 family=locomotion steps=1000000
+    python recipes/offline.py seeds=5                          # 5 seeds trained at once (vmapped)
     python recipes/offline.py resume=outputs/offline/<run dir>  # continue an interrupted run
 
 Reads top to bottom: config -> data -> networks and loss -> update loop with periodic
@@ -13,16 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from torchrl_dmg.data.offline import load_offline_dataset
-from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
+from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps
 from torchrl_dmg.recording import MetricsLogger, save_config, write_json
 from torchrl_dmg.training import (
+    DeviceSampler,
     load_checkpoint,
     make_dmg_loss,
-    make_offline_buffer,
     make_updater,
     offline_checkpoint_state,
     resolve_device,
@@ -42,11 +44,17 @@ def main(cfg: DictConfig) -> dict:
         resume_state = load_checkpoint(run_dir / "checkpoint.pt")
         saved = OmegaConf.create(resume_state["config"])
         saved.steps = cfg.steps  # the only thing a resume may change: train longer
+        if "seeds" not in saved:  # checkpoints written before seed stacking existed
+            saved.seeds = 1
         cfg = saved
     else:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     save_config(cfg, run_dir)
     device = resolve_device(cfg.device)
+    if cfg.seeds < 1:
+        raise ValueError(f"seeds must be >= 1 (agents trained side by side), got {cfg.seeds}.")
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    stacked = len(seeds) > 1  # N agents: stacked parameters, one vmapped update
     seed_everything(cfg.seed)
 
     # ---------------------------------------------------------------- data
@@ -58,15 +66,25 @@ def main(cfg: DictConfig) -> dict:
         download=cfg.data.download,
         progress=cfg.progress,
     )
-    buffer = make_offline_buffer(dataset.data, batch_size=cfg.batch_size, device=device)
+    # the whole dataset on the training device; [seeds, batch] draws when stacked
+    sampler = DeviceSampler(
+        dataset.data,
+        batch_size=cfg.batch_size,
+        num_seeds=len(seeds) if stacked else None,
+        device=device,
+    )
     print(
-        f"[dmg] dataset={cfg.dataset} transitions={len(buffer)} obs_dim={dataset.obs_dim} "
-        f"action_dim={dataset.action_dim} seed={cfg.seed} device={device} run_dir={run_dir}"
+        f"[dmg] dataset={cfg.dataset} transitions={len(sampler)} obs_dim={dataset.obs_dim} "
+        f"action_dim={dataset.action_dim} seeds={seeds} device={device} run_dir={run_dir}"
     )
 
-    # ---------------------------------------------------------------- loss and updater
-    loss = make_dmg_loss(cfg, dataset, device)
-    updater = make_updater(cfg, loss, steps=cfg.steps)
+    # ---------------------------------------------------------------- losses and updater
+    losses = []
+    for seed in seeds:  # each agent initialised from its own seed
+        seed_everything(seed)
+        losses.append(make_dmg_loss(cfg, dataset, device))
+    seed_everything(cfg.seed)
+    updater = make_updater(cfg, losses if stacked else losses[0], steps=cfg.steps)
     step = 0
     if resume_state is not None:
         updater.load_state_dict(resume_state["updater"])
@@ -74,15 +92,21 @@ def main(cfg: DictConfig) -> dict:
         step = int(resume_state["step"])
         print(f"[dmg] resumed {run_dir} at step {step}")
 
-    eval_env = make_env(dataset, num_envs=cfg.eval.episodes, device=device)
+    # one batched env: cfg.eval.episodes copies per agent, all agents acting at once
+    eval_env = make_env(dataset, num_envs=cfg.eval.episodes * len(seeds), device=device)
     eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
-    actor = loss.actor_network  # functional module; parameters are swapped in at eval
+    policy = updater.policy()
 
     def run_eval(step: int) -> dict:
-        with loss.actor_network_params.to_module(actor):
-            return evaluate_scores(
-                eval_env, actor, dataset, max_steps=eval_steps, seed=cfg.seed + 10_000
-            )
+        per_seed = evaluate_agents(
+            eval_env,
+            policy,
+            dataset,
+            num_agents=len(seeds),
+            max_steps=eval_steps,
+            seed=cfg.seed + 10_000,
+        )
+        return summarize_seeds(seeds, per_seed)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     logger = MetricsLogger(
@@ -103,7 +127,7 @@ def main(cfg: DictConfig) -> dict:
     # ---------------------------------------------------------------- training loop
     step = train_offline(
         updater,
-        buffer,
+        sampler,
         start=step,
         steps=cfg.steps,
         logger=logger,
@@ -122,19 +146,47 @@ def main(cfg: DictConfig) -> dict:
     summary = {
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
+        "seeds": seeds,
         "steps": int(step),
         "family": cfg.family,
         "config": str(run_dir / "config.yaml"),
         **result,
     }
     write_json(run_dir / "summary.json", summary)
-    print(
-        f"[dmg] FINAL dataset={cfg.dataset} seed={cfg.seed} steps={step} "
-        f"normalized_score={result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
-        f"(return {result['return_mean']:.1f}, {cfg.eval.episodes} episodes) "
-        f"config={run_dir / 'config.yaml'}"
-    )
+    for seed in seeds:
+        print(
+            f"[dmg] FINAL dataset={cfg.dataset} seed={seed} steps={step} "
+            f"normalized_score={result[f'normalized_score/s{seed}']:.1f} "
+            f"± {result[f'normalized_score_std/s{seed}']:.1f} "
+            f"(return {result[f'return_mean/s{seed}']:.1f}, {cfg.eval.episodes} episodes) "
+            f"config={run_dir / 'config.yaml'}"
+        )
+    if stacked:
+        print(
+            f"[dmg] FINAL dataset={cfg.dataset} seeds={seeds} steps={step} normalized_score "
+            f"mean over seeds {result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
+            f"(std across seeds) config={run_dir / 'config.yaml'}"
+        )
     return summary
+
+
+def summarize_seeds(seeds: list[int], per_seed: list[dict]) -> dict:
+    """One seed: its scores as they are. Several: the mean and std across seeds, plus
+    every seed's own figures under ``<metric>/s<seed>``."""
+    result = {
+        f"{k}/s{seed}": v for seed, r in zip(seeds, per_seed, strict=True) for k, v in r.items()
+    }
+    if len(seeds) == 1:
+        return {**per_seed[0], **result}
+    scores = np.array([r["normalized_score"] for r in per_seed])
+    returns = np.array([r["return_mean"] for r in per_seed])
+    return {
+        "normalized_score": float(scores.mean()),
+        "normalized_score_std": float(scores.std()),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        **result,
+    }
 
 
 if __name__ == "__main__":

@@ -69,3 +69,45 @@ def test_logger_backends_mirror_the_metrics(tmp_path, minari_root, backend):
     assert (run_dir / "metrics.csv").exists()
     produced = list((run_dir / ("tb" if backend == "tensorboard" else "wandb")).rglob("*"))
     assert produced, f"{backend} wrote nothing"
+
+
+def test_several_seeds_train_at_once_and_report_each_seed(tmp_path, minari_root):
+    run_dir = tmp_path / "run"
+    proc = run_recipe(
+        "offline.py",
+        run_dir,
+        minari_root,
+        "seed=3",
+        "seeds=3",
+        "steps=40",
+        "eval.interval=20",
+        "logger.log_interval=20",
+    )
+    for seed in (3, 4, 5):
+        assert f"FINAL dataset=local/pointmaze/umaze-v0 seed={seed} steps=40" in proc.stdout
+    assert "seeds=[3, 4, 5] steps=40 normalized_score mean over seeds" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["seeds"] == [3, 4, 5]
+    per_seed = [summary[f"normalized_score/s{s}"] for s in (3, 4, 5)]
+    assert summary["normalized_score"] == pytest.approx(sum(per_seed) / 3)
+    evals = [r for r in read_metrics(run_dir) if r["kind"] == "eval"]
+    assert [int(r["step"]) for r in evals] == [20, 40]
+    assert all(r["normalized_score/s5"] != "" for r in evals)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    stacked = ckpt["updater"]["stacked"]
+    assert stacked.batch_size == torch.Size([3])
+    # different seeds, different agents
+    weights = stacked["actor_network_params", "module", "0", "module", "0", "weight"]
+    assert not torch.allclose(weights[0], weights[1])
+
+    proc = run_recipe(
+        "offline.py",
+        run_dir,
+        minari_root,
+        f"resume={run_dir}",
+        "steps=60",
+        "logger.log_interval=20",
+    )
+    assert "at step 40" in proc.stdout
+    resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == 60 and resumed["updater"]["stacked"].batch_size == torch.Size([3])

@@ -88,6 +88,18 @@ def evaluate(env: EnvBase, policy, *, max_steps: int, seed: int | None = None) -
     return episode_returns(rollout).cpu().numpy().astype(np.float64)
 
 
+def summarize_returns(returns: np.ndarray, dataset: OfflineDataset) -> dict[str, float]:
+    """Mean/std of the returns and of the normalised scores (the returns themselves when
+    the dataset has no reference scores)."""
+    scores = dataset.normalized_score(returns) if dataset.has_reference_scores else returns
+    return {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "normalized_score": float(np.mean(scores)),
+        "normalized_score_std": float(np.std(scores)),
+    }
+
+
 def evaluate_scores(
     env: EnvBase,
     policy,
@@ -96,16 +108,28 @@ def evaluate_scores(
     max_steps: int,
     seed: int | None = None,
 ) -> dict[str, float]:
-    """:func:`evaluate`, summarised: mean/std of the returns and of the normalised scores
-    (the returns themselves when the dataset has no reference scores)."""
+    """:func:`evaluate`, summarised by :func:`summarize_returns`."""
+    return summarize_returns(evaluate(env, policy, max_steps=max_steps, seed=seed), dataset)
+
+
+def evaluate_agents(
+    env: EnvBase,
+    policy,
+    dataset: OfflineDataset,
+    *,
+    num_agents: int,
+    max_steps: int,
+    seed: int | None = None,
+) -> list[dict[str, float]]:
+    """One :func:`evaluate` rollout for ``num_agents`` stacked agents at once: the env's
+    ``num_agents * E`` copies are split in consecutive blocks of ``E``, agent ``i`` acting
+    in block ``i`` (as :class:`~torchrl_dmg.training.SeedStackedPolicy` does)."""
     returns = evaluate(env, policy, max_steps=max_steps, seed=seed)
-    scores = dataset.normalized_score(returns) if dataset.has_reference_scores else returns
-    return {
-        "return_mean": float(np.mean(returns)),
-        "return_std": float(np.std(returns)),
-        "normalized_score": float(np.mean(scores)),
-        "normalized_score_std": float(np.std(scores)),
-    }
+    if returns.shape[0] % num_agents:
+        raise ValueError(
+            f"{returns.shape[0]} env copies cannot be split evenly among {num_agents} agents."
+        )
+    return [summarize_returns(r, dataset) for r in returns.reshape(num_agents, -1)]
 
 
 def max_episode_steps(dataset: OfflineDataset, eval_env: bool = True) -> int:

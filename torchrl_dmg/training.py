@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import SoftUpdate
 
 from torchrl_dmg.objectives import DMGLoss
@@ -71,15 +71,18 @@ class DMGUpdater:
         opt_kwargs: dict[str, Any] = {"fused": device.type in ("cpu", "cuda")}
         if graphs:
             opt_kwargs["capturable"] = True
-        self.optim_value = self._adam(loss.value_network_params, lr, graphs, device, opt_kwargs)
-        self.optim_qvalue = self._adam(loss.qvalue_network_params, lr, graphs, device, opt_kwargs)
-        self.optim_actor = self._adam(loss.actor_network_params, lr, graphs, device, opt_kwargs)
+        self.optim_value = self._adam(self.network_params("value"), lr, graphs, device, opt_kwargs)
+        self.optim_qvalue = self._adam(
+            self.network_params("qvalue"), lr, graphs, device, opt_kwargs
+        )
+        self.optim_actor = self._adam(self.network_params("actor"), lr, graphs, device, opt_kwargs)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optim_actor, T_max=actor_cosine_steps)
             if actor_cosine_steps
             else None
         )
-        self.target_updater = SoftUpdate(loss, tau=tau)
+        self.tau = tau
+        self.target_updater = self._make_target_updater()
         self.num_updates = 0
         # What gets compiled: in "compile" mode the loss + backward of each network (the
         # fused optimiser steps stay eager: a compiled step with a float learning rate
@@ -111,20 +114,35 @@ class DMGUpdater:
             lr = torch.tensor(lr, device=device)
         return torch.optim.Adam(_params(params_td), lr=lr, **kwargs)
 
+    # -------------------------------------------------------- hooks (overridden per seed stack)
+    def network_params(self, name: str) -> TensorDictBase:
+        """Trainable parameters of the ``"value"``, ``"qvalue"`` or ``"actor"`` network."""
+        return getattr(self.loss, f"{name}_network_params")
+
+    def loss_terms(self, name: str, batch: TensorDictBase) -> tuple[torch.Tensor, dict]:
+        """``loss.<name>_loss(batch)``: the loss and its detached diagnostics."""
+        return getattr(self.loss, f"{name}_loss")(batch)
+
+    def _make_target_updater(self):
+        return SoftUpdate(self.loss, tau=self.tau)
+
+    def update_targets(self) -> None:
+        """Polyak update of the actor and critic targets."""
+        self.target_updater.step()
+
+    def _backward(self, name: str, batch: TensorDictBase) -> tuple[torch.Tensor, dict]:
+        loss, metadata = self.loss_terms(name, batch)
+        loss.sum().backward()  # a scalar, or one loss per stacked seed (independent terms)
+        return loss.detach(), metadata
+
     def value_backward(self, batch: TensorDict) -> tuple[torch.Tensor, dict]:
-        loss_value, metadata = self.loss.value_loss(batch)
-        loss_value.backward()
-        return loss_value.detach(), metadata
+        return self._backward("value", batch)
 
     def qvalue_backward(self, batch: TensorDict) -> tuple[torch.Tensor, dict]:
-        loss_qvalue, metadata = self.loss.qvalue_loss(batch)
-        loss_qvalue.backward()
-        return loss_qvalue.detach(), metadata
+        return self._backward("qvalue", batch)
 
     def actor_backward(self, batch: TensorDict) -> tuple[torch.Tensor, dict]:
-        loss_actor, metadata = self.loss.actor_loss(batch)
-        loss_actor.backward()
-        return loss_actor.detach(), metadata
+        return self._backward("actor", batch)
 
     def critic_step(self, batch: TensorDict) -> TensorDict:
         """Value step then critic step (in this order, as in the reference)."""
@@ -143,7 +161,7 @@ class DMGUpdater:
         loss_actor, md_actor = self._actor_backward(batch)
         self.optim_actor.step()
         self.optim_actor.zero_grad(set_to_none=True)
-        self.target_updater.step()
+        self.update_targets()
         return TensorDict({"loss_actor": loss_actor, **md_actor})
 
     def update(self, batch: TensorDict) -> TensorDict:
@@ -155,6 +173,14 @@ class DMGUpdater:
             if self.scheduler is not None:
                 self.scheduler.step()
         return metrics
+
+    def set_coefficients(self, **coefficients: float | torch.Tensor) -> None:
+        """λ (``mixture_coef``), ν (``penalty_coef``) or γ, in place (see ``DMGLoss``)."""
+        self.loss.set_coefficients(**coefficients)
+
+    def policy(self):
+        """The deterministic actor with the trained parameters, for env rollouts."""
+        return ParamsPolicy(self.loss.actor_network, self.network_params("actor"))
 
     @property
     def actor_lr(self) -> float:
@@ -178,6 +204,140 @@ class DMGUpdater:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.num_updates = int(state["num_updates"])
+
+
+class SeedStackedDMGUpdater(DMGUpdater):
+    """``N`` independent DMG agents trained in one process, one update for all of them.
+
+    The agents' parameters, targets and coefficient buffers are stacked along a leading
+    seed dimension (:attr:`stacked`, a TensorDict of batch size ``[N]``) and every loss
+    is ``torch.vmap``-ed over that dimension, with ``randomness="different"`` so each
+    agent draws its own target-policy noise. Batches have batch size ``[N, B]``: each
+    agent trains on its own samples. Adam is element-wise, so one optimiser over the
+    stacked tensors is ``N`` independent Adams; the summed loss only couples a seed's
+    parameters to its own loss term. Modes, delay and schedules are those of
+    :class:`DMGUpdater`.
+
+    Args:
+        losses: ``N`` :class:`DMGLoss` of identical architecture, typically built under
+            different seeds. Their current parameters become the starting point; the
+            first one is then only used as a stateless skeleton (its own parameters are
+            not trained: read the agents from :attr:`stacked` or :meth:`agent_state`).
+        **kwargs: as for :class:`DMGUpdater`.
+    """
+
+    def __init__(self, losses: list[DMGLoss], **kwargs) -> None:
+        if len(losses) < 1:
+            raise ValueError("SeedStackedDMGUpdater needs at least one loss.")
+        states = [TensorDict.from_module(loss, as_module=False) for loss in losses]
+        keys = set(states[0].keys(True, True))
+        for i, state in enumerate(states[1:], 1):
+            if set(state.keys(True, True)) != keys or any(
+                state.get(k).shape != states[0].get(k).shape for k in keys
+            ):
+                raise ValueError(
+                    f"losses[{i}] does not have the architecture of losses[0]; the stacked "
+                    "agents must share network sizes and loss settings."
+                )
+        stacked = TensorDict.stack([s.detach() for s in states]).clone()
+        for name in ("actor", "qvalue", "value"):
+            params = stacked.get(f"{name}_network_params")
+            for key, value in list(params.items(True, True)):
+                source = getattr(losses[0], f"{name}_network_params").get(key)
+                if isinstance(source, torch.nn.Parameter) and source.requires_grad:
+                    params.set(key, torch.nn.Parameter(value))
+        self.stacked = stacked
+        self.num_seeds = len(losses)
+        super().__init__(losses[0], **kwargs)
+
+    def network_params(self, name: str) -> TensorDictBase:
+        return self.stacked.get(f"{name}_network_params")
+
+    def loss_terms(self, name: str, batch: TensorDictBase) -> tuple[torch.Tensor, dict]:
+        if batch.batch_size[:1] != torch.Size([self.num_seeds]):
+            raise ValueError(
+                f"A seed-stacked batch must have batch size [num_seeds={self.num_seeds}, B], "
+                f"got {list(batch.batch_size)}; sample with DeviceSampler(num_seeds=...)."
+            )
+        skeleton, method = self.loss, getattr(self.loss, f"{name}_loss")
+
+        def one_agent(state: TensorDictBase, batch: TensorDictBase):
+            with state.to_module(skeleton):
+                return method(batch)
+
+        return torch.vmap(one_agent, (0, 0), randomness="different")(self.stacked, batch)
+
+    def _make_target_updater(self):
+        return None
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        for name in ("actor", "qvalue"):
+            target = self.stacked.get(f"target_{name}_network_params")
+            source = self.stacked.get(f"{name}_network_params")
+            keys = list(source.keys(True, True))
+            torch._foreach_lerp_(
+                [target.get(k) for k in keys], [source.get(k).data for k in keys], self.tau
+            )
+
+    @torch.no_grad()
+    def set_coefficients(self, **coefficients: float | torch.Tensor) -> None:
+        """λ (``mixture_coef``), ν (``penalty_coef``) or γ for every agent, in place."""
+        for name, value in coefficients.items():
+            if value is not None:
+                self.stacked.get(name).copy_(torch.as_tensor(value))
+
+    def policy(self):
+        """All agents acting at once: agent ``i`` in the ``i``-th block of env copies."""
+        return SeedStackedPolicy(self.loss.actor_network, self.network_params("actor"))
+
+    def agent_state(self, index: int) -> TensorDictBase:
+        """Agent ``index``'s parameters, targets and buffers (``to_module`` them into a loss)."""
+        return self.stacked[index]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.pop("loss")
+        state["stacked"] = self.stacked.detach().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.stacked.update_(state["stacked"].to(self.stacked.device))
+        state = {**state, "loss": self.loss.state_dict()}
+        super().load_state_dict(state)
+
+
+class ParamsPolicy:
+    """``actor`` (a functional module, as inside a TorchRL loss) acting with ``params``."""
+
+    def __init__(self, actor, params: TensorDictBase) -> None:
+        self.actor, self.params = actor, params
+
+    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
+        with self.params.to_module(self.actor):
+            return self.actor(tensordict)
+
+
+class SeedStackedPolicy(ParamsPolicy):
+    """``N`` stacked actors (``params`` of batch size ``[N]``) acting in one batched env:
+    its ``N * E`` copies are split in consecutive blocks of ``E``, one block per agent."""
+
+    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
+        n = self.params.batch_size[0]
+        if tensordict.batch_dims != 1 or tensordict.shape[0] % n:
+            raise ValueError(
+                f"{n} stacked agents need a batched env with a multiple of {n} copies, "
+                f"got batch size {list(tensordict.batch_size)}."
+            )
+        inputs = tensordict.select(*self.actor.in_keys).reshape(n, -1)
+
+        def one_agent(params: TensorDictBase, inputs: TensorDictBase) -> TensorDictBase:
+            with params.to_module(self.actor):
+                return self.actor(inputs)
+
+        outputs = torch.vmap(one_agent, (0, 0))(self.params, inputs)
+        return tensordict.update(outputs.reshape(tensordict.shape))
 
 
 def _params(params_td) -> list[torch.Tensor]:
@@ -277,11 +437,13 @@ def make_dmg_loss(cfg, dataset, device: torch.device) -> DMGLoss:
     ).to(device)
 
 
-def make_updater(cfg, loss: DMGLoss, *, steps: int | None) -> DMGUpdater:
-    """:class:`DMGUpdater` from a recipe config (``optim``, ``compile``). ``steps`` gradient
-    steps give the actor's cosine schedule (``optim.actor_cosine``); ``None``: constant lr."""
+def make_updater(cfg, loss: DMGLoss | list[DMGLoss], *, steps: int | None) -> DMGUpdater:
+    """:class:`DMGUpdater` from a recipe config (``optim``, ``compile``); a list of losses
+    gives a :class:`SeedStackedDMGUpdater`. ``steps`` gradient steps give the actor's
+    cosine schedule (``optim.actor_cosine``); ``None``: constant lr."""
     cosine = steps is not None and cfg.optim.actor_cosine
-    return DMGUpdater(
+    cls = SeedStackedDMGUpdater if isinstance(loss, list) else DMGUpdater
+    return cls(
         loss,
         lr=cfg.optim.lr,
         tau=cfg.optim.tau,
@@ -336,7 +498,7 @@ def train_offline(
         step += 1
         bar.update(1)
         if step % log_interval == 0:
-            row = {k: v.item() for k, v in metrics.items()}
+            row = {k: v.float().mean().item() for k, v in metrics.items()}  # mean over seeds
             row["actor_lr"] = updater.actor_lr
             row["updates_per_s"] = log_interval / max(train_time, 1e-9)
             train_time = 0.0
@@ -350,16 +512,38 @@ def train_offline(
     return step
 
 
-def make_offline_buffer(data: TensorDict, *, batch_size: int, device: torch.device):
-    """The whole dataset in a TorchRL replay buffer on ``device``, sampled uniformly."""
-    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-    from torchrl.data.replay_buffers.samplers import RandomSampler
+class DeviceSampler:
+    """Uniform batches from a dataset held whole on the training device.
 
-    data = data.exclude("episode")
-    buffer = TensorDictReplayBuffer(
-        storage=LazyTensorStorage(data.shape[0], device=device),
-        sampler=RandomSampler(),
-        batch_size=batch_size,
-    )
-    buffer.extend(data)
-    return buffer
+    Batch indices are drawn on that device (``torch.randint`` from the global, seeded
+    generator), so sampling never waits on the host and can live inside a compiled
+    function or a captured CUDA graph. With ``num_seeds=N`` every draw is ``[N, B]``:
+    one independent batch per stacked agent (:class:`SeedStackedDMGUpdater`).
+    """
+
+    def __init__(
+        self,
+        data: TensorDictBase,
+        *,
+        batch_size: int,
+        num_seeds: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if data.batch_dims != 1 or data.shape[0] == 0:
+            raise ValueError(
+                f"DeviceSampler needs a non-empty flat dataset (batch size [T]), got {data.shape}."
+            )
+        self.data = data.exclude("episode").to(device) if device is not None else data
+        self.device = self.data.device
+        self.batch_size = batch_size
+        self.num_seeds = num_seeds
+        self.shape = (batch_size,) if num_seeds is None else (num_seeds, batch_size)
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def sample(self) -> TensorDictBase:
+        index = torch.randint(len(self), self.shape, device=self.device)
+        return self.data[index]

@@ -322,6 +322,22 @@ def test_finetune_starts_from_an_offline_recipe_checkpoint(tmp_path, minari_root
     assert ckpt["updater"]["num_updates"] == 40
 
 
+def test_finetune_picks_one_agent_of_a_seed_stacked_checkpoint(tmp_path, minari_root):
+    offline_dir = tmp_path / "offline"
+    run_recipe(
+        "offline.py", offline_dir, minari_root, "seed=5", "seeds=2", "steps=20", "eval.interval=0"
+    )
+    args = (f"checkpoint={offline_dir}", "online_steps=20", "eval.interval=0")
+    proc = run_recipe("finetune.py", tmp_path / "nope", minari_root, *args, check=False)
+    assert proc.returncode != 0
+    assert "checkpoint_seed=<one of [5, 6]>" in proc.stderr + proc.stdout
+    run_dir = tmp_path / "finetune"
+    proc = run_recipe("finetune.py", run_dir, minari_root, *args, "checkpoint_seed=6")
+    assert "starting from the offline checkpoint" in proc.stdout
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["updater"]["num_updates"] == 40
+
+
 def test_resume_continues_the_online_phase_from_the_saved_step(tmp_path, minari_root):
     run_dir = tmp_path / "run"
     run_recipe(

@@ -18,6 +18,7 @@ from torchrl_dmg.training import (
     ParamsPolicy,
     SeedStackedDMGUpdater,
     SeedStackedPolicy,
+    unstack_updater_state,
 )
 
 
@@ -184,3 +185,23 @@ def test_stacked_policy_acts_as_each_agent_in_its_block_of_envs():
     assert isinstance(stacked.policy(), SeedStackedPolicy)
     with pytest.raises(ValueError, match="multiple of 3"):
         stacked.policy()(TensorDict({"observation": torch.randn(5, OBS)}, batch_size=[5]))
+
+
+def test_one_agent_of_a_stack_continues_alone_exactly():
+    """unstack_updater_state: agent 1's weights, targets and Adam moments, as a single
+    DMGUpdater state; training it alone then matches training it inside the stack."""
+    losses = [make_loss(s, policy_noise=0.0) for s in (0, 1)]
+    stacked = SeedStackedDMGUpdater(losses)
+    for step in range(3):
+        stacked.update(torch.stack([make_batch(seed=step + 10), make_batch(seed=step)]))
+    alone = DMGUpdater(make_loss(7, policy_noise=0.0))
+    alone.load_state_dict(unstack_updater_state(stacked.state_dict(), 1, alone.loss))
+    assert alone.num_updates == 3
+    assert_same_state(state_of(alone.loss), stacked.agent_state(1))
+    for step in range(3, 6):
+        batch = make_batch(seed=step)
+        alone.update(batch)
+        stacked.update(torch.stack([make_batch(seed=step + 10), batch]))
+    assert_same_state(state_of(alone.loss), stacked.agent_state(1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(IndexError):
+        unstack_updater_state(stacked.state_dict(), 2, alone.loss)

@@ -45,6 +45,7 @@ from torchrl_dmg.training import (
     save_checkpoint,
     set_rng_state,
     train_offline,
+    unstack_updater_state,
 )
 
 ANTMAZE_PREFIX = "D4RL/antmaze/"
@@ -303,6 +304,21 @@ def load_offline_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def checkpoint_agent(cfg: DictConfig) -> int:
+    """Which agent of a seed-stacked offline checkpoint to fine-tune: the index of
+    ``cfg.checkpoint_seed`` among the checkpoint's seeds."""
+    saved = load_offline_checkpoint(cfg.checkpoint)["config"]
+    seeds = [saved["seed"] + i for i in range(saved.get("seeds", 1))]
+    choice = cfg.get("checkpoint_seed")
+    if choice is None or choice not in seeds:
+        raise ValueError(
+            f"{cfg.checkpoint} holds {len(seeds)} agents trained together (seeds {seeds}); "
+            f"choose the one to fine-tune with checkpoint_seed=<one of {seeds}>"
+            + ("." if choice is None else f" (got {choice}).")
+        )
+    return seeds.index(choice)
+
+
 def with_offline_config(cfg: DictConfig) -> DictConfig:
     """``cfg`` with the dataset, data, network and loss settings of ``cfg.checkpoint``'s run
     (the weights only fit those), or unchanged when no checkpoint is given."""
@@ -359,8 +375,12 @@ def make_online_updater(
 ) -> DMGUpdater:
     """The online :class:`DMGUpdater`: no cosine schedule (constant actor lr ``cfg.optim.lr``,
     spec), networks, targets and optimiser states loaded from ``state``. The actor lr is reset
-    after loading: an offline optimiser state carries the end of its cosine schedule (~0)."""
+    after loading: an offline optimiser state carries the end of its cosine schedule (~0).
+    A seed-stacked offline state (``recipes/offline.py seeds=N``) gives the agent of seed
+    ``cfg.checkpoint_seed``."""
     updater = make_updater(cfg, loss, steps=None)
+    if state is not None and "stacked" in state:
+        state = unstack_updater_state(state, checkpoint_agent(cfg), loss)
     if state is not None:
         updater.load_state_dict(state)
     set_actor_lr(updater, cfg.optim.lr)

@@ -308,6 +308,36 @@ class SeedStackedDMGUpdater(DMGUpdater):
         super().load_state_dict(state)
 
 
+def unstack_updater_state(state: dict[str, Any], index: int, loss: DMGLoss) -> dict[str, Any]:
+    """Agent ``index`` of a :class:`SeedStackedDMGUpdater` state, as a single-agent
+    :meth:`DMGUpdater.state_dict` (weights, targets and the agent's slice of every Adam
+    moment). ``loss`` (same architecture) receives the agent's weights on the way."""
+    stacked = state["stacked"]
+    n = stacked.batch_size[0]
+    if not 0 <= index < n:
+        raise IndexError(f"Agent {index} requested from a stack of {n} agents.")
+    with torch.no_grad():  # from_module shares the loss's tensors: copy into them
+        TensorDict.from_module(loss, as_module=False).update_(stacked[index])
+
+    def agent_optim(optim_state: dict) -> dict:
+        per_param = {
+            pid: {
+                k: (v[index] if v.dim() and v.shape[0] == n else v).clone()
+                if torch.is_tensor(v)
+                else v
+                for k, v in param_state.items()
+            }
+            for pid, param_state in optim_state["state"].items()
+        }
+        return {"state": per_param, "param_groups": optim_state["param_groups"]}
+
+    single = {k: v for k, v in state.items() if k != "stacked"}
+    for name in ("optim_value", "optim_qvalue", "optim_actor"):
+        single[name] = agent_optim(state[name])
+    single["loss"] = loss.state_dict()
+    return single
+
+
 class ParamsPolicy:
     """``actor`` (a functional module, as inside a TorchRL loss) acting with ``params``."""
 

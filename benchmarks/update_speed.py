@@ -69,9 +69,9 @@ class Runner:
         else:
             actor, qvalue, value = make_dmg_networks(obs_dim, act_dim, -1.0, 1.0, device=device)
             loss = DMGLoss(
-                actor, qvalue, value, bounds=(-1.0, 1.0), deactivate_vmap=mode == "eager-loop"
+                actor, qvalue, value, bounds=(-1.0, 1.0), deactivate_vmap=mode.endswith("-loop")
             )
-            update_mode = {"eager": "eager", "eager-loop": "eager"}.get(mode, mode)
+            update_mode = mode.removesuffix("-loop")
             self.updater = DMGUpdater(loss, mode=update_mode, actor_cosine_steps=10**6)
 
     def sample(self) -> TensorDict:

@@ -98,6 +98,7 @@ def test_compiled_updater_matches_eager_for_several_steps():
     compiled_loss = copy.deepcopy(eager_loss)
     eager = DMGUpdater(eager_loss, actor_cosine_steps=10)
     compiled = DMGUpdater(compiled_loss, actor_cosine_steps=10, mode="compile")
+    torch._dynamo.reset()  # fallback_random is not guarded: drop graphs compiled earlier
     with inductor_config.patch(fallback_random=True):
         for step in range(6):
             batch = make_batch(seed=step)

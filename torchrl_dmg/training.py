@@ -25,8 +25,9 @@ class DMGUpdater:
     an actor step followed by a Polyak update of the actor and critic targets.
 
     The value+critic step and the actor step are two separate functions, so that each
-    can be compiled (``mode="compile"``) without a Python branch inside; the delay
-    counter lives here, in Python, and is therefore never frozen by compilation.
+    can be compiled (``mode="compile"``) or captured (``mode="cudagraphs"``) without a
+    Python branch inside; the delay counter lives here, in Python, and is therefore never
+    frozen by compilation.
 
     Args:
         loss: the :class:`DMGLoss`.
@@ -64,18 +65,19 @@ class DMGUpdater:
         self.loss = loss
         self.policy_freq = policy_freq
         self.mode = mode
-        # Fused Adam is one kernel per step. Under CUDA graphs the optimisers must be
-        # capturable and read the learning rate from a device tensor, which the cosine
-        # schedule then updates in place (``fill_``) between replays.
+        # Fused Adam is one kernel per step. Compiled steps read the learning rate from a
+        # tensor, which the cosine schedule updates in place (``fill_``): a float lr would
+        # be a constant baked into the compiled code (a recompile at every change). Under
+        # CUDA graphs the optimisers must also be capturable.
         graphs = mode == "cudagraphs"
+        tensor_lr = mode != "eager"
         opt_kwargs: dict[str, Any] = {"fused": device.type in ("cpu", "cuda")}
         if graphs:
             opt_kwargs["capturable"] = True
-        self.optim_value = self._adam(self.network_params("value"), lr, graphs, device, opt_kwargs)
-        self.optim_qvalue = self._adam(
-            self.network_params("qvalue"), lr, graphs, device, opt_kwargs
+        self.optim_value, self.optim_qvalue, self.optim_actor = (
+            self._adam(self.network_params(name), lr, tensor_lr, device, opt_kwargs)
+            for name in ("value", "qvalue", "actor")
         )
-        self.optim_actor = self._adam(self.network_params("actor"), lr, graphs, device, opt_kwargs)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.optim_actor, T_max=actor_cosine_steps)
             if actor_cosine_steps
@@ -84,33 +86,34 @@ class DMGUpdater:
         self.tau = tau
         self.target_updater = self._make_target_updater()
         self.num_updates = 0
-        # What gets compiled: in "compile" mode the loss + backward of each network (the
-        # fused optimiser steps stay eager: a compiled step with a float learning rate
-        # recompiles whenever the cosine schedule changes it). In "cudagraphs" mode the
-        # whole critic step and the whole actor step, each captured as its own graph; the
-        # delay counter stays in Python, so no branch lives inside a graph.
-        self._value_backward = self.value_backward
-        self._qvalue_backward = self.qvalue_backward
-        self._actor_backward = self.actor_backward
+        # What gets compiled ("compile", "cudagraphs"): the whole critic step and the whole
+        # actor step (losses, backward, optimiser steps, target update), each its own graph;
+        # "cudagraphs" then captures each as a CUDA graph. The delay counter stays in
+        # Python, so no branch lives inside a graph.
         self._critic_step = self.critic_step
         self._actor_step = self.actor_step
-        if mode == "compile":
-            self._value_backward = torch.compile(self.value_backward)
-            self._qvalue_backward = torch.compile(self.qvalue_backward)
-            self._actor_backward = torch.compile(self.actor_backward)
-        elif graphs:
+        if mode != "eager":
+            # TensorDicts as pytree nodes make tensordict's vmap swap pytree registrations
+            # on every call, which torch.compile guards on: a recompile per call. Compiled
+            # code (and CudaGraphModule, which does the same) wants them excluded.
+            from tensordict.nn.functional_modules import _exclude_td_from_pytree
+
+            _exclude_td_from_pytree().set()
+            self._critic_step = torch.compile(self.critic_step)
+            self._actor_step = torch.compile(self.actor_step)
+        if graphs:
             from tensordict.nn import CudaGraphModule
 
             self._critic_step = CudaGraphModule(
-                torch.compile(self.critic_step), in_keys=[], out_keys=[], warmup=cudagraph_warmup
+                self._critic_step, in_keys=[], out_keys=[], warmup=cudagraph_warmup
             )
             self._actor_step = CudaGraphModule(
-                torch.compile(self.actor_step), in_keys=[], out_keys=[], warmup=cudagraph_warmup
+                self._actor_step, in_keys=[], out_keys=[], warmup=cudagraph_warmup
             )
 
     @staticmethod
-    def _adam(params_td, lr, graphs, device, kwargs) -> torch.optim.Adam:
-        if graphs:
+    def _adam(params_td, lr, tensor_lr, device, kwargs) -> torch.optim.Adam:
+        if tensor_lr:
             lr = torch.tensor(lr, device=device)
         return torch.optim.Adam(_params(params_td), lr=lr, **kwargs)
 
@@ -119,9 +122,10 @@ class DMGUpdater:
         """Trainable parameters of the ``"value"``, ``"qvalue"`` or ``"actor"`` network."""
         return getattr(self.loss, f"{name}_network_params")
 
-    def loss_terms(self, name: str, batch: TensorDictBase) -> tuple[torch.Tensor, dict]:
-        """``loss.<name>_loss(batch)``: the loss and its detached diagnostics."""
-        return getattr(self.loss, f"{name}_loss")(batch)
+    def loss_call(self, method: str, batch: TensorDictBase, *args: torch.Tensor):
+        """``loss.<method>(batch, *args)``. The updater calls the loss bodies (``_value_loss``
+        ...), which compile into whole graphs (see ``DMGLoss``)."""
+        return getattr(self.loss, method)(batch, *args)
 
     def _make_target_updater(self):
         return SoftUpdate(self.loss, tau=self.tau)
@@ -130,35 +134,33 @@ class DMGUpdater:
         """Polyak update of the actor and critic targets."""
         self.target_updater.step()
 
-    def _backward(self, name: str, batch: TensorDictBase) -> tuple[torch.Tensor, dict]:
-        loss, metadata = self.loss_terms(name, batch)
+    def _backward(self, method: str, batch: TensorDictBase, *args) -> tuple[torch.Tensor, dict]:
+        loss, metadata = self.loss_call(method, batch, *args)
         loss.sum().backward()  # a scalar, or one loss per stacked seed (independent terms)
         return loss.detach(), metadata
 
-    def value_backward(self, batch: TensorDict) -> tuple[torch.Tensor, dict]:
-        return self._backward("value", batch)
+    def critic_step(self, batch: TensorDict) -> tuple[TensorDict, torch.Tensor]:
+        """Value step then critic step (in this order, as in the reference).
 
-    def qvalue_backward(self, batch: TensorDict) -> tuple[torch.Tensor, dict]:
-        return self._backward("qvalue", batch)
-
-    def actor_backward(self, batch: TensorDict) -> tuple[torch.Tensor, dict]:
-        return self._backward("actor", batch)
-
-    def critic_step(self, batch: TensorDict) -> TensorDict:
-        """Value step then critic step (in this order, as in the reference)."""
-        loss_value, md_value = self._value_backward(batch)
+        Also returns ``min_i Q_θi'(s, a)`` on the batch: the target critics do not change
+        until the actor step's Polyak update, so the actor step of the same iteration
+        reuses it for its advantage weights instead of recomputing it.
+        """
+        target_q = self.loss_call("_target_min_q", batch)
+        loss_value, md_value = self._backward("_value_loss", batch, target_q)
         self.optim_value.step()
         self.optim_value.zero_grad(set_to_none=True)
-        loss_qvalue, md_qvalue = self._qvalue_backward(batch)
+        loss_qvalue, md_qvalue = self._backward("_qvalue_loss", batch)
         self.optim_qvalue.step()
         self.optim_qvalue.zero_grad(set_to_none=True)
-        return TensorDict(
+        metrics = TensorDict(
             {"loss_value": loss_value, "loss_qvalue": loss_qvalue, **md_value, **md_qvalue}
         )
+        return metrics, target_q
 
-    def actor_step(self, batch: TensorDict) -> TensorDict:
+    def actor_step(self, batch: TensorDict, target_q: torch.Tensor) -> TensorDict:
         """Actor step then the Polyak update of the targets."""
-        loss_actor, md_actor = self._actor_backward(batch)
+        loss_actor, md_actor = self._backward("_actor_loss", batch, target_q)
         self.optim_actor.step()
         self.optim_actor.zero_grad(set_to_none=True)
         self.update_targets()
@@ -166,10 +168,10 @@ class DMGUpdater:
 
     def update(self, batch: TensorDict) -> TensorDict:
         """One iteration on ``batch``; returns detached metrics (actor ones on actor steps)."""
-        metrics = self._critic_step(batch)
+        metrics, target_q = self._critic_step(batch)
         self.num_updates += 1
         if self.num_updates % self.policy_freq == 0:
-            metrics.update(self._actor_step(batch))
+            metrics.update(self._actor_step(batch, target_q))
             if self.scheduler is not None:
                 self.scheduler.step()
         return metrics
@@ -253,19 +255,20 @@ class SeedStackedDMGUpdater(DMGUpdater):
     def network_params(self, name: str) -> TensorDictBase:
         return self.stacked.get(f"{name}_network_params")
 
-    def loss_terms(self, name: str, batch: TensorDictBase) -> tuple[torch.Tensor, dict]:
+    def loss_call(self, method: str, batch: TensorDictBase, *args: torch.Tensor):
         if batch.batch_size[:1] != torch.Size([self.num_seeds]):
             raise ValueError(
                 f"A seed-stacked batch must have batch size [num_seeds={self.num_seeds}, B], "
                 f"got {list(batch.batch_size)}; sample with DeviceSampler(num_seeds=...)."
             )
-        skeleton, method = self.loss, getattr(self.loss, f"{name}_loss")
+        skeleton, function = self.loss, getattr(self.loss, method)
 
-        def one_agent(state: TensorDictBase, batch: TensorDictBase):
+        def one_agent(state: TensorDictBase, batch: TensorDictBase, *args: torch.Tensor):
             with state.to_module(skeleton):
-                return method(batch)
+                return function(batch, *args)
 
-        return torch.vmap(one_agent, (0, 0), randomness="different")(self.stacked, batch)
+        in_dims = (0, 0) + (0,) * len(args)
+        return torch.vmap(one_agent, in_dims, randomness="different")(self.stacked, batch, *args)
 
     def _make_target_updater(self):
         return None

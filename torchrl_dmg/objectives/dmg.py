@@ -403,9 +403,19 @@ class DMGLoss(LossModule):
             return self._qvalues(tensordict, self.target_qvalue_network_params).min(0).values
 
     # ------------------------------------------------------------ losses
+    # TorchRL's LossModule metaclass wraps every public ``*_loss`` method in exploration /
+    # recurrent-mode context managers; entered by hand, they break torch.compile graphs
+    # (and recompile on every call). The bodies live in ``_*_loss`` so that compiled
+    # update steps (torchrl_dmg.training.DMGUpdater) can call them directly.
     def value_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """In-sample maximum: regress ``V(s)`` towards ``min_i Q_θi'(s, a)``; reaches only V."""
-        target_q = self._target_min_q(tensordict)
+        return self._value_loss(tensordict)
+
+    def _value_loss(
+        self, tensordict: TensorDictBase, target_min_q: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        # target_min_q: min_i Q_θi'(s, a) when the caller already has it (same targets)
+        target_q = self._target_min_q(tensordict) if target_min_q is None else target_min_q
         value = self._state_value(tensordict)
         diff = target_q - value
         if self.in_sample_estimator == "expectile":
@@ -419,6 +429,9 @@ class DMGLoss(LossModule):
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """Critic regression on the DMG target; reaches only the critics."""
+        return self._qvalue_loss(tensordict)
+
+    def _qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         action = _require(tensordict, self.tensor_keys.action)
         next_td = _require(tensordict, "next")
         with torch.no_grad():
@@ -447,9 +460,15 @@ class DMGLoss(LossModule):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """Normalised Q maximisation plus the advantage-weighted BC penalty; reaches only the actor."""
+        return self._actor_loss(tensordict)
+
+    def _actor_loss(
+        self, tensordict: TensorDictBase, target_min_q: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
         dataset_action = _require(tensordict, self.tensor_keys.action)
         with torch.no_grad():
-            adv = self._target_min_q(tensordict) - self._state_value(tensordict)
+            target_q = self._target_min_q(tensordict) if target_min_q is None else target_min_q
+            adv = target_q - self._state_value(tensordict)
             raw_weight = (self.temperature * adv).exp()
             weight = raw_weight.clamp_max(self.max_weight)
         action = self._action(tensordict, self.actor_network_params)
@@ -473,9 +492,9 @@ class DMGLoss(LossModule):
         Each ``loss_*`` entry only reaches its own network, so the sum can be
         back-propagated at once; the diagnostics are detached.
         """
-        loss_value, md_value = self.value_loss(tensordict)
-        loss_qvalue, md_qvalue = self.qvalue_loss(tensordict)
-        loss_actor, md_actor = self.actor_loss(tensordict)
+        loss_value, md_value = self._value_loss(tensordict)
+        loss_qvalue, md_qvalue = self._qvalue_loss(tensordict)
+        loss_actor, md_actor = self._actor_loss(tensordict)
         return TensorDict(
             {
                 "loss_value": loss_value,

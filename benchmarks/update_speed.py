@@ -1,7 +1,8 @@
 """Updates per second of DMG implementations, measured side by side in one process.
 
-    python benchmarks/update_speed.py                       # CPU: reference, eager, compile
+    python benchmarks/update_speed.py                       # CPU: reference, eager, compile, stacked seeds
     python benchmarks/update_speed.py --device cuda         # + compile with CUDA graphs
+    python benchmarks/update_speed.py --seeds 2 4 8 16      # which stacked-seed counts to time
 
 Modes (each a full DMG iteration: value step, critic step, actor step every 2nd iteration,
 Polyak target update; batch 256, 256-256 networks):
@@ -9,11 +10,15 @@ Polyak target update; batch 256, 256-256 networks):
 * ``reference``      plain eager PyTorch written straight from the spec (benchmarks/reference_dmg.py)
 * ``eager``          ``DMGUpdater`` + ``DMGLoss``, critics vmapped
 * ``eager-loop``     the same with a Python loop over the two critics (``deactivate_vmap``)
-* ``compile``        ``torch.compile`` of the loss + backward of each network
+* ``compile``        ``torch.compile`` of the whole critic step and the whole actor step
 * ``cudagraphs``     ``torch.compile`` + ``CudaGraphModule`` of the critic step and the actor step
+* ``<mode>-loop``    any of the above with a Python loop over the critics (the CPU default)
+* ``x<N>-<mode>``    ``SeedStackedDMGUpdater``: N agents (seeds) in one vmapped update, each on
+                     its own batch; its updates/s count agent-updates (N per iteration), so
+                     it compares with a single-seed mode as N sequential runs would
 
-Every mode samples its batches the same way (indices drawn on the device from a dataset held
-on the device). After a warm-up (compilation and graph capture are reported separately), the
+Every mode samples its batches the same way (``DeviceSampler``: indices drawn on the device
+from a dataset held on the device). After a warm-up (compilation and graph capture are reported separately), the
 modes are timed in interleaved rounds and the median round is reported, with the ratio to
 ``reference``. Results are printed as a table and written as JSON.
 """
@@ -35,7 +40,7 @@ from reference_dmg import ReferenceDMG  # noqa: E402
 
 from torchrl_dmg.models import make_dmg_networks  # noqa: E402
 from torchrl_dmg.objectives import DMGLoss  # noqa: E402
-from torchrl_dmg.training import DMGUpdater  # noqa: E402
+from torchrl_dmg.training import DeviceSampler, DMGUpdater, SeedStackedDMGUpdater  # noqa: E402
 
 PROBLEMS = {"locomotion": (17, 6), "antmaze": (29, 8)}
 
@@ -61,25 +66,32 @@ class Runner:
     """One mode: ``step()`` runs one DMG iteration on a freshly sampled batch."""
 
     def __init__(self, mode: str, data: TensorDict, batch_size: int, device: torch.device):
-        self.mode, self.data, self.batch_size, self.device = mode, data, batch_size, device
+        self.mode, self.device = mode, device
         obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
+        self.seeds = int(mode[1:].split("-")[0]) if mode.startswith("x") else 1
         torch.manual_seed(0)
+        self.sampler = DeviceSampler(
+            data, batch_size=batch_size, num_seeds=self.seeds if self.seeds > 1 else None
+        )
         if mode == "reference":
             self.ref = ReferenceDMG(obs_dim, act_dim, device=device)
-        else:
+            return
+        update_mode = mode.split("-", 1)[1] if self.seeds > 1 else mode
+        loop = update_mode.endswith("-loop")
+        update_mode = update_mode.removesuffix("-loop")
+        losses = []
+        for seed in range(self.seeds):
+            torch.manual_seed(seed)
             actor, qvalue, value = make_dmg_networks(obs_dim, act_dim, -1.0, 1.0, device=device)
-            loss = DMGLoss(
-                actor, qvalue, value, bounds=(-1.0, 1.0), deactivate_vmap=mode.endswith("-loop")
-            )
-            update_mode = mode.removesuffix("-loop")
-            self.updater = DMGUpdater(loss, mode=update_mode, actor_cosine_steps=10**6)
-
-    def sample(self) -> TensorDict:
-        idx = torch.randint(self.data.shape[0], (self.batch_size,), device=self.device)
-        return self.data[idx]
+            losses.append(DMGLoss(actor, qvalue, value, bounds=(-1.0, 1.0), deactivate_vmap=loop))
+        kwargs = {"mode": update_mode, "actor_cosine_steps": 10**6}
+        if self.seeds > 1:
+            self.updater = SeedStackedDMGUpdater(losses, **kwargs)
+        else:
+            self.updater = DMGUpdater(losses[0], **kwargs)
 
     def step(self) -> None:
-        batch = self.sample()
+        batch = self.sampler.sample()
         if self.mode == "reference":
             self.ref.update(
                 batch["observation"],
@@ -101,6 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", nargs="+", default=None)
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[2, 4, 8], help="stacked-seed counts (x<N> modes)"
+    )
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--updates", type=int, default=200, help="updates per timed round")
@@ -113,10 +128,14 @@ def main() -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    modes = args.modes or (
-        ["reference", "eager", "eager-loop", "compile"]
-        + (["cudagraphs"] if device.type == "cuda" else [])
-    )
+    if args.modes:
+        modes = args.modes
+    elif device.type == "cuda":
+        single = ["eager", "compile", "cudagraphs"]
+        modes = ["reference", *single] + [f"x{n}-cudagraphs" for n in args.seeds]
+    else:  # on CPU the critics run as a loop (recipes' default there); vmap shown once
+        single = ["eager", "eager-loop", "compile-loop"]
+        modes = ["reference", *single] + [f"x{n}-{m}" for n in args.seeds for m in single[1:]]
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
@@ -148,15 +167,24 @@ def main() -> None:
                 for _ in range(args.updates):
                     runners[mode].step()
                 sync(device)
-                rates[mode].append(args.updates / (time.perf_counter() - t0))
+                # agent-updates: a stacked mode updates every one of its seeds per iteration
+                seeds = runners[mode].seeds
+                rates[mode].append(seeds * args.updates / (time.perf_counter() - t0))
         ref = statistics.median(rates["reference"]) if "reference" in rates else None
+        single_modes = [m for m in modes if m != "reference" and runners[m].seeds == 1]
+        best_single = max((statistics.median(rates[m]) for m in single_modes), default=None)
         rows = {}
         for mode in modes:
             med = statistics.median(rates[mode])
+            stacked = runners[mode].seeds > 1
             rows[mode] = {
+                "seeds": runners[mode].seeds,
                 "updates_per_s": med,
                 "rounds": rates[mode],
                 "ratio_to_reference": med / ref if ref else None,
+                # N stacked seeds vs the same N seeds run one after another in the best
+                # single-seed mode (whose aggregate rate is its own rate)
+                "ratio_to_best_single": med / best_single if stacked and best_single else None,
                 "warmup_s": warmup_s[mode],
                 "peak_memory_mib": peak_mem.get(mode),
             }
@@ -164,12 +192,18 @@ def main() -> None:
         print(
             f"\n{problem} (obs {obs_dim}, act {act_dim}, batch {args.batch_size}) on {results['device']}"
         )
-        print(f"{'mode':<12} {'updates/s':>10} {'x ref':>7} {'warm-up s':>10} {'peak MiB':>9}")
+        print(
+            f"{'mode':<18} {'updates/s':>10} {'x ref':>7} {'x best single':>14} "
+            f"{'warm-up s':>10} {'peak MiB':>9}"
+        )
         for mode, row in rows.items():
             ratio = f"{row['ratio_to_reference']:.2f}" if row["ratio_to_reference"] else "-"
+            vs_single = row["ratio_to_best_single"]
+            vs_single = f"{vs_single:.2f}" if vs_single else "-"
             mem = f"{row['peak_memory_mib']:.0f}" if row["peak_memory_mib"] is not None else "-"
             print(
-                f"{mode:<12} {row['updates_per_s']:>10.1f} {ratio:>7} {row['warmup_s']:>10.1f} {mem:>9}"
+                f"{mode:<18} {row['updates_per_s']:>10.1f} {ratio:>7} {vs_single:>14} "
+                f"{row['warmup_s']:>10.1f} {mem:>9}"
             )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -139,12 +139,16 @@ class DMGUpdater:
         loss.sum().backward()  # a scalar, or one loss per stacked seed (independent terms)
         return loss.detach(), metadata
 
-    def critic_step(self, batch: TensorDict) -> tuple[TensorDict, torch.Tensor]:
+    #: ``min_i Q_θi'(s, a)``, passed from the critic step to the actor step of an iteration
+    TARGET_Q_KEY = "_target_min_q"
+
+    def critic_step(self, batch: TensorDict) -> TensorDict:
         """Value step then critic step (in this order, as in the reference).
 
-        Also returns ``min_i Q_θi'(s, a)`` on the batch: the target critics do not change
-        until the actor step's Polyak update, so the actor step of the same iteration
-        reuses it for its advantage weights instead of recomputing it.
+        Besides the metrics, returns ``min_i Q_θi'(s, a)`` on the batch (``TARGET_Q_KEY``):
+        the target critics do not change until the actor step's Polyak update, so the actor
+        step of the same iteration reuses it instead of recomputing it. Inputs and outputs
+        are TensorDicts only: that is what a CUDA graph copies in and out at each replay.
         """
         target_q = self.loss_call("_target_min_q", batch)
         loss_value, md_value = self._backward("_value_loss", batch, target_q)
@@ -153,13 +157,20 @@ class DMGUpdater:
         loss_qvalue, md_qvalue = self._backward("_qvalue_loss", batch)
         self.optim_qvalue.step()
         self.optim_qvalue.zero_grad(set_to_none=True)
-        metrics = TensorDict(
-            {"loss_value": loss_value, "loss_qvalue": loss_qvalue, **md_value, **md_qvalue}
+        return TensorDict(
+            {
+                "loss_value": loss_value,
+                "loss_qvalue": loss_qvalue,
+                **md_value,
+                **md_qvalue,
+                self.TARGET_Q_KEY: target_q,
+            }
         )
-        return metrics, target_q
 
-    def actor_step(self, batch: TensorDict, target_q: torch.Tensor) -> TensorDict:
-        """Actor step then the Polyak update of the targets."""
+    def actor_step(self, batch: TensorDict) -> TensorDict:
+        """Actor step then the Polyak update of the targets; ``batch`` carries the critic
+        step's ``TARGET_Q_KEY``."""
+        target_q = batch.get(self.TARGET_Q_KEY)
         loss_actor, md_actor = self._backward("_actor_loss", batch, target_q)
         self.optim_actor.step()
         self.optim_actor.zero_grad(set_to_none=True)
@@ -168,10 +179,12 @@ class DMGUpdater:
 
     def update(self, batch: TensorDict) -> TensorDict:
         """One iteration on ``batch``; returns detached metrics (actor ones on actor steps)."""
-        metrics, target_q = self._critic_step(batch)
+        metrics = self._critic_step(batch)
+        target_q = metrics.pop(self.TARGET_Q_KEY)
         self.num_updates += 1
         if self.num_updates % self.policy_freq == 0:
-            metrics.update(self._actor_step(batch, target_q))
+            # a shallow copy: the caller's batch is left as it was
+            metrics.update(self._actor_step(batch.copy().set(self.TARGET_Q_KEY, target_q)))
             if self.scheduler is not None:
                 self.scheduler.step()
         return metrics

@@ -126,6 +126,11 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    # One process builds many compiled updaters here (a recipe builds one); each is its own
+    # set of guards on the same code objects, so dynamo's default of 8 would be reached
+    # and later modes silently fall back to eager.
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 4096
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.modes:

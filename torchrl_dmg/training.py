@@ -152,11 +152,9 @@ class DMGUpdater:
         """
         target_q = self.loss_call("_target_min_q", batch)
         loss_value, md_value = self._backward("_value_loss", batch, target_q)
-        self.optim_value.step()
-        self.optim_value.zero_grad(set_to_none=True)
+        _optimizer_step(self.optim_value)
         loss_qvalue, md_qvalue = self._backward("_qvalue_loss", batch)
-        self.optim_qvalue.step()
-        self.optim_qvalue.zero_grad(set_to_none=True)
+        _optimizer_step(self.optim_qvalue)
         return TensorDict(
             {
                 "loss_value": loss_value,
@@ -172,8 +170,7 @@ class DMGUpdater:
         step's ``TARGET_Q_KEY``."""
         target_q = batch.get(self.TARGET_Q_KEY)
         loss_actor, md_actor = self._backward("_actor_loss", batch, target_q)
-        self.optim_actor.step()
-        self.optim_actor.zero_grad(set_to_none=True)
+        _optimizer_step(self.optim_actor)
         self.update_targets()
         return TensorDict({"loss_actor": loss_actor, **md_actor})
 
@@ -384,6 +381,16 @@ class SeedStackedPolicy(ParamsPolicy):
 
         outputs = torch.vmap(one_agent, (0, 0))(self.params, inputs)
         return tensordict.update(outputs.reshape(tensordict.shape))
+
+
+@torch.compiler.disable
+def _optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """``step`` then ``zero_grad``, kept out of torch.compile: fused Adam is not traceable,
+    and a traced call would be guarded on the optimiser object (a recompile per optimiser,
+    then an eager fallback once dynamo's recompile limit is hit). Under CUDA graphs the
+    capturable fused kernel is still captured, as any eager CUDA work is."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _params(params_td) -> list[torch.Tensor]:

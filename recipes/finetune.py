@@ -1,8 +1,8 @@
 """Offline-to-online DMG fine-tuning on a Minari dataset (spec: "Offline-to-online fine-tuning").
 
-    python recipes/finetune.py checkpoint=outputs/offline/<run dir>   # start from an offline run
-    python recipes/finetune.py                        # offline phase first (offline_steps), then online
-    python recipes/finetune.py offline_steps=1000000 online_steps=1000000   # the paper's scale
+    python recipes/finetune.py                      # D4RL/antmaze/umaze-v1, paper budget (1M + 1M)
+    python recipes/finetune.py dataset=local/pointmaze/medium-v0 family=pointmaze budget=demo
+    python recipes/finetune.py checkpoint=outputs/offline/<run dir> budget=demo   # from an offline run
     python recipes/finetune.py resume=outputs/finetune/<run dir>      # continue an interrupted run
 
 Reads top to bottom: config -> data (every offline transition, room for the online ones, one

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Overrides that make a recipe run in seconds on the tiny PointMaze dataset.
 TINY = (
     "dataset=local/pointmaze/umaze-v0",
+    "family=pointmaze",
     "network.num_cells=[32,32]",
     "batch_size=32",
     "eval.episodes=2",

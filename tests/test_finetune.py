@@ -226,6 +226,21 @@ def test_unavailable_antmaze_fails_early_and_points_to_pointmaze(tmp_path, monke
         load_finetune_dataset(cfg, progress=False)
 
 
+def test_finetune_defaults_are_antmaze_umaze_at_the_paper_budget(tmp_path):
+    """No arguments: AntMaze umaze, antmaze family, 1M + 1M steps; without the data (and
+    no download here) it stops before any work, pointing to the local PointMaze option."""
+    run_dir = tmp_path / "run"
+    proc = run_recipe(
+        "finetune.py", run_dir, str(tmp_path / "empty"), "data.download=false", base=(), check=False
+    )
+    assert proc.returncode != 0
+    assert "dataset=local/pointmaze/medium-v0 family=pointmaze" in proc.stderr + proc.stdout
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert cfg.dataset == "D4RL/antmaze/umaze-v1" and cfg.family == "antmaze"
+    assert cfg.budget == "paper" and cfg.online_steps == cfg.offline_steps == 1_000_000
+    assert cfg.utd == 1 and cfg.eval.episodes == 100
+
+
 def test_online_env_collects_transitions_that_fit_the_offline_buffer(tiny_dataset_env):
     dataset = load_offline_dataset(
         tiny_dataset_env,

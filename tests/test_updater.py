@@ -150,3 +150,23 @@ def test_cudagraphs_mode_needs_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(ValueError, match="CUDA"):
         DMGUpdater(make_loss(), mode="cudagraphs")
+
+
+@pytest.mark.parametrize(("saved", "loaded"), [("eager", "compile"), ("compile", "eager")])
+def test_loaded_learning_rate_takes_the_kind_the_mode_needs(saved, loaded):
+    """A checkpoint from an eager run resumed compiled (or the reverse): compiled steps read
+    the lr from a tensor that the cosine schedule updates in place, eager ones a float."""
+    a = DMGUpdater(make_loss(), actor_cosine_steps=10, mode=saved)
+    a.scheduler.step()
+    state = copy.deepcopy(a.state_dict())
+    b = DMGUpdater(make_loss(), actor_cosine_steps=10, mode=loaded)
+    b.load_state_dict(state)
+    for optimizer in (b.optim_value, b.optim_qvalue, b.optim_actor):
+        lr = optimizer.param_groups[0]["lr"]
+        assert isinstance(lr, torch.Tensor) == (loaded == "compile")
+    assert b.actor_lr == pytest.approx(a.actor_lr) and b.actor_lr < 3e-4
+    lr_object = b.optim_actor.param_groups[0]["lr"]
+    b.scheduler.step()
+    assert b.actor_lr < a.actor_lr
+    if loaded == "compile":  # updated in place: what a compiled step reads
+        assert b.optim_actor.param_groups[0]["lr"] is lr_object

@@ -216,6 +216,18 @@ class DMGUpdater:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.num_updates = int(state["num_updates"])
+        self._restore_lr_kind()
+
+    def _restore_lr_kind(self) -> None:
+        """A loaded optimiser state brings the learning rate as it was saved: a float from
+        an eager run, a tensor from a compiled one. Compiled steps need a tensor (a float is
+        baked into the compiled code, and a CUDA graph would replay it frozen while the
+        cosine schedule moves on); eager steps take a float."""
+        device = next(iter(self.loss.parameters())).device
+        for optimizer in (self.optim_value, self.optim_qvalue, self.optim_actor):
+            for group in optimizer.param_groups:
+                lr = float(group["lr"])
+                group["lr"] = torch.tensor(lr, device=device) if self.mode != "eager" else lr
 
 
 class SeedStackedDMGUpdater(DMGUpdater):

@@ -63,7 +63,8 @@ def main(cfg: DictConfig) -> dict:
         cfg = saved
     else:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        cfg = with_offline_config(cfg)  # a checkpoint fixes dataset, data, network and loss
+        # a checkpoint fixes dataset, data, network, loss (and its family's eval settings)
+        cfg = with_offline_config(cfg, HydraConfig.get().overrides.task)
     check_config(cfg)
     save_config(cfg, run_dir)
     device = resolve_device(cfg.device)

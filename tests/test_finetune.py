@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from omegaconf import OmegaConf
-from recipe_runner import read_metrics, run_recipe
+from recipe_runner import TINY, read_metrics, run_recipe
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torchrl.data import Bounded
@@ -317,6 +317,7 @@ def test_finetune_starts_from_an_offline_recipe_checkpoint(tmp_path, minari_root
         minari_root,
         "steps=20",
         "eval.interval=0",
+        "eval.episodes=3",
         "network.num_cells=[16,16]",
     )
     run_dir = tmp_path / "finetune"
@@ -328,10 +329,15 @@ def test_finetune_starts_from_an_offline_recipe_checkpoint(tmp_path, minari_root
         "online_steps=20",
         "eval.interval=0",
         "logger.log_interval=10",
+        base=[o for o in TINY if not o.startswith(("eval.episodes", "family"))],
     )
     assert "starting from the offline checkpoint" in proc.stdout
     cfg = OmegaConf.load(run_dir / "config.yaml")
     assert list(cfg.network.num_cells) == [16, 16]  # the checkpoint's networks, not [32, 32]
+    # the checkpoint's family and its evaluation settings, not the default AntMaze ones;
+    # eval keys given on the command line win
+    assert cfg.family == "pointmaze" and cfg.loss.expectile == 0.7
+    assert cfg.eval.episodes == 3 and cfg.eval.interval == 0
     assert not (run_dir / "offline").exists()  # no offline phase was run
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["updater"]["num_updates"] == 40

@@ -20,6 +20,7 @@ The pieces ``recipes/finetune.py`` is built from:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,9 +320,12 @@ def checkpoint_agent(cfg: DictConfig) -> int:
     return seeds.index(choice)
 
 
-def with_offline_config(cfg: DictConfig) -> DictConfig:
+def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """``cfg`` with the dataset, data, network and loss settings of ``cfg.checkpoint``'s run
-    (the weights only fit those), or unchanged when no checkpoint is given."""
+    (the weights only fit those), or unchanged when no checkpoint is given. The evaluation
+    settings also follow the checkpoint's family (10 PointMaze episodes, not the 100 of the
+    default AntMaze family), except the ``eval.*`` keys given in ``overrides`` (the
+    command line's)."""
     if not cfg.checkpoint:
         return cfg
     saved = OmegaConf.create(load_offline_checkpoint(cfg.checkpoint)["config"])
@@ -331,6 +335,11 @@ def with_offline_config(cfg: DictConfig) -> DictConfig:
             if key == "dataset" and saved.dataset != cfg.dataset:
                 print(f"[dmg] using the checkpoint's dataset {saved.dataset} (not {cfg.dataset})")
             cfg[key] = saved[key]
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
+    given = {k.removeprefix("eval.") for k in keys if k.startswith("eval.")}
+    for key, value in saved.get("eval", {}).items():
+        if key in cfg.eval and key not in given:
+            cfg.eval[key] = value
     cfg.checkpoint = str(checkpoint_file(cfg.checkpoint).resolve())
     return cfg
 

@@ -40,6 +40,7 @@ from torchrl_dmg.envs import make_env
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.training import (
     DMGUpdater,
+    ParamsPolicy,
     load_checkpoint,
     make_updater,
     offline_checkpoint_state,
@@ -125,25 +126,12 @@ class FinetuneSchedule:
 
 
 # ---------------------------------------------------------------- acting
-class RolloutActor(TensorDictModuleBase):
-    """The deterministic actor π_φ with the weights being trained.
-
-    ``loss.actor_network`` is called under ``loss.actor_network_params.to_module(...)``, so it
-    always acts with the current parameters (nothing to copy after an update). It runs without
-    gradients: it is for collecting data and evaluating, not for learning.
-    """
+class RolloutActor(ParamsPolicy):
+    """The deterministic actor π_φ of ``loss`` with the weights being trained (see
+    :class:`~torchrl_dmg.training.ParamsPolicy`)."""
 
     def __init__(self, loss: DMGLoss) -> None:
-        super().__init__()
-        self.module = loss.actor_network
-        self.params = loss.actor_network_params
-        self.in_keys = list(self.module.in_keys)
-        self.out_keys = list(self.module.out_keys)
-
-    @torch.no_grad()
-    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        with self.params.to_module(self.module):
-            return self.module(tensordict)
+        super().__init__(loss.actor_network, loss.actor_network_params)
 
 
 def exploration_sigma(action_spec: Bounded, noise: float) -> float:

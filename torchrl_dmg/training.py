@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torchrl.objectives import SoftUpdate
 
 from torchrl_dmg.objectives import DMGLoss
@@ -363,13 +364,22 @@ def unstack_updater_state(state: dict[str, Any], index: int, loss: DMGLoss) -> d
     return single
 
 
-class ParamsPolicy:
-    """``actor`` (a functional module, as inside a TorchRL loss) acting with ``params``."""
+class ParamsPolicy(TensorDictModuleBase):
+    """``actor`` (a functional module, as inside a TorchRL loss) acting with ``params``.
+
+    The parameters are swapped in at every call, so it always acts with the current
+    weights (nothing to copy after an update). It runs without gradients: it is for
+    collecting data and evaluating, not for learning.
+    """
 
     def __init__(self, actor, params: TensorDictBase) -> None:
+        super().__init__()
         self.actor, self.params = actor, params
+        self.in_keys = list(actor.in_keys)
+        self.out_keys = list(actor.out_keys)
 
-    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
+    @torch.no_grad()
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         with self.params.to_module(self.actor):
             return self.actor(tensordict)
 
@@ -378,7 +388,8 @@ class SeedStackedPolicy(ParamsPolicy):
     """``N`` stacked actors (``params`` of batch size ``[N]``) acting in one batched env:
     its ``N * E`` copies are split in consecutive blocks of ``E``, one block per agent."""
 
-    def __call__(self, tensordict: TensorDictBase) -> TensorDictBase:
+    @torch.no_grad()
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         n = self.params.batch_size[0]
         if tensordict.batch_dims != 1 or tensordict.shape[0] % n:
             raise ValueError(

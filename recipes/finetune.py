@@ -29,12 +29,12 @@ from torchrl_dmg.online import (
     crossed,
     finished_episode_returns,
     load_finetune_dataset,
-    load_offline_checkpoint,
     make_collector,
     make_exploration_policy,
     make_finetune_buffer,
     make_online_env,
     make_online_updater,
+    offline_start_state,
     online_data,
     run_offline_phase,
     to_transitions,
@@ -93,7 +93,7 @@ def main(cfg: DictConfig) -> dict:
         resume_state = load_checkpoint(run_dir / "checkpoint.pt")
         start = resume_state["updater"]
     elif cfg.checkpoint:
-        start = load_offline_checkpoint(cfg.checkpoint)["updater"]
+        start = offline_start_state(cfg, loss)
         print(f"[dmg] starting from the offline checkpoint {cfg.checkpoint}")
     else:  # the offline phase, here (continues from run_dir/offline/checkpoint.pt on a resume)
         start = run_offline_phase(cfg, loss, buffer, dataset, run_dir / "offline")

@@ -12,7 +12,7 @@ The pieces ``recipes/finetune.py`` is built from:
 * :func:`make_finetune_buffer`, :class:`OfflineFractionSampler`, :func:`to_transitions`,
   :func:`online_data`: one replay buffer holding every offline transition followed by the
   online ones, sampled uniformly over the union (paper) or with a fixed offline fraction;
-* :func:`run_offline_phase`, :func:`load_offline_checkpoint`, :func:`with_offline_config`,
+* :func:`run_offline_phase`, :func:`offline_start_state`, :func:`with_offline_config`,
   :func:`make_online_updater`: where the online phase starts from (an offline checkpoint or an
   offline phase run here with the offline recipe's settings).
 """
@@ -293,10 +293,15 @@ def load_offline_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def checkpoint_agent(cfg: DictConfig) -> int:
-    """Which agent of a seed-stacked offline checkpoint to fine-tune: the index of
-    ``cfg.checkpoint_seed`` among the checkpoint's seeds."""
-    saved = load_offline_checkpoint(cfg.checkpoint)["config"]
+def offline_start_state(cfg: DictConfig, loss: DMGLoss) -> dict[str, Any]:
+    """The updater state to fine-tune from: ``cfg.checkpoint``'s; for a seed-stacked offline
+    run (``recipes/offline.py seeds=N``) the agent of seed ``cfg.checkpoint_seed``, whose
+    weights also land in ``loss``."""
+    checkpoint = load_offline_checkpoint(cfg.checkpoint)
+    state = checkpoint["updater"]
+    if "stacked" not in state:
+        return state
+    saved = checkpoint["config"]
     seeds = [saved["seed"] + i for i in range(saved.get("seeds", 1))]
     choice = cfg.get("checkpoint_seed")
     if choice is None or choice not in seeds:
@@ -305,7 +310,7 @@ def checkpoint_agent(cfg: DictConfig) -> int:
             f"choose the one to fine-tune with checkpoint_seed=<one of {seeds}>"
             + ("." if choice is None else f" (got {choice}).")
         )
-    return seeds.index(choice)
+    return unstack_updater_state(state, seeds.index(choice), loss)
 
 
 def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
@@ -372,12 +377,8 @@ def make_online_updater(
 ) -> DMGUpdater:
     """The online :class:`DMGUpdater`: no cosine schedule (constant actor lr ``cfg.optim.lr``,
     spec), networks, targets and optimiser states loaded from ``state``. The actor lr is reset
-    after loading: an offline optimiser state carries the end of its cosine schedule (~0).
-    A seed-stacked offline state (``recipes/offline.py seeds=N``) gives the agent of seed
-    ``cfg.checkpoint_seed``."""
+    after loading: an offline optimiser state carries the end of its cosine schedule (~0)."""
     updater = make_updater(cfg, loss, steps=None)
-    if state is not None and "stacked" in state:
-        state = unstack_updater_state(state, checkpoint_agent(cfg), loss)
     if state is not None:
         updater.load_state_dict(state)
     set_actor_lr(updater, cfg.optim.lr)

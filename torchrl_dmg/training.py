@@ -64,6 +64,7 @@ class DMGUpdater:
                 "use mode='compile' or 'eager' on CPU."
             )
         self.loss = loss
+        self.device = device
         self.policy_freq = policy_freq
         self.mode = mode
         # Fused Adam is one kernel per step. Compiled steps read the learning rate from a
@@ -224,11 +225,10 @@ class DMGUpdater:
         an eager run, a tensor from a compiled one. Compiled steps need a tensor (a float is
         baked into the compiled code, and a CUDA graph would replay it frozen while the
         cosine schedule moves on); eager steps take a float."""
-        device = next(iter(self.loss.parameters())).device
         for optimizer in (self.optim_value, self.optim_qvalue, self.optim_actor):
             for group in optimizer.param_groups:
                 lr = float(group["lr"])
-                group["lr"] = torch.tensor(lr, device=device) if self.mode != "eager" else lr
+                group["lr"] = torch.tensor(lr, device=self.device) if self.mode != "eager" else lr
 
 
 class SeedStackedDMGUpdater(DMGUpdater):

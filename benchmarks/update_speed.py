@@ -16,6 +16,11 @@ Polyak target update; batch 256, 256-256 networks):
 * ``x<N>-<mode>``    ``SeedStackedDMGUpdater``: N agents (seeds) in one vmapped update, each on
                      its own batch; its updates/s count agent-updates (N per iteration), so
                      it compares with a single-seed mode as N sequential runs would
+* ``<mode>-k<K>``    K iterations per ``update_many`` call (under ``cudagraphs``: one CUDA graph
+                     replay for K iterations), batches for all K drawn in one go
+
+``--matmul-precision high`` lets float32 matmuls use TF32 on GPUs that have it (every mode
+alike, the reference included).
 
 Every mode samples its batches the same way (``DeviceSampler``: indices drawn on the device
 from a dataset held on the device). After a warm-up (compilation and graph capture are reported separately), the
@@ -69,6 +74,10 @@ class Runner:
         self.mode, self.device = mode, device
         obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
         self.seeds = int(mode[1:].split("-")[0]) if mode.startswith("x") else 1
+        self.per_call = 1  # iterations per step() call
+        head, _, tail = mode.rpartition("-k")
+        if head and tail.isdigit():
+            mode, self.per_call = head, int(tail)
         torch.manual_seed(0)
         self.sampler = DeviceSampler(
             data, batch_size=batch_size, num_seeds=self.seeds if self.seeds > 1 else None
@@ -91,6 +100,9 @@ class Runner:
             self.updater = DMGUpdater(losses[0], **kwargs)
 
     def step(self) -> None:
+        if self.per_call > 1:
+            self.updater.update_many(self.sampler.sample(self.per_call))
+            return
         batch = self.sampler.sample()
         if self.mode == "reference":
             self.ref.update(
@@ -122,6 +134,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=["highest", "high", "medium"],
+        help="torch.set_float32_matmul_precision for every mode (high: TF32)",
+    )
     parser.add_argument("--json", default="benchmarks/results/update_speed.json")
     args = parser.parse_args()
 
@@ -133,6 +151,7 @@ def main() -> None:
     torch._dynamo.config.accumulated_recompile_limit = 4096
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     if args.modes:
         modes = args.modes
     elif device.type == "cuda":
@@ -146,6 +165,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "batch_size": args.batch_size,
+        "matmul_precision": args.matmul_precision,
         "problems": {},
     }
     for problem in args.problems:
@@ -167,14 +187,16 @@ def main() -> None:
         rates: dict[str, list[float]] = {m: [] for m in modes}
         for _ in range(args.rounds):  # interleaved: drift hits every mode alike
             for mode in modes:
+                runner = runners[mode]
+                calls = max(1, args.updates // runner.per_call)
                 sync(device)
                 t0 = time.perf_counter()
-                for _ in range(args.updates):
-                    runners[mode].step()
+                for _ in range(calls):
+                    runner.step()
                 sync(device)
                 # agent-updates: a stacked mode updates every one of its seeds per iteration
-                seeds = runners[mode].seeds
-                rates[mode].append(seeds * args.updates / (time.perf_counter() - t0))
+                updates = runner.seeds * runner.per_call * calls
+                rates[mode].append(updates / (time.perf_counter() - t0))
         ref = statistics.median(rates["reference"]) if "reference" in rates else None
         single_modes = [m for m in modes if m != "reference" and runners[m].seeds == 1]
         best_single = max((statistics.median(rates[m]) for m in single_modes), default=None)
@@ -184,6 +206,7 @@ def main() -> None:
             stacked = runners[mode].seeds > 1
             rows[mode] = {
                 "seeds": runners[mode].seeds,
+                "iterations_per_call": runners[mode].per_call,
                 "updates_per_s": med,
                 "rounds": rates[mode],
                 "ratio_to_reference": med / ref if ref else None,

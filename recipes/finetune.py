@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -68,6 +69,7 @@ def main(cfg: DictConfig) -> dict:
     check_config(cfg)
     save_config(cfg, run_dir)
     device = resolve_device(cfg.device)
+    torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))
     seed_everything(cfg.seed)
 
     # ---------------------------------------------------------------- data: offline + online, one buffer

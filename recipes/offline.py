@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,6 +52,7 @@ def main(cfg: DictConfig) -> dict:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     save_config(cfg, run_dir)
     device = resolve_device(cfg.device)
+    torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))
     if cfg.seeds < 1:
         raise ValueError(f"seeds must be >= 1 (agents trained side by side), got {cfg.seeds}.")
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
@@ -137,6 +139,7 @@ def main(cfg: DictConfig) -> dict:
         evaluate=evaluate_and_log,
         eval_interval=cfg.eval.interval,
         progress=cfg.progress,
+        updates_per_call=cfg.compile.get("updates_per_call", 1),
     )
 
     # ---------------------------------------------------------------- final score

@@ -170,3 +170,72 @@ def test_loaded_learning_rate_takes_the_kind_the_mode_needs(saved, loaded):
     assert b.actor_lr < a.actor_lr
     if loaded == "compile":  # updated in place: what a compiled step reads
         assert b.optim_actor.param_groups[0]["lr"] is lr_object
+
+
+def stacked_batches(num: int, device="cpu", first_seed: int = 0) -> TensorDict:
+    return torch.stack([make_batch(seed=first_seed + k, device=device) for k in range(num)])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_update_many_equals_as_many_single_updates(mode):
+    """K iterations in one call (one CUDA graph under "cudagraphs") == K update() calls:
+    same parameters, same target noise draws, same cosine lr, per-update metrics kept."""
+    from torch._inductor import config as inductor_config
+
+    device = device_for(mode)
+    single_loss = make_loss(device)
+    many_loss = copy.deepcopy(single_loss)
+    single = DMGUpdater(single_loss, actor_cosine_steps=12, mode=mode)
+    many = DMGUpdater(many_loss, actor_cosine_steps=12, mode=mode)
+    torch._dynamo.reset()
+    expected_q = []
+    with inductor_config.patch(fallback_random=True):
+        for call in range(4):  # the first calls of a CUDA-graph module are its warm-up
+            batches = stacked_batches(6, device, first_seed=6 * call)
+            torch.manual_seed(call)
+            for k in range(6):
+                expected_q.append(single.update(batches[k])["loss_qvalue"])
+            torch.manual_seed(call)
+            metrics = many.update_many(batches)
+            assert metrics["critic"].batch_size == torch.Size([6])
+            assert metrics["actor"].batch_size == torch.Size([3])
+            torch.testing.assert_close(
+                metrics["critic", "loss_qvalue"], torch.stack(expected_q[-6:]), rtol=1e-4, atol=1e-5
+            )
+    assert many.num_updates == single.num_updates == 24
+    for a, b in zip(single_loss.parameters(), many_loss.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert many.actor_lr == pytest.approx(single.actor_lr, rel=1e-5)
+    assert many.scheduler.last_epoch == single.scheduler.last_epoch == 12
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_update_many_keeps_the_delay_and_fresh_noise(mode):
+    """Inside one call the actor moves after every policy_freq-th critic step only, and the
+    target-policy noise is drawn anew at every step and at every replay."""
+    device = device_for(mode)
+    loss = make_loss(device, mixture_coef=1.0)
+    updater = DMGUpdater(loss, lr=0.0, policy_freq=2, mode=mode)
+    batches = torch.stack([make_batch(device=device)] * 4)
+    targets = []
+    for _ in range(4):
+        targets += updater.update_many(batches)["critic", "target_value"].tolist()
+    assert len(set(targets)) == 16, targets
+    moving = make_loss(device)
+    updater = DMGUpdater(moving, policy_freq=3, mode=mode)
+    before = snapshot(moving.actor_network_params)
+    updater.update_many(torch.stack([make_batch(device=device)] * 3))
+    assert changed(before, moving.actor_network_params)
+    before = snapshot(moving.actor_network_params)
+    updater.update(make_batch(device=device))
+    updater.update(make_batch(device=device))
+    assert not changed(before, moving.actor_network_params)
+
+
+def test_update_many_rejects_a_count_off_the_actor_delay():
+    updater = DMGUpdater(make_loss(), policy_freq=2)
+    with pytest.raises(ValueError, match="multiples of policy_freq"):
+        updater.update_many(stacked_batches(3))
+    updater.update(make_batch())
+    with pytest.raises(ValueError, match="multiples of policy_freq"):
+        updater.update_many(stacked_batches(2))

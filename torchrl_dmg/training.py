@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
@@ -53,6 +54,8 @@ class DMGUpdater:
         mode: UpdateMode = "eager",
         cudagraph_warmup: int = 3,
     ) -> None:
+        self._cudagraph_warmup = cudagraph_warmup
+        self._many_step = None  # built on the first update_many call
         if policy_freq < 1:
             raise ValueError(f"policy_freq must be >= 1, got {policy_freq}.")
         if mode not in ("eager", "compile", "cudagraphs"):
@@ -103,6 +106,7 @@ class DMGUpdater:
             _exclude_td_from_pytree().set()
             self._critic_step = torch.compile(self.critic_step)
             self._actor_step = torch.compile(self.actor_step)
+        self._compiled_steps = (self._critic_step, self._actor_step)
         if graphs:
             from tensordict.nn import CudaGraphModule
 
@@ -187,6 +191,88 @@ class DMGUpdater:
             if self.scheduler is not None:
                 self.scheduler.step()
         return metrics
+
+    #: the actor's learning rates for the actor steps of an :meth:`update_many` call
+    ACTOR_LRS_KEY = "_actor_lrs"
+
+    def many_step(self, inputs: TensorDict) -> TensorDict:
+        """``K`` iterations in a row on ``inputs["batches"]`` (batch ``[K, ...]``), as
+        :meth:`update` would run them from an iteration count that is a multiple of
+        ``policy_freq`` (``K`` is one too): the actor step follows every
+        ``policy_freq``-th critic step, at a position fixed by ``k``, so the whole loop is
+        branch-free and one CUDA graph captures it. ``inputs`` may carry ``"actor_lrs"``:
+        the actor's learning rate for each actor step, then the one to leave in place (the
+        cosine schedule, computed on the host and copied in at each replay)."""
+        critic_step, actor_step = self._compiled_steps
+        batches, lrs = inputs.get("batches"), inputs.get("actor_lrs", None)
+        critic, actor = [], []
+        for k in range(batches.shape[0]):
+            batch = batches[k]
+            metrics = critic_step(batch)
+            target_q = metrics.pop(self.TARGET_Q_KEY)
+            critic.append(metrics)
+            if (k + 1) % self.policy_freq == 0:
+                if lrs is not None:
+                    self._set_actor_lr(lrs[len(actor)])
+                actor.append(actor_step(batch.set(self.TARGET_Q_KEY, target_q)))
+        if lrs is not None:
+            self._set_actor_lr(lrs[len(actor)])
+        return TensorDict({"critic": torch.stack(critic), "actor": torch.stack(actor)})
+
+    def _set_actor_lr(self, lr: torch.Tensor) -> None:
+        for group in self.optim_actor.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].copy_(lr)  # in place: what a compiled step / CUDA graph reads
+            else:
+                group["lr"] = float(lr)
+
+    def update_many(self, batches: TensorDict) -> TensorDict:
+        """``K = batches.shape[0]`` iterations in one call (the PyTorch analogue of a JAX
+        ``scan`` over updates): under ``mode="cudagraphs"`` one CUDA graph replays all ``K``
+        critic steps and their ``K / policy_freq`` actor steps, so the host's per-call work
+        is paid once per ``K`` updates. The result equals ``K`` calls of :meth:`update` on
+        ``batches[0]``, ``batches[1]``, ... (the actor's cosine learning rate included).
+
+        Returns every update's metrics: ``"critic"`` (batch ``[K]``) and ``"actor"``
+        (batch ``[K // policy_freq]``). ``K`` and the number of iterations done so far
+        must be multiples of ``policy_freq``; keep one ``K`` per updater (a CUDA graph is
+        captured for one shape).
+        """
+        num = batches.shape[0]
+        if num < 1 or num % self.policy_freq or self.num_updates % self.policy_freq:
+            raise ValueError(
+                f"update_many needs a number of iterations ({num}) and a count of iterations "
+                f"done ({self.num_updates}) that are multiples of policy_freq "
+                f"({self.policy_freq}); use update() for single iterations."
+            )
+        num_actor = num // self.policy_freq
+        inputs = TensorDict({"batches": batches}, batch_size=[])
+        if self.scheduler is not None:
+            inputs.set("actor_lrs", self._cosine_actor_lrs(num_actor))
+        if self._many_step is None:
+            self._many_step = self.many_step
+            if self.mode == "cudagraphs":
+                from tensordict.nn import CudaGraphModule
+
+                self._many_step = CudaGraphModule(
+                    self.many_step, in_keys=[], out_keys=[], warmup=self._cudagraph_warmup
+                )
+        metrics = self._many_step(inputs)
+        self.num_updates += num
+        if self.scheduler is not None:  # its state, as num_actor scheduler.step() leave it
+            self.scheduler.last_epoch += num_actor
+            self.scheduler._last_lr = [self._cosine_lr(self.scheduler.last_epoch)]
+        return metrics
+
+    def _cosine_lr(self, epoch: int) -> float:
+        """``CosineAnnealingLR``'s closed form (η_min = 0) at actor update ``epoch``."""
+        base, t_max = self.scheduler.base_lrs[0], self.scheduler.T_max
+        return base * (1 + math.cos(math.pi * epoch / t_max)) / 2
+
+    def _cosine_actor_lrs(self, num_actor: int) -> torch.Tensor:
+        epoch = self.scheduler.last_epoch
+        lrs = [self._cosine_lr(epoch + j) for j in range(num_actor + 1)]
+        return torch.tensor(lrs, dtype=torch.float32).to(self.device, non_blocking=True)
 
     def set_coefficients(self, **coefficients: float | torch.Tensor) -> None:
         """λ (``mixture_coef``), ν (``penalty_coef``) or γ, in place (see ``DMGLoss``)."""
@@ -556,25 +642,53 @@ def train_offline(
     eval_interval: int = 0,
     progress: bool = True,
     desc: str = "dmg",
+    updates_per_call: int = 1,
 ) -> int:
     """The offline loop of both recipes: sample, update, log every ``log_interval`` steps,
     ``evaluate(step) -> score`` every ``eval_interval`` and ``checkpoint(step)`` every
     ``checkpoint_interval`` steps before the last (the caller evaluates and checkpoints the
-    end). A tqdm bar shows steps, it/s, ETA and the last score. Returns the final step."""
+    end). A tqdm bar shows steps, it/s, ETA and the last score. Returns the final step.
+
+    ``updates_per_call=K > 1`` runs ``K`` iterations per :meth:`DMGUpdater.update_many`
+    call on ``buffer.sample(K)`` (one CUDA graph replay per ``K`` under ``"cudagraphs"``);
+    the step counts and intervals must then be multiples of ``K``."""
     from tqdm.auto import tqdm
 
+    per_call = updates_per_call
+    if per_call < 1:
+        raise ValueError(f"updates_per_call must be >= 1, got {per_call}.")
+    if per_call > 1:
+        named = {
+            "steps": steps,
+            "the start step": start,
+            "log_interval": log_interval,
+            "eval_interval": eval_interval,
+            "checkpoint_interval": checkpoint_interval,
+        }
+        bad = {k: v for k, v in named.items() if v % per_call}
+        if per_call % updater.policy_freq or bad:
+            raise ValueError(
+                f"updates_per_call={per_call} (iterations per call) must be a multiple of "
+                f"policy_freq ({updater.policy_freq}) and divide the step counts; not "
+                f"multiples of it: {bad}. Choose another updates_per_call, or 1."
+            )
     step, train_time = start, 0.0
     bar = tqdm(
         total=steps, initial=step, disable=not progress, desc=desc, unit="step", mininterval=1.0
     )
     while step < steps:
         t0 = time.perf_counter()
-        metrics = updater.update(buffer.sample())
+        if per_call == 1:
+            metrics = updater.update(buffer.sample())
+        else:  # K iterations, one call (one CUDA graph replay); metrics averaged over them
+            many = updater.update_many(buffer.sample(per_call))
+            metrics = {**many["critic"].to_dict(), **many["actor"].to_dict()}
         train_time += time.perf_counter() - t0
-        step += 1
-        bar.update(1)
+        step += per_call
+        bar.update(per_call)
         if step % log_interval == 0:
-            row = {k: v.float().mean().item() for k, v in metrics.items()}  # mean over seeds
+            # mean over seeds (and over the call's iterations)
+            row = {k: v.float().mean().item() for k, v in metrics.items()}
             row["actor_lr"] = updater.actor_lr
             row["updates_per_s"] = log_interval / max(train_time, 1e-9)
             train_time = 0.0
@@ -620,6 +734,9 @@ class DeviceSampler:
     def __len__(self) -> int:
         return self.data.shape[0]
 
-    def sample(self) -> TensorDictBase:
-        index = torch.randint(len(self), self.shape, device=self.device)
+    def sample(self, num: int | None = None) -> TensorDictBase:
+        """One batch, or with ``num`` that many stacked (``[num, (N,) B]``) for
+        :meth:`DMGUpdater.update_many`."""
+        shape = self.shape if num is None else (num, *self.shape)
+        index = torch.randint(len(self), shape, device=self.device)
         return self.data[index]

@@ -25,17 +25,26 @@ from tensordict import TensorDict
 
 from torchrl_dmg.data.local import dataset_path, is_complete
 
-# Local datasets the project can make itself: id pattern (the maze is group 1) -> generator.
+# Local datasets the project can make itself: id pattern -> generator, called with the
+# pattern's named groups as keyword arguments.
 _GENERATORS: tuple[tuple[re.Pattern, str, str], ...] = (
     (
-        re.compile(r"^local/pointmaze/(umaze|medium|large)-v0$"),
+        re.compile(r"^local/pointmaze/(?P<maze>umaze|medium|large)-v0$"),
         "torchrl_dmg.data.pointmaze",
         "generate_pointmaze_dataset",
     ),
     (
-        re.compile(r"^local/antmaze/(umaze|medium|large)-random-v0$"),
+        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v0$"),
         "torchrl_dmg.data.antmaze",
         "generate_antmaze_dataset",
+    ),
+    (
+        re.compile(
+            r"^local/mujoco/(?P<env>hopper|halfcheetah|walker2d)/"
+            r"(?P<quality>random|medium|medium-replay|expert|medium-expert)-v0$"
+        ),
+        "torchrl_dmg.data.locomotion",
+        "generate_locomotion_dataset",
     ),
 )
 
@@ -49,8 +58,8 @@ def _generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
         match = pattern.match(dataset_id)
         if match:
             generate = getattr(importlib.import_module(module), function)
-            maze = match.group(1)
-            return lambda: generate(maze=maze, dataset_id=dataset_id, progress=progress)
+            kwargs = match.groupdict()
+            return lambda: generate(**kwargs, dataset_id=dataset_id, progress=progress)
     return None
 
 
@@ -58,8 +67,9 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
     """Return the :class:`minari.MinariDataset` for ``dataset_id``, making it available first.
 
     Order: a complete local copy (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``);
-    a dataset this project generates (``local/pointmaze/<maze>-v0``, the placeholder
-    ``local/antmaze/<maze>-random-v0``), generated once;
+    a dataset this project generates (``local/pointmaze/<maze>-v0``,
+    ``local/mujoco/<env>/<quality>-v0``, the placeholder ``local/antmaze/<maze>-random-v0``),
+    generated once;
     Minari's remote server (``download=True``). Anything else fails early with a
     message that names the dataset and the ways to provide it.
     """

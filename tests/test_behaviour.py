@@ -1,0 +1,230 @@
+"""Fast tests of the SAC behaviour-policy trainer (torchrl_dmg.behaviour) on Hopper-v5."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from torchrl_dmg import behaviour
+from torchrl_dmg.behaviour import (
+    D4RL_REF_SCORES,
+    TransitionStore,
+    act,
+    d4rl_normalized_score,
+    load_behaviour_actor,
+    load_transitions,
+    train_sac,
+)
+
+TINY = dict(
+    total_steps=600,
+    init_random_steps=200,
+    frames_per_batch=100,
+    checkpoint_interval=300,
+    num_cells=(16, 16),
+    batch_size=32,
+    eval_episodes=1,
+    eval_max_steps=10,
+    update_mode="eager",
+    progress=False,
+)
+
+
+def _progress(out_dir) -> list[dict]:
+    with open(out_dir / "progress.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("sac") / "hopper_s0"
+    return out_dir, train_sac("hopper", out_dir=out_dir, seed=0, **TINY)
+
+
+def test_tiny_run_writes_checkpoints_progress_and_transitions(tiny_run):
+    out_dir, result = tiny_run
+    assert result["env"] == "Hopper-v5" and result["steps"] == 600
+    assert sorted(result["checkpoints"]) == [300, 600]
+    for step in (300, 600):
+        assert (out_dir / "checkpoints" / f"step_{step:08d}.pt").is_file()
+    assert result["best_step"] in (300, 600)
+    assert result["best_checkpoint"].endswith(f"step_{result['best_step']:08d}.pt")
+    assert (out_dir / "state.pt").is_file()
+    assert not list(out_dir.rglob("*.tmp"))
+
+    rows = _progress(out_dir)
+    assert [int(r["step"]) for r in rows] == [300, 600]
+    assert all(np.isfinite(float(r["eval_return_mean"])) for r in rows)
+    assert all(float(r["wall_s"]) > 0 and float(r["updates_per_s"]) > 0 for r in rows)
+    # UTD 1 once the 200 random steps are in: batches ending at 200, 300, ..., 600
+    assert [int(r["num_updates"]) for r in rows] == [200, 500]
+
+    data = load_transitions(out_dir)
+    assert data["observation"].shape == (600, 11) and data["observation"].dtype == np.float32
+    assert data["next_observation"].shape == (600, 11)
+    assert data["action"].shape == (600, 3)
+    assert data["reward"].shape == data["terminated"].shape == data["truncated"].shape == (600,)
+    assert data["terminated"].dtype == np.bool_
+    np.testing.assert_array_equal(data["step"], np.arange(1, 601))
+    assert np.all(np.abs(data["action"]) <= 1.0)
+    # collection order: within an episode each next observation is the next observation
+    ends = data["terminated"] | data["truncated"]
+    cont = ~ends[:-1]
+    assert ends.any() and cont.any()
+    np.testing.assert_array_equal(
+        data["next_observation"][:-1][cont], data["observation"][1:][cont]
+    )
+    # medium-replay style prefix: all transitions collected until a checkpoint step
+    prefix = load_transitions(out_dir, max_step=300)
+    assert len(prefix["step"]) == 300 and prefix["step"][-1] == 300
+    np.testing.assert_array_equal(prefix["observation"], data["observation"][:300])
+
+
+def test_checkpoint_rebuilds_an_actor_acting_inside_the_bounds(tiny_run):
+    out_dir, _ = tiny_run
+    actor, meta = load_behaviour_actor(out_dir / "checkpoints" / "step_00000300.pt")
+    assert meta["env"] == "Hopper-v5" and meta["step"] == 300
+    assert (meta["obs_dim"], meta["act_dim"], list(meta["num_cells"])) == (11, 3, [16, 16])
+    assert "actor" not in meta and np.isfinite(meta["eval_return_mean"])
+
+    obs = load_transitions(out_dir)["observation"][:64] * 10.0  # large inputs: saturated tanh
+    det = act(actor, obs, deterministic=True)
+    assert det.shape == (64, 3) and det.dtype == np.float32
+    assert np.all((det >= -1.0) & (det <= 1.0))
+    assert act(actor, obs[0], deterministic=True).shape == (3,)
+    sample_a = act(actor, obs, deterministic=False, generator=torch.Generator().manual_seed(3))
+    sample_b = act(actor, obs, deterministic=False, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(sample_a, sample_b)  # a seeded generator reproduces
+    assert np.all((sample_a >= -1.0) & (sample_a <= 1.0))
+    assert not np.allclose(sample_a, det)
+    returns = behaviour.evaluate_actor(actor, "hopper", episodes=2, max_steps=5, seed=0)
+    assert returns.shape == (2,) and np.all(np.isfinite(returns))
+
+
+def test_resume_after_an_interruption_continues_from_the_saved_step(tmp_path, monkeypatch):
+    out_dir = tmp_path / "run"
+    evaluate = behaviour.evaluate_actor
+    calls = []
+
+    def crash_on_second_checkpoint(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while evaluating step 600
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(behaviour, "evaluate_actor", crash_on_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_sac("hopper", out_dir=out_dir, **TINY)
+    monkeypatch.setattr(behaviour, "evaluate_actor", evaluate)
+    assert torch.load(out_dir / "state.pt", weights_only=False)["steps"] == 300
+    assert len(TransitionStore(out_dir / "transitions", 11, 3)) == 600  # beyond the state
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train_sac("hopper", out_dir=out_dir, **TINY)
+
+    result = train_sac("hopper", out_dir=out_dir, resume=True, **TINY)
+    assert result["session_steps"] == 300  # continued at 300, not from zero
+    assert result["steps"] == 600 and sorted(result["checkpoints"]) == [300, 600]
+    rows = _progress(out_dir)
+    assert [int(r["step"]) for r in rows] == [300, 600]
+    assert [int(r["num_updates"]) for r in rows] == [200, 500]
+    data = load_transitions(out_dir)
+    np.testing.assert_array_equal(data["step"], np.arange(1, 601))
+    # the episode running at the interruption ends at step 300
+    assert data["terminated"][299] or data["truncated"][299]
+    state = torch.load(out_dir / "state.pt", weights_only=False)
+    assert state["steps"] == 600 and state["updater"]["num_updates"] == 500
+    # a finished run: resuming it again does nothing
+    assert train_sac("hopper", out_dir=out_dir, resume=True, **TINY)["session_steps"] == 0
+
+
+def test_bad_env_name_names_the_allowed_ones(tmp_path):
+    with pytest.raises(ValueError, match="hopper.*halfcheetah.*walker2d"):
+        train_sac("ant", out_dir=tmp_path / "x", **TINY)
+    assert not (tmp_path / "x").exists()
+    assert behaviour.resolve_env_name("walker2d") == "Walker2d-v5"
+    assert behaviour.resolve_env_name("HalfCheetah-v5") == "HalfCheetah-v5"
+
+
+def test_d4rl_normalized_score():
+    low, high = D4RL_REF_SCORES["hopper"]
+    assert d4rl_normalized_score("hopper", low) == pytest.approx(0.0)
+    assert d4rl_normalized_score("Hopper-v5", high) == pytest.approx(100.0)
+    assert set(D4RL_REF_SCORES) == {"hopper", "halfcheetah", "walker2d"}
+
+
+def test_transition_store_survives_a_torn_append(tmp_path):
+    store = TransitionStore(tmp_path / "t", obs_dim=2, act_dim=1)
+
+    def rows(first, n):
+        return {
+            "observation": np.full((n, 2), first, np.float32),
+            "action": np.zeros((n, 1), np.float32),
+            "reward": np.arange(first, first + n, dtype=np.float32),
+            "next_observation": np.zeros((n, 2), np.float32),
+            "terminated": np.zeros(n, bool),
+            "truncated": np.zeros(n, bool),
+            "step": np.arange(first, first + n),
+        }
+
+    store.append(rows(1, 3))
+    with open(tmp_path / "t" / "reward.bin", "ab") as f:  # a crash mid-append
+        f.write(b"\x00" * 6)
+    store = TransitionStore(tmp_path / "t", obs_dim=2, act_dim=1)
+    assert len(store) == 3
+    store.append(rows(4, 2))
+    data = store.read()
+    np.testing.assert_array_equal(data["reward"], np.arange(1, 6))
+    np.testing.assert_array_equal(data["step"], np.arange(1, 6))
+    store.truncate(4)
+    store.mark_last_truncated()
+    assert store.read()["truncated"].tolist() == [False, False, False, True]
+
+
+def test_compiled_update_matches_eager():
+    """update_mode="compile" (aot_eager) runs the same ops: same losses, same weights."""
+    from tensordict import TensorDict
+    from torchrl.data import Bounded
+
+    spec = Bounded(-1.0, 1.0, shape=(3,))
+    g = torch.Generator().manual_seed(0)
+    n = 32
+    batches = [
+        TensorDict(
+            {
+                "observation": torch.randn(n, 11, generator=g),
+                "action": torch.rand(n, 3, generator=g) * 2 - 1,
+                "next": {
+                    "observation": torch.randn(n, 11, generator=g),
+                    "reward": torch.randn(n, 1, generator=g),
+                    "terminated": torch.rand(n, 1, generator=g) < 0.2,
+                    "done": torch.rand(n, 1, generator=g) < 0.3,
+                },
+            },
+            batch_size=[n],
+        )
+        for _ in range(3)
+    ]
+    results = {}
+    for mode in ("eager", "compile"):
+        torch.manual_seed(0)
+        updater = behaviour._SACUpdater(
+            behaviour.make_sac_actor(11, 3, spec, (16, 16)),
+            behaviour.make_sac_qvalue(11, 3, (16, 16)),
+            spec,
+            lr=1e-3,
+            gamma=0.99,
+            tau=0.005,
+            mode=mode,
+            vmap_critics=True,  # the same critic layout in both modes
+        )
+        losses = []
+        for i, batch in enumerate(batches):
+            torch.manual_seed(10 + i)
+            losses.append(updater.update(batch.clone())["loss_qvalue"])
+        results[mode] = (torch.stack(losses), updater.loss.state_dict())
+    torch.testing.assert_close(results["compile"][0], results["eager"][0])
+    for key, value in results["eager"][1].items():
+        torch.testing.assert_close(results["compile"][1][key], value)

@@ -1,0 +1,187 @@
+"""Local D4RL-style locomotion datasets (torchrl_dmg.data.locomotion), on tiny sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from torchrl_dmg.behaviour import D4RL_REF_SCORES, TransitionStore, make_sac_actor
+from torchrl_dmg.data import locomotion
+from torchrl_dmg.data.local import dataset_path, is_complete
+from torchrl_dmg.data.locomotion import generate_locomotion_dataset, locomotion_dataset_id
+
+OBS, ACT = 11, 3  # Hopper-v5
+
+
+@pytest.fixture()
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    return tmp_path
+
+
+@pytest.fixture()
+def policy_dir(tmp_path):
+    """Tiny stand-ins for the shipped hopper policies, in the checkpoint format."""
+    out = tmp_path / "policies"
+    out.mkdir()
+    for level, step in (("medium", 40), ("expert", 100)):
+        torch.manual_seed(step)
+        actor = make_sac_actor(OBS, ACT, num_cells=(8, 8))
+        torch.save(
+            {
+                "env": "Hopper-v5",
+                "step": step,
+                "obs_dim": OBS,
+                "act_dim": ACT,
+                "num_cells": [8, 8],
+                "actor": actor.state_dict(),
+                "eval_return_mean": 0.0,
+                "eval_return_std": 0.0,
+            },
+            out / f"hopper-{level}.pt",
+        )
+    return out
+
+
+def load(dataset_id):
+    import minari
+
+    return minari.load_dataset(dataset_id)
+
+
+def check_episodes(dataset, total_steps):
+    assert dataset.total_steps == total_steps
+    steps = 0
+    for ep in dataset.iterate_episodes():
+        n = len(ep.rewards)
+        assert ep.observations.shape == (n + 1, OBS) and ep.actions.shape == (n, ACT)
+        ends = ep.terminations | ep.truncations
+        assert ends[-1] and not ends[:-1].any()  # exactly one end, at the last step
+        assert np.abs(ep.actions).max() <= 1.0
+        steps += n
+    assert steps == total_steps
+
+
+@pytest.mark.parametrize("quality", ["random", "medium", "expert"])
+def test_each_policy_quality_makes_a_loadable_dataset_with_d4rl_reference_scores(
+    root, policy_dir, quality
+):
+    dataset_id = generate_locomotion_dataset(
+        "hopper", quality, num_steps=300, progress=False, policy_dir=policy_dir
+    )
+    assert (
+        dataset_id
+        == locomotion_dataset_id("hopper", quality)
+        == f"local/mujoco/hopper/{quality}-v0"
+    )
+    dataset = load(dataset_id)
+    check_episodes(dataset, 300)
+    meta = dataset.storage.metadata
+    assert (meta["ref_min_score"], meta["ref_max_score"]) == D4RL_REF_SCORES["hopper"]
+    assert dataset.recover_environment(eval_env=True).spec.id == "Hopper-v5"
+    assert meta["generator_params"]["quality"] == quality
+
+
+def test_medium_expert_is_the_medium_and_expert_data_concatenated(root, policy_dir):
+    kw = {"num_steps": 200, "progress": False, "policy_dir": policy_dir}
+    both = load(generate_locomotion_dataset("hopper", "medium-expert", **kw))
+    medium = load(generate_locomotion_dataset("hopper", "medium", **kw))
+    expert = load(generate_locomotion_dataset("hopper", "expert", **kw))
+    check_episodes(both, 400)
+    actions = np.concatenate([ep.actions for ep in both.iterate_episodes()])
+    parts = [np.concatenate([ep.actions for ep in d.iterate_episodes()]) for d in (medium, expert)]
+    np.testing.assert_array_equal(actions, np.concatenate(parts))
+
+
+def test_medium_replay_is_the_sac_run_until_the_medium_checkpoint(root, policy_dir, tmp_path):
+    run = tmp_path / "run"
+    store = TransitionStore(run / "transitions", OBS, ACT)
+    n = 60
+    rng = np.random.default_rng(0)
+    terminated = np.zeros(n, dtype=bool)
+    terminated[[9, 29]] = True  # episodes of 10, 20, then one cut by the checkpoint
+    store.append(
+        {
+            "observation": rng.normal(size=(n, OBS)),
+            "action": rng.uniform(-1, 1, size=(n, ACT)),
+            "reward": rng.normal(size=n),
+            "next_observation": rng.normal(size=(n, OBS)),
+            "terminated": terminated,
+            "truncated": np.zeros(n, dtype=bool),
+            "step": np.arange(1, n + 1),
+        }
+    )
+    dataset = load(
+        generate_locomotion_dataset(
+            "hopper", "medium-replay", progress=False, policy_dir=policy_dir, behaviour_run=run
+        )
+    )
+    check_episodes(dataset, 40)  # the medium checkpoint is at step 40
+    lengths = [len(ep.rewards) for ep in dataset.iterate_episodes()]
+    assert lengths == [10, 20, 10]
+    last = list(dataset.iterate_episodes())[-1]
+    assert last.truncations[-1] and not last.terminations[-1]
+
+
+def test_medium_replay_without_the_sac_run_says_how_to_make_it(root, policy_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_behaviour.py env=hopper"):
+        generate_locomotion_dataset(
+            "hopper", "medium-replay", policy_dir=policy_dir, behaviour_run=tmp_path / "none"
+        )
+
+
+def test_a_missing_behaviour_policy_or_bad_name_fails_early(root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="No medium behaviour policy for hopper"):
+        generate_locomotion_dataset("hopper", "medium", num_steps=10, policy_dir=tmp_path)
+    with pytest.raises(ValueError, match="Unknown env 'ant'"):
+        generate_locomotion_dataset("ant", "medium")
+    with pytest.raises(ValueError, match="Unknown quality 'good'"):
+        generate_locomotion_dataset("hopper", "good")
+
+
+def test_same_seed_same_data_and_a_second_request_reuses_the_dataset(root, policy_dir):
+    kw = {"num_steps": 120, "progress": False, "policy_dir": policy_dir}
+    first = load(generate_locomotion_dataset("hopper", "medium", seed=3, **kw))
+    actions = [ep.actions.copy() for ep in first.iterate_episodes()]
+    data_file = dataset_path("local/mujoco/hopper/medium-v0") / "data" / "main_data.hdf5"
+    mtime = data_file.stat().st_mtime_ns
+    generate_locomotion_dataset("hopper", "medium", seed=3, **kw)
+    assert data_file.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    again = load(generate_locomotion_dataset("hopper", "medium", seed=3, force=True, **kw))
+    for a, b in zip(actions, (ep.actions for ep in again.iterate_episodes()), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_interrupted_collection_leaves_nothing_that_loads(root, policy_dir, monkeypatch):
+    real = locomotion._collect
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(locomotion, "_collect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_locomotion_dataset("hopper", "random", num_steps=50, progress=False)
+    assert not is_complete("local/mujoco/hopper/random-v0")
+    assert not dataset_path("local/mujoco/hopper/random-v0").exists()
+    monkeypatch.setattr(locomotion, "_collect", real)
+    generate_locomotion_dataset("hopper", "random", num_steps=50, progress=False)
+    assert is_complete("local/mujoco/hopper/random-v0")
+
+
+def test_a_corrupt_dataset_is_rebuilt_not_loaded(root):
+    from torchrl_dmg.data.offline import ensure_dataset
+
+    dataset_id = generate_locomotion_dataset("hopper", "random", num_steps=80, progress=False)
+    data_file = dataset_path(dataset_id) / "data" / "main_data.hdf5"
+    data_file.write_bytes(data_file.read_bytes()[:1000])  # a half-copied file
+    assert not is_complete(dataset_id)
+    # the generator id pattern makes it again (at the default size: keep it small here)
+    monkeypatch_steps = locomotion.DEFAULT_NUM_STEPS
+    try:
+        locomotion.DEFAULT_NUM_STEPS = 80
+        dataset = ensure_dataset(dataset_id, download=False, progress=False)
+    finally:
+        locomotion.DEFAULT_NUM_STEPS = monkeypatch_steps
+    assert dataset.total_steps == 80 and is_complete(dataset_id)

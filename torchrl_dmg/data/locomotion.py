@@ -1,0 +1,300 @@
+"""D4RL-style Gym-MuJoCo locomotion datasets (hopper, halfcheetah, walker2d), made locally.
+
+D4RL's ``hopper-medium-v2`` and friends need the internet (Minari's ``mujoco/*`` copies) or
+the dead mujoco-py stack; this module rebuilds them on Gymnasium's v5 tasks from behaviour
+policies this project trains itself (:mod:`torchrl_dmg.behaviour`, SAC as in D4RL):
+
+* ``random``: uniform random actions.
+* ``medium``: the stochastic policy of a SAC checkpoint at about a third of the expert
+  return. ``expert``: the best checkpoint of that run. Both are shipped with the package
+  (``torchrl_dmg/data/policies/<env>-<medium|expert>.pt``, see the README's table), so
+  these datasets regenerate in minutes without retraining.
+* ``medium-expert``: the ``medium`` and ``expert`` datasets concatenated (each
+  ``num_steps`` long, as D4RL's 2M-step medium-expert).
+* ``medium-replay``: every transition the SAC run collected until the medium checkpoint
+  (its replay buffer), in collection order. It needs that run's transition store
+  (``outputs/behaviour/<env>_s0`` by default, ``recipes/train_behaviour.py``).
+
+Episodes follow the task: ``terminated`` when the body falls (hopper, walker2d),
+``truncated`` at Gymnasium's 1000-step limit or when the collection budget ends
+mid-episode. Actions are sampled from the TanhNormal of the SAC actor (D4RL collected
+with the stochastic policy). ``ref_min_score``/``ref_max_score`` are D4RL's reference
+returns, so ``minari.get_normalized_score`` puts scores on the paper's scale.
+
+Datasets are written through :func:`torchrl_dmg.data.local.building_dataset`: a crashed
+or interrupted collection leaves nothing that loads as a dataset, an existing complete one
+is reused, a partial one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from torchrl_dmg.data.local import building_dataset, is_complete
+
+__all__ = [
+    "DEFAULT_NUM_STEPS",
+    "LOCOMOTION_ENVS",
+    "POLICY_DIR",
+    "QUALITIES",
+    "generate_locomotion_dataset",
+    "locomotion_dataset_id",
+    "shipped_policy",
+]
+
+#: Short name -> Gymnasium v5 id (the D4RL tasks).
+LOCOMOTION_ENVS: dict[str, str] = {
+    "hopper": "Hopper-v5",
+    "halfcheetah": "HalfCheetah-v5",
+    "walker2d": "Walker2d-v5",
+}
+QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
+#: transitions per dataset (D4RL: 1M; medium-expert is two of them)
+DEFAULT_NUM_STEPS = 1_000_000
+#: the shipped behaviour policies
+POLICY_DIR = Path(__file__).resolve().parent / "policies"
+#: where recipes/train_behaviour.py writes its run (medium-replay reads it)
+DEFAULT_BEHAVIOUR_RUN = "outputs/behaviour/{env}_s0"
+#: envs stepped side by side during collection (one batched actor call per step)
+_NUM_ENVS = 16
+_GENERATOR_VERSION = 1
+
+
+def locomotion_dataset_id(env: str, quality: str) -> str:
+    """``local/mujoco/<env>/<quality>-v0`` (mirrors Minari's ``mujoco/<env>/<quality>-v0``)."""
+    _check(env, quality)
+    return f"local/mujoco/{env}/{quality}-v0"
+
+
+def _check(env: str, quality: str) -> None:
+    if env not in LOCOMOTION_ENVS:
+        raise ValueError(f"Unknown env {env!r}; choose one of {sorted(LOCOMOTION_ENVS)}.")
+    if quality not in QUALITIES:
+        raise ValueError(f"Unknown quality {quality!r}; choose one of {list(QUALITIES)}.")
+
+
+def shipped_policy(env: str, level: str, policy_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the shipped ``medium`` or ``expert`` behaviour policy of ``env``."""
+    path = Path(policy_dir or POLICY_DIR) / f"{env}-{level}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No {level} behaviour policy for {env} at {path}. Train one with "
+            f"`python recipes/train_behaviour.py env={env}` and copy the chosen checkpoint "
+            f"there (see the README, 'Locomotion datasets')."
+        )
+    return path
+
+
+def _reference_scores(env: str) -> tuple[float, float]:
+    from torchrl_dmg.behaviour import D4RL_REF_SCORES
+
+    return D4RL_REF_SCORES[env]
+
+
+def _collect(
+    env: str, num_steps: int, seed: int, policy_path: Path | None, progress: bool
+) -> list[dict[str, np.ndarray]]:
+    """``num_steps`` transitions from ``_NUM_ENVS`` envs stepped side by side, as whole
+    episodes (in order of completion; the ones still running at the end are truncated)."""
+    from tqdm.auto import tqdm
+
+    from torchrl_dmg.behaviour import act, load_behaviour_actor
+
+    envs = [gym.make(LOCOMOTION_ENVS[env]) for _ in range(_NUM_ENVS)]
+    actor = load_behaviour_actor(policy_path)[0] if policy_path is not None else None
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    space = envs[0].action_space
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    episodes: list[dict[str, np.ndarray]] = []
+    obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+    running: list[dict[str, list]] = [_new_episode(o) for o in obs]
+    collected = 0
+    try:
+        with tqdm(total=num_steps, disable=not progress, desc=f"{env} collect", unit="step") as bar:
+            while collected < num_steps:
+                n = min(_NUM_ENVS, num_steps - collected)
+                if actor is None:
+                    actions = rng.uniform(low, high, size=(n, low.shape[0])).astype(np.float32)
+                else:
+                    actions = act(actor, np.stack(obs[:n]), False, generator)
+                for i in range(n):
+                    next_obs, reward, terminated, truncated, _ = envs[i].step(actions[i])
+                    ep = running[i]
+                    ep["actions"].append(actions[i])
+                    ep["rewards"].append(reward)
+                    ep["terminations"].append(terminated)
+                    ep["truncations"].append(truncated)
+                    ep["observations"].append(next_obs)
+                    if terminated or truncated:
+                        episodes.append(_finish(ep))
+                        next_obs = envs[i].reset()[0]
+                        running[i] = _new_episode(next_obs)
+                    obs[i] = next_obs
+                collected += n
+                bar.update(n)
+    finally:
+        for e in envs:
+            e.close()
+    for ep in running:  # the budget ends these mid-episode: truncated there
+        if ep["actions"]:
+            ep["truncations"][-1] = True
+            episodes.append(_finish(ep))
+    return episodes
+
+
+def _new_episode(obs: np.ndarray) -> dict[str, list]:
+    keys = ("actions", "rewards", "terminations", "truncations")
+    return {"observations": [obs], **{k: [] for k in keys}}
+
+
+def _finish(ep: dict[str, list]) -> dict[str, np.ndarray]:
+    return {
+        "observations": np.asarray(ep["observations"], dtype=np.float64),
+        "actions": np.asarray(ep["actions"], dtype=np.float32),
+        "rewards": np.asarray(ep["rewards"], dtype=np.float64),
+        "terminations": np.asarray(ep["terminations"], dtype=bool),
+        "truncations": np.asarray(ep["truncations"], dtype=bool),
+    }
+
+
+def _replay_episodes(run_dir: Path, max_step: int) -> list[dict[str, np.ndarray]]:
+    """The SAC run's transitions up to ``max_step``, split into episodes."""
+    from torchrl_dmg.behaviour import load_transitions
+
+    data = load_transitions(run_dir, max_step=max_step)
+    ends = np.flatnonzero(data["terminated"] | data["truncated"]) + 1
+    if not len(ends) or ends[-1] != len(data["reward"]):
+        ends = np.append(ends, len(data["reward"]))  # a running episode ends there (truncated)
+    episodes, start = [], 0
+    for end in ends.tolist():
+        obs = data["observation"][start:end]
+        truncations = data["truncated"][start:end].astype(bool).copy()
+        terminations = data["terminated"][start:end].astype(bool)
+        if not (terminations[-1] or truncations[-1]):
+            truncations[-1] = True
+        episodes.append(
+            {
+                "observations": np.concatenate(
+                    [obs, data["next_observation"][end - 1 : end]]
+                ).astype(np.float64),
+                "actions": data["action"][start:end].astype(np.float32),
+                "rewards": data["reward"][start:end].astype(np.float64).reshape(-1),
+                "terminations": terminations.reshape(-1),
+                "truncations": truncations.reshape(-1),
+            }
+        )
+        start = end
+    return episodes
+
+
+def _buffers(episodes: list[dict[str, np.ndarray]], seed: int) -> list:
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    return [
+        EpisodeBuffer(id=i, seed=seed if i == 0 else None, **ep) for i, ep in enumerate(episodes)
+    ]
+
+
+def generate_locomotion_dataset(
+    env: str = "hopper",
+    quality: str = "medium",
+    num_steps: int | None = None,
+    seed: int = 0,
+    dataset_id: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    *,
+    policy_dir: str | os.PathLike | None = None,
+    behaviour_run: str | os.PathLike | None = None,
+) -> str:
+    """Generate (or reuse) a local Minari locomotion dataset and return its id.
+
+    Args:
+        env: ``"hopper"``, ``"halfcheetah"`` or ``"walker2d"``.
+        quality: one of :data:`QUALITIES` (see the module docstring).
+        num_steps: transitions to collect (default 1M, as D4RL; ``medium-expert`` holds
+            twice that, ``medium-replay`` whatever the SAC run saw until its medium
+            checkpoint and ignores it).
+        seed: seeds the envs and the action sampling: same arguments, same data.
+        dataset_id: Minari id (default :func:`locomotion_dataset_id`).
+        force: rebuild even if a complete dataset with this id exists.
+        policy_dir: where the ``<env>-<medium|expert>.pt`` policies are (default: shipped).
+        behaviour_run: the SAC run directory for ``medium-replay`` (default
+            ``outputs/behaviour/<env>_s0``).
+    """
+    import minari
+
+    _check(env, quality)
+    dataset_id = dataset_id or locomotion_dataset_id(env, quality)
+    num_steps = int(num_steps if num_steps is not None else DEFAULT_NUM_STEPS)
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be positive, got {num_steps}.")
+    if not force and is_complete(dataset_id):
+        return dataset_id
+    params: dict[str, Any] = {
+        "generator": "torchrl_dmg.data.locomotion.generate_locomotion_dataset",
+        "generator_version": _GENERATOR_VERSION,
+        "env": env,
+        "env_id": LOCOMOTION_ENVS[env],
+        "quality": quality,
+        "seed": seed,
+    }
+    if quality == "medium-replay":
+        medium = shipped_policy(env, "medium", policy_dir)
+        meta = torch.load(medium, map_location="cpu", weights_only=False)
+        run = Path(behaviour_run or DEFAULT_BEHAVIOUR_RUN.format(env=env))
+        if not (run / "transitions" / "meta.json").is_file():
+            raise FileNotFoundError(
+                f"medium-replay is the SAC run's replay buffer until its medium checkpoint "
+                f"(step {meta['step']}), and no run was found at {run}. Rerun the documented "
+                f"training: `python recipes/train_behaviour.py env={env} steps={meta['step']}` "
+                "(or pass behaviour_run=<its directory>)."
+            )
+        episodes = _replay_episodes(run, int(meta["step"]))
+        params.update(behaviour_run=str(run), until_step=int(meta["step"]))
+        description = f"all transitions of the SAC run until its medium checkpoint ({run})"
+    else:
+        levels = {"random": [None], "medium": ["medium"], "expert": ["expert"]}
+        levels["medium-expert"] = ["medium", "expert"]
+        episodes = []
+        for level in levels[quality]:
+            path = shipped_policy(env, level, policy_dir) if level else None
+            episodes += _collect(env, num_steps, seed, path, progress)
+            if path is not None:
+                params[f"{level}_policy"] = path.name
+        params["num_steps"] = num_steps
+        description = {
+            "random": "uniform random actions",
+            "medium": "the shipped medium SAC policy (stochastic)",
+            "expert": "the shipped expert SAC policy (stochastic)",
+            "medium-expert": "the medium then the expert dataset, concatenated",
+        }[quality]
+    ref_min, ref_max = _reference_scores(env)
+    spec = gym.spec(LOCOMOTION_ENVS[env])
+    with building_dataset(dataset_id):
+        dataset = minari.create_dataset_from_buffers(
+            dataset_id=dataset_id,
+            buffer=_buffers(episodes, seed),
+            env=spec,
+            eval_env=spec,
+            algorithm_name=f"SAC behaviour policy ({quality})",
+            author="torchrl_dmg",
+            author_email="n/a",
+            code_permalink="torchrl_dmg/data/locomotion.py",
+            ref_min_score=ref_min,
+            ref_max_score=ref_max,
+            description=(
+                f"D4RL-style {LOCOMOTION_ENVS[env]} {quality} data: {description}. "
+                f"Reference scores are D4RL's. Generator parameters: {params}."
+            ),
+            requirements=["gymnasium[mujoco]>=1.0"],
+        )
+        dataset.storage.update_metadata({"generator_params": params})
+    return dataset_id

@@ -185,3 +185,60 @@ def test_a_corrupt_dataset_is_rebuilt_not_loaded(root):
     finally:
         locomotion.DEFAULT_NUM_STEPS = monkeypatch_steps
     assert dataset.total_steps == 80 and is_complete(dataset_id)
+
+
+def test_batched_evaluation_returns_equal_a_plain_gymnasium_loop(root):
+    """make_env(num_envs=N) + evaluate: copy i seeded seed + i (``set_seed`` resets it once
+    with the seed, the rollout's reset follows), first episode's return; the copies that
+    fall early (hopper terminates) are reset without disturbing the others."""
+    import gymnasium as gym
+    from tensordict import TensorDict
+
+    from torchrl_dmg.data.offline import load_offline_dataset
+    from torchrl_dmg.envs import evaluate, make_env
+    from torchrl_dmg.models import make_dmg_networks
+
+    dataset_id = generate_locomotion_dataset("hopper", "random", num_steps=500, progress=False)
+    dataset = load_offline_dataset(dataset_id, normalize_obs=True, progress=False)
+    torch.manual_seed(0)
+    actor = make_dmg_networks(OBS, ACT, -1.0, 1.0, num_cells=(16, 16))[0]
+    returns = evaluate(make_env(dataset, num_envs=3), actor, max_steps=200, seed=7)
+
+    expected = []
+    for i in range(3):
+        env = gym.make("Hopper-v5", max_episode_steps=200)
+        env.reset(seed=7 + i)
+        obs, total, done = env.reset()[0], 0.0, False
+        while not done:
+            x = (torch.as_tensor(obs, dtype=torch.float32) - dataset.obs_loc) / dataset.obs_scale
+            with torch.no_grad():
+                action = actor(TensorDict({"observation": x[None]}, [1]))["action"][0]
+            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            total, done = total + reward, terminated or truncated
+        expected.append(total)
+    np.testing.assert_allclose(returns, expected, rtol=1e-4)
+
+
+def test_shipping_picks_the_best_checkpoint_as_expert_and_a_third_of_it_as_medium(tmp_path):
+    import json
+
+    from torchrl_dmg.data.locomotion import ship_behaviour_policies
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    returns = {10: 100.0, 20: 900.0, 30: 1500.0, 40: 3000.0, 50: 2500.0}
+    lines = ["step,eval_return_mean"] + [f"{k},{v}" for k, v in returns.items()]
+    (run / "progress.csv").write_text("\n".join(lines) + "\n")
+    for step in returns:
+        torch.manual_seed(step)
+        actor = make_sac_actor(OBS, ACT, num_cells=(8, 8))
+        ckpt = {"env": "Hopper-v5", "step": step, "obs_dim": OBS, "act_dim": ACT}
+        ckpt.update(num_cells=[8, 8], actor=actor.state_dict())
+        torch.save(ckpt, run / "checkpoints" / f"step_{step:08d}.pt")
+    out = tmp_path / "policies"
+    record = ship_behaviour_policies(run, "hopper", policy_dir=out, episodes=2, max_steps=20)
+    assert record["hopper-expert"]["checkpoint_step"] == 40  # best return
+    assert record["hopper-medium"]["checkpoint_step"] == 20  # 900 is closest to 3000 / 3
+    assert json.loads((out / "policies.json").read_text()) == record
+    assert torch.load(out / "hopper-medium.pt", weights_only=False)["step"] == 20
+    assert record["hopper-medium"]["episodes"] == 2

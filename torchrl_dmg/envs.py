@@ -10,7 +10,6 @@ from torchrl.envs import (
     EnvBase,
     GymWrapper,
     ObservationNorm,
-    SerialEnv,
     TransformedEnv,
 )
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -18,9 +17,21 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl_dmg.data.offline import OfflineDataset
 
 
-def _base_env(dataset: OfflineDataset, eval_env: bool) -> EnvBase:
-    gym_env = dataset.minari_dataset.recover_environment(eval_env=eval_env)
-    return GymWrapper(gym_env)
+def _base_env(dataset: OfflineDataset, eval_env: bool, num_envs: int = 1) -> EnvBase:
+    def gym_env():
+        return dataset.minari_dataset.recover_environment(eval_env=eval_env)
+
+    if num_envs == 1:
+        return GymWrapper(gym_env())
+    # One Gymnasium vector env, one TorchRL env of batch [num_envs]: half the wall of a
+    # SerialEnv of TorchRL envs, whose per-copy TensorDict work outweighs a MuJoCo step.
+    # TorchRL resets finished copies itself (partial resets), so Gymnasium's autoreset is off.
+    import gymnasium as gym
+
+    vector = gym.vector.SyncVectorEnv(
+        [gym_env] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
+    )
+    return GymWrapper(vector)
 
 
 def make_env(
@@ -35,13 +46,11 @@ def make_env(
     Dict observations are concatenated in ``dataset.obs_keys`` order into ``observation``,
     cast to float32 and normalised with the dataset's ``obs_loc``/``obs_scale`` (identity
     when normalisation is off). Rewards are left raw: scores use the env's own returns.
-    ``num_envs > 1`` batches copies with :class:`~torchrl.envs.SerialEnv`.
+    ``num_envs > 1`` batches copies in one Gymnasium ``SyncVectorEnv`` (copy ``i`` seeded
+    ``seed + i`` by ``set_seed(seed)``).
     """
 
-    def factory() -> EnvBase:
-        return _base_env(dataset, eval_env)
-
-    base = factory() if num_envs == 1 else SerialEnv(num_envs, factory)
+    base = _base_env(dataset, eval_env, num_envs)
     transforms = []
     if dataset.obs_keys is not None:
         transforms.append(

@@ -45,6 +45,7 @@ __all__ = [
     "QUALITIES",
     "generate_locomotion_dataset",
     "locomotion_dataset_id",
+    "ship_behaviour_policies",
     "shipped_policy",
 ]
 
@@ -298,3 +299,88 @@ def generate_locomotion_dataset(
         )
         dataset.storage.update_metadata({"generator_params": params})
     return dataset_id
+
+
+def ship_behaviour_policies(
+    run_dir: str | os.PathLike,
+    env: str,
+    *,
+    policy_dir: str | os.PathLike | None = None,
+    episodes: int = 10,
+    seed: int = 1_000,
+    max_steps: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Pick the ``expert`` (best evaluated checkpoint) and ``medium`` (the checkpoint before
+    it whose return is closest to a third of the expert's) policies of a
+    ``recipes/train_behaviour.py`` run, evaluate each anew (``episodes`` deterministic
+    episodes, seeds ``seed + i``), and write them to ``policy_dir`` as
+    ``<env>-<level>.pt`` (the actor only) plus their record in ``policies.json``."""
+    import csv
+    import json
+
+    from torchrl_dmg.behaviour import (
+        D4RL_REF_SCORES,
+        d4rl_normalized_score,
+        evaluate_actor,
+        load_behaviour_actor,
+    )
+
+    _check(env, "medium")
+    run_dir = Path(run_dir)
+    out = Path(policy_dir or POLICY_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "progress.csv", newline="") as f:
+        rows = [(int(r["step"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{run_dir} has no evaluated checkpoints yet.")
+    expert_step, expert_return = max(rows, key=lambda r: r[1])
+    earlier = [r for r in rows if r[0] <= expert_step]
+    medium_step, _ = min(earlier, key=lambda r: abs(r[1] - expert_return / 3))
+    record_path = out / "policies.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    for level, step in (("medium", medium_step), ("expert", expert_step)):
+        ckpt_path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        target = out / f"{env}-{level}.pt"
+        tmp = target.with_suffix(".tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, target)
+        actor, _ = load_behaviour_actor(target)
+        returns = evaluate_actor(actor, env, episodes=episodes, seed=seed, max_steps=max_steps)
+        scores = d4rl_normalized_score(env, returns)
+        record[f"{env}-{level}"] = {
+            "env": LOCOMOTION_ENVS[env],
+            "level": level,
+            "checkpoint_step": step,
+            "run_steps": rows[-1][0],
+            "episodes": episodes,
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "normalized_score": float(scores.mean()),
+            "normalized_score_std": float(scores.std()),
+            "d4rl_ref_scores": list(D4RL_REF_SCORES[env]),
+        }
+        print(
+            f"[ship] {target.name}: step {step}, return {returns.mean():.1f} ± "
+            f"{returns.std():.1f}, normalised {scores.mean():.1f}"
+        )
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, record_path)
+    return record
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Ship the medium and expert policies of a recipes/train_behaviour.py run."
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("--env", required=True, choices=sorted(LOCOMOTION_ENVS))
+    parser.add_argument("--policy-dir", default=None)
+    parser.add_argument("--episodes", type=int, default=10)
+    args = parser.parse_args()
+    ship_behaviour_policies(
+        args.run_dir, args.env, policy_dir=args.policy_dir, episodes=args.episodes
+    )

@@ -94,24 +94,32 @@ def test_medium_expert_is_the_medium_and_expert_data_concatenated(root, policy_d
     np.testing.assert_array_equal(actions, np.concatenate(parts))
 
 
-def test_medium_replay_is_the_sac_run_until_the_medium_checkpoint(root, policy_dir, tmp_path):
-    run = tmp_path / "run"
+def fake_sac_run(run):
+    """60 transitions of a SAC run: episodes of 10 and 20 steps, then a running one."""
     store = TransitionStore(run / "transitions", OBS, ACT)
     n = 60
     rng = np.random.default_rng(0)
     terminated = np.zeros(n, dtype=bool)
     terminated[[9, 29]] = True  # episodes of 10, 20, then one cut by the checkpoint
+    states = rng.normal(size=(n + 1, OBS))
+    next_observation = states[1:].copy()  # inside an episode, next = the following row
+    next_observation[terminated] = rng.normal(size=(2, OBS))  # a fall, then a reset state
     store.append(
         {
-            "observation": rng.normal(size=(n, OBS)),
+            "observation": states[:n],
             "action": rng.uniform(-1, 1, size=(n, ACT)),
             "reward": rng.normal(size=n),
-            "next_observation": rng.normal(size=(n, OBS)),
+            "next_observation": next_observation,
             "terminated": terminated,
             "truncated": np.zeros(n, dtype=bool),
             "step": np.arange(1, n + 1),
         }
     )
+
+
+def test_medium_replay_is_the_sac_run_until_the_medium_checkpoint(root, policy_dir, tmp_path):
+    run = tmp_path / "run"
+    fake_sac_run(run)
     dataset = load(
         generate_locomotion_dataset(
             "hopper", "medium-replay", progress=False, policy_dir=policy_dir, behaviour_run=run
@@ -122,6 +130,39 @@ def test_medium_replay_is_the_sac_run_until_the_medium_checkpoint(root, policy_d
     assert lengths == [10, 20, 10]
     last = list(dataset.iterate_episodes())[-1]
     assert last.truncations[-1] and not last.terminations[-1]
+
+
+def test_a_packed_medium_replay_regenerates_the_same_dataset_without_the_run(
+    root, policy_dir, tmp_path
+):
+    from torchrl_dmg.data.local import remove_dataset
+    from torchrl_dmg.data.locomotion import pack_medium_replay
+
+    run = tmp_path / "run"
+    fake_sac_run(run)
+    kw = {"progress": False, "policy_dir": policy_dir}
+    from_run = load(generate_locomotion_dataset("hopper", "medium-replay", behaviour_run=run, **kw))
+    episodes = [
+        (
+            ep.observations.copy(),
+            ep.actions.copy(),
+            ep.rewards.copy(),
+            ep.terminations.copy(),
+            ep.truncations.copy(),
+        )
+        for ep in from_run.iterate_episodes()
+    ]
+    packed = pack_medium_replay(run, "hopper", policy_dir=policy_dir)
+    assert packed == policy_dir / "hopper-medium-replay.npz"
+    remove_dataset("local/mujoco/hopper/medium-replay-v0")
+    import shutil
+
+    shutil.rmtree(run)
+    again = load(generate_locomotion_dataset("hopper", "medium-replay", **kw))
+    for old, ep in zip(episodes, again.iterate_episodes(), strict=True):
+        new = (ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations)
+        for a, b in zip(old, new, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_medium_replay_without_the_sac_run_says_how_to_make_it(root, policy_dir, tmp_path):

@@ -111,3 +111,39 @@ def test_several_seeds_train_at_once_and_report_each_seed(tmp_path, minari_root)
     assert "at step 40" in proc.stdout
     resumed = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert resumed["step"] == 60 and resumed["updater"]["stacked"].batch_size == torch.Size([3])
+
+
+def test_several_iterations_per_call_train_log_and_checkpoint_on_their_steps(tmp_path, minari_root):
+    run_dir = tmp_path / "run"
+    run_recipe(
+        "offline.py",
+        run_dir,
+        minari_root,
+        "steps=48",
+        "seeds=2",
+        "eval.interval=24",
+        "checkpoint.interval=16",
+        "logger.log_interval=8",
+        "compile.updates_per_call=8",
+    )
+    rows = read_metrics(run_dir)
+    assert [int(r["step"]) for r in rows if r["kind"] == "train"] == [8, 16, 24, 32, 40, 48]
+    assert [int(r["step"]) for r in rows if r["kind"] == "eval"] == [24, 48]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert all(r["loss_actor"] != "" and r["loss_qvalue"] != "" for r in train)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 48 and ckpt["updater"]["num_updates"] == 48
+
+
+def test_iterations_per_call_that_do_not_divide_the_intervals_fail_early(tmp_path, minari_root):
+    proc = run_recipe(
+        "offline.py",
+        tmp_path / "run",
+        minari_root,
+        "steps=60",
+        "eval.interval=30",
+        "compile.updates_per_call=8",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "updates_per_call=8" in proc.stderr and "'steps': 60" in proc.stderr

@@ -207,3 +207,33 @@ def test_one_agent_of_a_stack_continues_alone_exactly():
     assert_same_state(state_of(alone.loss), stacked.agent_state(1), rtol=1e-5, atol=1e-6)
     with pytest.raises(IndexError):
         unstack_updater_state(stacked.state_dict(), 2, alone.loss)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stacked_update_many_equals_as_many_stacked_updates(mode):
+    device = device_for(mode)
+    one = SeedStackedDMGUpdater(
+        [make_loss(device=device, seed=s) for s in (0, 1)], mode=mode, actor_cosine_steps=8
+    )
+    many = SeedStackedDMGUpdater(
+        [make_loss(device=device, seed=s) for s in (0, 1)], mode=mode, actor_cosine_steps=8
+    )
+    with eager_random_numbers():
+        for call in range(4):
+            batches = torch.stack(
+                [
+                    torch.stack([make_batch(seed=10 * call + k + a, device=device) for a in (0, 5)])
+                    for k in range(4)
+                ]
+            )  # [K=4, N=2, B]
+            torch.manual_seed(call)
+            for k in range(4):
+                one.update(batches[k])
+            torch.manual_seed(call)
+            metrics = many.update_many(batches)
+    assert metrics["critic", "loss_qvalue"].shape == (4, 2)
+    assert metrics["actor", "loss_actor"].shape == (2, 2)
+    tol = {} if mode == "eager" else {"rtol": 1e-4, "atol": 1e-5}
+    for i in (0, 1):
+        assert_same_state(one.agent_state(i), many.agent_state(i), **tol)
+    assert one.actor_lr == pytest.approx(many.actor_lr, rel=1e-5)

@@ -41,6 +41,9 @@ class DMGUpdater:
         mode: ``"eager"``, ``"compile"`` (``torch.compile``) or ``"cudagraphs"``
             (``torch.compile`` + :class:`tensordict.nn.CudaGraphModule`, CUDA only).
         cudagraph_warmup: eager calls before a graph is captured (``"cudagraphs"`` only).
+        compile_backend: ``torch.compile`` backend. Default: ``"inductor"`` on CUDA,
+            ``"aot_eager"`` on CPU (it removes TensorDict's per-op Python work and runs the
+            ATen kernels as they are; inductor's CPU kernels were slower there).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class DMGUpdater:
         actor_cosine_steps: int | None = None,
         mode: UpdateMode = "eager",
         cudagraph_warmup: int = 3,
+        compile_backend: str | None = None,
     ) -> None:
         self._cudagraph_warmup = cudagraph_warmup
         self._many_step = None  # built on the first update_many call
@@ -104,8 +108,9 @@ class DMGUpdater:
             from tensordict.nn.functional_modules import _exclude_td_from_pytree
 
             _exclude_td_from_pytree().set()
-            self._critic_step = torch.compile(self.critic_step)
-            self._actor_step = torch.compile(self.actor_step)
+            backend = compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
+            self._critic_step = torch.compile(self.critic_step, backend=backend)
+            self._actor_step = torch.compile(self.actor_step, backend=backend)
         self._compiled_steps = (self._critic_step, self._actor_step)
         if graphs:
             from tensordict.nn import CudaGraphModule

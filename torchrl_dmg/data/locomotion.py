@@ -45,6 +45,7 @@ __all__ = [
     "QUALITIES",
     "generate_locomotion_dataset",
     "locomotion_dataset_id",
+    "pack_medium_replay",
     "ship_behaviour_policies",
     "shipped_policy",
 ]
@@ -165,34 +166,80 @@ def _finish(ep: dict[str, list]) -> dict[str, np.ndarray]:
     }
 
 
-def _replay_episodes(run_dir: Path, max_step: int) -> list[dict[str, np.ndarray]]:
-    """The SAC run's transitions up to ``max_step``, split into episodes."""
+def _replay_transitions(run_dir: Path, max_step: int) -> dict[str, np.ndarray]:
+    """The SAC run's transitions up to ``max_step``; the last one closes its episode."""
     from torchrl_dmg.behaviour import load_transitions
 
     data = load_transitions(run_dir, max_step=max_step)
+    data["truncated"] = data["truncated"].astype(bool).reshape(-1)
+    data["terminated"] = data["terminated"].astype(bool).reshape(-1)
+    if len(data["truncated"]) and not data["terminated"][-1]:
+        data["truncated"][-1] = True  # a running episode ends there (truncated)
+    return data
+
+
+def _episodes(data: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Flat transitions (``observation``, ``action``, ``reward``, ``next_observation``,
+    ``terminated``, ``truncated``; the last one ends an episode) as Minari episodes."""
     ends = np.flatnonzero(data["terminated"] | data["truncated"]) + 1
-    if not len(ends) or ends[-1] != len(data["reward"]):
-        ends = np.append(ends, len(data["reward"]))  # a running episode ends there (truncated)
     episodes, start = [], 0
     for end in ends.tolist():
-        obs = data["observation"][start:end]
-        truncations = data["truncated"][start:end].astype(bool).copy()
-        terminations = data["terminated"][start:end].astype(bool)
-        if not (terminations[-1] or truncations[-1]):
-            truncations[-1] = True
         episodes.append(
             {
                 "observations": np.concatenate(
-                    [obs, data["next_observation"][end - 1 : end]]
+                    [data["observation"][start:end], data["next_observation"][end - 1 : end]]
                 ).astype(np.float64),
                 "actions": data["action"][start:end].astype(np.float32),
                 "rewards": data["reward"][start:end].astype(np.float64).reshape(-1),
-                "terminations": terminations.reshape(-1),
-                "truncations": truncations.reshape(-1),
+                "terminations": data["terminated"][start:end],
+                "truncations": data["truncated"][start:end],
             }
         )
         start = end
     return episodes
+
+
+def pack_medium_replay(
+    run_dir: str | os.PathLike, env: str, *, policy_dir: str | os.PathLike | None = None
+) -> Path:
+    """Store the SAC run's transitions until the shipped medium checkpoint compactly
+    (``<env>-medium-replay.npz`` beside the policies: compressed, each episode's
+    observations once plus its last next-observation), so ``medium-replay`` regenerates
+    without rerunning the training."""
+    medium = torch.load(shipped_policy(env, "medium", policy_dir), weights_only=False)
+    data = _replay_transitions(Path(run_dir), int(medium["step"]))
+    ends = np.flatnonzero(data["terminated"] | data["truncated"])
+    target = Path(policy_dir or POLICY_DIR) / f"{env}-medium-replay.npz"
+    tmp = target.with_name(target.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        observation=data["observation"].astype(np.float32),
+        action=data["action"].astype(np.float32),
+        reward=data["reward"].astype(np.float32).reshape(-1),
+        terminated=data["terminated"],
+        truncated=data["truncated"],
+        last_next_observation=data["next_observation"][ends].astype(np.float32),
+        until_step=np.int64(medium["step"]),
+    )
+    os.replace(tmp, target)
+    return target
+
+
+def _unpack_medium_replay(path: Path, until_step: int) -> dict[str, np.ndarray]:
+    with np.load(path) as packed:
+        data = {k: packed[k] for k in packed.files}
+    packed_until = int(data.pop("until_step"))
+    if packed_until != until_step:
+        raise ValueError(
+            f"{path} holds a run until step {packed_until}, but the medium policy "
+            f"is from step {until_step}: pack it again (pack_medium_replay) after shipping."
+        )
+    ends = np.flatnonzero(data["terminated"] | data["truncated"])
+    next_obs = np.empty_like(data["observation"])
+    next_obs[:-1] = data["observation"][1:]
+    next_obs[ends] = data.pop("last_next_observation")
+    data["next_observation"] = next_obs
+    return data
 
 
 def _buffers(episodes: list[dict[str, np.ndarray]], seed: int) -> list:
@@ -250,16 +297,23 @@ def generate_locomotion_dataset(
     if quality == "medium-replay":
         medium = shipped_policy(env, "medium", policy_dir)
         meta = torch.load(medium, map_location="cpu", weights_only=False)
+        until = int(meta["step"])
         run = Path(behaviour_run or DEFAULT_BEHAVIOUR_RUN.format(env=env))
-        if not (run / "transitions" / "meta.json").is_file():
+        packed = Path(policy_dir or POLICY_DIR) / f"{env}-medium-replay.npz"
+        if behaviour_run is None and packed.is_file():  # the shipped one: what medium came from
+            data, run = _unpack_medium_replay(packed, until), packed
+        elif (run / "transitions" / "meta.json").is_file():
+            data = _replay_transitions(run, until)
+        else:
             raise FileNotFoundError(
                 f"medium-replay is the SAC run's replay buffer until its medium checkpoint "
-                f"(step {meta['step']}), and no run was found at {run}. Rerun the documented "
-                f"training: `python recipes/train_behaviour.py env={env} steps={meta['step']}` "
-                "(or pass behaviour_run=<its directory>)."
+                f"(step {until}), and neither a run at {run} nor a packed copy at {packed} "
+                f"was found. Rerun the documented training: `python "
+                f"recipes/train_behaviour.py env={env} steps={until}` (or pass "
+                "behaviour_run=<its directory>)."
             )
-        episodes = _replay_episodes(run, int(meta["step"]))
-        params.update(behaviour_run=str(run), until_step=int(meta["step"]))
+        episodes = _episodes(data)
+        params.update(behaviour_run=str(run), until_step=until)
         description = f"all transitions of the SAC run until its medium checkpoint ({run})"
     else:
         levels = {"random": [None], "medium": ["medium"], "expert": ["expert"]}

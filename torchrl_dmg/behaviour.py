@@ -33,7 +33,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +49,9 @@ from torchrl.data import Bounded, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
+
+from torchrl_dmg.recording import atomic_write
+from torchrl_dmg.training import rng_state, set_rng_state
 
 # Gymnasium v5 ids of the D4RL locomotion tasks, by short name.
 ENV_IDS: dict[str, str] = {
@@ -341,46 +343,12 @@ def load_transitions(out_dir: str | os.PathLike, max_step: int | None = None) ->
 
 
 # ---------------------------------------------------------------- small helpers
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    """``write(f)`` into a temporary file in ``path``'s directory, fsync, ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 -> the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_torch_save(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 _PROGRESS_COLUMNS = (
@@ -689,7 +657,7 @@ def train_sac(
         for path in (out_dir / "checkpoints").glob("step_*.pt"):
             if int(path.stem.split("_")[1]) > steps:
                 path.unlink()
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
     else:
         store.truncate(0)
     _write_progress(out_dir / "progress.csv", rows)
@@ -835,7 +803,7 @@ def train_sac(
                         "steps": steps,
                         "wall_s": wall,
                         "updater": updater.state_dict(),
-                        "rng": _rng_state(),
+                        "rng": rng_state(),
                         "hparams": {
                             "total_steps": total_steps,
                             "checkpoint_interval": checkpoint_interval,

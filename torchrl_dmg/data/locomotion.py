@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from torchrl_dmg.data.local import building_dataset, is_complete
+from torchrl_dmg.recording import atomic_write, write_json
 
 __all__ = [
     "DEFAULT_NUM_STEPS",
@@ -210,9 +211,7 @@ def pack_medium_replay(
     data = _replay_transitions(Path(run_dir), int(medium["step"]))
     ends = np.flatnonzero(data["terminated"] | data["truncated"])
     target = Path(policy_dir or POLICY_DIR) / f"{env}-medium-replay.npz"
-    tmp = target.with_name(target.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
+    arrays = dict(
         observation=data["observation"].astype(np.float32),
         action=data["action"].astype(np.float32),
         reward=data["reward"].astype(np.float32).reshape(-1),
@@ -221,7 +220,7 @@ def pack_medium_replay(
         last_next_observation=data["next_observation"][ends].astype(np.float32),
         until_step=np.int64(medium["step"]),
     )
-    os.replace(tmp, target)
+    atomic_write(target, lambda f: np.savez_compressed(f, **arrays))
     return target
 
 
@@ -396,9 +395,7 @@ def ship_behaviour_policies(
         ckpt_path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         target = out / f"{env}-{level}.pt"
-        tmp = target.with_suffix(".tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, target)
+        atomic_write(target, lambda f, ckpt=ckpt: torch.save(ckpt, f))
         actor, _ = load_behaviour_actor(target)
         returns = evaluate_actor(actor, env, episodes=episodes, seed=seed, max_steps=max_steps)
         scores = d4rl_normalized_score(env, returns)
@@ -418,9 +415,7 @@ def ship_behaviour_policies(
             f"[ship] {target.name}: step {step}, return {returns.mean():.1f} ± "
             f"{returns.std():.1f}, normalised {scores.mean():.1f}"
         )
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, record_path)
+    write_json(record_path, record)
     return record
 
 

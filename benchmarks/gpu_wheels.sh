@@ -5,8 +5,11 @@
 #
 #   bash benchmarks/gpu_wheels.sh                       # here, once
 #   # there (device tool, carry [".gpu"]):
-#   python3 -m pip install --no-deps --no-build-isolation .gpu/* && export PYTHONPATH=$PWD
-#   python3 benchmarks/update_speed.py --device cuda --updates 500 --rounds 3
+#   python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site \
+#       .gpu/*.whl .gpu/*.tar.gz && export PYTHONPATH=/tmp/site:$PWD
+#   python3 benchmarks/update_speed.py --device cuda --updates 512 --rounds 3 \
+#       --modes reference cudagraphs cudagraphs-k8 x64-cudagraphs-k8 --matmul-precision high
+# (keep only wheels and the one sdist in .gpu/: pip treats any other file there as a requirement)
 #
 # Leave MUJOCO_GL unset there: MUJOCO_GL=egl breaks the gymnasium-robotics import.
 set -euo pipefail

@@ -363,15 +363,6 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
         raise
 
 
-def set_actor_lr(updater: DMGUpdater, lr: float) -> None:
-    """Set the actor's learning rate (a tensor under CUDA graphs: updated in place)."""
-    for group in updater.optim_actor.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
 def make_online_updater(
     loss: DMGLoss, cfg: DictConfig, state: dict[str, Any] | None = None
 ) -> DMGUpdater:
@@ -381,7 +372,7 @@ def make_online_updater(
     updater = make_updater(cfg, loss, steps=None)
     if state is not None:
         updater.load_state_dict(state)
-    set_actor_lr(updater, cfg.optim.lr)
+    updater.set_actor_lr(cfg.optim.lr)
     return updater
 
 

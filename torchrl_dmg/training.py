@@ -112,14 +112,14 @@ class DMGUpdater:
             self._actor_step = torch.compile(self.actor_step, backend=backend)
         self._compiled_steps = (self._critic_step, self._actor_step)
         if graphs:
-            from tensordict.nn import CudaGraphModule
+            self._critic_step = self._captured(self._critic_step)
+            self._actor_step = self._captured(self._actor_step)
 
-            self._critic_step = CudaGraphModule(
-                self._critic_step, in_keys=[], out_keys=[], warmup=cudagraph_warmup
-            )
-            self._actor_step = CudaGraphModule(
-                self._actor_step, in_keys=[], out_keys=[], warmup=cudagraph_warmup
-            )
+    def _captured(self, function: Callable) -> Callable:
+        """``function`` (TensorDicts in and out) replayed as a CUDA graph after warm-up."""
+        from tensordict.nn import CudaGraphModule
+
+        return CudaGraphModule(function, in_keys=[], out_keys=[], warmup=self._cudagraph_warmup)
 
     @staticmethod
     def _adam(params_td, lr, tensor_lr, device, kwargs) -> torch.optim.Adam:
@@ -217,18 +217,22 @@ class DMGUpdater:
             critic.append(metrics)
             if (k + 1) % self.policy_freq == 0:
                 if lrs is not None:
-                    self._set_actor_lr(lrs[len(actor)])
+                    self.set_actor_lr(lrs[len(actor)])
                 actor.append(actor_step(batch.set(self.TARGET_Q_KEY, target_q)))
         if lrs is not None:
-            self._set_actor_lr(lrs[len(actor)])
+            self.set_actor_lr(lrs[len(actor)])
         return TensorDict({"critic": torch.stack(critic), "actor": torch.stack(actor)})
 
-    def _set_actor_lr(self, lr: torch.Tensor) -> None:
+    def set_actor_lr(self, lr: float | torch.Tensor) -> None:
+        """Set the actor's learning rate. A tensor lr (compiled modes) is written in place:
+        it is what a compiled step or a CUDA graph reads."""
         for group in self.optim_actor.param_groups:
-            if torch.is_tensor(group["lr"]):
-                group["lr"].copy_(lr)  # in place: what a compiled step / CUDA graph reads
-            else:
+            if not torch.is_tensor(group["lr"]):
                 group["lr"] = float(lr)
+            elif torch.is_tensor(lr):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"].fill_(lr)
 
     def update_many(self, batches: TensorDict) -> TensorDict:
         """``K = batches.shape[0]`` iterations in one call (the PyTorch analogue of a JAX
@@ -254,13 +258,8 @@ class DMGUpdater:
         if self.scheduler is not None:
             inputs.set("actor_lrs", self._cosine_actor_lrs(num_actor))
         if self._many_step is None:
-            self._many_step = self.many_step
-            if self.mode == "cudagraphs":
-                from tensordict.nn import CudaGraphModule
-
-                self._many_step = CudaGraphModule(
-                    self.many_step, in_keys=[], out_keys=[], warmup=self._cudagraph_warmup
-                )
+            graphs = self.mode == "cudagraphs"
+            self._many_step = self._captured(self.many_step) if graphs else self.many_step
         metrics = self._many_step(inputs)
         self.num_updates += num
         if self.scheduler is not None:  # its state, as num_actor scheduler.step() leave it

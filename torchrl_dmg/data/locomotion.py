@@ -36,6 +36,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from torchrl_dmg.behaviour import D4RL_REF_SCORES, ENV_IDS
 from torchrl_dmg.data.local import building_dataset, is_complete
 from torchrl_dmg.recording import atomic_write, write_json
 
@@ -52,11 +53,7 @@ __all__ = [
 ]
 
 #: Short name -> Gymnasium v5 id (the D4RL tasks).
-LOCOMOTION_ENVS: dict[str, str] = {
-    "hopper": "Hopper-v5",
-    "halfcheetah": "HalfCheetah-v5",
-    "walker2d": "Walker2d-v5",
-}
+LOCOMOTION_ENVS: dict[str, str] = ENV_IDS
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 #: transitions per dataset (D4RL: 1M; medium-expert is two of them)
 DEFAULT_NUM_STEPS = 1_000_000
@@ -75,9 +72,13 @@ def locomotion_dataset_id(env: str, quality: str) -> str:
     return f"local/mujoco/{env}/{quality}-v0"
 
 
-def _check(env: str, quality: str) -> None:
+def _check_env(env: str) -> None:
     if env not in LOCOMOTION_ENVS:
         raise ValueError(f"Unknown env {env!r}; choose one of {sorted(LOCOMOTION_ENVS)}.")
+
+
+def _check(env: str, quality: str) -> None:
+    _check_env(env)
     if quality not in QUALITIES:
         raise ValueError(f"Unknown quality {quality!r}; choose one of {list(QUALITIES)}.")
 
@@ -92,12 +93,6 @@ def shipped_policy(env: str, level: str, policy_dir: str | os.PathLike | None = 
             f"there (see the README, 'Locomotion datasets')."
         )
     return path
-
-
-def _reference_scores(env: str) -> tuple[float, float]:
-    from torchrl_dmg.behaviour import D4RL_REF_SCORES
-
-    return D4RL_REF_SCORES[env]
 
 
 def _collect(
@@ -330,7 +325,7 @@ def generate_locomotion_dataset(
             "expert": "the shipped expert SAC policy (stochastic)",
             "medium-expert": "the medium then the expert dataset, concatenated",
         }[quality]
-    ref_min, ref_max = _reference_scores(env)
+    ref_min, ref_max = D4RL_REF_SCORES[env]
     spec = gym.spec(LOCOMOTION_ENVS[env])
     with building_dataset(dataset_id):
         dataset = minari.create_dataset_from_buffers(
@@ -371,14 +366,9 @@ def ship_behaviour_policies(
     import csv
     import json
 
-    from torchrl_dmg.behaviour import (
-        D4RL_REF_SCORES,
-        d4rl_normalized_score,
-        evaluate_actor,
-        load_behaviour_actor,
-    )
+    from torchrl_dmg.behaviour import d4rl_normalized_score, evaluate_actor, load_behaviour_actor
 
-    _check(env, "medium")
+    _check_env(env)
     run_dir = Path(run_dir)
     out = Path(policy_dir or POLICY_DIR)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,15 @@
-"""Make a local D4RL-style locomotion dataset (Minari format) from the shipped behaviour policies.
+"""Make a local D4RL-style dataset (Minari format): Gym-MuJoCo locomotion from the shipped
+SAC behaviour policies, or AntMaze from the shipped goal-reaching ant and a maze navigator.
 
     python recipes/make_dataset.py env=hopper quality=medium
     python recipes/make_dataset.py env=walker2d quality=medium-expert steps=200000
+    python recipes/make_dataset.py env=antmaze-umaze
+    python recipes/make_dataset.py env=antmaze-medium-play steps=200000
 
 An existing complete dataset is reused (``force=true`` rebuilds it); an interrupted or
 crashed collection leaves nothing behind that loads as a dataset. Prints the id, its size
-and the mean return and normalised score of its episodes.
+and the mean return and normalised score of its episodes (AntMaze: how many episodes
+reached the evaluation goal).
 """
 
 from __future__ import annotations
@@ -14,16 +18,55 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from torchrl_dmg.data.locomotion import generate_locomotion_dataset
+from torchrl_dmg.data.antmaze import ANTMAZE_VARIANTS, generate_antmaze_navigator_dataset
+from torchrl_dmg.data.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
+
+
+def _antmaze(cfg: DictConfig, variant: str) -> str:
+    if cfg.quality is not None:
+        raise ValueError(
+            f"quality={cfg.quality} does not apply to AntMaze: the variant is part of env "
+            f"(e.g. env=antmaze-medium-play); choose one of "
+            f"{['antmaze-' + v for v in ANTMAZE_VARIANTS]}."
+        )
+    if cfg.behaviour_run is not None:
+        raise ValueError("behaviour_run is for locomotion medium-replay only.")
+    return generate_antmaze_navigator_dataset(
+        variant,
+        num_steps=cfg.steps,
+        seed=cfg.seed,
+        dataset_id=cfg.dataset_id,
+        force=cfg.force,
+        progress=cfg.progress,
+        policy_dir=cfg.policy_dir,
+    )
 
 
 @hydra.main(version_base=None, config_path="config", config_name="make_dataset")
 def main(cfg: DictConfig) -> str:
     import minari
 
+    env = str(cfg.env)
+    if env.startswith("antmaze-"):
+        dataset_id = _antmaze(cfg, env.removeprefix("antmaze-"))
+        dataset = minari.load_dataset(dataset_id)
+        episodes = list(dataset.iterate_episodes())
+        reached = np.array([ep.rewards.max() > 0 for ep in episodes])
+        print(
+            f"[make_dataset] {dataset_id}: {dataset.total_episodes} episodes, "
+            f"{dataset.total_steps} steps; {reached.mean() * 100:.0f}% of the episodes reach "
+            f"the evaluation goal, {sum(ep.rewards.sum() for ep in episodes):.0f} steps "
+            f"there, at {dataset.storage.data_path}"
+        )
+        return dataset_id
+    if env not in LOCOMOTION_ENVS:
+        raise ValueError(
+            f"Unknown env {env!r}; choose one of {sorted(LOCOMOTION_ENVS)} or "
+            f"{['antmaze-' + v for v in ANTMAZE_VARIANTS]}."
+        )
     dataset_id = generate_locomotion_dataset(
-        env=cfg.env,
-        quality=cfg.quality,
+        env=env,
+        quality=cfg.quality if cfg.quality is not None else "medium",
         num_steps=cfg.steps,
         seed=cfg.seed,
         dataset_id=cfg.dataset_id,

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from torchrl_dmg.behaviour import (
     D4RL_REF_SCORES,
-    ENV_IDS,
+    TASK_IDS,
     d4rl_normalized_score,
+    load_behaviour_actor,
     resolve_env_name,
     train_sac,
 )
@@ -30,12 +31,14 @@ from torchrl_dmg.behaviour import (
 @hydra.main(config_path="config", config_name="train_behaviour", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     env = str(cfg.env)
-    if env not in ENV_IDS:
+    if env not in TASK_IDS:
         resolve_env_name(env)  # a *-v5 id is accepted too; anything else: a clear error
-        env = next(k for k, v in ENV_IDS.items() if v == env)
-    print(f"[behaviour] env={ENV_IDS[env]} steps={cfg.steps} seed={cfg.seed} out_dir={cfg.out_dir}")
+        env = next(k for k, v in TASK_IDS.items() if v == env)
+    print(
+        f"[behaviour] env={TASK_IDS[env]} steps={cfg.steps} seed={cfg.seed} out_dir={cfg.out_dir}"
+    )
     result = train_sac(
-        ENV_IDS[env],
+        TASK_IDS[env],
         total_steps=int(cfg.steps),
         out_dir=cfg.out_dir,
         seed=int(cfg.seed),
@@ -57,7 +60,6 @@ def main(cfg: DictConfig) -> dict:
     )
 
     # ---------------------------------------------------------------- best checkpoint
-    random_ret, expert_ret = D4RL_REF_SCORES[env]
     summary = {
         "env": result["env"],
         "seed": int(cfg.seed),
@@ -71,7 +73,21 @@ def main(cfg: DictConfig) -> dict:
         "wall_s": round(result["wall_s"], 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if result["best_return"] is not None:
+    if result["best_return"] is not None and env == "antgoal":
+        from torchrl_dmg.antgoal import goal_reaching_success
+
+        actor, _ = load_behaviour_actor(result["best_checkpoint"])
+        success = goal_reaching_success(actor, episodes=int(cfg.eval.success_episodes))
+        summary["goal_reaching"] = success
+        print(
+            f"[behaviour] BEST env={result['env']} step={result['best_step']} "
+            f"return={result['best_return']:.1f} open-space targets 2-6 away reached in 300 "
+            f"steps: {100 * success['success_rate']:.0f}% of {success['episodes']} "
+            f"(mean {success['mean_steps_to_reach']:.0f} steps, {success['falls']} falls) "
+            f"checkpoint={result['best_checkpoint']}"
+        )
+    elif result["best_return"] is not None:
+        random_ret, expert_ret = D4RL_REF_SCORES[env]
         best_score = float(d4rl_normalized_score(env, result["best_return"]))
         final_score = float(d4rl_normalized_score(env, result["final_return"]))
         summary.update(best_normalized_score=best_score, final_normalized_score=final_score)

@@ -60,6 +60,10 @@ ENV_IDS: dict[str, str] = {
     "walker2d": "Walker2d-v5",
 }
 
+# Every task train_sac can learn: the locomotion tasks and the goal-reaching ant that
+# steers AntMaze data collection (torchrl_dmg.antgoal, registered on first use).
+TASK_IDS: dict[str, str] = {**ENV_IDS, "antgoal": "torchrl_dmg/AntGoal-v0"}
+
 # D4RL reference returns (random, expert) for the normalised score
 # 100 * (return - random) / (expert - random).
 D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
@@ -73,18 +77,20 @@ UPDATE_MODES = ("eager", "compile", "compile-inductor")
 
 # ---------------------------------------------------------------- env names and scores
 def resolve_env_name(env_name: str) -> str:
-    """The Gymnasium id for a short name (``"hopper"``) or an id (``"Hopper-v5"``)."""
-    if env_name in ENV_IDS:
-        return ENV_IDS[env_name]
-    if env_name in ENV_IDS.values():
-        return env_name
-    allowed = ", ".join(f"{k} ({v})" for k, v in ENV_IDS.items())
-    raise ValueError(f"Unknown environment {env_name!r}; allowed: {allowed}.")
+    """The Gymnasium id for a short name (``"hopper"``, ``"antgoal"``) or an id
+    (``"Hopper-v5"``); the goal-reaching ant's id is registered on the way."""
+    env_id = TASK_IDS.get(env_name, env_name)
+    if env_id not in TASK_IDS.values():
+        allowed = ", ".join(f"{k} ({v})" for k, v in TASK_IDS.items())
+        raise ValueError(f"Unknown environment {env_name!r}; allowed: {allowed}.")
+    if env_id == TASK_IDS["antgoal"]:
+        import torchrl_dmg.antgoal  # noqa: F401  (registers the id with Gymnasium)
+    return env_id
 
 
 def env_short_name(env_name: str) -> str:
     env_id = resolve_env_name(env_name)
-    return next(k for k, v in ENV_IDS.items() if v == env_id)
+    return next(k for k, v in TASK_IDS.items() if v == env_id)
 
 
 def d4rl_normalized_score(env_name: str, returns: float | np.ndarray) -> float | np.ndarray:

@@ -32,13 +32,21 @@ id (not ``*-random-v0``).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from torchrl_dmg.data.local import building_dataset, is_complete
-from torchrl_dmg.data.maze import base_maze_map, maze_map_with_cells, register_maze_envs
+from torchrl_dmg.data.maze import (
+    MazeGrid,
+    base_maze_map,
+    maze_map_with_cells,
+    register_maze_envs,
+)
 
 __all__ = [
     "ANTMAZE_MAZES",
@@ -50,6 +58,13 @@ __all__ = [
     "generate_antmaze_dataset",
     "make_antmaze_env",
     "make_antmaze_eval_env",
+    "ANTMAZE_VARIANTS",
+    "PLAY_CELLS",
+    "WaypointNavigator",
+    "ant_policy_path",
+    "antmaze_dataset_id",
+    "generate_antmaze_navigator_dataset",
+    "navigator_success",
 ]
 
 #: maze name -> (gymnasium-robotics env id, reset cell, goal cell, episode limit).
@@ -286,3 +301,552 @@ def generate_antmaze_dataset(
         eval_env.close()
         env.close()
     return dataset_id
+
+
+# =====================================================================================
+# D4RL-style AntMaze data: the goal-reaching ant steered along maze waypoints
+# =====================================================================================
+
+#: dataset variant -> (maze, task). ``fixed``: from the evaluation start cell to the
+#: evaluation goal cell (D4RL ``antmaze-umaze``); ``play``: start and commanded goals from
+#: a fixed set of cells (:data:`PLAY_CELLS`); ``diverse``: from any free cell to any free cell.
+ANTMAZE_VARIANTS: dict[str, tuple[str, str]] = {
+    "umaze": ("umaze", "fixed"),
+    "umaze-diverse": ("umaze", "diverse"),
+    "medium-play": ("medium", "play"),
+    "medium-diverse": ("medium", "diverse"),
+    "large-play": ("large", "play"),
+    "large-diverse": ("large", "diverse"),
+}
+
+#: Hand-picked cells of the ``play`` variants (spread over the maze, corners and junctions;
+#: D4RL's own list was not published with the data).
+PLAY_CELLS: dict[str, tuple[tuple[int, int], ...]] = {
+    "umaze": ((1, 1), (1, 3), (3, 1), (3, 3)),
+    "medium": ((1, 1), (1, 6), (2, 4), (3, 3), (4, 1), (4, 5), (5, 4), (6, 2), (6, 6)),
+    "large": (
+        (1, 1),
+        (1, 4),
+        (1, 10),
+        (3, 3),
+        (3, 6),
+        (3, 9),
+        (5, 2),
+        (5, 4),
+        (5, 8),
+        (7, 1),
+        (7, 5),
+        (7, 9),
+    ),
+}
+
+#: D4RL's Gaussian action noise on the goal-reaching policy's action.
+ACTION_NOISE = 0.2
+#: Uniform jitter (world units, each axis) of the waypoints around the cell centres.
+WAYPOINT_JITTER = 0.5
+#: The navigator moves on to the next waypoint within this distance of the current one.
+WAYPOINT_RADIUS = 1.5
+#: A commanded goal counts as reached within this distance (then the next one is drawn).
+GOAL_REACHED_RADIUS = 0.5
+#: Uniform noise (each axis) of a commanded goal around its cell centre: the maze env's
+#: own ``position_noise_range`` (0.25) times the AntMaze cell size (4).
+GOAL_NOISE = 1.0
+#: Episode length of the navigator datasets (D4RL: 1000 steps).
+NAVIGATOR_EPISODE_STEPS = 1000
+#: Default size of the navigator datasets (D4RL: 1M transitions).
+NAVIGATOR_NUM_STEPS = 1_000_000
+#: episodes stepped side by side (one batched policy call per step)
+_NUM_ENVS = 16
+_NAVIGATOR_VERSION = 1
+
+
+def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the shipped goal-reaching ant policy (``antgoal.pt``)."""
+    from torchrl_dmg.data.locomotion import POLICY_DIR
+
+    path = Path(policy_dir or POLICY_DIR) / "antgoal.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No goal-reaching ant policy at {path}. Train one with `python "
+            "recipes/train_behaviour.py env=antgoal` and ship it with `python -m "
+            "torchrl_dmg.data.antmaze outputs/behaviour/antgoal_s0` (README, 'AntMaze datasets')."
+        )
+    return path
+
+
+class WaypointNavigator:
+    """Steers an agent through a maze: the shortest cell path from its cell to the goal's,
+    one jittered waypoint per intermediate cell, then the goal itself.
+
+    The current waypoint is the (jittered) centre of the next cell to enter; the navigator
+    moves on once the agent is within ``radius`` of it, so turns happen near cell centres
+    and corners are not cut. An agent pushed off the path is re-planned from where it is.
+
+    Args:
+        grid: the maze.
+        rng: draws the waypoint jitter (once per planned path).
+        jitter: uniform jitter of each waypoint around its cell centre (each axis).
+        radius: distance at which a waypoint counts as passed.
+    """
+
+    def __init__(
+        self,
+        grid: MazeGrid,
+        rng: np.random.Generator,
+        jitter: float = WAYPOINT_JITTER,
+        radius: float = WAYPOINT_RADIUS,
+    ) -> None:
+        self.grid, self.rng = grid, rng
+        self.jitter, self.radius = float(jitter), float(radius)
+        self.goal_xy = np.zeros(2)
+        self.cells: list[tuple[int, int]] = []
+        self.points: list[np.ndarray] = []
+        self.k = 0
+
+    def set_goal(self, xy: np.ndarray, goal_xy: np.ndarray) -> None:
+        """Plan from ``xy`` to ``goal_xy``."""
+        self.goal_xy = np.asarray(goal_xy, dtype=np.float64).copy()
+        self._plan(xy)
+
+    def _plan(self, xy: np.ndarray) -> None:
+        grid = self.grid
+        start = grid.nearest_free_cell(xy)
+        self.cells = grid.shortest_path(start, grid.nearest_free_cell(self.goal_xy))
+        jitter = self.rng.uniform(-self.jitter, self.jitter, size=(len(self.cells), 2))
+        self.points = [
+            grid.cell_to_xy(c) + j
+            for c, j in zip(self.cells[1:-1], jitter[: len(self.cells) - 2], strict=True)
+        ]
+        self.points.append(self.goal_xy)
+        self.k = 0
+
+    def waypoint(self, xy: np.ndarray) -> np.ndarray:
+        """The point to walk towards from ``xy`` (advancing along the plan)."""
+        cell = self.grid.nearest_free_cell(xy)
+        if cell not in self.cells:
+            self._plan(xy)
+        else:
+            # points[m] is the waypoint of cells[m + 1]: in cells[i], aim at least at its own
+            self.k = max(self.k, self.cells.index(cell) - 1)
+        while self.k < len(self.points) - 1 and np.linalg.norm(xy - self.points[self.k]) < (
+            self.radius
+        ):
+            self.k += 1
+        return self.points[self.k]
+
+
+def _variant_entry(variant: str) -> tuple[str, str]:
+    try:
+        return ANTMAZE_VARIANTS[variant.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown AntMaze dataset {variant!r}; expected one of {list(ANTMAZE_VARIANTS)}"
+        ) from None
+
+
+def antmaze_dataset_id(variant: str) -> str:
+    """Local Minari id of a navigator dataset, e.g. ``local/antmaze/medium-play-v0``
+    (mirrors Minari's ``D4RL/antmaze/medium-play-v1``)."""
+    _variant_entry(variant)
+    return f"local/antmaze/{variant.lower()}-v0"
+
+
+def _task_cells(maze: str, task: str, grid: MazeGrid) -> tuple[list, list]:
+    """(start cells, commanded-goal cells) of a task."""
+    _, start, goal, _ = _maze_entry(maze)
+    if task == "fixed":
+        return [start], [goal]
+    if task == "play":
+        return list(PLAY_CELLS[maze]), list(PLAY_CELLS[maze])
+    cells = list(grid.free_cells)
+    return cells, cells
+
+
+class _NavigatedAnt:
+    """One AntMaze env + its navigator + the episode's random stream (goals, jitter, noise)."""
+
+    def __init__(self, maze: str, task: str, episode_steps: int, continuing: bool = True):
+        make = make_antmaze_env if continuing else make_antmaze_eval_env
+        self.env = make(maze, max_episode_steps=episode_steps)
+        self.base = self.env.unwrapped
+        self.grid = MazeGrid(self.base.maze.maze_map, self.base.maze.maze_size_scaling)
+        self.starts, self.goals = _task_cells(maze, task, self.grid)
+        self.nav: WaypointNavigator | None = None
+        self.rng = np.random.default_rng()
+        self.obs: dict[str, np.ndarray] = {}
+        self.commanded = np.zeros(2)
+
+    def reset(self, seed: int, episode: tuple[int, int], command: np.ndarray | None = None):
+        """Reset with env seed ``seed``; the episode's own stream is spawned from
+        ``episode = (base seed, episode index)`` (independent of the env's stream)."""
+        base_seed, index = episode
+        self.rng = np.random.default_rng(np.random.SeedSequence(base_seed, spawn_key=(index,)))
+        self.nav = WaypointNavigator(self.grid, self.rng)
+        start = self.starts[self.rng.integers(len(self.starts))]
+        self.obs, info = self.base.reset(seed=seed, options={"reset_cell": np.array(start)})
+        self._command(command)
+        return self.obs, info
+
+    def _command(self, command: np.ndarray | None = None) -> None:
+        xy = self.obs["achieved_goal"]
+        if command is None:
+            here = self.grid.nearest_free_cell(xy)
+            choices = [c for c in self.goals if c != here] or self.goals
+            cell = choices[self.rng.integers(len(choices))]
+            command = self.grid.cell_to_xy(cell) + self.rng.uniform(-GOAL_NOISE, GOAL_NOISE, 2)
+        self.commanded = np.array(command, dtype=np.float64)
+        self.nav.set_goal(xy, self.commanded)
+
+    def policy_input(self) -> np.ndarray:
+        from torchrl_dmg.antgoal import policy_observation
+
+        xy = self.obs["achieved_goal"]
+        return policy_observation(self.obs["observation"], xy, self.nav.waypoint(xy))
+
+    def step(self, action: np.ndarray, recommand: bool = True):
+        self.obs, reward, terminated, truncated, info = self.base.step(action)
+        if recommand and np.linalg.norm(self.obs["achieved_goal"] - self.commanded) <= (
+            GOAL_REACHED_RADIUS
+        ):
+            self._command()
+        return self.obs, reward, terminated, truncated, info
+
+
+def _noisy_actions(actor, ants: list[_NavigatedAnt], noise: float) -> np.ndarray:
+    from torchrl_dmg.behaviour import act
+
+    actions = act(actor, np.stack([a.policy_input() for a in ants]), deterministic=True)
+    if noise > 0:
+        actions = actions + np.stack([a.rng.normal(0.0, noise, actions.shape[1]) for a in ants])
+    return np.clip(actions, -1.0, 1.0).astype(np.float32)
+
+
+def _navigate_episodes(
+    maze: str,
+    task: str,
+    lengths: list[int],
+    seed: int,
+    first_episode: int,
+    actor,
+    noise: float,
+) -> list[dict[str, Any]]:
+    """Episodes ``first_episode, ...`` of the given lengths, stepped side by side."""
+    keys = ("observation", "achieved_goal", "desired_goal")
+    ants = [_NavigatedAnt(maze, task, max(lengths)) for _ in lengths]
+    try:
+        episodes = []
+        for j, ant in enumerate(ants):
+            i = first_episode + j
+            obs, info = ant.reset(seed + i, (seed, i))
+            episodes.append(
+                {
+                    "observations": {k: [np.asarray(obs[k], dtype=np.float64)] for k in keys},
+                    "actions": [],
+                    "rewards": [],
+                    "success": [bool(info["success"])],
+                    "commanded_goal": [ant.commanded.copy()],
+                }
+            )
+        for t in range(max(lengths)):
+            live = [j for j, n in enumerate(lengths) if t < n]
+            actions = _noisy_actions(actor, [ants[j] for j in live], noise)
+            for j, action in zip(live, actions, strict=True):
+                obs, reward, _, _, info = ants[j].step(action)
+                ep = episodes[j]
+                for k in keys:
+                    ep["observations"][k].append(np.asarray(obs[k], dtype=np.float64))
+                ep["actions"].append(action)
+                ep["rewards"].append(float(reward))
+                ep["success"].append(bool(info["success"]))
+                ep["commanded_goal"].append(ants[j].commanded.copy())
+    finally:
+        for ant in ants:
+            ant.env.close()
+    return episodes
+
+
+def generate_antmaze_navigator_dataset(
+    variant: str = "umaze",
+    num_steps: int | None = None,
+    seed: int = 0,
+    dataset_id: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    *,
+    episode_steps: int = NAVIGATOR_EPISODE_STEPS,
+    noise: float = ACTION_NOISE,
+    policy_dir: str | os.PathLike | None = None,
+) -> str:
+    """Generate (or reuse) a D4RL-style AntMaze dataset and return its Minari id.
+
+    The shipped goal-reaching ant (:func:`ant_policy_path`) walks towards the waypoints of
+    a :class:`WaypointNavigator`, its deterministic action plus ``N(0, noise^2)`` (clipped
+    to [-1, 1]); when the ant reaches its commanded goal, the next one is drawn from the
+    variant's goal cells (:data:`ANTMAZE_VARIANTS`). Episodes of ``episode_steps`` steps,
+    every one truncated (never terminated); episode ``i`` resets with seed ``seed + i``
+    and draws its start, goals, waypoint jitter and action noise from its own stream
+    (``SeedSequence(seed, spawn_key=(i,))``): the same arguments give the same data.
+
+    The stored env is the maze's evaluation task (fixed goal and reset cells, sparse reward,
+    continuing): rewards are 1 within 0.45 of the *evaluation* goal, whatever the ant was
+    commanded; ``desired_goal`` is that goal. The evaluation env terminates on success,
+    ``ref_min_score = 0``, ``ref_max_score = 1``: the normalised score is the success rate.
+    ``infos`` keep ``success`` and the ``commanded_goal``.
+    """
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+    from tqdm.auto import tqdm
+
+    from torchrl_dmg.behaviour import load_behaviour_actor
+
+    maze, task = _variant_entry(variant)
+    variant = variant.lower()
+    dataset_id = dataset_id or antmaze_dataset_id(variant)
+    num_steps = int(num_steps if num_steps is not None else NAVIGATOR_NUM_STEPS)
+    episode_steps = int(episode_steps)
+    if num_steps <= 0 or episode_steps <= 0:
+        raise ValueError("num_steps and episode_steps must be positive")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if not force and is_complete(dataset_id):
+        if _stored_generator_version(dataset_id) == _NAVIGATOR_VERSION:
+            return dataset_id
+    policy = ant_policy_path(policy_dir)
+    actor, meta = load_behaviour_actor(policy)
+
+    lengths = [episode_steps] * (num_steps // episode_steps)
+    if num_steps % episode_steps:
+        lengths.append(num_steps % episode_steps)
+    buffers = []
+    steps_at_goal = 0
+    with tqdm(total=num_steps, disable=not progress, desc=f"antmaze {variant}", unit="step") as bar:
+        for first in range(0, len(lengths), _NUM_ENVS):
+            group = lengths[first : first + _NUM_ENVS]
+            for j, ep in enumerate(
+                _navigate_episodes(maze, task, group, seed, first, actor, noise)
+            ):
+                i, length = first + j, group[j]
+                truncations = np.zeros(length, dtype=bool)
+                truncations[-1] = True
+                steps_at_goal += int(np.sum(ep["success"][1:]))
+                buffers.append(
+                    EpisodeBuffer(
+                        id=i,
+                        seed=seed + i,
+                        observations={k: np.stack(v) for k, v in ep["observations"].items()},
+                        actions=np.stack(ep["actions"]),
+                        rewards=np.asarray(ep["rewards"], dtype=np.float64),
+                        terminations=np.zeros(length, dtype=bool),
+                        truncations=truncations,
+                        infos={
+                            "success": np.asarray(ep["success"]),
+                            "commanded_goal": np.stack(ep["commanded_goal"]),
+                        },
+                    )
+                )
+            bar.update(sum(group))
+
+    env_id, start, goal, _ = _maze_entry(maze)
+    params = {
+        "generator": "torchrl_dmg.data.antmaze.generate_antmaze_navigator_dataset",
+        "generator_version": _NAVIGATOR_VERSION,
+        "variant": variant,
+        "maze": maze,
+        "task": task,
+        "env_id": env_id,
+        "num_steps": num_steps,
+        "seed": seed,
+        "episode_steps": episode_steps,
+        "action_noise": noise,
+        "waypoint_jitter": WAYPOINT_JITTER,
+        "policy": policy.name,
+        "policy_step": int(meta.get("step", -1)),
+        "reset_cell": list(start),
+        "goal_cell": list(goal),
+        "steps_at_goal": steps_at_goal,
+    }
+    description = (
+        f"D4RL-style AntMaze data on {env_id} ({variant}: {task} task) made by "
+        "torchrl_dmg: a goal-reaching SAC ant steered along jittered waypoints of shortest "
+        f"maze paths, Gaussian action noise sigma={noise}, {num_steps} steps in episodes of "
+        f"{episode_steps} (truncated, never terminated). Rewards are the evaluation task's "
+        f"(sparse, goal cell {goal}); evaluation env: reset cell {start}, goal cell {goal}, "
+        "terminated at the goal; ref scores 0 / 1, so the normalised score is the success "
+        f"rate. Parameters: {params}."
+    )
+    env = make_antmaze_env(maze, max_episode_steps=episode_steps)
+    eval_env = make_antmaze_eval_env(maze)
+    try:
+        with building_dataset(dataset_id):
+            dataset = minari.create_dataset_from_buffers(
+                dataset_id=dataset_id,
+                buffer=buffers,
+                env=env.spec,
+                eval_env=eval_env.spec,
+                algorithm_name="goal-reaching SAC ant + waypoint navigator",
+                author="torchrl_dmg",
+                author_email="n/a",
+                code_permalink="torchrl_dmg/data/antmaze.py",
+                ref_min_score=0.0,
+                ref_max_score=1.0,
+                num_episodes_average_score=100,
+                description=description,
+                requirements=["gymnasium-robotics>=1.4,<1.5"],
+            )
+            dataset.storage.update_metadata({"generator_params": params})
+    finally:
+        eval_env.close()
+        env.close()
+    return dataset_id
+
+
+def navigator_success(
+    maze: str,
+    *,
+    episodes: int = 50,
+    seed: int = 0,
+    noise: float = ACTION_NOISE,
+    policy_dir: str | os.PathLike | None = None,
+    actor=None,
+) -> dict[str, float]:
+    """Success rate of the navigator on the maze's evaluation task: the evaluation env
+    (reset cell to goal cell, its time limit: 700 steps in umaze, 1000 otherwise),
+    commanded straight to the evaluation goal, with ``noise`` on the actions as in the
+    datasets. Episode ``i`` is seeded ``seed + i``.
+
+    Returns ``success_rate`` (0..1), ``episodes`` and ``mean_steps`` (successes only).
+    """
+    from torchrl_dmg.behaviour import load_behaviour_actor
+
+    if actor is None:
+        actor = load_behaviour_actor(ant_policy_path(policy_dir))[0]
+    horizon = _maze_entry(maze)[3]
+    successes, steps_taken = [], []
+    for first in range(0, episodes, _NUM_ENVS):
+        n = min(_NUM_ENVS, episodes - first)
+        ants = [_NavigatedAnt(maze, "fixed", horizon, continuing=False) for _ in range(n)]
+        try:
+            for j, ant in enumerate(ants):
+                i = first + j
+                ant.reset(seed + i, (seed, i))
+                ant._command(ant.base.goal)  # straight to the evaluation goal
+            done_at = [0] * n
+            live = list(range(n))
+            for t in range(horizon):
+                if not live:
+                    break
+                actions = _noisy_actions(actor, [ants[j] for j in live], noise)
+                still = []
+                for j, action in zip(live, actions, strict=True):
+                    _, _, terminated, _, info = ants[j].step(action, recommand=False)
+                    if terminated or info["success"]:
+                        done_at[j] = t + 1
+                    else:
+                        still.append(j)
+                live = still
+            successes += [d > 0 for d in done_at]
+            steps_taken += [d for d in done_at if d > 0]
+        finally:
+            for ant in ants:
+                ant.env.close()
+    return {
+        "success_rate": float(np.mean(successes)),
+        "episodes": int(episodes),
+        "mean_steps": float(np.mean(steps_taken)) if steps_taken else float("nan"),
+    }
+
+
+def ship_ant_policy(
+    run_dir: str | os.PathLike,
+    *,
+    policy_dir: str | os.PathLike | None = None,
+    candidates: int = 3,
+    episodes: int = 50,
+    mazes: Sequence[str] = ("umaze", "medium", "large"),
+    seed: int = 1_000,
+) -> dict[str, Any]:
+    """Pick and ship the goal-reaching ant of a ``recipes/train_behaviour.py env=antgoal``
+    run: the ``candidates`` checkpoints with the best evaluation return are measured on
+    open-space target reaching (:func:`torchrl_dmg.antgoal.goal_reaching_success`,
+    ``episodes`` episodes); the most successful one (ties: the later) is written to
+    ``policy_dir/antgoal.pt`` and measured as the navigator of each maze
+    (:func:`navigator_success`, ``episodes`` episodes each). The record goes to
+    ``policies.json`` under ``"antgoal"``."""
+    import csv
+    import json
+
+    import torch
+
+    from torchrl_dmg.antgoal import goal_reaching_success
+    from torchrl_dmg.behaviour import load_behaviour_actor
+    from torchrl_dmg.data.locomotion import POLICY_DIR
+    from torchrl_dmg.recording import atomic_write, write_json
+
+    run_dir = Path(run_dir)
+    out = Path(policy_dir or POLICY_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "progress.csv", newline="") as f:
+        rows = [(int(r["step"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{run_dir} has no evaluated checkpoints yet.")
+    best = sorted(rows, key=lambda r: r[1], reverse=True)[: max(1, candidates)]
+    measured = []
+    for step, ret in best:
+        actor, _ = load_behaviour_actor(run_dir / "checkpoints" / f"step_{step:08d}.pt")
+        success = goal_reaching_success(actor, episodes=episodes, seed=seed)
+        measured.append((success["success_rate"], step, ret, success))
+        print(
+            f"[ship] antgoal step {step} (eval return {ret:.1f}): open-space success "
+            f"{100 * success['success_rate']:.0f}% of {episodes}"
+        )
+    _, step, ret, success = max(measured, key=lambda m: (m[0], m[1]))
+    ckpt = torch.load(
+        run_dir / "checkpoints" / f"step_{step:08d}.pt", map_location="cpu", weights_only=False
+    )
+    target = out / "antgoal.pt"
+    atomic_write(target, lambda f: torch.save(ckpt, f))
+    actor, _ = load_behaviour_actor(target)
+    entry: dict[str, Any] = {
+        "env": "torchrl_dmg/AntGoal-v0",
+        "checkpoint_step": step,
+        "run_steps": rows[-1][0],
+        "eval_return_mean": ret,
+        "open_space": {
+            **success,
+            "target_distance": [2.0, 6.0],
+            "max_steps": 300,
+            "deterministic": True,
+        },
+        "navigator": {},
+    }
+    for maze in mazes:
+        nav = navigator_success(maze, episodes=episodes, seed=seed, actor=actor)
+        entry["navigator"][maze] = {**nav, "action_noise": ACTION_NOISE}
+        print(
+            f"[ship] navigator {maze}: {100 * nav['success_rate']:.0f}% of {episodes} "
+            f"(mean {nav['mean_steps']:.0f} steps)"
+        )
+    record_path = out / "policies.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record["antgoal"] = entry
+    write_json(record_path, record)
+    return entry
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Ship the goal-reaching ant of a `train_behaviour.py env=antgoal` run."
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("--policy-dir", default=None)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--candidates", type=int, default=3)
+    args = parser.parse_args()
+    ship_ant_policy(
+        args.run_dir,
+        policy_dir=args.policy_dir,
+        episodes=args.episodes,
+        candidates=args.candidates,
+    )

@@ -40,6 +40,14 @@ _GENERATORS: tuple[tuple[re.Pattern, str, str], ...] = (
     ),
     (
         re.compile(
+            r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
+            r"large-play|large-diverse)-v0$"
+        ),
+        "torchrl_dmg.data.antmaze",
+        "generate_antmaze_navigator_dataset",
+    ),
+    (
+        re.compile(
             r"^local/mujoco/(?P<env>hopper|halfcheetah|walker2d)/"
             r"(?P<quality>random|medium|medium-replay|expert|medium-expert)-v0$"
         ),
@@ -68,8 +76,8 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
 
     Order: a complete local copy (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``);
     a dataset this project generates (``local/pointmaze/<maze>-v0``,
-    ``local/mujoco/<env>/<quality>-v0``, the placeholder ``local/antmaze/<maze>-random-v0``),
-    generated once;
+    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v0`` (the navigator
+    datasets) and the placeholder ``local/antmaze/<maze>-random-v0``), generated once;
     Minari's remote server (``download=True``). Anything else fails early with a
     message that names the dataset and the ways to provide it.
     """

@@ -1,0 +1,361 @@
+"""The goal-reaching ant task, the waypoint navigator and the D4RL-style AntMaze datasets,
+on tiny sizes with a small untrained ant policy (the shipped one is measured in the README)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from recipe_runner import run_recipe
+
+from torchrl_dmg.antgoal import (
+    ANTGOAL_ID,
+    AntGoalEnv,
+    goal_reaching_success,
+    heading_frame,
+    policy_observation,
+    torso_yaw,
+)
+from torchrl_dmg.data.antmaze import (
+    PLAY_CELLS,
+    WaypointNavigator,
+    antmaze_dataset_id,
+    generate_antmaze_navigator_dataset,
+    navigator_success,
+)
+from torchrl_dmg.data.maze import MazeGrid, base_maze_map
+
+EPISODES, EPISODE_STEPS = 3, 40
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A directory holding a small random-init goal-reaching policy as ``antgoal.pt``."""
+    from torchrl_dmg.behaviour import make_sac_actor
+
+    torch.manual_seed(0)
+    actor = make_sac_actor(29, 8, num_cells=(16, 16))
+    path = tmp_path_factory.mktemp("policies")
+    torch.save(
+        {
+            "env": ANTGOAL_ID,
+            "step": 123,
+            "obs_dim": 29,
+            "act_dim": 8,
+            "num_cells": [16, 16],
+            "action_low": [-1.0] * 8,
+            "action_high": [1.0] * 8,
+            "actor": actor.state_dict(),
+        },
+        path / "antgoal.pt",
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def nav_root(tmp_path_factory, policy_dir):
+    """A Minari root with tiny umaze and medium-play navigator datasets."""
+    from torchrl_dmg.data.local import minari_datasets_path
+
+    root = tmp_path_factory.mktemp("minari_nav")
+    with minari_datasets_path(root):
+        for variant in ("umaze", "medium-play"):
+            generate_antmaze_navigator_dataset(
+                variant,
+                num_steps=EPISODES * EPISODE_STEPS,
+                episode_steps=EPISODE_STEPS,
+                policy_dir=policy_dir,
+                progress=False,
+            )
+    return str(root)
+
+
+# ------------------------------------------------------------------ the ant task
+def test_heading_frame_rotates_into_the_ants_view():
+    # an ant turned by +90 degrees (facing +y) sees a target at +y straight ahead (+x)
+    yaw = np.array(math.pi / 2)
+    np.testing.assert_allclose(heading_frame(np.array([0.0, 2.0]), yaw), [2.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(heading_frame(np.array([1.0, 0.0]), yaw), [0.0, -1.0], atol=1e-12)
+    # quaternion of a yaw rotation (w, x, y, z) = (cos(a/2), 0, 0, sin(a/2)), entries 1..4
+    ant_obs = np.zeros(27)
+    ant_obs[1], ant_obs[4] = math.cos(0.3), math.sin(0.3)
+    assert torso_yaw(ant_obs) == pytest.approx(0.6)
+    obs = policy_observation(ant_obs, np.zeros(2), np.array([30.0, 0.0]))
+    assert obs.shape == (29,) and obs.dtype == np.float32
+    np.testing.assert_allclose(obs[:27], ant_obs, atol=1e-7)
+    assert np.linalg.norm(obs[27:]) == pytest.approx(6.0)  # clipped length
+    np.testing.assert_allclose(obs[27:], 6.0 * np.array([math.cos(0.6), -math.sin(0.6)]), rtol=1e-6)
+
+
+def _teleport(env: AntGoalEnv, xy=None, z=None) -> None:
+    ant = env._maze.ant_env
+    qpos = ant.data.qpos.copy()
+    if xy is not None:
+        qpos[:2] = xy
+    if z is not None:
+        qpos[2] = z
+    ant.set_state(qpos, np.zeros_like(ant.data.qvel))
+
+
+def test_antgoal_reward_target_and_termination():
+    env = AntGoalEnv()
+    obs, info = env.reset(seed=3)
+    assert obs.shape == (29,) and env.observation_space.shape == (29,)
+    xy = env._xy.copy()
+    assert 1.0 - 1e-9 <= np.linalg.norm(info["target"] - xy) <= 6.0 + 1e-9
+    # reward: velocity towards the target + healthy - ctrl cost
+    action = np.full(8, 0.5)
+    d_prev = np.linalg.norm(env.target - env._xy)
+    _, reward, terminated, truncated, info = env.step(action)
+    expected = (d_prev - info["distance"]) / env.dt + 1.0 - 0.1 * 8 * 0.25
+    assert reward == pytest.approx(expected) and not terminated and not truncated
+    # reaching the target draws a new one
+    old = env.target.copy()
+    _teleport(env, xy=old)
+    _, _, _, _, info = env.step(np.zeros(8))
+    assert info["reached"] and info["targets_reached"] == 1
+    assert not np.allclose(env.target, old)
+    # a torso above the healthy range (thrown up, or flipping) terminates
+    _teleport(env, z=1.5)
+    _, reward, terminated, _, _ = env.step(np.zeros(8))
+    assert terminated
+    env.close()
+
+
+def test_antgoal_is_registered_and_seeded():
+    import gymnasium as gym
+
+    from torchrl_dmg.behaviour import resolve_env_name
+
+    assert resolve_env_name("antgoal") == ANTGOAL_ID
+    a, b = gym.make(ANTGOAL_ID), gym.make(ANTGOAL_ID)
+    assert a.spec.max_episode_steps == 500
+    oa, ia = a.reset(seed=5)
+    ob, ib = b.reset(seed=5)
+    np.testing.assert_array_equal(oa, ob)
+    np.testing.assert_array_equal(ia["target"], ib["target"])
+    a.close()
+    b.close()
+
+
+def test_goal_reaching_success_counts_reached_targets(policy_dir):
+    from torchrl_dmg.behaviour import load_behaviour_actor
+
+    actor, _ = load_behaviour_actor(policy_dir / "antgoal.pt")
+    far = goal_reaching_success(actor, episodes=2, max_steps=5, min_dist=5.0)
+    assert far["success_rate"] == 0.0 and far["episodes"] == 2  # 5 steps cannot cover 5 units
+    near = goal_reaching_success(actor, episodes=2, max_steps=2, min_dist=0.01, max_dist=0.02)
+    assert near["success_rate"] == 1.0 and near["mean_steps_to_reach"] == 1.0
+
+
+# ------------------------------------------------------------------ navigator
+def test_waypoint_navigator_follows_the_shortest_path():
+    grid = MazeGrid(base_maze_map("medium"), 4.0)
+    nav = WaypointNavigator(grid, np.random.default_rng(0), jitter=0.5, radius=1.5)
+    start, goal = (1, 1), (6, 6)
+    goal_xy = grid.cell_to_xy(goal)
+    nav.set_goal(grid.cell_to_xy(start), goal_xy)
+    assert nav.cells == grid.shortest_path(start, goal)
+    # the first waypoint: the jittered centre of the next cell on the path
+    w = nav.waypoint(grid.cell_to_xy(start))
+    assert np.all(np.abs(w - grid.cell_to_xy(nav.cells[1])) <= 0.5)
+    # walking along the waypoints passes every cell of the path and ends at the goal itself
+    xy, visited = grid.cell_to_xy(start), []
+    for _ in range(100):
+        w = nav.waypoint(xy)
+        visited.append(grid.xy_to_cell(w))
+        if np.allclose(w, goal_xy):
+            break
+        xy = w  # arrive at the waypoint
+    assert np.allclose(w, goal_xy)
+    assert [c for i, c in enumerate(visited) if i == 0 or c != visited[i - 1]] == nav.cells[1:]
+    # an agent pushed off the path is re-planned from its cell
+    off = (4, 1)
+    assert off not in nav.cells
+    nav.waypoint(grid.cell_to_xy(off))
+    assert nav.cells[0] == off and nav.cells[-1] == goal
+
+
+# ------------------------------------------------------------------ datasets
+def test_navigator_dataset_structure(nav_root, monkeypatch):
+    import minari
+
+    from torchrl_dmg.data.offline import load_offline_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", nav_root)
+    dataset_id = antmaze_dataset_id("umaze")
+    assert dataset_id == "local/antmaze/umaze-v0"
+    dataset = minari.load_dataset(dataset_id)
+    assert dataset.total_episodes == EPISODES and dataset.total_steps == EPISODES * EPISODE_STEPS
+    assert dataset.spec.env_spec.id == "AntMaze_UMaze-v4"
+    assert dataset.spec.env_spec.kwargs["continuing_task"] is True
+    eval_env = dataset.recover_environment(eval_env=True)
+    assert eval_env.spec.kwargs["continuing_task"] is False
+    assert eval_env.spec.max_episode_steps == 700
+    eval_env.close()
+    meta = dataset.storage.metadata
+    assert (meta["ref_min_score"], meta["ref_max_score"]) == (0.0, 1.0)
+    params = meta["generator_params"]
+    assert params["policy_step"] == 123 and params["action_noise"] == 0.2
+    for ep in dataset.iterate_episodes():
+        n = len(ep.actions)
+        obs = ep.observations
+        assert n == EPISODE_STEPS and ep.actions.shape == (n, 8)
+        assert obs["observation"].shape == (n + 1, 27) and obs["achieved_goal"].shape == (n + 1, 2)
+        assert np.all(np.abs(ep.actions) <= 1.0)
+        assert not ep.terminations.any() and ep.truncations[-1] and not ep.truncations[:-1].any()
+        # sparse reward of the evaluation goal, which the stored desired_goal holds
+        assert set(np.unique(ep.rewards)) <= {0.0, 1.0}
+        assert np.all(obs["desired_goal"] == obs["desired_goal"][0])
+        assert np.allclose(obs["desired_goal"][0], (-4.0, 4.0), atol=1.0)
+        dist = np.linalg.norm(obs["achieved_goal"][1:] - obs["desired_goal"][1:], axis=1)
+        np.testing.assert_array_equal(ep.rewards, (dist <= 0.45).astype(float))
+        # umaze: from the evaluation start cell (3, 1), commanded to the goal cell (1, 1)
+        assert np.allclose(obs["achieved_goal"][0], (-4.0, -4.0), atol=1.0)
+        assert np.allclose(ep.infos["commanded_goal"], (-4.0, 4.0), atol=1.0)
+        assert ep.infos["success"].shape == (n + 1,)
+
+    # goal flattening of the antmaze family: [xy, ant state] = 29 dims, rewards shifted by -1
+    data = load_offline_dataset(
+        dataset_id, obs_keys=["achieved_goal", "observation"], reward_shift=-1.0, progress=False
+    ).data
+    assert data["observation"].shape == (EPISODES * EPISODE_STEPS, 29)
+    assert set(data["next", "reward"].unique().tolist()) <= {-1.0, 0.0}
+    assert data["next", "truncated"].sum() == EPISODES and not data["next", "terminated"].any()
+
+
+def test_play_variant_starts_and_commands_from_the_play_cells(nav_root, monkeypatch):
+    import minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", nav_root)
+    dataset = minari.load_dataset(antmaze_dataset_id("medium-play"))
+    assert dataset.spec.env_spec.id == "AntMaze_Medium-v4"
+    grid = MazeGrid(base_maze_map("medium"), 4.0)
+    starts = set()
+    for ep in dataset.iterate_episodes():
+        starts.add(grid.xy_to_cell(ep.observations["achieved_goal"][0]))
+        for goal in ep.infos["commanded_goal"]:
+            assert grid.xy_to_cell(goal) in PLAY_CELLS["medium"]
+    assert starts <= set(PLAY_CELLS["medium"]) and len(starts) > 1
+
+
+def test_navigator_dataset_is_deterministic_and_reused(nav_root, policy_dir, tmp_path):
+    import minari
+
+    from torchrl_dmg.data.local import minari_datasets_path
+
+    def episodes(root):
+        with minari_datasets_path(root):
+            return list(minari.load_dataset(antmaze_dataset_id("umaze")).iterate_episodes())
+
+    with minari_datasets_path(tmp_path):
+        generate_antmaze_navigator_dataset(
+            "umaze",
+            num_steps=EPISODES * EPISODE_STEPS,
+            episode_steps=EPISODE_STEPS,
+            policy_dir=policy_dir,
+            progress=False,
+        )
+        path = minari.load_dataset(antmaze_dataset_id("umaze")).storage.data_path
+        mtime = (path / "main_data.hdf5").stat().st_mtime_ns
+        # a second request returns the stored copy untouched
+        generate_antmaze_navigator_dataset(
+            "umaze", num_steps=10, episode_steps=5, policy_dir=policy_dir, progress=False
+        )
+        assert (path / "main_data.hdf5").stat().st_mtime_ns == mtime
+    for a, b in zip(episodes(nav_root), episodes(tmp_path), strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        for key in a.observations:
+            np.testing.assert_array_equal(a.observations[key], b.observations[key])
+    # another seed: other action noise
+    other = tmp_path / "other"
+    with minari_datasets_path(other):
+        generate_antmaze_navigator_dataset(
+            "umaze",
+            num_steps=EPISODE_STEPS,
+            episode_steps=EPISODE_STEPS,
+            seed=1,
+            policy_dir=policy_dir,
+            progress=False,
+        )
+    assert not np.array_equal(episodes(other)[0].actions, episodes(nav_root)[0].actions)
+
+
+def test_interrupted_navigator_collection_leaves_nothing(policy_dir, tmp_path, monkeypatch):
+    from torchrl_dmg.data import antmaze
+    from torchrl_dmg.data.local import dataset_path, is_complete, minari_datasets_path
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(antmaze, "_navigate_episodes", boom)
+    with minari_datasets_path(tmp_path), pytest.raises(KeyboardInterrupt):
+        generate_antmaze_navigator_dataset(
+            "umaze", num_steps=20, episode_steps=10, policy_dir=policy_dir, progress=False
+        )
+    with minari_datasets_path(tmp_path):
+        assert not is_complete(antmaze_dataset_id("umaze"))
+        assert not dataset_path(antmaze_dataset_id("umaze")).exists()
+
+
+def test_missing_ant_policy_names_the_fix(tmp_path):
+    from torchrl_dmg.data.local import minari_datasets_path
+
+    with minari_datasets_path(tmp_path), pytest.raises(FileNotFoundError, match="env=antgoal"):
+        generate_antmaze_navigator_dataset("umaze", num_steps=10, policy_dir=tmp_path)
+    with pytest.raises(ValueError, match="medium-play"):
+        antmaze_dataset_id("medium-hard")
+
+
+def test_navigator_success_on_the_evaluation_task(policy_dir):
+    from torchrl_dmg.behaviour import load_behaviour_actor
+
+    actor, _ = load_behaviour_actor(policy_dir / "antgoal.pt")
+    result = navigator_success("umaze", episodes=2, actor=actor)
+    assert result["episodes"] == 2 and 0.0 <= result["success_rate"] <= 1.0
+
+
+def test_make_dataset_recipe_for_antmaze(policy_dir, tmp_path):
+    proc = run_recipe(
+        "make_dataset.py",
+        tmp_path / "run",
+        str(tmp_path / "minari"),
+        "env=antmaze-umaze-diverse",
+        "steps=30",
+        f"policy_dir={policy_dir}",
+        "progress=false",
+        base=(),
+    )
+    assert "[make_dataset] local/antmaze/umaze-diverse-v0: 1 episodes, 30 steps" in proc.stdout
+    bad = run_recipe(
+        "make_dataset.py",
+        tmp_path / "bad",
+        str(tmp_path / "minari"),
+        "env=antmaze-umaze",
+        "quality=expert",
+        base=(),
+        check=False,
+    )
+    assert bad.returncode != 0 and "variant is part of env" in bad.stderr
+
+
+def test_ship_ant_policy_records_its_measurements(policy_dir, tmp_path):
+    import shutil
+
+    from torchrl_dmg.data.antmaze import ship_ant_policy
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for step in (1000, 2000):
+        shutil.copy(policy_dir / "antgoal.pt", run / "checkpoints" / f"step_{step:08d}.pt")
+    (run / "progress.csv").write_text("step,eval_return_mean\n1000,5.0\n2000,7.0\n")
+    out = tmp_path / "ship"
+    entry = ship_ant_policy(run, policy_dir=out, candidates=2, episodes=2, mazes=("umaze",))
+    assert (out / "antgoal.pt").is_file()
+    record = json.loads((out / "policies.json").read_text())["antgoal"]
+    assert record == json.loads(json.dumps(entry))
+    assert record["checkpoint_step"] == 2000 and record["run_steps"] == 2000  # tie: the later
+    assert set(record["navigator"]) == {"umaze"} and record["open_space"]["episodes"] == 2

@@ -1,0 +1,248 @@
+"""A goal-reaching ant: the AntMaze ant in open space, walking to a nearby target.
+
+D4RL made its AntMaze datasets by steering a pretrained goal-reaching ant along the
+waypoints of a maze planner. That policy was never published in a usable form, so this
+project trains its own with the SAC of :mod:`torchrl_dmg.behaviour` on the task defined
+here, then drives it through mazes with :mod:`torchrl_dmg.data.antmaze`.
+
+The task (registered as ``torchrl_dmg/AntGoal-v0``, :class:`AntGoalEnv`):
+
+* Body and observation layout: gymnasium-robotics' AntMaze ant (``AntMaze_*-v4``: the
+  Gymnasium ``ant_v4`` body, 27-dim ``observation`` = joint positions without the torso's
+  x, y, then velocities; 8 actions in [-1, 1]; ``dt = 0.05``), built by the AntMaze env
+  itself on an open arena (:data:`OPEN_ARENA`: 7 x 7 free cells of 4 units inside one ring
+  of walls), so the learnt controller sees exactly the states of the maze tasks.
+* Target: a point ``target_dist`` away from the ant in a uniformly random direction
+  (``target_dist`` uniform in ``[min_dist, max_dist]``, clipped to the arena); when the
+  ant's xy comes within ``reach_radius`` of it, a new one is drawn, so one episode chains
+  several targets as the waypoint navigator does.
+* Policy input (29 dims, :func:`policy_observation`): the 27-dim ant observation, then the
+  target relative to the ant **in the ant's heading frame** (rotated by minus the torso's
+  yaw), its length clipped to :data:`MAX_REL_DIST` (6). The heading frame makes "walk towards the
+  target" the same problem whatever way the ant faces.
+* Reward: Gymnasium Ant-v4's with the forward velocity replaced by the velocity towards the
+  target: ``(d_prev - d) / dt + healthy_reward - ctrl_cost_weight * |a|^2``.
+* Episodes terminate when the torso height leaves ``healthy_z_range`` (Ant-v4's (0.2, 1.0):
+  flipped or jumping) and are truncated after ``max_episode_steps`` (500).
+
+:func:`goal_reaching_success` measures the controller: single targets at a given distance
+range, success when reached within a step budget.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = [
+    "ANTGOAL_ID",
+    "OPEN_ARENA",
+    "AntGoalEnv",
+    "goal_reaching_success",
+    "MAX_REL_DIST",
+    "heading_frame",
+    "policy_observation",
+    "register_antgoal",
+]
+
+ANTGOAL_ID = "torchrl_dmg/AntGoal-v0"
+
+#: 9 x 9 cells: a ring of walls around 7 x 7 free cells (28 x 28 world units at scaling 4).
+OPEN_ARENA: list[list[int]] = [[1] * 9] + [[1] + [0] * 7 + [1] for _ in range(7)] + [[1] * 9]
+_ARENA_CENTRE_CELL = (4, 4)
+_ARENA_HALF_WIDTH = 3.5 * 4.0  # free half-width around the centre (world units)
+_WALL_MARGIN = 1.5  # targets stay this far from the arena walls
+
+#: Observation dims of the ant (AntMaze ``observation``) and of the policy input.
+ANT_OBS_DIM = 27
+POLICY_OBS_DIM = ANT_OBS_DIM + 2
+
+#: Length at which the policy's relative target vector is clipped (a waypoint further away
+#: is seen as this far in its direction).
+MAX_REL_DIST = 6.0
+
+
+def torso_yaw(ant_obs: np.ndarray) -> np.ndarray:
+    """Yaw (rad) of the torso from the AntMaze ``observation`` (its entries 1..4 are the
+    torso quaternion ``w, x, y, z``). Works on ``[..., 27]`` arrays."""
+    w, x, y, z = (ant_obs[..., i] for i in range(1, 5))
+    return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def heading_frame(vec_xy: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """World-frame xy vectors ``[..., 2]`` expressed in the frame rotated by ``yaw``."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    x, y = vec_xy[..., 0], vec_xy[..., 1]
+    return np.stack([c * x + s * y, -s * x + c * y], axis=-1)
+
+
+def policy_observation(ant_obs: np.ndarray, xy: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
+    """Input of the goal-reaching policy: ``[ant_obs, target - xy in the heading frame]``,
+    the relative vector's length clipped to :data:`MAX_REL_DIST`. Batched over leading
+    dims."""
+    ant_obs = np.asarray(ant_obs, dtype=np.float64)
+    rel = np.asarray(target_xy, dtype=np.float64) - np.asarray(xy, dtype=np.float64)
+    norm = np.linalg.norm(rel, axis=-1, keepdims=True)
+    rel = rel * np.minimum(1.0, MAX_REL_DIST / np.maximum(norm, 1e-8))
+    rel = heading_frame(rel, torso_yaw(ant_obs))
+    return np.concatenate([ant_obs, rel], axis=-1).astype(np.float32)
+
+
+class AntGoalEnv(gym.Env):
+    """The AntMaze ant in an open arena, rewarded for walking to random nearby targets.
+
+    See the module docstring for the task. ``reset(seed=...)`` seeds both the ant's start
+    jitter and the targets.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        min_dist: float = 1.0,
+        max_dist: float = 6.0,
+        reach_radius: float = 0.5,
+        healthy_reward: float = 1.0,
+        ctrl_cost_weight: float = 0.1,
+        healthy_z_range: tuple[float, float] = (0.2, 1.0),
+    ) -> None:
+        from gymnasium_robotics.envs.maze.ant_maze_v4 import AntMazeEnv
+
+        if not 0 < min_dist <= max_dist:
+            raise ValueError(f"need 0 < min_dist <= max_dist, got {min_dist}, {max_dist}")
+        self._maze = AntMazeEnv(maze_map=OPEN_ARENA, continuing_task=True, reward_type="sparse")
+        self.min_dist, self.max_dist = float(min_dist), float(max_dist)
+        self.reach_radius = float(reach_radius)
+        self.healthy_reward = float(healthy_reward)
+        self.ctrl_cost_weight = float(ctrl_cost_weight)
+        self.healthy_z_range = (float(healthy_z_range[0]), float(healthy_z_range[1]))
+        self.dt = float(self._maze.ant_env.dt)
+        self.action_space = self._maze.action_space
+        self.observation_space = gym.spaces.Box(
+            -np.inf, np.inf, shape=(POLICY_OBS_DIM,), dtype=np.float32
+        )
+        self._centre = self._maze.maze.cell_rowcol_to_xy(np.array(_ARENA_CENTRE_CELL))
+        self._rng = np.random.default_rng()
+        self.target = np.zeros(2)
+        self.targets_reached = 0
+        self._ant_obs = np.zeros(ANT_OBS_DIM)
+        self._xy = np.zeros(2)
+
+    # -------------------------------------------------------------- targets
+    def sample_target(self, xy: np.ndarray) -> np.ndarray:
+        """A target ``U(min_dist, max_dist)`` away from ``xy`` in a uniform direction,
+        clipped to stay ``_WALL_MARGIN`` inside the arena."""
+        angle = self._rng.uniform(-math.pi, math.pi)
+        dist = self._rng.uniform(self.min_dist, self.max_dist)
+        target = xy + dist * np.array([math.cos(angle), math.sin(angle)])
+        lim = _ARENA_HALF_WIDTH - _WALL_MARGIN
+        return np.clip(target, self._centre - lim, self._centre + lim)
+
+    def _obs(self) -> np.ndarray:
+        return policy_observation(self._ant_obs, self._xy, self.target)
+
+    # -------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        obs, _ = self._maze.reset(seed=seed, options={"reset_cell": np.array(_ARENA_CENTRE_CELL)})
+        self._ant_obs, self._xy = obs["observation"], obs["achieved_goal"]
+        self.target = self.sample_target(self._xy)
+        self.targets_reached = 0
+        return self._obs(), {"target": self.target.copy(), "targets_reached": 0}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        d_prev = float(np.linalg.norm(self.target - self._xy))
+        obs, _, _, _, _ = self._maze.step(action)
+        self._ant_obs, self._xy = obs["observation"], obs["achieved_goal"]
+        d = float(np.linalg.norm(self.target - self._xy))
+        z = float(self._ant_obs[0])
+        healthy = self.healthy_z_range[0] <= z <= self.healthy_z_range[1]
+        reward = (
+            (d_prev - d) / self.dt
+            + (self.healthy_reward if healthy else 0.0)
+            - self.ctrl_cost_weight * float(np.sum(action * action))
+        )
+        reached = d <= self.reach_radius
+        if reached:
+            self.targets_reached += 1
+            self.target = self.sample_target(self._xy)
+        info = {
+            "target": self.target.copy(),
+            "reached": reached,
+            "targets_reached": self.targets_reached,
+            "distance": d,
+        }
+        return self._obs(), float(reward), not healthy, False, info
+
+    def close(self) -> None:
+        self._maze.close()
+
+
+def register_antgoal() -> None:
+    """Register :data:`ANTGOAL_ID` with Gymnasium (idempotent)."""
+    if ANTGOAL_ID not in gym.registry:
+        gym.register(ANTGOAL_ID, entry_point=AntGoalEnv, max_episode_steps=500)
+
+
+register_antgoal()
+
+
+def goal_reaching_success(
+    actor: Any,
+    *,
+    episodes: int = 50,
+    seed: int = 0,
+    min_dist: float = 2.0,
+    max_dist: float = 6.0,
+    max_steps: int = 300,
+    deterministic: bool = True,
+) -> dict[str, float]:
+    """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.behaviour` SAC actor)
+    in open space: each episode one target ``U(min_dist, max_dist)`` away, success when the
+    ant comes within the reach radius in ``max_steps`` steps (a fall ends the episode as a
+    failure). Episodes run side by side (episode ``i`` seeded ``seed + i``).
+
+    Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps_to_reach`` (successes only)
+    and ``falls``.
+    """
+    import torch
+
+    from torchrl_dmg.behaviour import act
+
+    envs = [AntGoalEnv(min_dist=min_dist, max_dist=max_dist) for _ in range(episodes)]
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+        reached_at = np.full(episodes, -1)
+        falls = 0
+        active = list(range(episodes))
+        for t in range(max_steps):
+            if not active:
+                break
+            actions = act(actor, np.stack([obs[i] for i in active]), deterministic, generator)
+            still = []
+            for i, a in zip(active, actions, strict=True):
+                obs[i], _, terminated, _, info = envs[i].step(a)
+                if info["reached"]:
+                    reached_at[i] = t + 1
+                elif terminated:
+                    falls += 1
+                else:
+                    still.append(i)
+            active = still
+    finally:
+        for env in envs:
+            env.close()
+    ok = reached_at > 0
+    return {
+        "success_rate": float(ok.mean()),
+        "episodes": int(episodes),
+        "mean_steps_to_reach": float(reached_at[ok].mean()) if ok.any() else float("nan"),
+        "falls": int(falls),
+    }

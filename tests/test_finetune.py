@@ -209,11 +209,11 @@ def test_online_updater_keeps_the_offline_state_with_a_constant_actor_lr():
 
 
 # ---------------------------------------------------------------- data and env
-def test_unavailable_antmaze_fails_early_and_points_to_pointmaze(tmp_path, monkeypatch):
+def test_unavailable_antmaze_fails_early_and_names_the_local_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     cfg = OmegaConf.create(
         {
-            "dataset": "D4RL/antmaze/umaze-v1",
+            "dataset": "D4RL/antmaze/medium-play-v1",
             "data": {
                 "obs_keys": ["achieved_goal", "observation"],
                 "normalize_obs": False,
@@ -222,23 +222,24 @@ def test_unavailable_antmaze_fails_early_and_points_to_pointmaze(tmp_path, monke
             },
         }
     )
-    with pytest.raises(DatasetUnavailableError, match="dataset=local/pointmaze/medium-v0"):
+    with pytest.raises(DatasetUnavailableError, match="dataset=local/antmaze/medium-play-v0"):
         load_finetune_dataset(cfg, progress=False)
 
 
-def test_finetune_defaults_are_antmaze_umaze_at_the_paper_budget(tmp_path):
-    """No arguments: AntMaze umaze, antmaze family, 1M + 1M steps; without the data (and
-    no download here) it stops before any work, pointing to the local PointMaze option."""
-    run_dir = tmp_path / "run"
-    proc = run_recipe(
-        "finetune.py", run_dir, str(tmp_path / "empty"), "data.download=false", base=(), check=False
-    )
-    assert proc.returncode != 0
-    assert "dataset=local/pointmaze/medium-v0 family=pointmaze" in proc.stderr + proc.stdout
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    assert cfg.dataset == "D4RL/antmaze/umaze-v1" and cfg.family == "antmaze"
-    assert cfg.budget == "paper" and cfg.online_steps == cfg.offline_steps == 1_000_000
-    assert cfg.utd == 1 and cfg.eval.episodes == 100
+def test_finetune_defaults_are_local_antmaze_umaze_at_the_demo_budget():
+    """No arguments: the local AntMaze umaze data, antmaze family, the CPU demo budget;
+    ``budget=paper`` is the paper's 1M + 1M."""
+    from hydra import compose, initialize_config_dir
+    from recipe_runner import ROOT
+
+    with initialize_config_dir(str(ROOT / "recipes" / "config"), version_base="1.3"):
+        cfg = compose("finetune")
+        paper = compose("finetune", overrides=["budget=paper"])
+    assert cfg.dataset == "local/antmaze/umaze-v0" and cfg.family == "antmaze"
+    assert cfg.budget == "demo" and cfg.offline_steps < 1_000_000
+    assert cfg.utd == 1 and cfg.loss.expectile == 0.9 and cfg.data.reward_shift == -1.0
+    assert paper.budget == "paper" and paper.online_steps == paper.offline_steps == 1_000_000
+    assert paper.eval.episodes == 100 and paper.eval.interval == 50_000
 
 
 def test_online_env_collects_transitions_that_fit_the_offline_buffer(tiny_dataset_env):

@@ -339,8 +339,8 @@ def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictC
 
 def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineDataset:
     """:func:`load_offline_dataset` with ``cfg.data``; a ``D4RL/antmaze/*`` id that is not
-    available fails early, saying that goal-reaching AntMaze data cannot be made locally yet
-    (``local/antmaze/*-random-v0`` placeholders are generated like any local dataset)."""
+    available fails early, naming the local AntMaze dataset this project makes instead
+    (``local/antmaze/<variant>-v0``, generated on first use like any local dataset)."""
     try:
         return load_offline_dataset(
             cfg.dataset,
@@ -352,13 +352,13 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
         )
     except DatasetUnavailableError as err:
         if str(cfg.dataset).startswith(ANTMAZE_PREFIX):
+            variant = str(cfg.dataset).removeprefix(ANTMAZE_PREFIX).rsplit("-v", 1)[0]
             raise DatasetUnavailableError(
-                f"AntMaze data '{cfg.dataset}' is not available here, and this project cannot "
-                "make goal-reaching AntMaze data locally yet (local/antmaze/<maze>-random-v0 is "
-                "only a random-policy placeholder that exercises the AntMaze code path). "
-                "Fine-tune on the local PointMaze data instead: "
-                "dataset=local/pointmaze/medium-v0 family=pointmaze. "
-                f"Details: {err}"
+                f"AntMaze data '{cfg.dataset}' is not available here (no internet?). This "
+                "project makes D4RL-style AntMaze data itself: use "
+                f"dataset=local/antmaze/{variant}-v0 (generated on first use from the shipped "
+                "goal-reaching ant; `python recipes/make_dataset.py env=antmaze-"
+                f"{variant}` makes it ahead). Details: {err}"
             ) from None
         raise
 

@@ -41,6 +41,7 @@ from torchrl_dmg.online import (
     to_transitions,
     with_offline_config,
 )
+from torchrl_dmg.plotting import plot_scores
 from torchrl_dmg.recording import MetricsLogger, save_config, write_json
 from torchrl_dmg.training import (
     load_checkpoint,
@@ -224,16 +225,25 @@ def main(cfg: DictConfig) -> dict:
         "update_steps": int(update_step),
         "start_normalized_score": start_result["normalized_score"],
         "config": str(run_dir / "config.yaml"),
+        "plot": str(run_dir / "scores.png"),
         **coefs,
         **result,
     }
     write_json(run_dir / "summary.json", summary)
+    plot_scores(
+        [run_dir],
+        run_dir / "scores.png",
+        labels=[f"seed {cfg.seed}"],
+        title=f"DMG fine-tuning, {cfg.dataset}",
+        xlabel="online env steps",
+    )
     print(
         f"[dmg] FINAL dataset={cfg.dataset} seed={cfg.seed} online_steps={step} "
         f"normalized_score={result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
         f"(return {result['return_mean']:.1f}, {cfg.eval.episodes} episodes; "
         f"start {start_result['normalized_score']:.1f}) config={run_dir / 'config.yaml'}"
     )
+    print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary
 
 

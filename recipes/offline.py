@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from torchrl_dmg.data.offline import load_offline_dataset
 from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps
+from torchrl_dmg.plotting import plot_scores
 from torchrl_dmg.recording import MetricsLogger, save_config, write_json
 from torchrl_dmg.training import (
     DeviceSampler,
@@ -153,9 +154,17 @@ def main(cfg: DictConfig) -> dict:
         "steps": int(step),
         "family": cfg.family,
         "config": str(run_dir / "config.yaml"),
+        "plot": str(run_dir / "scores.png"),
         **result,
     }
     write_json(run_dir / "summary.json", summary)
+    plot_scores(
+        [run_dir],
+        run_dir / "scores.png",
+        labels=[f"seeds {seeds[0]}-{seeds[-1]}" if stacked else f"seed {seeds[0]}"],
+        title=f"DMG offline, {cfg.dataset}",
+        xlabel="gradient steps",
+    )
     for seed in seeds:
         print(
             f"[dmg] FINAL dataset={cfg.dataset} seed={seed} steps={step} "
@@ -170,6 +179,7 @@ def main(cfg: DictConfig) -> dict:
             f"mean over seeds {result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
             f"(std across seeds) config={run_dir / 'config.yaml'}"
         )
+    print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary
 
 

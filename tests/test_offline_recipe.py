@@ -28,6 +28,8 @@ def test_offline_recipe_trains_evaluates_and_records_the_run(tmp_path, minari_ro
     assert ckpt["updater"]["num_updates"] == 60
     assert ckpt["dataset_id"] == "local/pointmaze/umaze-v0"
     assert not list(run_dir.glob("*.tmp"))
+    assert summary["plot"] == str(run_dir / "scores.png")
+    assert (run_dir / "scores.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):

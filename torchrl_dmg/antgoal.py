@@ -21,7 +21,10 @@ The task (registered as ``torchrl_dmg/AntGoal-v0``, :class:`AntGoalEnv`):
   yaw), its length clipped to :data:`MAX_REL_DIST` (6). The heading frame makes "walk towards the
   target" the same problem whatever way the ant faces.
 * Reward: Gymnasium Ant-v4's with the forward velocity replaced by the velocity towards the
-  target: ``(d_prev - d) / dt + healthy_reward - ctrl_cost_weight * |a|^2``.
+  target: ``(d_prev - d) / dt + healthy_reward - ctrl_cost_weight * |a|^2`` (healthy
+  reward 1 only while the torso height is in range; control cost 0.1 instead of Ant-v4's
+  0.5, so that a random policy's control cost does not exceed the healthy reward and
+  falling early never pays).
 * Episodes terminate when the torso height leaves ``healthy_z_range`` (Ant-v4's (0.2, 1.0):
   flipped or jumping) and are truncated after ``max_episode_steps`` (500).
 

@@ -40,7 +40,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from torchrl_dmg.data.local import building_dataset, is_complete
+from torchrl_dmg.data.local import is_complete, publish_dataset
 from torchrl_dmg.data.maze import (
     MazeGrid,
     base_maze_map,
@@ -175,6 +175,23 @@ def _collect_episode(
     }
 
 
+def _publish(dataset_id, buffers, env, eval_env, algorithm_name, description, params) -> None:
+    """Publish an AntMaze dataset: success-rate reference scores (0 / 1)."""
+    publish_dataset(
+        dataset_id,
+        buffers,
+        env_spec=env.spec,
+        eval_env_spec=eval_env.spec,
+        algorithm_name=algorithm_name,
+        code_permalink="torchrl_dmg/data/antmaze.py",
+        ref_min_score=0.0,
+        ref_max_score=1.0,
+        description=description,
+        generator_params=params,
+        requirements=["gymnasium-robotics>=1.4,<1.5"],
+    )
+
+
 def generate_antmaze_dataset(
     maze: str = "umaze",
     num_steps: int | None = None,
@@ -206,7 +223,6 @@ def generate_antmaze_dataset(
     other parameters are not compared: pass ``force=True`` or another ``dataset_id``). The
     dataset is published atomically with :func:`torchrl_dmg.data.local.building_dataset`.
     """
-    import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from tqdm.auto import tqdm
 
@@ -280,23 +296,15 @@ def generate_antmaze_dataset(
     )
     eval_env = make_antmaze_eval_env(maze)
     try:
-        with building_dataset(dataset_id):
-            dataset = minari.create_dataset_from_buffers(
-                dataset_id=dataset_id,
-                buffer=buffers,
-                env=env.spec,
-                eval_env=eval_env.spec,
-                algorithm_name=f"{policy} policy (placeholder)",
-                author="torchrl_dmg",
-                author_email="n/a",
-                code_permalink="torchrl_dmg/data/antmaze.py",
-                ref_min_score=0.0,
-                ref_max_score=1.0,
-                num_episodes_average_score=100,
-                description=description,
-                requirements=["gymnasium-robotics>=1.4,<1.5"],
-            )
-            dataset.storage.update_metadata({"generator_params": params})
+        _publish(
+            dataset_id,
+            buffers,
+            env,
+            eval_env,
+            f"{policy} policy (placeholder)",
+            description,
+            params,
+        )
     finally:
         eval_env.close()
         env.close()
@@ -593,7 +601,6 @@ def generate_antmaze_navigator_dataset(
     ``ref_min_score = 0``, ``ref_max_score = 1``: the normalised score is the success rate.
     ``infos`` keep ``success`` and the ``commanded_goal``.
     """
-    import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from tqdm.auto import tqdm
 
@@ -677,23 +684,15 @@ def generate_antmaze_navigator_dataset(
     env = make_antmaze_env(maze, max_episode_steps=episode_steps)
     eval_env = make_antmaze_eval_env(maze)
     try:
-        with building_dataset(dataset_id):
-            dataset = minari.create_dataset_from_buffers(
-                dataset_id=dataset_id,
-                buffer=buffers,
-                env=env.spec,
-                eval_env=eval_env.spec,
-                algorithm_name="goal-reaching SAC ant + waypoint navigator",
-                author="torchrl_dmg",
-                author_email="n/a",
-                code_permalink="torchrl_dmg/data/antmaze.py",
-                ref_min_score=0.0,
-                ref_max_score=1.0,
-                num_episodes_average_score=100,
-                description=description,
-                requirements=["gymnasium-robotics>=1.4,<1.5"],
-            )
-            dataset.storage.update_metadata({"generator_params": params})
+        _publish(
+            dataset_id,
+            buffers,
+            env,
+            eval_env,
+            "goal-reaching SAC ant + waypoint navigator",
+            description,
+            params,
+        )
     finally:
         eval_env.close()
         env.close()

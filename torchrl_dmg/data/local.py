@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from minari.storage import get_dataset_path
 
@@ -197,3 +198,42 @@ def building_dataset(dataset_id: str, root: str | os.PathLike | None = None) -> 
         shutil.rmtree(tmp_root, ignore_errors=True)
         if trash is not None:
             shutil.rmtree(trash.parent, ignore_errors=True)
+
+
+def publish_dataset(
+    dataset_id: str,
+    buffers: list,
+    *,
+    env_spec: Any,
+    eval_env_spec: Any,
+    algorithm_name: str,
+    code_permalink: str,
+    ref_min_score: float,
+    ref_max_score: float,
+    description: str,
+    generator_params: dict[str, Any],
+    requirements: list[str],
+    num_episodes_average_score: int = 100,
+) -> None:
+    """Create a generated Minari dataset from episode buffers through
+    :func:`building_dataset` (published only when whole), with the project's author fields
+    and the generator's parameters stored in its metadata (``generator_params``)."""
+    import minari
+
+    with building_dataset(dataset_id):
+        dataset = minari.create_dataset_from_buffers(
+            dataset_id=dataset_id,
+            buffer=buffers,
+            env=env_spec,
+            eval_env=eval_env_spec,
+            algorithm_name=algorithm_name,
+            author="torchrl_dmg",
+            author_email="n/a",
+            code_permalink=code_permalink,
+            ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score,
+            num_episodes_average_score=num_episodes_average_score,
+            description=description,
+            requirements=requirements,
+        )
+        dataset.storage.update_metadata({"generator_params": generator_params})

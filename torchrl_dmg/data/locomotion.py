@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from torchrl_dmg.behaviour import D4RL_REF_SCORES, ENV_IDS
-from torchrl_dmg.data.local import building_dataset, is_complete
+from torchrl_dmg.data.local import is_complete, publish_dataset
 from torchrl_dmg.recording import atomic_write, write_json
 
 __all__ = [
@@ -271,7 +271,6 @@ def generate_locomotion_dataset(
         behaviour_run: the SAC run directory for ``medium-replay`` (default
             ``outputs/behaviour/<env>_s0``).
     """
-    import minari
 
     _check(env, quality)
     dataset_id = dataset_id or locomotion_dataset_id(env, quality)
@@ -327,25 +326,22 @@ def generate_locomotion_dataset(
         }[quality]
     ref_min, ref_max = D4RL_REF_SCORES[env]
     spec = gym.spec(LOCOMOTION_ENVS[env])
-    with building_dataset(dataset_id):
-        dataset = minari.create_dataset_from_buffers(
-            dataset_id=dataset_id,
-            buffer=_buffers(episodes, seed),
-            env=spec,
-            eval_env=spec,
-            algorithm_name=f"SAC behaviour policy ({quality})",
-            author="torchrl_dmg",
-            author_email="n/a",
-            code_permalink="torchrl_dmg/data/locomotion.py",
-            ref_min_score=ref_min,
-            ref_max_score=ref_max,
-            description=(
-                f"D4RL-style {LOCOMOTION_ENVS[env]} {quality} data: {description}. "
-                f"Reference scores are D4RL's. Generator parameters: {params}."
-            ),
-            requirements=["gymnasium[mujoco]>=1.0"],
-        )
-        dataset.storage.update_metadata({"generator_params": params})
+    publish_dataset(
+        dataset_id,
+        _buffers(episodes, seed),
+        env_spec=spec,
+        eval_env_spec=spec,
+        algorithm_name=f"SAC behaviour policy ({quality})",
+        code_permalink="torchrl_dmg/data/locomotion.py",
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        description=(
+            f"D4RL-style {LOCOMOTION_ENVS[env]} {quality} data: {description}. "
+            f"Reference scores are D4RL's. Generator parameters: {params}."
+        ),
+        generator_params=params,
+        requirements=["gymnasium[mujoco]>=1.0"],
+    )
     return dataset_id
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from torchrl_dmg.data.local import building_dataset, is_complete
+from torchrl_dmg.data.local import is_complete, publish_dataset
 from torchrl_dmg.data.maze import MazeGrid, base_maze_map, maze_map_with_cells, register_maze_envs
 
 __all__ = [
@@ -403,7 +403,6 @@ def generate_pointmaze_dataset(
     written through :func:`torchrl_dmg.data.local.building_dataset`, so an interrupted run
     leaves nothing that loads as a whole dataset.
     """
-    import minari
 
     env_id, _, _, horizon = _maze_entry(maze)
     maze = maze.lower()
@@ -476,23 +475,20 @@ def generate_pointmaze_dataset(
     )
     eval_env = make_pointmaze_eval_env(maze)
     try:
-        with building_dataset(dataset_id):
-            dataset = minari.create_dataset_from_buffers(
-                dataset_id=dataset_id,
-                buffer=buffers,
-                env=env.spec,
-                eval_env=eval_env.spec,
-                algorithm_name="BFS-waypoint PD controller + Gaussian action noise",
-                author="torchrl_dmg",
-                author_email="n/a",
-                code_permalink="torchrl_dmg/data/pointmaze.py",
-                ref_min_score=ref_min,
-                ref_max_score=ref_max,
-                num_episodes_average_score=num_ref_episodes,
-                description=description,
-                requirements=["gymnasium-robotics>=1.4,<1.5"],
-            )
-            dataset.storage.update_metadata({"generator_params": params})
+        publish_dataset(
+            dataset_id,
+            buffers,
+            env_spec=env.spec,
+            eval_env_spec=eval_env.spec,
+            algorithm_name="BFS-waypoint PD controller + Gaussian action noise",
+            code_permalink="torchrl_dmg/data/pointmaze.py",
+            ref_min_score=ref_min,
+            ref_max_score=ref_max,
+            num_episodes_average_score=num_ref_episodes,
+            description=description,
+            generator_params=params,
+            requirements=["gymnasium-robotics>=1.4,<1.5"],
+        )
     finally:
         eval_env.close()
     return dataset_id

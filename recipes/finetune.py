@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
 from torchrl_dmg.online import (
     FinetuneSchedule,
@@ -68,6 +69,8 @@ def main(cfg: DictConfig) -> dict:
         # a checkpoint fixes dataset, data, network, loss (and its family's eval settings)
         cfg = with_offline_config(cfg, HydraConfig.get().overrides.task)
     check_config(cfg)
+    if cfg.data.get("check_family", True):
+        check_family(cfg.dataset, cfg.family)
     save_config(cfg, run_dir)
     device = resolve_device(cfg.device)
     torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))

@@ -19,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from torchrl_dmg.data.offline import load_offline_dataset
+from torchrl_dmg.data.offline import check_family, load_offline_dataset
 from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps
 from torchrl_dmg.plotting import plot_scores
 from torchrl_dmg.recording import MetricsLogger, save_config, write_json
@@ -58,6 +58,8 @@ def main(cfg: DictConfig) -> dict:
         raise ValueError(f"seeds must be >= 1 (agents trained side by side), got {cfg.seeds}.")
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     stacked = len(seeds) > 1  # N agents: stacked parameters, one vmapped update
+    if cfg.data.get("check_family", True):
+        check_family(cfg.dataset, cfg.family)
     seed_everything(cfg.seed)
 
     # ---------------------------------------------------------------- data

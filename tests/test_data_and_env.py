@@ -137,3 +137,29 @@ def test_incomplete_local_dataset_is_reported_not_loaded(tmp_path, monkeypatch):
     (broken / "main_data.hdf5").write_bytes(b"not hdf5")
     with pytest.raises(DatasetUnavailableError, match="incomplete or corrupt"):
         ensure_dataset("someone/broken-v0", download=False)
+
+
+def test_dataset_families_are_checked_early():
+    from torchrl_dmg.data.offline import check_family, expected_family
+
+    assert expected_family("local/mujoco/hopper/medium-v0") == "locomotion"
+    assert expected_family("mujoco/walker2d/simple-v0") == "locomotion"
+    assert expected_family("local/mujoco/hopper/medium-expert-v0") == "locomotion_expert"
+    assert expected_family("mujoco/halfcheetah/expert-v0") == "locomotion_expert"
+    assert expected_family("D4RL/antmaze/umaze-v1") == "antmaze"
+    assert expected_family("local/antmaze/medium-play-v0") == "antmaze"
+    assert expected_family("local/pointmaze/medium-v0") == "pointmaze"
+    assert expected_family("someone/else/data-v0") is None
+    check_family("local/mujoco/hopper/medium-v0", "locomotion")
+    check_family("someone/else/data-v0", "pointmaze")
+    with pytest.raises(ValueError, match="family=locomotion_expert"):
+        check_family("local/mujoco/hopper/expert-v0", "locomotion")
+
+
+def test_recipe_with_the_wrong_family_stops_before_any_work(tmp_path, minari_root):
+    from recipe_runner import run_recipe
+
+    proc = run_recipe("offline.py", tmp_path / "run", minari_root, "family=locomotion", check=False)
+    assert proc.returncode != 0
+    assert "takes the spec's 'pointmaze' settings, but family=locomotion" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.csv").exists()

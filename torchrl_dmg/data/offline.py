@@ -57,6 +57,37 @@ _GENERATORS: tuple[tuple[re.Pattern, str, str], ...] = (
 )
 
 
+# Dataset id pattern -> the config family (recipes/config/family/) with the spec's settings
+# for it: a run whose family does not match fails early (data.check_family=false allows it).
+_FAMILIES: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"^(local/)?mujoco/[^/]+/(expert|medium-expert)-v\d+$"), "locomotion_expert"),
+    (re.compile(r"^(local/)?mujoco/"), "locomotion"),
+    (re.compile(r"^(D4RL|local)/antmaze/"), "antmaze"),
+    (re.compile(r"^(D4RL|local)/pointmaze/"), "pointmaze"),
+)
+
+
+def expected_family(dataset_id: str) -> str | None:
+    """The config family whose settings the spec gives for ``dataset_id`` (``None``: not a
+    dataset of a known domain)."""
+    for pattern, family in _FAMILIES:
+        if pattern.match(dataset_id):
+            return family
+    return None
+
+
+def check_family(dataset_id: str, family: str) -> None:
+    """Fail early when ``family`` is not the one whose settings the spec gives for
+    ``dataset_id`` (e.g. PointMaze settings on a locomotion dataset)."""
+    expected = expected_family(dataset_id)
+    if expected is not None and family != expected:
+        raise ValueError(
+            f"dataset={dataset_id} takes the spec's {expected!r} settings, but family={family}. "
+            f"Pass family={expected} (or data.check_family=false to train with the "
+            f"{family!r} settings anyway)."
+        )
+
+
 class DatasetUnavailableError(RuntimeError):
     """A dataset id that is neither stored locally nor reachable remotely."""
 

@@ -172,6 +172,13 @@ def test_waypoint_navigator_follows_the_shortest_path():
         xy = w  # arrive at the waypoint
     assert np.allclose(w, goal_xy)
     assert [c for i, c in enumerate(visited) if i == 0 or c != visited[i - 1]] == nav.cells[1:]
+    # pushed back along the path: aims at most one cell ahead again
+    nav.set_goal(grid.cell_to_xy(start), goal_xy)
+    for _ in range(4):
+        nav.waypoint(nav.points[nav.k])  # walk four waypoints on
+    back = nav.cells[1]
+    w = nav.waypoint(grid.cell_to_xy(back))
+    assert grid.xy_to_cell(w) in (back, nav.cells[2])
     # an agent pushed off the path is re-planned from its cell
     off = (4, 1)
     assert off not in nav.cells

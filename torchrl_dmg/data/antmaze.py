@@ -434,8 +434,11 @@ class WaypointNavigator:
         if cell not in self.cells:
             self._plan(xy)
         else:
-            # points[m] is the waypoint of cells[m + 1]: in cells[i], aim at least at its own
-            self.k = max(self.k, self.cells.index(cell) - 1)
+            # points[m] is the waypoint of cells[m + 1]: in cells[i], aim at its own centre
+            # (m = i - 1) or at the next cell's (m = i); never further, so an ant pushed
+            # back along the path does not cut towards a waypoint around a corner
+            i = self.cells.index(cell)
+            self.k = min(max(self.k, i - 1), i, len(self.points) - 1)
         while self.k < len(self.points) - 1 and np.linalg.norm(xy - self.points[self.k]) < (
             self.radius
         ):

@@ -65,7 +65,7 @@ def plot_scores(
     labels = list(labels) if labels is not None else [Path(d).name for d in run_dirs]
     if len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=120)
     for i, (run_dir, label) in enumerate(zip(run_dirs, labels, strict=True)):
         rows = read_eval_rows(run_dir)
         if not rows:
@@ -98,7 +98,7 @@ def plot_scores(
     ax.set_ylabel("normalised score")
     ax.set_title(title or Path(run_dirs[0]).name, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -375,9 +375,12 @@ def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
     path = Path(policy_dir or POLICY_DIR) / "antgoal.pt"
     if not path.is_file():
         raise FileNotFoundError(
-            f"No goal-reaching ant policy at {path}. Train one with `python "
-            "recipes/train_behaviour.py env=antgoal` and ship it with `python -m "
-            "torchrl_dmg.data.antmaze outputs/behaviour/antgoal_s0` (README, 'AntMaze datasets')."
+            f"No goal-reaching ant policy at {path}: the local AntMaze datasets are made with "
+            "it. Train one with `python recipes/train_behaviour.py env=antgoal` and ship it "
+            "with `python -m torchrl_dmg.data.antmaze outputs/behaviour/antgoal_s0` (README, "
+            "'AntMaze datasets'); meanwhile fine-tuning runs offline on the local PointMaze "
+            "data: `python recipes/finetune.py dataset=local/pointmaze/medium-v0 "
+            "family=pointmaze`."
         )
     return path
 

@@ -1,13 +1,19 @@
-"""Placeholder AntMaze datasets, generated locally as real Minari datasets.
+"""Local AntMaze datasets, generated as real Minari datasets (no internet needed).
 
-There is no internet on the training machines, so ``D4RL/antmaze/*`` cannot be downloaded.
-This module makes a *placeholder* AntMaze dataset whose only purpose is to exercise the AntMaze
-code path end to end (29-dim observations, 8-dim actions, sparse reward shifted by -1, the
-evaluation env and its success-rate score). Its behaviour policy is **uniform random actions**:
-the ant jitters around its start cell and practically never reaches the goal, so the data teach
-nothing about the maze. A goal-reaching ant controller (D4RL's, or OGBench's direction-following
-ant plus a waypoint planner) is a separate piece of work; datasets made with it should get a new
-id (not ``*-random-v0``).
+Two generators share the environments defined here:
+
+* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v0``): D4RL-style data
+  from a goal-reaching ant (:mod:`torchrl_dmg.antgoal`, trained with the project's SAC and
+  shipped as ``policies/antgoal.pt``) steered along maze waypoints by a
+  :class:`WaypointNavigator`, with D4RL's variants (umaze, umaze-diverse, medium-play,
+  medium-diverse, large-play, large-diverse). See the second half of this module.
+* :func:`generate_antmaze_dataset` (``local/antmaze/<maze>-random-v0``): a *placeholder* whose
+  behaviour policy is **uniform random actions**: the ant jitters around its start cell and
+  practically never reaches the goal, so the data only exercise the AntMaze code path end to
+  end (29-dim observations, 8-dim actions, sparse reward shifted by -1, the evaluation env and
+  its success-rate score).
+
+What both store:
 
 * Environment: gymnasium-robotics ``AntMaze_{UMaze,Medium,Large}-v4`` (27-dim ant state plus
   2-dim ``achieved_goal`` = the ant's xy and 2-dim ``desired_goal``; ``-v5`` adds contact

@@ -23,7 +23,8 @@ What both store:
   must be fixed because the AntMaze observation used for training (``achieved_goal`` then
   ``observation``) does not contain the goal; online fine-tuning steps this same env.
 * Episodes: the env is reset (seed ``seed + i`` for episode ``i``) every ``episode_steps`` steps
-  (default: the env's own limit, 700 for UMaze and 1000 for Medium/Large); every episode ends
+  (placeholder default: the env's own limit, 700 for UMaze and 1000 for Medium/Large; the
+  navigator datasets: 1000, as D4RL); every episode ends
   ``truncated``, never ``terminated`` (the task is continuing; gymnasium-robotics also ignores
   the ant's own "unhealthy" termination).
 * Rewards: 1 when the ant's xy is within 0.45 of the goal (gymnasium-robotics' radius; D4RL

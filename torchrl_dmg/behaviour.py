@@ -389,6 +389,19 @@ def _checkpoint_path(out_dir: Path, step: int) -> Path:
     return out_dir / "checkpoints" / f"step_{step:08d}.pt"
 
 
+def evaluated_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, float, Path]]:
+    """``(step, eval_return_mean, checkpoint path)`` of every evaluated checkpoint of a
+    :func:`train_sac` run, in step order (its ``progress.csv``); an error if there is none."""
+    run_dir = Path(run_dir)
+    rows = _read_progress(run_dir / "progress.csv")
+    if not rows:
+        raise ValueError(f"{run_dir} has no evaluated checkpoints yet (no progress.csv rows).")
+    return [
+        (int(r["step"]), float(r["eval_return_mean"]), _checkpoint_path(run_dir, int(r["step"])))
+        for r in rows
+    ]
+
+
 # ---------------------------------------------------------------- the SAC update
 class _ForeachSoftUpdate(SoftUpdate):
     """:class:`~torchrl.objectives.SoftUpdate` whose :meth:`step` is a single

@@ -784,27 +784,22 @@ def ship_ant_policy(
     ``policy_dir/antgoal.pt`` and measured as the navigator of each maze
     (:func:`navigator_success`, ``episodes`` episodes each). The record goes to
     ``policies.json`` under ``"antgoal"``."""
-    import csv
-    import json
 
     import torch
 
     from torchrl_dmg.antgoal import goal_reaching_success
-    from torchrl_dmg.behaviour import load_behaviour_actor
-    from torchrl_dmg.data.locomotion import POLICY_DIR
-    from torchrl_dmg.recording import atomic_write, write_json
+    from torchrl_dmg.behaviour import evaluated_checkpoints, load_behaviour_actor
+    from torchrl_dmg.data.locomotion import POLICY_DIR, update_policy_record
+    from torchrl_dmg.recording import atomic_write
 
-    run_dir = Path(run_dir)
     out = Path(policy_dir or POLICY_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "progress.csv", newline="") as f:
-        rows = [(int(r["step"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
-    if not rows:
-        raise ValueError(f"{run_dir} has no evaluated checkpoints yet.")
+    rows = evaluated_checkpoints(run_dir)
+    paths = {step: path for step, _, path in rows}
     best = sorted(rows, key=lambda r: r[1], reverse=True)[: max(1, candidates)]
     measured = []
-    for step, ret in best:
-        actor, _ = load_behaviour_actor(run_dir / "checkpoints" / f"step_{step:08d}.pt")
+    for step, ret, path in best:
+        actor, _ = load_behaviour_actor(path)
         success = goal_reaching_success(actor, episodes=episodes, seed=seed)
         measured.append((success["success_rate"], step, ret, success))
         print(
@@ -812,9 +807,7 @@ def ship_ant_policy(
             f"{100 * success['success_rate']:.0f}% of {episodes}"
         )
     _, step, ret, success = max(measured, key=lambda m: (m[0], m[1]))
-    ckpt = torch.load(
-        run_dir / "checkpoints" / f"step_{step:08d}.pt", map_location="cpu", weights_only=False
-    )
+    ckpt = torch.load(paths[step], map_location="cpu", weights_only=False)
     target = out / "antgoal.pt"
     atomic_write(target, lambda f: torch.save(ckpt, f))
     actor, _ = load_behaviour_actor(target)
@@ -838,10 +831,7 @@ def ship_ant_policy(
             f"[ship] navigator {maze}: {100 * nav['success_rate']:.0f}% of {episodes} "
             f"(mean {nav['mean_steps']:.0f} steps)"
         )
-    record_path = out / "policies.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record["antgoal"] = entry
-    write_json(record_path, record)
+    update_policy_record({"antgoal": entry}, out)
     return entry
 
 

@@ -358,28 +358,26 @@ def ship_behaviour_policies(
     it whose return is closest to a third of the expert's) policies of a
     ``recipes/train_behaviour.py`` run, evaluate each anew (``episodes`` deterministic
     episodes, seeds ``seed + i``), and write them to ``policy_dir`` as
-    ``<env>-<level>.pt`` (the actor only) plus their record in ``policies.json``."""
-    import csv
-    import json
-
-    from torchrl_dmg.behaviour import d4rl_normalized_score, evaluate_actor, load_behaviour_actor
+    ``<env>-<level>.pt`` (the actor only) plus their record in ``policies.json``. Returns
+    the two new record entries."""
+    from torchrl_dmg.behaviour import (
+        d4rl_normalized_score,
+        evaluate_actor,
+        evaluated_checkpoints,
+        load_behaviour_actor,
+    )
 
     _check_env(env)
-    run_dir = Path(run_dir)
     out = Path(policy_dir or POLICY_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "progress.csv", newline="") as f:
-        rows = [(int(r["step"]), float(r["eval_return_mean"])) for r in csv.DictReader(f)]
-    if not rows:
-        raise ValueError(f"{run_dir} has no evaluated checkpoints yet.")
-    expert_step, expert_return = max(rows, key=lambda r: r[1])
+    rows = evaluated_checkpoints(run_dir)
+    paths = {step: path for step, _, path in rows}
+    expert_step, expert_return, _ = max(rows, key=lambda r: r[1])
     earlier = [r for r in rows if r[0] <= expert_step]
-    medium_step, _ = min(earlier, key=lambda r: abs(r[1] - expert_return / 3))
-    record_path = out / "policies.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    medium_step = min(earlier, key=lambda r: abs(r[1] - expert_return / 3))[0]
+    record = {}
     for level, step in (("medium", medium_step), ("expert", expert_step)):
-        ckpt_path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(paths[step], map_location="cpu", weights_only=False)
         target = out / f"{env}-{level}.pt"
         atomic_write(target, lambda f, ckpt=ckpt: torch.save(ckpt, f))
         actor, _ = load_behaviour_actor(target)
@@ -401,8 +399,18 @@ def ship_behaviour_policies(
             f"[ship] {target.name}: step {step}, return {returns.mean():.1f} ± "
             f"{returns.std():.1f}, normalised {scores.mean():.1f}"
         )
-    write_json(record_path, record)
+    update_policy_record(record, out)
     return record
+
+
+def update_policy_record(entries: dict[str, Any], policy_dir: str | os.PathLike | None = None):
+    """Merge ``entries`` into ``policies.json`` (the record of the shipped policies)."""
+    import json
+
+    path = Path(policy_dir or POLICY_DIR) / "policies.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update(entries)
+    write_json(path, record)
 
 
 if __name__ == "__main__":

@@ -430,11 +430,9 @@ class WaypointNavigator:
         grid = self.grid
         start = grid.nearest_free_cell(xy)
         self.cells = grid.shortest_path(start, grid.nearest_free_cell(self.goal_xy))
-        jitter = self.rng.uniform(-self.jitter, self.jitter, size=(len(self.cells), 2))
-        self.points = [
-            grid.cell_to_xy(c) + j
-            for c, j in zip(self.cells[1:-1], jitter[: len(self.cells) - 2], strict=True)
-        ]
+        between = self.cells[1:-1]  # the goal's own cell gets the goal itself
+        jitter = self.rng.uniform(-self.jitter, self.jitter, size=(len(between), 2))
+        self.points = [grid.cell_to_xy(c) + j for c, j in zip(between, jitter, strict=True)]
         self.points.append(self.goal_xy)
         self.k = 0
 
@@ -497,15 +495,16 @@ class _NavigatedAnt:
         self.obs: dict[str, np.ndarray] = {}
         self.commanded = np.zeros(2)
 
-    def reset(self, seed: int, episode: tuple[int, int], command: np.ndarray | None = None):
+    def reset(self, seed: int, episode: tuple[int, int], to_eval_goal: bool = False):
         """Reset with env seed ``seed``; the episode's own stream is spawned from
-        ``episode = (base seed, episode index)`` (independent of the env's stream)."""
+        ``episode = (base seed, episode index)`` (independent of the env's stream). The
+        first command is a goal cell of the task, or the env's own (evaluation) goal."""
         base_seed, index = episode
         self.rng = np.random.default_rng(np.random.SeedSequence(base_seed, spawn_key=(index,)))
         self.nav = WaypointNavigator(self.grid, self.rng)
         start = self.starts[self.rng.integers(len(self.starts))]
         self.obs, info = self.base.reset(seed=seed, options={"reset_cell": np.array(start)})
-        self._command(command)
+        self._command(self.base.goal if to_eval_goal else None)
         return self.obs, info
 
     def _command(self, command: np.ndarray | None = None) -> None:
@@ -740,8 +739,7 @@ def navigator_success(
         try:
             for j, ant in enumerate(ants):
                 i = first + j
-                ant.reset(seed + i, (seed, i))
-                ant._command(ant.base.goal)  # straight to the evaluation goal
+                ant.reset(seed + i, (seed, i), to_eval_goal=True)
             done_at = [0] * n
             live = list(range(n))
             for t in range(horizon):

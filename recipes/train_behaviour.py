@@ -22,18 +22,15 @@ from torchrl_dmg.behaviour import (
     D4RL_REF_SCORES,
     TASK_IDS,
     d4rl_normalized_score,
+    env_short_name,
     load_behaviour_actor,
-    resolve_env_name,
     train_sac,
 )
 
 
 @hydra.main(config_path="config", config_name="train_behaviour", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    env = str(cfg.env)
-    if env not in TASK_IDS:
-        resolve_env_name(env)  # a *-v5 id is accepted too; anything else: a clear error
-        env = next(k for k, v in TASK_IDS.items() if v == env)
+    env = env_short_name(str(cfg.env))  # a *-v5 id is accepted too; anything else: an error
     print(
         f"[behaviour] env={TASK_IDS[env]} steps={cfg.steps} seed={cfg.seed} out_dir={cfg.out_dir}"
     )

@@ -271,7 +271,6 @@ def generate_locomotion_dataset(
         behaviour_run: the SAC run directory for ``medium-replay`` (default
             ``outputs/behaviour/<env>_s0``).
     """
-
     _check(env, quality)
     dataset_id = dataset_id or locomotion_dataset_id(env, quality)
     num_steps = int(num_steps if num_steps is not None else DEFAULT_NUM_STEPS)

@@ -3,6 +3,8 @@
     python recipes/train_behaviour.py env=hopper                 # 1M env steps, outputs/behaviour/hopper_s0
     python recipes/train_behaviour.py env=walker2d steps=300000 seed=1
     python recipes/train_behaviour.py env=hopper                 # again: resumes where it stopped
+    python recipes/train_behaviour.py env=antgoal device=cuda compile.mode=cudagraphs \
+        collector.num_envs=4 collector.env_processes=true       # on a GPU
 
 Checkpoints (actor + deterministic return) every ``checkpoint_interval`` env steps, every
 transition collected and the trainer state all go to ``out_dir`` (a fixed path, so that
@@ -52,6 +54,9 @@ def main(cfg: DictConfig) -> dict:
         tau=float(cfg.optim.tau),
         update_mode=str(cfg.compile.mode),
         sample_chunk=int(cfg.compile.sample_chunk),
+        device=str(cfg.device),
+        num_envs=int(cfg.collector.num_envs),
+        env_processes=bool(cfg.collector.env_processes),
         resume=bool(cfg.resume),
         progress=bool(cfg.progress),
     )

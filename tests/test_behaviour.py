@@ -228,3 +228,29 @@ def test_compiled_update_matches_eager():
     torch.testing.assert_close(results["compile"][0], results["eager"][0])
     for key, value in results["eager"][1].items():
         torch.testing.assert_close(results["compile"][1][key], value)
+
+
+def test_batched_envs_store_every_transition_with_episodes_cut_at_batch_ends(tmp_path):
+    """num_envs=2: each batch is [2, T]; the store gets env 0's T transitions then env 1's,
+    each part's last one marked truncated; the run trains, evaluates and checkpoints."""
+    out_dir = tmp_path / "hopper_s0"
+    result = train_sac("hopper", out_dir=out_dir, seed=0, num_envs=2, **TINY)
+    assert result["steps"] == 600 and sorted(result["checkpoints"]) == [300, 600]
+    data = load_transitions(out_dir)
+    assert len(data["step"]) == 600
+    np.testing.assert_array_equal(data["step"], np.arange(1, 601))
+    truncated = data["truncated"].reshape(6, 2, 50)  # 6 batches x 2 envs x 50 steps
+    assert truncated[..., -1].all()  # every part ends cut
+    # inside a part, consecutive transitions chain (next obs = obs), except after an end
+    obs = data["observation"].reshape(6, 2, 50, -1)
+    nxt = data["next_observation"].reshape(6, 2, 50, -1)
+    ends = data["terminated"].reshape(6, 2, 50) | truncated
+    chained = ~ends[..., :-1]
+    np.testing.assert_allclose(nxt[..., :-1, :][chained], obs[..., 1:, :][chained])
+    with pytest.raises(ValueError, match="multiple of num_envs"):
+        train_sac("hopper", out_dir=tmp_path / "bad", num_envs=3, **TINY)
+
+
+def test_cudagraphs_mode_without_cuda_fails_early(tmp_path):
+    with pytest.raises(ValueError, match="CUDA|cuda"):
+        train_sac("hopper", out_dir=tmp_path / "x", **{**TINY, "update_mode": "cudagraphs"})

@@ -46,12 +46,12 @@ from tensordict.nn.distributions import NormalParamExtractor
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import Bounded, LazyTensorStorage, TensorDictReplayBuffer
-from torchrl.envs import DoubleToFloat, GymEnv, TransformedEnv
+from torchrl.envs import DoubleToFloat, GymEnv, ParallelEnv, SerialEnv, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
 
 from torchrl_dmg.recording import atomic_write
-from torchrl_dmg.training import rng_state, set_rng_state
+from torchrl_dmg.training import _optimizer_step, rng_state, set_rng_state
 
 # Gymnasium v5 ids of the D4RL locomotion tasks, by short name.
 ENV_IDS: dict[str, str] = {
@@ -72,7 +72,7 @@ D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
     "walker2d": (1.629008, 4592.3),
 }
 
-UPDATE_MODES = ("eager", "compile", "compile-inductor")
+UPDATE_MODES = ("eager", "compile", "compile-inductor", "cudagraphs")
 
 
 # ---------------------------------------------------------------- env names and scores
@@ -422,7 +422,13 @@ class _ForeachSoftUpdate(SoftUpdate):
 
 
 class _SACUpdater:
-    """SACLoss + grouped Adam + SoftUpdate; :meth:`update` is one UTD-1 gradient step."""
+    """SACLoss + grouped Adam + SoftUpdate; :meth:`update` is one UTD-1 gradient step.
+
+    ``mode="cudagraphs"`` (CUDA only): the whole step (loss, backward, Adam, target
+    update) is compiled with inductor and replayed as one CUDA graph
+    (:class:`tensordict.nn.CudaGraphModule`), as in TorchRL's SAC example; the optimiser is
+    capturable. The other modes compile (or not) the loss forward only.
+    """
 
     def __init__(
         self,
@@ -435,14 +441,22 @@ class _SACUpdater:
         tau: float,
         mode: str,
         vmap_critics: bool | None,
+        cudagraph_warmup: int = 5,
     ) -> None:
         if mode not in UPDATE_MODES:
             raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {mode!r}.")
+        device = next(iter(actor.parameters())).device
+        graphs = mode == "cudagraphs"
+        if graphs and device.type != "cuda":
+            raise ValueError(
+                f"update_mode='cudagraphs' needs device='cuda' (the networks are on {device}); "
+                "use update_mode='compile' on CPU."
+            )
         if vmap_critics is None:
             # Measured on one CPU thread: vmapped critics are faster in eager (fewer Python
             # calls), two plain matmuls faster once compiled (the vmapped linear layers
-            # become slower batched matmuls).
-            vmap_critics = mode == "eager"
+            # become slower batched matmuls). On a GPU fewer kernels win.
+            vmap_critics = mode in ("eager", "cudagraphs")
         self.loss = SACLoss(
             actor,
             qvalue,
@@ -458,31 +472,45 @@ class _SACUpdater:
         self.loss.make_value_estimator(gamma=gamma)
         _ = self.loss.target_entropy  # registers its buffer now, outside any compiled code
         self.target_updater = _ForeachSoftUpdate(self.loss, tau=tau)
-        fused = {"fused": True}
+        kwargs = {"fused": True, **({"capturable": True} if graphs else {})}
         self.optimizer = group_optimizers(
-            torch.optim.Adam(_leaves(self.loss.actor_network_params), lr=lr, **fused),
-            torch.optim.Adam(_leaves(self.loss.qvalue_network_params), lr=lr, **fused),
-            torch.optim.Adam([self.loss.log_alpha], lr=lr, **fused),
+            torch.optim.Adam(_leaves(self.loss.actor_network_params), lr=lr, **kwargs),
+            torch.optim.Adam(_leaves(self.loss.qvalue_network_params), lr=lr, **kwargs),
+            torch.optim.Adam([self.loss.log_alpha], lr=lr, **kwargs),
         )
         self.mode = mode
         self.num_updates = 0
         self._loss_fn = self.loss
+        self._step_fn = self._step
         if mode != "eager":
             from tensordict.nn.functional_modules import _exclude_td_from_pytree
 
             # see torchrl_dmg.training.DMGUpdater: no recompile per call under vmap
             _exclude_td_from_pytree().set()
+        if mode in ("compile", "compile-inductor"):
             backend = "aot_eager" if mode == "compile" else "inductor"
             self._loss_fn = torch.compile(self.loss, backend=backend)
+        elif graphs:
+            from tensordict.nn import CudaGraphModule
 
-    def update(self, batch: TensorDictBase) -> TensorDictBase:
+            self._step_fn = CudaGraphModule(
+                torch.compile(self._step, backend="inductor"),
+                in_keys=[],
+                out_keys=[],
+                warmup=cudagraph_warmup,
+            )
+
+    def _step(self, batch: TensorDictBase) -> TensorDictBase:
         losses = self._loss_fn(batch)
         (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.target_updater.step()
-        self.num_updates += 1
+        _optimizer_step(self.optimizer)
+        _target_step(self.target_updater)
         return losses.detach()
+
+    def update(self, batch: TensorDictBase) -> TensorDictBase:
+        losses = self._step_fn(batch)
+        self.num_updates += 1
+        return losses
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -495,6 +523,13 @@ class _SACUpdater:
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_updates = int(state["num_updates"])
+
+
+@torch.compiler.disable
+def _target_step(target_updater: SoftUpdate) -> None:
+    """The Polyak update, outside torch.compile (one foreach kernel; captured by a CUDA
+    graph like any eager CUDA work)."""
+    target_updater.step()
 
 
 def _leaves(params: TensorDictBase) -> list[torch.Tensor]:
@@ -523,7 +558,14 @@ def _buffer_td(rows: dict[str, np.ndarray]) -> TensorDict:
 
 def _store_rows(batch: TensorDictBase, first_step: int) -> dict[str, np.ndarray]:
     """Transition-store rows from a collector batch whose first transition is env step
-    ``first_step`` (1-based)."""
+    ``first_step`` (1-based). A batch of several envs (``[num_envs, T]``) is stored env
+    after env, each env's last transition marked truncated (its episode goes on in the
+    next batch, which the store cannot join to this part)."""
+    truncated = batch["next", "truncated"].clone()
+    if batch.ndim > 1:
+        truncated[..., -1, :] = True
+        batch = batch.reshape(-1)
+        truncated = truncated.reshape(batch.shape[0], -1)
     n = batch.numel()
     nxt = batch["next"]
     return {
@@ -532,9 +574,29 @@ def _store_rows(batch: TensorDictBase, first_step: int) -> dict[str, np.ndarray]
         "reward": nxt["reward"].reshape(n).numpy(),
         "next_observation": nxt["observation"].numpy(),
         "terminated": nxt["terminated"].reshape(n).numpy(),
-        "truncated": nxt["truncated"].reshape(n).numpy(),
+        "truncated": truncated.reshape(n).numpy(),
         "step": np.arange(first_step, first_step + n, dtype=np.int64),
     }
+
+
+def _make_envs(env_id: str, num_envs: int, processes: bool):
+    """The training env(s): one TorchRL GymEnv, or ``num_envs`` of them batched."""
+
+    def make() -> TransformedEnv:
+        resolve_env_name(env_id)  # registers the project's tasks in a fresh worker process
+        return TransformedEnv(GymEnv(env_id), DoubleToFloat())
+
+    if num_envs == 1:
+        return make()
+    return (ParallelEnv if processes else SerialEnv)(num_envs, make)
+
+
+@torch.no_grad()
+def _sync_actor(actor: nn.Module, train_actor: nn.Module) -> None:
+    """Copy the trained weights into the acting (CPU) actor; nothing when they are one."""
+    if actor is not train_actor:
+        for dst, src in zip(actor.parameters(), train_actor.parameters(), strict=True):
+            dst.copy_(src)
 
 
 # ---------------------------------------------------------------- training
@@ -558,6 +620,9 @@ def train_sac(
     update_mode: str = "compile",
     vmap_critics: bool | None = None,
     sample_chunk: int = 50,
+    device: str | torch.device = "cpu",
+    num_envs: int = 1,
+    env_processes: bool = False,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -579,13 +644,24 @@ def train_sac(
     Args:
         env_name: ``hopper``/``halfcheetah``/``walker2d`` or their ``*-v5`` ids.
         update_mode: ``"compile"`` (default; ``torch.compile`` of the loss with the
-            ``aot_eager`` backend), ``"eager"``, or ``"compile-inductor"`` (slower than
-            ``aot_eager`` on CPU, kept for comparison). Compiling costs ~10-20 s once.
+            ``aot_eager`` backend), ``"eager"``, ``"compile-inductor"`` (slower than
+            ``aot_eager`` on CPU, kept for comparison), or ``"cudagraphs"`` (CUDA only:
+            the whole update compiled and replayed as a CUDA graph). Compiling costs
+            ~10-60 s once.
         vmap_critics: vmap the two critics (SACLoss's default) or loop over them; ``None``
             picks the faster one for ``update_mode``.
         sample_chunk: updates whose batches are drawn from the buffer in one ``sample``
             call (the same uniform draws as one call per update: the buffer does not change
             during an update phase; fewer Python calls). 1: one ``sample`` per update.
+        device: where the networks, the update and the replay buffer live. The envs
+            step on the CPU with a CPU copy of the actor, refreshed after every update
+            phase (so a collector batch is collected with the weights of its start).
+        num_envs: envs stepped side by side (``frames_per_batch / num_envs`` steps each
+            per batch; in-process :class:`~torchrl.envs.SerialEnv`, or one process each
+            with ``env_processes`` (:class:`~torchrl.envs.ParallelEnv`)). With more than
+            one env, ``transitions/`` holds each env's part of a batch in turn and an
+            episode that continues into the next batch is cut there (marked truncated):
+            every transition is exact, episodes are split at batch boundaries.
         resume: continue from ``out_dir/state.pt`` if there is one (a fresh start
             otherwise). Without it, an ``out_dir`` holding a state is an error.
 
@@ -605,6 +681,7 @@ def train_sac(
         ("batch_size", batch_size),
         ("eval_episodes", eval_episodes),
         ("sample_chunk", sample_chunk),
+        ("num_envs", num_envs),
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
@@ -613,8 +690,15 @@ def train_sac(
             f"total_steps ({total_steps}) and checkpoint_interval ({checkpoint_interval}) "
             f"must be multiples of frames_per_batch ({frames_per_batch})."
         )
+    if frames_per_batch % num_envs:
+        raise ValueError(
+            f"frames_per_batch ({frames_per_batch}) must be a multiple of num_envs ({num_envs})."
+        )
     if update_mode not in UPDATE_MODES:
         raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {update_mode!r}.")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} was asked for, but torch sees no CUDA device.")
 
     state_path = out_dir / "state.pt"
     state = None
@@ -640,16 +724,23 @@ def train_sac(
     torch.manual_seed(seed)
 
     # ------------------------------------------------------------ env, networks, loss
-    env = TransformedEnv(GymEnv(env_id), DoubleToFloat())
+    env = _make_envs(env_id, num_envs, env_processes)
     obs_dim = int(env.observation_spec["observation"].shape[-1])
     act_dim = int(env.action_spec.shape[-1])
     action_spec = env.action_spec_unbatched.clone()
+    # ``actor`` steps the envs and is evaluated (CPU); ``train_actor`` is the one trained
+    # (the same module on a CPU run, a copy on ``device`` otherwise)
     actor = make_sac_actor(obs_dim, act_dim, action_spec, num_cells)
-    qvalue = make_sac_qvalue(obs_dim, act_dim, num_cells)
+    train_actor = actor
+    if device.type != "cpu":
+        train_actor = make_sac_actor(obs_dim, act_dim, action_spec.to(device), num_cells)
+        train_actor.load_state_dict(actor.state_dict())
+        train_actor.to(device)
+    qvalue = make_sac_qvalue(obs_dim, act_dim, num_cells).to(device)
     updater = _SACUpdater(
-        actor,
+        train_actor,
         qvalue,
-        action_spec,
+        action_spec.to(device),
         lr=lr,
         gamma=gamma,
         tau=tau,
@@ -659,7 +750,7 @@ def train_sac(
     store = TransitionStore(out_dir / "transitions", obs_dim, act_dim)
     capacity = min(buffer_size, total_steps)
     # batches are drawn sample_chunk at a time, the size given at each sample() call
-    replay = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity))
+    replay = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity, device=device))
 
     steps = 0
     wall_before = 0.0
@@ -671,12 +762,13 @@ def train_sac(
         store.truncate(steps)  # transitions after the state are redone
         store.mark_last_truncated()  # the episode running at the state ends there
         if steps:
-            replay.extend(_buffer_td(store.read(max(0, steps - capacity), steps)))
+            replay.extend(_buffer_td(store.read(max(0, steps - capacity), steps)).to(device))
         rows = [r for r in _read_progress(out_dir / "progress.csv") if int(r["step"]) <= steps]
         for path in (out_dir / "checkpoints").glob("step_*.pt"):
             if int(path.stem.split("_")[1]) > steps:
                 path.unlink()
         set_rng_state(state["rng"])
+        _sync_actor(actor, train_actor)
     else:
         store.truncate(0)
     _write_progress(out_dir / "progress.csv", rows)
@@ -749,7 +841,7 @@ def train_sac(
             n = batch.numel()
             new_rows = _store_rows(batch, steps + 1)
             store.append(new_rows)
-            replay.extend(_buffer_td(new_rows))
+            replay.extend(_buffer_td(new_rows).to(device))
             steps += n
             session_steps += n
             window["steps"] += n
@@ -763,6 +855,7 @@ def train_sac(
                     for i in range(k):
                         last_losses = updater.update(draws[i])
                     remaining -= k
+                _sync_actor(actor, train_actor)
                 dt = time.perf_counter() - t0
                 session_update_time += dt
                 session_updates += frames_per_batch
@@ -833,6 +926,9 @@ def train_sac(
                             "lr": lr,
                             "gamma": gamma,
                             "tau": tau,
+                            "num_envs": num_envs,
+                            "update_mode": update_mode,
+                            "device": str(device),
                         },
                     },
                 )

@@ -163,3 +163,24 @@ def test_recipe_with_the_wrong_family_stops_before_any_work(tmp_path, minari_roo
     assert proc.returncode != 0
     assert "takes the spec's 'pointmaze' settings, but family=locomotion" in proc.stderr
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_a_batched_eval_env_stays_on_the_cpu_and_a_policy_elsewhere_is_moved(tiny_dataset_env):
+    """make_env(num_envs>1, device=cuda) keeps the vector env on the CPU (TorchRL's vector
+    wrapper cannot take a CUDA reset mask); evaluate() wraps a policy on another device."""
+    from tensordict.nn import TensorDictModule
+
+    from torchrl_dmg.envs import PolicyOnDevice, policy_device
+
+    dataset = load_offline_dataset(tiny_dataset_env, normalize_obs=True, progress=False)
+    env = make_env(dataset, num_envs=2, device="cuda")  # builds without touching CUDA
+    assert env.device == torch.device("cpu")
+    policy = torch.nn.Linear(env.observation_spec["observation"].shape[-1], 2)
+    module = TensorDictModule(policy, in_keys=["observation"], out_keys=["action"])
+    assert policy_device(module) == torch.device("cpu")
+    moved = PolicyOnDevice(module, "cpu")
+    td = env.reset()
+    out = moved(td.clone())
+    assert out["action"].shape == (2, 2) and out["action"].device == td.device
+    returns = evaluate(env, moved, max_steps=5, seed=0)
+    assert returns.shape == (2,)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import (
     CatTensors,
     DoubleToFloat,
@@ -47,7 +49,10 @@ def make_env(
     cast to float32 and normalised with the dataset's ``obs_loc``/``obs_scale`` (identity
     when normalisation is off). Rewards are left raw: scores use the env's own returns.
     ``num_envs > 1`` batches copies in one Gymnasium ``SyncVectorEnv`` (copy ``i`` seeded
-    ``seed + i`` by ``set_seed(seed)``).
+    ``seed + i`` by ``set_seed(seed)``). Such a batched env stays on the CPU whatever
+    ``device`` says (TorchRL's wrapper of a vector env reads its partial-reset mask with
+    ``.numpy()``, which fails on a CUDA tensor); :func:`evaluate` runs a policy on another
+    device by moving its inputs there and its actions back.
     """
 
     base = _base_env(dataset, eval_env, num_envs)
@@ -70,7 +75,32 @@ def make_env(
     env = TransformedEnv(base, transforms[0])
     for t in transforms[1:]:
         env.append_transform(t)
-    return env.to(device)
+    return env.to("cpu" if num_envs > 1 else device)
+
+
+class PolicyOnDevice(TensorDictModuleBase):
+    """``policy`` acting in an env on another device: its inputs are moved to ``device``,
+    its outputs back to the env's."""
+
+    def __init__(self, policy, device: torch.device) -> None:
+        super().__init__()
+        self.policy, self.device = policy, torch.device(device)
+        self.in_keys = list(policy.in_keys)
+        self.out_keys = list(policy.out_keys)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        outputs = self.policy(tensordict.select(*self.in_keys).to(self.device))
+        return tensordict.update(outputs.select(*self.out_keys).to(tensordict.device))
+
+
+def policy_device(policy) -> torch.device | None:
+    """Where ``policy`` computes: its ``params`` TensorDict's device (the project's
+    :class:`~torchrl_dmg.training.ParamsPolicy`), else its first parameter's."""
+    params = getattr(policy, "params", None)
+    if isinstance(params, TensorDictBase) and params.device is not None:
+        return params.device
+    first = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
+    return None if first is None else first.device
 
 
 def episode_returns(rollout) -> torch.Tensor:
@@ -90,6 +120,9 @@ def evaluate(env: EnvBase, policy, *, max_steps: int, seed: int | None = None) -
     """
     if seed is not None:
         env.set_seed(seed)
+    device = policy_device(policy)
+    if device is not None and env.device is not None and device != env.device:
+        policy = PolicyOnDevice(policy, device)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         rollout = env.rollout(max_steps, policy, break_when_any_done=False)
     if not env.batch_size:

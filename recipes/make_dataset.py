@@ -39,6 +39,7 @@ def _antmaze(cfg: DictConfig, variant: str) -> str:
         force=cfg.force,
         progress=cfg.progress,
         policy_dir=cfg.policy_dir,
+        workers=int(cfg.workers),
     )
 
 

@@ -366,3 +366,34 @@ def test_ship_ant_policy_records_its_measurements(policy_dir, tmp_path):
     assert record == json.loads(json.dumps(entry))
     assert record["checkpoint_step"] == 2000 and record["run_steps"] == 2000  # tie: the later
     assert set(record["navigator"]) == {"umaze"} and record["open_space"]["episodes"] == 2
+
+
+def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch):
+    """workers=2 (spawned processes, whole groups of episodes each) = one process."""
+    import minari
+
+    from torchrl_dmg.data import antmaze
+    from torchrl_dmg.data.local import minari_datasets_path
+
+    monkeypatch.setattr(antmaze, "_NUM_ENVS", 2)  # 3 episodes -> groups [0, 1], [2]
+    data = {}
+    for workers in (1, 2):
+        root = tmp_path / f"w{workers}"
+        with minari_datasets_path(root):
+            dataset_id = generate_antmaze_navigator_dataset(
+                "umaze-diverse",
+                num_steps=3 * EPISODE_STEPS,
+                episode_steps=EPISODE_STEPS,
+                policy_dir=policy_dir,
+                progress=False,
+                workers=workers,
+            )
+            data[workers] = list(minari.load_dataset(dataset_id).iterate_episodes())
+    assert len(data[1]) == len(data[2]) == 3
+    for a, b in zip(data[1], data[2], strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+        for key in a.observations:
+            np.testing.assert_array_equal(a.observations[key], b.observations[key])
+    with pytest.raises(ValueError, match="workers"):
+        generate_antmaze_navigator_dataset("umaze", num_steps=10, workers=0, policy_dir=policy_dir)

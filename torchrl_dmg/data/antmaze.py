@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -596,6 +597,7 @@ def generate_antmaze_navigator_dataset(
     episode_steps: int = NAVIGATOR_EPISODE_STEPS,
     noise: float = ACTION_NOISE,
     policy_dir: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> str:
     """Generate (or reuse) a D4RL-style AntMaze dataset and return its Minari id.
 
@@ -612,6 +614,10 @@ def generate_antmaze_navigator_dataset(
     commanded; ``desired_goal`` is that goal. The evaluation env terminates on success,
     ``ref_min_score = 0``, ``ref_max_score = 1``: the normalised score is the success rate.
     ``infos`` keep ``success`` and the ``commanded_goal``.
+
+    ``workers > 1`` steps the episodes in that many processes, each taking whole groups of
+    :data:`_NUM_ENVS` episodes (the groups a single process steps side by side), so the
+    data are the same for any number of workers.
     """
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from tqdm.auto import tqdm
@@ -627,6 +633,8 @@ def generate_antmaze_navigator_dataset(
         raise ValueError("num_steps and episode_steps must be positive")
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if not force and is_complete(dataset_id):
         if _stored_generator_version(dataset_id) == _NAVIGATOR_VERSION:
             return dataset_id
@@ -638,12 +646,29 @@ def generate_antmaze_navigator_dataset(
         lengths.append(num_steps % episode_steps)
     buffers = []
     steps_at_goal = 0
-    with tqdm(total=num_steps, disable=not progress, desc=f"antmaze {variant}", unit="step") as bar:
-        for first in range(0, len(lengths), _NUM_ENVS):
-            group = lengths[first : first + _NUM_ENVS]
-            for j, ep in enumerate(
-                _navigate_episodes(maze, task, group, seed, first, actor, noise)
-            ):
+    groups = [
+        (first, lengths[first : first + _NUM_ENVS]) for first in range(0, len(lengths), _NUM_ENVS)
+    ]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(
+            min(workers, len(groups)), mp_context=multiprocessing.get_context("spawn")
+        )
+        job = partial(
+            _navigate_group, maze=maze, task=task, seed=seed, policy=str(policy), noise=noise
+        )
+        results = pool.map(job, groups)
+    else:
+        pool = None
+        results = (
+            _navigate_episodes(maze, task, g, seed, first, actor, noise) for first, g in groups
+        )
+    bar = tqdm(total=num_steps, disable=not progress, desc=f"antmaze {variant}", unit="step")
+    try:
+        for (first, group), group_episodes in zip(groups, results, strict=True):
+            for j, ep in enumerate(group_episodes):
                 i, length = first + j, group[j]
                 truncations = np.zeros(length, dtype=bool)
                 truncations[-1] = True
@@ -664,6 +689,10 @@ def generate_antmaze_navigator_dataset(
                     )
                 )
             bar.update(sum(group))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
     env_id, start, goal, _ = _maze_entry(maze)
     params = {
@@ -709,6 +738,24 @@ def generate_antmaze_navigator_dataset(
         eval_env.close()
         env.close()
     return dataset_id
+
+
+def _navigate_group(group, *, maze, task, seed, policy, noise):
+    """:func:`_navigate_episodes` of ``group = (first episode, lengths)`` in a worker
+    process, with the actor loaded from ``policy`` (once per process)."""
+    import torch
+
+    from torchrl_dmg.behaviour import load_behaviour_actor
+
+    torch.set_num_threads(1)
+    cached = _WORKER_ACTOR.get(policy)
+    if cached is None:
+        cached = _WORKER_ACTOR[policy] = load_behaviour_actor(policy)[0]
+    first, lengths = group
+    return _navigate_episodes(maze, task, lengths, seed, first, cached, noise)
+
+
+_WORKER_ACTOR: dict[str, Any] = {}
 
 
 def navigator_success(

@@ -75,7 +75,7 @@ def main(cfg: DictConfig) -> dict:
         "wall_s": round(result["wall_s"], 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if result["best_return"] is not None and env == "antgoal":
+    if result["best_return"] is not None and env.startswith("antgoal"):
         from torchrl_dmg.antgoal import goal_reaching_success
 
         actor, _ = load_behaviour_actor(result["best_checkpoint"])
@@ -85,7 +85,7 @@ def main(cfg: DictConfig) -> dict:
             f"[behaviour] BEST env={result['env']} step={result['best_step']} "
             f"return={result['best_return']:.1f} open-space targets 2-6 away reached in 300 "
             f"steps: {100 * success['success_rate']:.0f}% of {success['episodes']} "
-            f"(mean {success['mean_steps_to_reach']:.0f} steps, {success['falls']} falls) "
+            f"(mean steps {success['mean_steps_to_reach']}, {success['falls']} falls) "
             f"checkpoint={result['best_checkpoint']}"
         )
     elif result["best_return"] is not None:

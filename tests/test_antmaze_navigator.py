@@ -125,6 +125,31 @@ def test_antgoal_reward_target_and_termination():
     env.close()
 
 
+def test_a_flipped_ant_ends_a_v1_episode_but_not_a_v0_one():
+    """On its back the torso rests inside Ant-v4's height range: v1 terminates on the
+    torso's up axis (is_flipped), v0 (the first version) did not."""
+    from torchrl_dmg.antgoal import is_flipped, torso_upright
+
+    upright = np.zeros(27)
+    upright[1] = 1.0  # quaternion w, x, y, z = 1, 0, 0, 0
+    on_back = np.zeros(27)
+    on_back[2] = 1.0  # half a turn about x
+    assert torso_upright(upright) == pytest.approx(1.0) and not is_flipped(upright)
+    assert torso_upright(on_back) == pytest.approx(-1.0) and is_flipped(on_back)
+    for terminate, expected in ((True, True), (False, False)):
+        env = AntGoalEnv(terminate_when_flipped=terminate)
+        env.reset(seed=0)
+        ant = env._maze.ant_env
+        qpos = ant.data.qpos.copy()
+        qpos[2], qpos[3:7] = 0.3, (0.0, 1.0, 0.0, 0.0)  # lying on its back, z in (0.2, 1)
+        ant.set_state(qpos, np.zeros_like(ant.data.qvel))
+        _, reward, terminated, _, _ = env.step(np.zeros(8))
+        assert terminated is expected
+        if not expected:  # v0 kept paying the healthy reward
+            assert reward > 0.5
+        env.close()
+
+
 def test_antgoal_is_registered_and_seeded():
     import gymnasium as gym
 
@@ -366,6 +391,40 @@ def test_ship_ant_policy_records_its_measurements(policy_dir, tmp_path):
     assert record == json.loads(json.dumps(entry))
     assert record["checkpoint_step"] == 2000 and record["run_steps"] == 2000  # tie: the later
     assert set(record["navigator"]) == {"umaze"} and record["open_space"]["episodes"] == 2
+
+
+def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
+    policy_dir, tmp_path, monkeypatch
+):
+    """A flipped ant cannot get up: its episode stops there (truncated), and the generator
+    draws further episodes until num_steps are collected."""
+    import minari
+
+    from torchrl_dmg import antgoal
+    from torchrl_dmg.data.local import minari_datasets_path
+
+    calls = {"n": 0}
+
+    def flips_every_7th_step(ant_obs):
+        calls["n"] += 1
+        return calls["n"] % 7 == 0
+
+    monkeypatch.setattr(antgoal, "is_flipped", flips_every_7th_step)
+    with minari_datasets_path(tmp_path):
+        dataset_id = generate_antmaze_navigator_dataset(
+            "umaze", num_steps=100, episode_steps=40, policy_dir=policy_dir, progress=False
+        )
+        dataset = minari.load_dataset(dataset_id)
+        episodes = list(dataset.iterate_episodes())
+        params = dataset.storage.metadata["generator_params"]
+    assert dataset.total_steps == 100
+    assert all(len(ep.actions) < 40 for ep in episodes)  # every one ended by a flip
+    assert len(episodes) > 100 // 40 + 1
+    for ep in episodes:
+        assert ep.truncations[-1] and not ep.truncations[:-1].any()
+        assert not ep.terminations.any()
+    assert params["episodes"] == len(episodes)
+    assert params["episodes_ended_flipped"] >= len(episodes) - 1  # the last may be cut
 
 
 def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch):

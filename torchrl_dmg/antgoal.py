@@ -5,7 +5,7 @@ waypoints of a maze planner. That policy was never published in a usable form, s
 project trains its own with the SAC of :mod:`torchrl_dmg.behaviour` on the task defined
 here, then drives it through mazes with :mod:`torchrl_dmg.data.antmaze`.
 
-The task (registered as ``torchrl_dmg/AntGoal-v0``, :class:`AntGoalEnv`):
+The task (registered as ``torchrl_dmg/AntGoal-v1``, :class:`AntGoalEnv`):
 
 * Body and observation layout: gymnasium-robotics' AntMaze ant (``AntMaze_*-v4``: the
   Gymnasium ``ant_v4`` body, 27-dim ``observation`` = joint positions without the torso's
@@ -29,7 +29,10 @@ The task (registered as ``torchrl_dmg/AntGoal-v0``, :class:`AntGoalEnv`):
   0.5, so that a random policy's control cost does not exceed the healthy reward and
   falling early never pays).
 * Episodes terminate when the torso height leaves ``healthy_z_range`` (Ant-v4's (0.2, 1.0):
-  flipped or jumping) and are truncated after ``max_episode_steps`` (500).
+  fallen through or jumping) or, in ``AntGoal-v1``, when the ant lies on its back
+  (:func:`is_flipped`): a flipped ant's torso rests at z ~ 0.27, inside Ant-v4's range, so
+  ``AntGoal-v0`` (the rule of Ant-v4 alone) kept paying it the healthy reward for lying
+  there. Episodes are truncated after ``max_episode_steps`` (500).
 
 :func:`goal_reaching_success` measures the controller: single targets at a given distance
 range, success when reached within a step budget.
@@ -45,6 +48,7 @@ import numpy as np
 
 __all__ = [
     "ANTGOAL_ID",
+    "ANTGOAL_V0_ID",
     "OPEN_ARENA",
     "AntGoalEnv",
     "goal_reaching_success",
@@ -54,7 +58,9 @@ __all__ = [
     "register_antgoal",
 ]
 
-ANTGOAL_ID = "torchrl_dmg/AntGoal-v0"
+ANTGOAL_ID = "torchrl_dmg/AntGoal-v1"
+#: the first version of the task: a flipped ant is not terminated (see the module docstring)
+ANTGOAL_V0_ID = "torchrl_dmg/AntGoal-v0"
 
 #: 9 x 9 cells: a ring of walls around 7 x 7 free cells (28 x 28 world units at scaling 4).
 OPEN_ARENA: list[list[int]] = [[1] * 9] + [[1] + [0] * 7 + [1] for _ in range(7)] + [[1] * 9]
@@ -76,6 +82,19 @@ def torso_yaw(ant_obs: np.ndarray) -> np.ndarray:
     torso quaternion ``w, x, y, z``). Works on ``[..., 27]`` arrays."""
     w, x, y, z = (ant_obs[..., i] for i in range(1, 5))
     return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def torso_upright(ant_obs: np.ndarray) -> np.ndarray:
+    """z component of the torso's up axis (1 standing level, -1 on its back), from the
+    torso quaternion in ``ant_obs[..., 1:5]``."""
+    x, y = ant_obs[..., 2], ant_obs[..., 3]
+    return 1.0 - 2.0 * (x * x + y * y)
+
+
+def is_flipped(ant_obs: np.ndarray) -> np.ndarray:
+    """The ant lies on its back or side (torso up axis below the horizontal): it cannot
+    get up again."""
+    return torso_upright(ant_obs) < 0.0
 
 
 def heading_frame(vec_xy: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -116,6 +135,7 @@ class AntGoalEnv(gym.Env):
         healthy_z_range: tuple[float, float] = (0.2, 1.0),
         forward_fraction: float = 0.5,
         forward_cone: float = math.pi / 6,
+        terminate_when_flipped: bool = True,
     ) -> None:
         from gymnasium_robotics.envs.maze.ant_maze_v4 import AntMazeEnv
 
@@ -130,6 +150,7 @@ class AntGoalEnv(gym.Env):
         self.ctrl_cost_weight = float(ctrl_cost_weight)
         self.healthy_z_range = (float(healthy_z_range[0]), float(healthy_z_range[1]))
         self.forward_fraction, self.forward_cone = float(forward_fraction), float(forward_cone)
+        self.terminate_when_flipped = bool(terminate_when_flipped)
         self.dt = float(self._maze.ant_env.dt)
         self.action_space = self._maze.action_space
         self.observation_space = gym.spaces.Box(
@@ -179,6 +200,8 @@ class AntGoalEnv(gym.Env):
         d = float(np.linalg.norm(self.target - self._xy))
         z = float(self._ant_obs[0])
         healthy = self.healthy_z_range[0] <= z <= self.healthy_z_range[1]
+        if self.terminate_when_flipped and is_flipped(self._ant_obs):
+            healthy = False
         reward = (
             (d_prev - d) / self.dt
             + (self.healthy_reward if healthy else 0.0)
@@ -201,9 +224,17 @@ class AntGoalEnv(gym.Env):
 
 
 def register_antgoal() -> None:
-    """Register :data:`ANTGOAL_ID` with Gymnasium (idempotent)."""
+    """Register :data:`ANTGOAL_ID` (v1: a flipped ant ends the episode) and
+    :data:`ANTGOAL_V0_ID` (v0: Ant-v4's height rule only) with Gymnasium (idempotent)."""
     if ANTGOAL_ID not in gym.registry:
         gym.register(ANTGOAL_ID, entry_point=AntGoalEnv, max_episode_steps=500)
+    if ANTGOAL_V0_ID not in gym.registry:
+        gym.register(
+            ANTGOAL_V0_ID,
+            entry_point=AntGoalEnv,
+            max_episode_steps=500,
+            kwargs={"terminate_when_flipped": False},
+        )
 
 
 register_antgoal()
@@ -222,11 +253,11 @@ def goal_reaching_success(
     """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.behaviour` SAC actor)
     in open space: each episode one target ``U(min_dist, max_dist)`` away in a uniformly
     random direction (no targets-ahead share), success when the
-    ant comes within the reach radius in ``max_steps`` steps (a fall ends the episode as a
-    failure). Episodes run side by side (episode ``i`` seeded ``seed + i``).
+    ant comes within the reach radius in ``max_steps`` steps (a fall or a flip ends the
+    episode as a failure, counted in ``falls``). Episodes run side by side (episode ``i`` seeded ``seed + i``).
 
-    Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps_to_reach`` (successes only)
-    and ``falls``.
+    Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps_to_reach`` (successes only;
+    None without any) and ``falls``.
     """
     import torch
 
@@ -263,6 +294,6 @@ def goal_reaching_success(
     return {
         "success_rate": float(ok.mean()),
         "episodes": int(episodes),
-        "mean_steps_to_reach": float(reached_at[ok].mean()) if ok.any() else float("nan"),
+        "mean_steps_to_reach": float(reached_at[ok].mean()) if ok.any() else None,
         "falls": int(falls),
     }

@@ -62,7 +62,11 @@ ENV_IDS: dict[str, str] = {
 
 # Every task train_sac can learn: the locomotion tasks and the goal-reaching ant that
 # steers AntMaze data collection (torchrl_dmg.antgoal, registered on first use).
-TASK_IDS: dict[str, str] = {**ENV_IDS, "antgoal": "torchrl_dmg/AntGoal-v0"}
+TASK_IDS: dict[str, str] = {
+    **ENV_IDS,
+    "antgoal": "torchrl_dmg/AntGoal-v1",
+    "antgoal-v0": "torchrl_dmg/AntGoal-v0",  # flipped ants not terminated (torchrl_dmg.antgoal)
+}
 
 # D4RL reference returns (random, expert) for the normalised score
 # 100 * (return - random) / (expert - random).
@@ -83,7 +87,7 @@ def resolve_env_name(env_name: str) -> str:
     if env_id not in TASK_IDS.values():
         allowed = ", ".join(f"{k} ({v})" for k, v in TASK_IDS.items())
         raise ValueError(f"Unknown environment {env_name!r}; allowed: {allowed}.")
-    if env_id == TASK_IDS["antgoal"]:
+    if env_id in (TASK_IDS["antgoal"], TASK_IDS["antgoal-v0"]):
         import torchrl_dmg.antgoal  # noqa: F401  (registers the id with Gymnasium)
     return env_id
 

@@ -373,7 +373,7 @@ NAVIGATOR_EPISODE_STEPS = 1000
 NAVIGATOR_NUM_STEPS = 1_000_000
 #: episodes stepped side by side (one batched policy call per step)
 _NUM_ENVS = 16
-_NAVIGATOR_VERSION = 1
+_NAVIGATOR_VERSION = 2  # 2: an episode ends when the ant flips
 
 
 def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
@@ -551,7 +551,12 @@ def _navigate_episodes(
     actor,
     noise: float,
 ) -> list[dict[str, Any]]:
-    """Episodes ``first_episode, ...`` of the given lengths, stepped side by side."""
+    """Episodes ``first_episode, ...`` of the given lengths, stepped side by side. An
+    episode whose ant ends a step on its back (:func:`~torchrl_dmg.antgoal.is_flipped`,
+    from which it cannot get up) stops there (``"flipped": True``): the rest would be
+    the ant lying still."""
+    from torchrl_dmg.antgoal import is_flipped
+
     keys = ("observation", "achieved_goal", "desired_goal")
     ants = [_NavigatedAnt(maze, task, max(lengths)) for _ in lengths]
     try:
@@ -566,10 +571,13 @@ def _navigate_episodes(
                     "rewards": [],
                     "success": [bool(info["success"])],
                     "commanded_goal": [ant.commanded.copy()],
+                    "flipped": False,
                 }
             )
         for t in range(max(lengths)):
-            live = [j for j, n in enumerate(lengths) if t < n]
+            live = [j for j, n in enumerate(lengths) if t < n and not episodes[j]["flipped"]]
+            if not live:
+                break
             actions = _noisy_actions(actor, [ants[j] for j in live], noise)
             for j, action in zip(live, actions, strict=True):
                 obs, reward, _, _, info = ants[j].step(action)
@@ -580,6 +588,7 @@ def _navigate_episodes(
                 ep["rewards"].append(float(reward))
                 ep["success"].append(bool(info["success"]))
                 ep["commanded_goal"].append(ants[j].commanded.copy())
+                ep["flipped"] = bool(is_flipped(obs["observation"]))
     finally:
         for ant in ants:
             ant.env.close()
@@ -619,7 +628,6 @@ def generate_antmaze_navigator_dataset(
     :data:`_NUM_ENVS` episodes (the groups a single process steps side by side), so the
     data are the same for any number of workers.
     """
-    from minari.data_collector.episode_buffer import EpisodeBuffer
     from tqdm.auto import tqdm
 
     from torchrl_dmg.behaviour import load_behaviour_actor
@@ -641,54 +649,47 @@ def generate_antmaze_navigator_dataset(
     policy = ant_policy_path(policy_dir)
     actor, meta = load_behaviour_actor(policy)
 
-    lengths = [episode_steps] * (num_steps // episode_steps)
-    if num_steps % episode_steps:
-        lengths.append(num_steps % episode_steps)
+    # groups of _NUM_ENVS episodes (stepped side by side) are drawn in order until their
+    # steps fill num_steps (episodes that end with a flip are shorter); the last episode is
+    # cut to fit. Each group is a function of its index only: any number of workers gives
+    # the same data.
+    group_lengths = [episode_steps] * _NUM_ENVS
     buffers = []
-    steps_at_goal = 0
-    groups = [
-        (first, lengths[first : first + _NUM_ENVS]) for first in range(0, len(lengths), _NUM_ENVS)
-    ]
+    steps_at_goal = flipped = collected = 0
+    pool = None
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(
-            min(workers, len(groups)), mp_context=multiprocessing.get_context("spawn")
-        )
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         job = partial(
             _navigate_group, maze=maze, task=task, seed=seed, policy=str(policy), noise=noise
         )
-        results = pool.map(job, groups)
-    else:
-        pool = None
-        results = (
-            _navigate_episodes(maze, task, g, seed, first, actor, noise) for first, g in groups
-        )
     bar = tqdm(total=num_steps, disable=not progress, desc=f"antmaze {variant}", unit="step")
     try:
-        for (first, group), group_episodes in zip(groups, results, strict=True):
-            for j, ep in enumerate(group_episodes):
-                i, length = first + j, group[j]
-                truncations = np.zeros(length, dtype=bool)
-                truncations[-1] = True
-                steps_at_goal += int(np.sum(ep["success"][1:]))
-                buffers.append(
-                    EpisodeBuffer(
-                        id=i,
-                        seed=seed + i,
-                        observations={k: np.stack(v) for k, v in ep["observations"].items()},
-                        actions=np.stack(ep["actions"]),
-                        rewards=np.asarray(ep["rewards"], dtype=np.float64),
-                        terminations=np.zeros(length, dtype=bool),
-                        truncations=truncations,
-                        infos={
-                            "success": np.asarray(ep["success"]),
-                            "commanded_goal": np.stack(ep["commanded_goal"]),
-                        },
-                    )
+        first = 0
+        while collected < num_steps:
+            # one wave: a group per worker (no more than the missing steps can use)
+            needed = -(-(num_steps - collected) // (episode_steps * _NUM_ENVS))
+            starts = [first + g * _NUM_ENVS for g in range(max(1, min(workers, needed)))]
+            if pool is not None:
+                wave = pool.map(job, [(f, group_lengths) for f in starts])
+            else:
+                wave = (
+                    _navigate_episodes(maze, task, group_lengths, seed, f, actor, noise)
+                    for f in starts
                 )
-            bar.update(sum(group))
+            for f, group_episodes in zip(starts, wave, strict=True):
+                for j, ep in enumerate(group_episodes):
+                    if collected >= num_steps:
+                        break
+                    length = min(len(ep["actions"]), num_steps - collected)
+                    collected += length
+                    flipped += int(ep["flipped"] and length == len(ep["actions"]))
+                    steps_at_goal += int(np.sum(ep["success"][1 : length + 1]))
+                    buffers.append(_episode_buffer(ep, f + j, seed, length))
+                    bar.update(length)
+            first = starts[-1] + _NUM_ENVS
     finally:
         bar.close()
         if pool is not None:
@@ -712,6 +713,8 @@ def generate_antmaze_navigator_dataset(
         "reset_cell": list(start),
         "goal_cell": list(goal),
         "steps_at_goal": steps_at_goal,
+        "episodes": len(buffers),
+        "episodes_ended_flipped": flipped,
     }
     description = (
         f"D4RL-style AntMaze data on {env_id} ({variant}: {task} task) made by "
@@ -738,6 +741,28 @@ def generate_antmaze_navigator_dataset(
         eval_env.close()
         env.close()
     return dataset_id
+
+
+def _episode_buffer(ep: dict[str, Any], index: int, seed: int, length: int):
+    """Minari episode ``index`` from the first ``length`` steps of a navigated episode
+    (the last one marked truncated: the episodes never terminate)."""
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    truncations = np.zeros(length, dtype=bool)
+    truncations[-1] = True
+    return EpisodeBuffer(
+        id=index,
+        seed=seed + index,
+        observations={k: np.stack(v[: length + 1]) for k, v in ep["observations"].items()},
+        actions=np.stack(ep["actions"][:length]),
+        rewards=np.asarray(ep["rewards"][:length], dtype=np.float64),
+        terminations=np.zeros(length, dtype=bool),
+        truncations=truncations,
+        infos={
+            "success": np.asarray(ep["success"][: length + 1]),
+            "commanded_goal": np.stack(ep["commanded_goal"][: length + 1]),
+        },
+    )
 
 
 def _navigate_group(group, *, maze, task, seed, policy, noise):
@@ -772,14 +797,17 @@ def navigator_success(
     commanded straight to the evaluation goal, with ``noise`` on the actions as in the
     datasets. Episode ``i`` is seeded ``seed + i``.
 
-    Returns ``success_rate`` (0..1), ``episodes`` and ``mean_steps`` (successes only).
+    Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps`` (successes only; None
+    without any) and ``flips`` (episodes that ended with the ant on its back).
     """
+    from torchrl_dmg.antgoal import is_flipped
     from torchrl_dmg.behaviour import load_behaviour_actor
 
     if actor is None:
         actor = load_behaviour_actor(ant_policy_path(policy_dir))[0]
     horizon = _maze_entry(maze)[3]
     successes, steps_taken = [], []
+    flips = 0
     for first in range(0, episodes, _NUM_ENVS):
         n = min(_NUM_ENVS, episodes - first)
         ants = [_NavigatedAnt(maze, "fixed", horizon, continuing=False) for _ in range(n)]
@@ -795,9 +823,11 @@ def navigator_success(
                 actions = _noisy_actions(actor, [ants[j] for j in live], noise)
                 still = []
                 for j, action in zip(live, actions, strict=True):
-                    _, _, terminated, _, info = ants[j].step(action, recommand=False)
+                    obs, _, terminated, _, info = ants[j].step(action, recommand=False)
                     if terminated or info["success"]:
                         done_at[j] = t + 1
+                    elif is_flipped(obs["observation"]):  # it cannot get up: a failure
+                        flips += 1
                     else:
                         still.append(j)
                 live = still
@@ -809,7 +839,8 @@ def navigator_success(
     return {
         "success_rate": float(np.mean(successes)),
         "episodes": int(episodes),
-        "mean_steps": float(np.mean(steps_taken)) if steps_taken else float("nan"),
+        "mean_steps": float(np.mean(steps_taken)) if steps_taken else None,
+        "flips": flips,
     }
 
 
@@ -821,6 +852,7 @@ def ship_ant_policy(
     episodes: int = 50,
     mazes: Sequence[str] = ("umaze", "medium", "large"),
     seed: int = 1_000,
+    training: str | None = None,
 ) -> dict[str, Any]:
     """Pick and ship the goal-reaching ant of a ``recipes/train_behaviour.py env=antgoal``
     run: the ``candidates`` checkpoints with the best evaluation return are measured on
@@ -828,7 +860,8 @@ def ship_ant_policy(
     ``episodes`` episodes); the most successful one (ties: the later) is written to
     ``policy_dir/antgoal.pt`` and measured as the navigator of each maze
     (:func:`navigator_success`, ``episodes`` episodes each). The record goes to
-    ``policies.json`` under ``"antgoal"``."""
+    ``policies.json`` under ``"antgoal"``, with ``training`` (how the run was made: its
+    command and machine) when given."""
 
     import torch
 
@@ -857,7 +890,7 @@ def ship_ant_policy(
     atomic_write(target, lambda f: torch.save(ckpt, f))
     actor, _ = load_behaviour_actor(target)
     entry: dict[str, Any] = {
-        "env": "torchrl_dmg/AntGoal-v0",
+        "env": ckpt["env"],
         "checkpoint_step": step,
         "run_steps": rows[-1][0],
         "eval_return_mean": ret,
@@ -869,12 +902,14 @@ def ship_ant_policy(
         },
         "navigator": {},
     }
+    if training:
+        entry["training"] = training
     for maze in mazes:
         nav = navigator_success(maze, episodes=episodes, seed=seed, actor=actor)
         entry["navigator"][maze] = {**nav, "action_noise": ACTION_NOISE}
         print(
             f"[ship] navigator {maze}: {100 * nav['success_rate']:.0f}% of {episodes} "
-            f"(mean {nav['mean_steps']:.0f} steps)"
+            f"(mean steps of the successes: {nav['mean_steps']}, flips: {nav['flips']})"
         )
     update_policy_record({"antgoal": entry}, out)
     return entry
@@ -890,10 +925,12 @@ if __name__ == "__main__":
     parser.add_argument("--policy-dir", default=None)
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--candidates", type=int, default=3)
+    parser.add_argument("--training", default=None, help="how the run was made (recorded)")
     args = parser.parse_args()
     ship_ant_policy(
         args.run_dir,
         policy_dir=args.policy_dir,
         episodes=args.episodes,
         candidates=args.candidates,
+        training=args.training,
     )

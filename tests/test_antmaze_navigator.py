@@ -456,3 +456,22 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
             np.testing.assert_array_equal(a.observations[key], b.observations[key])
     with pytest.raises(ValueError, match="workers"):
         generate_antmaze_navigator_dataset("umaze", num_steps=10, workers=0, policy_dir=policy_dir)
+
+
+def test_the_shipped_ant_loads_and_its_record_holds_the_measurements():
+    """torchrl_dmg/data/policies/antgoal.pt acts in AntMaze's 29-dim policy space, and
+    policies.json records its step, open-space and per-maze navigator success."""
+    from torchrl_dmg.behaviour import act, load_behaviour_actor
+    from torchrl_dmg.data.antmaze import ant_policy_path
+    from torchrl_dmg.data.locomotion import POLICY_DIR
+
+    actor, meta = load_behaviour_actor(ant_policy_path())
+    assert (meta["obs_dim"], meta["act_dim"]) == (29, 8)
+    action = act(actor, np.zeros(29, dtype=np.float32), deterministic=True)
+    assert action.shape == (8,) and np.all(np.abs(action) <= 1.0)
+    record = json.loads((POLICY_DIR / "policies.json").read_text())["antgoal"]
+    assert record["checkpoint_step"] == meta["step"] and record["env"] == meta["env"]
+    assert record["open_space"]["episodes"] >= 50
+    assert 0.0 <= record["open_space"]["success_rate"] <= 1.0
+    for maze in ("umaze", "medium", "large"):
+        assert record["navigator"][maze]["episodes"] >= 50

@@ -1,5 +1,6 @@
-"""Evaluation speed: env steps/s of the batched evaluation env, side by side with a
-TorchRL SerialEnv of single envs (what ``make_env`` used before).
+"""Evaluation speed: env steps/s of the batched evaluation env (in-process, and one process
+per copy: ``eval.processes=true``), side by side with a TorchRL SerialEnv of single envs
+(what ``make_env`` used before).
 
     python benchmarks/eval_speed.py --env halfcheetah --copies 10 --steps 1000
 
@@ -50,6 +51,7 @@ def main() -> None:
     envs = {
         "SerialEnv": serial_env(dataset, args.copies),
         "vector (make_env)": make_env(dataset, num_envs=args.copies),
+        "vector, processes": make_env(dataset, num_envs=args.copies, processes=True),
     }
     rates: dict[str, list[float]] = {name: [] for name in envs}
     for _ in range(args.rounds):

@@ -135,7 +135,12 @@ def main(cfg: DictConfig) -> dict:
     )
     collector.set_seed(cfg.seed + step)
 
-    eval_env = make_env(dataset, num_envs=cfg.eval.episodes, device=device)
+    eval_env = make_env(
+        dataset,
+        num_envs=cfg.eval.episodes,
+        device=device,
+        processes=bool(cfg.eval.get("processes", False)),
+    )
     eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
 
     def run_eval() -> dict:

@@ -98,7 +98,12 @@ def main(cfg: DictConfig) -> dict:
         print(f"[dmg] resumed {run_dir} at step {step}")
 
     # one batched env: cfg.eval.episodes copies per agent, all agents acting at once
-    eval_env = make_env(dataset, num_envs=cfg.eval.episodes * len(seeds), device=device)
+    eval_env = make_env(
+        dataset,
+        num_envs=cfg.eval.episodes * len(seeds),
+        device=device,
+        processes=bool(cfg.eval.get("processes", False)),
+    )
     eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
     policy = updater.policy()
 

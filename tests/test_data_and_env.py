@@ -184,3 +184,25 @@ def test_a_batched_eval_env_stays_on_the_cpu_and_a_policy_elsewhere_is_moved(tin
     assert out["action"].shape == (2, 2) and out["action"].device == td.device
     returns = evaluate(env, moved, max_steps=5, seed=0)
     assert returns.shape == (2,)
+
+
+def test_eval_copies_in_processes_give_the_same_returns(tiny_dataset_env):
+    """make_env(processes=True): Gymnasium's AsyncVectorEnv, one process per copy, runs the
+    same seeded episodes as the in-process vector env."""
+    dataset = load_offline_dataset(tiny_dataset_env, normalize_obs=True, progress=False)
+
+    def policy(td):
+        obs = td["observation"]
+        return td.set("action", torch.tanh(obs[..., :2] - obs[..., 2:4]))
+
+    returns, observations = {}, {}
+    for processes in (False, True):
+        env = make_env(dataset, num_envs=3, processes=processes)
+        returns[processes] = evaluate(env, policy, max_steps=60, seed=5)
+        env.set_seed(5)
+        rollout = env.rollout(30, policy, break_when_any_done=False)
+        observations[processes] = rollout["next", "observation"]
+        env.close()
+    np.testing.assert_allclose(returns[True], returns[False])
+    torch.testing.assert_close(observations[True], observations[False])
+    assert not torch.allclose(observations[True][0], observations[True][1])  # seeded apart

@@ -19,7 +19,9 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl_dmg.data.offline import OfflineDataset
 
 
-def _base_env(dataset: OfflineDataset, eval_env: bool, num_envs: int = 1) -> EnvBase:
+def _base_env(
+    dataset: OfflineDataset, eval_env: bool, num_envs: int = 1, processes: bool = False
+) -> EnvBase:
     def gym_env():
         return dataset.minari_dataset.recover_environment(eval_env=eval_env)
 
@@ -28,11 +30,12 @@ def _base_env(dataset: OfflineDataset, eval_env: bool, num_envs: int = 1) -> Env
     # One Gymnasium vector env, one TorchRL env of batch [num_envs]: half the wall of a
     # SerialEnv of TorchRL envs, whose per-copy TensorDict work outweighs a MuJoCo step.
     # TorchRL resets finished copies itself (partial resets), so Gymnasium's autoreset is off.
+    # ``processes``: one process per copy (Gymnasium's AsyncVectorEnv), for machines with
+    # cores to spare (a GPU machine, where evaluation otherwise waits on one CPU core).
     import gymnasium as gym
 
-    vector = gym.vector.SyncVectorEnv(
-        [gym_env] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
-    )
+    vector_cls = gym.vector.AsyncVectorEnv if processes else gym.vector.SyncVectorEnv
+    vector = vector_cls([gym_env] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     return GymWrapper(vector)
 
 
@@ -42,6 +45,7 @@ def make_env(
     num_envs: int = 1,
     eval_env: bool = True,
     device: torch.device | str = "cpu",
+    processes: bool = False,
 ) -> TransformedEnv:
     """TorchRL env for ``dataset`` with the same observation pipeline as its transitions.
 
@@ -49,13 +53,14 @@ def make_env(
     cast to float32 and normalised with the dataset's ``obs_loc``/``obs_scale`` (identity
     when normalisation is off). Rewards are left raw: scores use the env's own returns.
     ``num_envs > 1`` batches copies in one Gymnasium ``SyncVectorEnv`` (copy ``i`` seeded
-    ``seed + i`` by ``set_seed(seed)``). Such a batched env stays on the CPU whatever
+    ``seed + i`` by ``set_seed(seed)``), or with ``processes`` one process per copy
+    (``AsyncVectorEnv``: the same episodes, stepped in parallel). Such a batched env stays on the CPU whatever
     ``device`` says (TorchRL's wrapper of a vector env reads its partial-reset mask with
     ``.numpy()``, which fails on a CUDA tensor); :func:`evaluate` runs a policy on another
     device by moving its inputs there and its actions back.
     """
 
-    base = _base_env(dataset, eval_env, num_envs)
+    base = _base_env(dataset, eval_env, num_envs, processes)
     transforms = []
     if dataset.obs_keys is not None:
         transforms.append(

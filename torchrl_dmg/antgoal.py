@@ -252,9 +252,9 @@ def goal_reaching_success(
 ) -> dict[str, float]:
     """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.behaviour` SAC actor)
     in open space: each episode one target ``U(min_dist, max_dist)`` away in a uniformly
-    random direction (no targets-ahead share), success when the
-    ant comes within the reach radius in ``max_steps`` steps (a fall or a flip ends the
-    episode as a failure, counted in ``falls``). Episodes run side by side (episode ``i`` seeded ``seed + i``).
+    random direction (no targets-ahead share), success when the ant comes within the reach
+    radius in ``max_steps`` steps (a fall or a flip ends the episode as a failure, counted
+    in ``falls``). Episodes run side by side (episode ``i`` seeded ``seed + i``).
 
     Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps_to_reach`` (successes only;
     None without any) and ``falls``.

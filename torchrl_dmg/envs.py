@@ -54,10 +54,10 @@ def make_env(
     when normalisation is off). Rewards are left raw: scores use the env's own returns.
     ``num_envs > 1`` batches copies in one Gymnasium ``SyncVectorEnv`` (copy ``i`` seeded
     ``seed + i`` by ``set_seed(seed)``), or with ``processes`` one process per copy
-    (``AsyncVectorEnv``: the same episodes, stepped in parallel). Such a batched env stays on the CPU whatever
-    ``device`` says (TorchRL's wrapper of a vector env reads its partial-reset mask with
-    ``.numpy()``, which fails on a CUDA tensor); :func:`evaluate` runs a policy on another
-    device by moving its inputs there and its actions back.
+    (``AsyncVectorEnv``: the same episodes, stepped in parallel). Such a batched env stays
+    on the CPU whatever ``device`` says (TorchRL's wrapper of a vector env reads its
+    partial-reset mask with ``.numpy()``, which fails on a CUDA tensor); :func:`evaluate`
+    runs a policy on another device by moving its inputs there and its actions back.
     """
 
     base = _base_env(dataset, eval_env, num_envs, processes)

@@ -532,6 +532,14 @@ class _NavigatedAnt:
             self._command()
         return self.obs, reward, terminated, truncated, info
 
+    @property
+    def flipped(self) -> bool:
+        """The ant lies on its back (:func:`torchrl_dmg.antgoal.is_flipped`): it cannot get
+        up, its episode is over."""
+        from torchrl_dmg.antgoal import is_flipped
+
+        return bool(is_flipped(self.obs["observation"]))
+
 
 def _noisy_actions(actor, ants: list[_NavigatedAnt], noise: float) -> np.ndarray:
     from torchrl_dmg.behaviour import act
@@ -555,8 +563,6 @@ def _navigate_episodes(
     episode whose ant ends a step on its back (:func:`~torchrl_dmg.antgoal.is_flipped`,
     from which it cannot get up) stops there (``"flipped": True``): the rest would be
     the ant lying still."""
-    from torchrl_dmg.antgoal import is_flipped
-
     keys = ("observation", "achieved_goal", "desired_goal")
     ants = [_NavigatedAnt(maze, task, max(lengths)) for _ in lengths]
     try:
@@ -588,7 +594,7 @@ def _navigate_episodes(
                 ep["rewards"].append(float(reward))
                 ep["success"].append(bool(info["success"]))
                 ep["commanded_goal"].append(ants[j].commanded.copy())
-                ep["flipped"] = bool(is_flipped(obs["observation"]))
+                ep["flipped"] = ants[j].flipped
     finally:
         for ant in ants:
             ant.env.close()
@@ -800,7 +806,6 @@ def navigator_success(
     Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps`` (successes only; None
     without any) and ``flips`` (episodes that ended with the ant on its back).
     """
-    from torchrl_dmg.antgoal import is_flipped
     from torchrl_dmg.behaviour import load_behaviour_actor
 
     if actor is None:
@@ -823,10 +828,10 @@ def navigator_success(
                 actions = _noisy_actions(actor, [ants[j] for j in live], noise)
                 still = []
                 for j, action in zip(live, actions, strict=True):
-                    obs, _, terminated, _, info = ants[j].step(action, recommand=False)
+                    _, _, terminated, _, info = ants[j].step(action, recommand=False)
                     if terminated or info["success"]:
                         done_at[j] = t + 1
-                    elif is_flipped(obs["observation"]):  # it cannot get up: a failure
+                    elif ants[j].flipped:  # it cannot get up: a failure
                         flips += 1
                     else:
                         still.append(j)

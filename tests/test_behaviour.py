@@ -254,3 +254,57 @@ def test_batched_envs_store_every_transition_with_episodes_cut_at_batch_ends(tmp
 def test_cudagraphs_mode_without_cuda_fails_early(tmp_path):
     with pytest.raises(ValueError, match="CUDA|cuda"):
         train_sac("hopper", out_dir=tmp_path / "x", **{**TINY, "update_mode": "cudagraphs"})
+
+
+def test_warm_start_trains_critics_only_until_the_actor_is_released(tiny_run, tmp_path):
+    """init_actor loads an earlier actor; during actor_freeze_updates only the critics,
+    alpha and targets move (the actor gets no gradient), after them the actor trains too."""
+    _, first = tiny_run
+    source = first["checkpoints"][600]
+    init_weights = torch.load(source, weights_only=False)["actor"]
+
+    frozen = train_sac(
+        "hopper",
+        out_dir=tmp_path / "frozen",
+        seed=1,
+        init_actor=source,
+        alpha_init=0.05,
+        actor_freeze_updates=10_000,  # more than the run makes
+        **{**TINY, "init_random_steps": 0},
+    )
+    for step, path in frozen["checkpoints"].items():
+        weights = torch.load(path, weights_only=False)["actor"]
+        for key, value in init_weights.items():
+            torch.testing.assert_close(weights[key], value, msg=f"step {step} {key}")
+    state = torch.load(tmp_path / "frozen" / "state.pt", weights_only=False)
+    assert state["updater"]["num_updates"] == 600  # updates from the first batch on
+    alpha = state["updater"]["loss"]["log_alpha"].exp().item()
+    assert alpha != pytest.approx(0.05) and alpha == pytest.approx(0.05, rel=0.5)
+    assert state["hparams"]["init_actor"] == str(source)
+
+    released = train_sac(
+        "hopper",
+        out_dir=tmp_path / "released",
+        seed=1,
+        init_actor=source,
+        actor_freeze_updates=300,
+        **{**TINY, "init_random_steps": 0},
+    )
+    at_300 = torch.load(released["checkpoints"][300], weights_only=False)["actor"]
+    at_600 = torch.load(released["checkpoints"][600], weights_only=False)["actor"]
+    for key, value in init_weights.items():  # the 300 updates up to step 300: all frozen
+        torch.testing.assert_close(at_300[key], value)
+    assert any(not torch.equal(at_600[k], v) for k, v in init_weights.items())
+
+
+def test_warm_start_from_a_mismatched_actor_fails_early(tiny_run, tmp_path):
+    _, first = tiny_run
+    with pytest.raises(ValueError, match="num_cells"):
+        train_sac(
+            "hopper",
+            out_dir=tmp_path / "x",
+            init_actor=first["checkpoints"][300],
+            **{**TINY, "num_cells": (8, 8)},
+        )
+    with pytest.raises(FileNotFoundError, match="init_actor"):
+        train_sac("hopper", out_dir=tmp_path / "y", init_actor=tmp_path / "nope.pt", **TINY)

@@ -445,6 +445,7 @@ class _SACUpdater:
         tau: float,
         mode: str,
         vmap_critics: bool | None,
+        alpha_init: float = 1.0,
         cudagraph_warmup: int = 5,
     ) -> None:
         if mode not in UPDATE_MODES:
@@ -466,7 +467,7 @@ class _SACUpdater:
             qvalue,
             num_qvalue_nets=2,
             loss_function="l2",
-            alpha_init=1.0,
+            alpha_init=alpha_init,
             action_spec=action_spec,
             target_entropy="auto",  # -act_dim
             delay_actor=False,
@@ -486,6 +487,7 @@ class _SACUpdater:
         self.num_updates = 0
         self._loss_fn = self.loss
         self._step_fn = self._step
+        self._critic_step_fn = self._critic_step
         if mode != "eager":
             from tensordict.nn.functional_modules import _exclude_td_from_pytree
 
@@ -497,11 +499,16 @@ class _SACUpdater:
         elif graphs:
             from tensordict.nn import CudaGraphModule
 
-            self._step_fn = CudaGraphModule(
-                torch.compile(self._step, backend="inductor"),
-                in_keys=[],
-                out_keys=[],
-                warmup=cudagraph_warmup,
+            # two graphs, no Python branch inside either: the full step, and the step
+            # that leaves the actor as it is (a warm-started actor's critic warm-up)
+            self._step_fn, self._critic_step_fn = (
+                CudaGraphModule(
+                    torch.compile(fn, backend="inductor"),
+                    in_keys=[],
+                    out_keys=[],
+                    warmup=cudagraph_warmup,
+                )
+                for fn in (self._step, self._critic_step)
             )
 
     def _step(self, batch: TensorDictBase) -> TensorDictBase:
@@ -511,8 +518,19 @@ class _SACUpdater:
         _target_step(self.target_updater)
         return losses.detach()
 
-    def update(self, batch: TensorDictBase) -> TensorDictBase:
-        losses = self._step_fn(batch)
+    def _critic_step(self, batch: TensorDictBase) -> TensorDictBase:
+        # the critic's TD target is computed without gradient and the alpha loss on a
+        # detached log-prob, so the actor gets no gradient and Adam skips it
+        losses = self._loss_fn(batch)
+        (losses["loss_qvalue"] + losses["loss_alpha"]).backward()
+        _optimizer_step(self.optimizer)
+        _target_step(self.target_updater)
+        return losses.detach()
+
+    def update(self, batch: TensorDictBase, train_actor: bool = True) -> TensorDictBase:
+        """One gradient step; ``train_actor=False`` updates the critics, alpha and the
+        targets and leaves the actor as it is."""
+        losses = (self._step_fn if train_actor else self._critic_step_fn)(batch)
         self.num_updates += 1
         return losses
 
@@ -596,6 +614,26 @@ def _make_envs(env_id: str, num_envs: int, processes: bool):
 
 
 @torch.no_grad()
+def _warm_start(
+    actor: nn.Module,
+    path: str | os.PathLike,
+    *,
+    obs_dim: int,
+    act_dim: int,
+    num_cells: tuple[int, ...],
+) -> None:
+    """Load an earlier actor's weights into ``actor``; a clear error when its sizes differ."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
+    got = (int(ckpt["obs_dim"]), int(ckpt["act_dim"]), tuple(int(c) for c in ckpt["num_cells"]))
+    if got != (obs_dim, act_dim, num_cells):
+        raise ValueError(
+            f"init_actor={path} has obs_dim, act_dim, num_cells = {got}, but this run has "
+            f"{(obs_dim, act_dim, num_cells)}; warm-start from an actor of the same task "
+            "and network size (network.num_cells)."
+        )
+    actor.load_state_dict(ckpt["actor"])
+
+
 def _sync_actor(actor: nn.Module, train_actor: nn.Module) -> None:
     """Copy the trained weights into the acting (CPU) actor; nothing when they are one."""
     if actor is not train_actor:
@@ -627,6 +665,9 @@ def train_sac(
     device: str | torch.device = "cpu",
     num_envs: int = 1,
     env_processes: bool = False,
+    init_actor: str | os.PathLike | None = None,
+    alpha_init: float = 1.0,
+    actor_freeze_updates: int = 0,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -666,6 +707,16 @@ def train_sac(
             one env, ``transitions/`` holds each env's part of a batch in turn and an
             episode that continues into the next batch is cut there (marked truncated):
             every transition is exact, episodes are split at batch boundaries.
+        init_actor: warm start: the actor's initial weights, from a checkpoint of an
+            earlier run (``checkpoints/step_*.pt``) or a shipped policy with the same
+            observation and action sizes and hidden layers (e.g. to go on training an
+            ant on a changed task). The critics start fresh; with ``init_random_steps=0``
+            the warm-started actor collects from the first step.
+        alpha_init: the entropy coefficient's start value (1.0: SAC's usual start; for a
+            warm start, the trained run's last ``alpha`` avoids a burst of entropy).
+        actor_freeze_updates: the first this many gradient steps update the critics,
+            alpha and the targets only, so that fresh critics learn the warm-started
+            actor's values before its first gradient.
         resume: continue from ``out_dir/state.pt`` if there is one (a fresh start
             otherwise). Without it, an ``out_dir`` holding a state is an error.
 
@@ -689,6 +740,15 @@ def train_sac(
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
+    if actor_freeze_updates < 0:
+        raise ValueError(f"actor_freeze_updates must be >= 0, got {actor_freeze_updates}.")
+    if not alpha_init > 0:
+        raise ValueError(f"alpha_init must be > 0, got {alpha_init}.")
+    if init_actor is not None and not Path(init_actor).is_file():
+        raise FileNotFoundError(
+            f"init_actor={init_actor} is not a file; give a checkpoints/step_*.pt of an "
+            "earlier train_sac run or a shipped policy file."
+        )
     if total_steps % frames_per_batch or checkpoint_interval % frames_per_batch:
         raise ValueError(
             f"total_steps ({total_steps}) and checkpoint_interval ({checkpoint_interval}) "
@@ -735,6 +795,8 @@ def train_sac(
     # ``actor`` steps the envs and is evaluated (CPU); ``train_actor`` is the one trained
     # (the same module on a CPU run, a copy on ``device`` otherwise)
     actor = make_sac_actor(obs_dim, act_dim, action_spec, num_cells)
+    if init_actor is not None and state is None:
+        _warm_start(actor, init_actor, obs_dim=obs_dim, act_dim=act_dim, num_cells=num_cells)
     train_actor = actor
     if device.type != "cpu":
         train_actor = make_sac_actor(obs_dim, act_dim, action_spec.to(device), num_cells)
@@ -750,6 +812,7 @@ def train_sac(
         tau=tau,
         mode=update_mode,
         vmap_critics=vmap_critics,
+        alpha_init=alpha_init,
     )
     store = TransitionStore(out_dir / "transitions", obs_dim, act_dim)
     capacity = min(buffer_size, total_steps)
@@ -857,7 +920,9 @@ def train_sac(
                     k = min(sample_chunk, remaining)
                     draws = replay.sample(batch_size * k).reshape(k, batch_size)
                     for i in range(k):
-                        last_losses = updater.update(draws[i])
+                        last_losses = updater.update(
+                            draws[i], train_actor=updater.num_updates >= actor_freeze_updates
+                        )
                     remaining -= k
                 _sync_actor(actor, train_actor)
                 dt = time.perf_counter() - t0
@@ -933,6 +998,9 @@ def train_sac(
                             "num_envs": num_envs,
                             "update_mode": update_mode,
                             "device": str(device),
+                            "init_actor": None if init_actor is None else str(init_actor),
+                            "alpha_init": alpha_init,
+                            "actor_freeze_updates": actor_freeze_updates,
                         },
                     },
                 )

@@ -519,17 +519,18 @@ class _SACUpdater:
         return losses.detach()
 
     def _critic_step(self, batch: TensorDictBase) -> TensorDictBase:
-        # the critic's TD target is computed without gradient and the alpha loss on a
-        # detached log-prob, so the actor gets no gradient and Adam skips it
+        # the critic's TD target is computed without gradient, so only the critics get
+        # gradients and Adam skips the actor and alpha. Alpha stays too: with the actor
+        # held, its loss would push it one way for the whole warm-up (x20 in 10k steps).
         losses = self._loss_fn(batch)
-        (losses["loss_qvalue"] + losses["loss_alpha"]).backward()
+        losses["loss_qvalue"].backward()
         _optimizer_step(self.optimizer)
         _target_step(self.target_updater)
         return losses.detach()
 
     def update(self, batch: TensorDictBase, train_actor: bool = True) -> TensorDictBase:
-        """One gradient step; ``train_actor=False`` updates the critics, alpha and the
-        targets and leaves the actor as it is."""
+        """One gradient step; ``train_actor=False`` updates the critics and their targets
+        and leaves the actor and alpha as they are."""
         losses = (self._step_fn if train_actor else self._critic_step_fn)(batch)
         self.num_updates += 1
         return losses
@@ -714,9 +715,9 @@ def train_sac(
             the warm-started actor collects from the first step.
         alpha_init: the entropy coefficient's start value (1.0: SAC's usual start; for a
             warm start, the trained run's last ``alpha`` avoids a burst of entropy).
-        actor_freeze_updates: the first this many gradient steps update the critics,
-            alpha and the targets only, so that fresh critics learn the warm-started
-            actor's values before its first gradient.
+        actor_freeze_updates: the first this many gradient steps update the critics
+            and their targets only (actor and alpha held), so that fresh critics learn
+            the warm-started actor's values before its first gradient.
         resume: continue from ``out_dir/state.pt`` if there is one (a fresh start
             otherwise). Without it, an ``out_dir`` holding a state is an error.
 

@@ -391,6 +391,13 @@ def test_ship_ant_policy_records_its_measurements(policy_dir, tmp_path):
     assert record == json.loads(json.dumps(entry))
     assert record["checkpoint_step"] == 2000 and record["run_steps"] == 2000  # tie: the later
     assert set(record["navigator"]) == {"umaze"} and record["open_space"]["episodes"] == 2
+    assert [c["step"] for c in record["candidates"]] == [2000, 1000]  # best return first
+    assert set(record["candidates"][0]) == {
+        "step",
+        "eval_return_mean",
+        "navigator_umaze",
+        "open_space",
+    }
 
 
 def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(

@@ -861,12 +861,13 @@ def ship_ant_policy(
 ) -> dict[str, Any]:
     """Pick and ship the goal-reaching ant of a ``recipes/train_behaviour.py env=antgoal``
     run: the ``candidates`` checkpoints with the best evaluation return are measured on
-    open-space target reaching (:func:`torchrl_dmg.antgoal.goal_reaching_success`,
-    ``episodes`` episodes); the most successful one (ties: the later) is written to
-    ``policy_dir/antgoal.pt`` and measured as the navigator of each maze
-    (:func:`navigator_success`, ``episodes`` episodes each). The record goes to
-    ``policies.json`` under ``"antgoal"``, with ``training`` (how the run was made: its
-    command and machine) when given."""
+    open-space target reaching (:func:`torchrl_dmg.antgoal.goal_reaching_success`) and as
+    the navigator of ``mazes[0]`` (:func:`navigator_success`), ``episodes`` episodes each.
+    The one that reaches that maze's goal most often (the ant is there to make maze data;
+    ties: open-space success, then the later step) is written to
+    ``policy_dir/antgoal.pt`` and measured as the navigator of the other mazes too. The
+    record goes to ``policies.json`` under ``"antgoal"``, with every candidate's figures
+    and ``training`` (how the run was made: its command and machine) when given."""
 
     import torch
 
@@ -880,16 +881,19 @@ def ship_ant_policy(
     rows = evaluated_checkpoints(run_dir)
     paths = {step: path for step, _, path in rows}
     best = sorted(rows, key=lambda r: r[1], reverse=True)[: max(1, candidates)]
+    first_maze = mazes[0]
     measured = []
     for step, ret, path in best:
         actor, _ = load_behaviour_actor(path)
         success = goal_reaching_success(actor, episodes=episodes, seed=seed)
-        measured.append((success["success_rate"], step, ret, success))
+        nav = navigator_success(first_maze, episodes=episodes, seed=seed, actor=actor)
+        measured.append((nav["success_rate"], success["success_rate"], step, ret, success, nav))
         print(
-            f"[ship] antgoal step {step} (eval return {ret:.1f}): open-space success "
+            f"[ship] antgoal step {step} (eval return {ret:.1f}): navigator {first_maze} "
+            f"{100 * nav['success_rate']:.0f}% ({nav['flips']} flips), open-space success "
             f"{100 * success['success_rate']:.0f}% of {episodes}"
         )
-    _, step, ret, success = max(measured, key=lambda m: (m[0], m[1]))
+    _, _, step, ret, success, first_nav = max(measured, key=lambda m: m[:3])
     ckpt = torch.load(paths[step], map_location="cpu", weights_only=False)
     target = out / "antgoal.pt"
     atomic_write(target, lambda f: torch.save(ckpt, f))
@@ -906,11 +910,24 @@ def ship_ant_policy(
             "deterministic": True,
         },
         "navigator": {},
+        "candidates": [
+            {
+                "step": m[2],
+                "eval_return_mean": m[3],
+                f"navigator_{first_maze}": m[0],
+                "open_space": m[1],
+            }
+            for m in measured
+        ],
     }
     if training:
         entry["training"] = training
     for maze in mazes:
-        nav = navigator_success(maze, episodes=episodes, seed=seed, actor=actor)
+        nav = (
+            first_nav
+            if maze == first_maze
+            else navigator_success(maze, episodes=episodes, seed=seed, actor=actor)
+        )
         entry["navigator"][maze] = {**nav, "action_noise": ACTION_NOISE}
         print(
             f"[ship] navigator {maze}: {100 * nav['success_rate']:.0f}% of {episodes} "
@@ -930,6 +947,9 @@ if __name__ == "__main__":
     parser.add_argument("--policy-dir", default=None)
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--candidates", type=int, default=3)
+    parser.add_argument(
+        "--mazes", nargs="+", default=["umaze", "medium", "large"], help="the first one picks"
+    )
     parser.add_argument("--training", default=None, help="how the run was made (recorded)")
     args = parser.parse_args()
     ship_ant_policy(
@@ -937,5 +957,6 @@ if __name__ == "__main__":
         policy_dir=args.policy_dir,
         episodes=args.episodes,
         candidates=args.candidates,
+        mazes=args.mazes,
         training=args.training,
     )

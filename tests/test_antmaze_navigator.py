@@ -164,6 +164,10 @@ def test_antgoal_is_registered_and_seeded():
     np.testing.assert_array_equal(ia["target"], ib["target"])
     a.close()
     b.close()
+    uniform = gym.make(resolve_env_name("antgoal-uniform"))
+    assert uniform.unwrapped.forward_fraction == 0.0 and uniform.unwrapped.terminate_when_flipped
+    assert gym.make(resolve_env_name("antgoal")).unwrapped.forward_fraction == 0.5
+    uniform.close()
 
 
 def test_goal_reaching_success_counts_reached_targets(policy_dir):

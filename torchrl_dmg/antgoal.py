@@ -49,6 +49,7 @@ import numpy as np
 __all__ = [
     "ANTGOAL_ID",
     "ANTGOAL_V0_ID",
+    "ANTGOAL_UNIFORM_ID",
     "OPEN_ARENA",
     "AntGoalEnv",
     "goal_reaching_success",
@@ -61,6 +62,10 @@ __all__ = [
 ANTGOAL_ID = "torchrl_dmg/AntGoal-v1"
 #: the first version of the task: a flipped ant is not terminated (see the module docstring)
 ANTGOAL_V0_ID = "torchrl_dmg/AntGoal-v0"
+#: AntGoal-v1 with every target in a uniformly random direction (``forward_fraction=0``):
+#: more turning, for going on training an ant that already walks (a fresh ant needs the
+#: targets ahead to find a gait at all)
+ANTGOAL_UNIFORM_ID = "torchrl_dmg/AntGoalUniform-v1"
 
 #: 9 x 9 cells: a ring of walls around 7 x 7 free cells (28 x 28 world units at scaling 4).
 OPEN_ARENA: list[list[int]] = [[1] * 9] + [[1] + [0] * 7 + [1] for _ in range(7)] + [[1] * 9]
@@ -224,10 +229,18 @@ class AntGoalEnv(gym.Env):
 
 
 def register_antgoal() -> None:
-    """Register :data:`ANTGOAL_ID` (v1: a flipped ant ends the episode) and
-    :data:`ANTGOAL_V0_ID` (v0: Ant-v4's height rule only) with Gymnasium (idempotent)."""
+    """Register :data:`ANTGOAL_ID` (v1: a flipped ant ends the episode),
+    :data:`ANTGOAL_V0_ID` (v0: Ant-v4's height rule only) and :data:`ANTGOAL_UNIFORM_ID`
+    (v1, targets in uniform directions only) with Gymnasium (idempotent)."""
     if ANTGOAL_ID not in gym.registry:
         gym.register(ANTGOAL_ID, entry_point=AntGoalEnv, max_episode_steps=500)
+    if ANTGOAL_UNIFORM_ID not in gym.registry:
+        gym.register(
+            ANTGOAL_UNIFORM_ID,
+            entry_point=AntGoalEnv,
+            max_episode_steps=500,
+            kwargs={"forward_fraction": 0.0},
+        )
     if ANTGOAL_V0_ID not in gym.registry:
         gym.register(
             ANTGOAL_V0_ID,

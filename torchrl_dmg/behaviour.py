@@ -66,6 +66,7 @@ TASK_IDS: dict[str, str] = {
     **ENV_IDS,
     "antgoal": "torchrl_dmg/AntGoal-v1",
     "antgoal-v0": "torchrl_dmg/AntGoal-v0",  # flipped ants not terminated (torchrl_dmg.antgoal)
+    "antgoal-uniform": "torchrl_dmg/AntGoalUniform-v1",  # v1, no targets-ahead share
 }
 
 # D4RL reference returns (random, expert) for the normalised score
@@ -87,7 +88,7 @@ def resolve_env_name(env_name: str) -> str:
     if env_id not in TASK_IDS.values():
         allowed = ", ".join(f"{k} ({v})" for k, v in TASK_IDS.items())
         raise ValueError(f"Unknown environment {env_name!r}; allowed: {allowed}.")
-    if env_id in (TASK_IDS["antgoal"], TASK_IDS["antgoal-v0"]):
+    if env_id.startswith("torchrl_dmg/AntGoal"):
         import torchrl_dmg.antgoal  # noqa: F401  (registers the id with Gymnasium)
     return env_id
 

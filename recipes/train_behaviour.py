@@ -6,8 +6,8 @@
     python recipes/train_behaviour.py env=antgoal device=cuda compile.mode=cudagraphs \
         collector.num_envs=4 collector.env_processes=true       # on a GPU
     python recipes/train_behaviour.py env=antgoal warm_start.actor=torchrl_dmg/data/policies/antgoal.pt \
-        warm_start.alpha_init=0.0072 warm_start.actor_freeze_updates=10000 \
-        collector.init_random_steps=0                             # go on training the shipped ant
+        warm_start.alpha_init=0.0072 warm_start.fixed_alpha=true warm_start.actor_freeze_updates=10000 \
+        optim.lr=1e-4 collector.init_random_steps=0               # go on training the shipped ant
 
 Checkpoints (actor + deterministic return) every ``checkpoint_interval`` env steps, every
 transition collected and the trainer state all go to ``out_dir`` (a fixed path, so that
@@ -62,6 +62,7 @@ def main(cfg: DictConfig) -> dict:
         env_processes=bool(cfg.collector.env_processes),
         init_actor=cfg.warm_start.actor,
         alpha_init=float(cfg.warm_start.alpha_init),
+        fixed_alpha=bool(cfg.warm_start.fixed_alpha),
         actor_freeze_updates=int(cfg.warm_start.actor_freeze_updates),
         resume=bool(cfg.resume),
         progress=bool(cfg.progress),

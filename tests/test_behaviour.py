@@ -347,6 +347,47 @@ def test_a_critic_only_update_leaves_actor_and_alpha_and_moves_the_critics():
     assert updater.num_updates == 4
 
 
+def test_fixed_alpha_stays_at_its_start_value():
+    from tensordict import TensorDict
+    from torchrl.data import Bounded
+
+    spec = Bounded(-1.0, 1.0, shape=(3,))
+    updater = behaviour._SACUpdater(
+        behaviour.make_sac_actor(11, 3, spec, (16, 16)),
+        behaviour.make_sac_qvalue(11, 3, (16, 16)),
+        spec,
+        lr=1e-2,
+        gamma=0.99,
+        tau=0.005,
+        mode="eager",
+        vmap_critics=None,
+        alpha_init=0.01,
+        fixed_alpha=True,
+    )
+    n = 16
+    batch = TensorDict(
+        {
+            "observation": torch.randn(n, 11),
+            "action": torch.rand(n, 3) * 2 - 1,
+            "next": {
+                "observation": torch.randn(n, 11),
+                "reward": torch.randn(n, 1),
+                "terminated": torch.zeros(n, 1, dtype=torch.bool),
+                "done": torch.zeros(n, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[n],
+    )
+    actor_before = [
+        p.detach().clone() for p in updater.loss.actor_network_params.values(True, True)
+    ]
+    for _ in range(3):
+        updater.update(batch.clone())
+    assert updater.loss.log_alpha.exp().item() == pytest.approx(0.01)
+    actor_after = list(updater.loss.actor_network_params.values(True, True))
+    assert any(not torch.equal(a, b) for a, b in zip(actor_before, actor_after, strict=True))
+
+
 def test_warm_start_from_a_mismatched_actor_fails_early(tiny_run, tmp_path):
     _, first = tiny_run
     with pytest.raises(ValueError, match="num_cells"):

@@ -447,6 +447,7 @@ class _SACUpdater:
         mode: str,
         vmap_critics: bool | None,
         alpha_init: float = 1.0,
+        fixed_alpha: bool = False,
         cudagraph_warmup: int = 5,
     ) -> None:
         if mode not in UPDATE_MODES:
@@ -469,6 +470,7 @@ class _SACUpdater:
             num_qvalue_nets=2,
             loss_function="l2",
             alpha_init=alpha_init,
+            fixed_alpha=fixed_alpha,
             action_spec=action_spec,
             target_entropy="auto",  # -act_dim
             delay_actor=False,
@@ -482,7 +484,7 @@ class _SACUpdater:
         self.optimizer = group_optimizers(
             torch.optim.Adam(_leaves(self.loss.actor_network_params), lr=lr, **kwargs),
             torch.optim.Adam(_leaves(self.loss.qvalue_network_params), lr=lr, **kwargs),
-            torch.optim.Adam([self.loss.log_alpha], lr=lr, **kwargs),
+            *([] if fixed_alpha else [torch.optim.Adam([self.loss.log_alpha], lr=lr, **kwargs)]),
         )
         self.mode = mode
         self.num_updates = 0
@@ -669,6 +671,7 @@ def train_sac(
     env_processes: bool = False,
     init_actor: str | os.PathLike | None = None,
     alpha_init: float = 1.0,
+    fixed_alpha: bool = False,
     actor_freeze_updates: int = 0,
     resume: bool = False,
     progress: bool = True,
@@ -716,6 +719,10 @@ def train_sac(
             the warm-started actor collects from the first step.
         alpha_init: the entropy coefficient's start value (1.0: SAC's usual start; for a
             warm start, the trained run's last ``alpha`` avoids a burst of entropy).
+        fixed_alpha: keep alpha at ``alpha_init`` (no entropy tuning). For a warm start:
+            fresh Adam moments let an adaptive alpha move ~``lr`` per step in log space, and
+            a walking ant's entropy sits just below the target, so alpha rose x7 within 10k
+            steps of the actor's release and the gait degraded.
         actor_freeze_updates: the first this many gradient steps update the critics
             and their targets only (actor and alpha held), so that fresh critics learn
             the warm-started actor's values before its first gradient.
@@ -815,6 +822,7 @@ def train_sac(
         mode=update_mode,
         vmap_critics=vmap_critics,
         alpha_init=alpha_init,
+        fixed_alpha=fixed_alpha,
     )
     store = TransitionStore(out_dir / "transitions", obs_dim, act_dim)
     capacity = min(buffer_size, total_steps)
@@ -1002,6 +1010,7 @@ def train_sac(
                             "device": str(device),
                             "init_actor": None if init_actor is None else str(init_actor),
                             "alpha_init": alpha_init,
+                            "fixed_alpha": fixed_alpha,
                             "actor_freeze_updates": actor_freeze_updates,
                         },
                     },

@@ -64,6 +64,7 @@ def main(cfg: DictConfig) -> dict:
         alpha_init=float(cfg.warm_start.alpha_init),
         fixed_alpha=bool(cfg.warm_start.fixed_alpha),
         actor_freeze_updates=int(cfg.warm_start.actor_freeze_updates),
+        mirror_augment=bool(cfg.replay_buffer.mirror_augment),
         resume=bool(cfg.resume),
         progress=bool(cfg.progress),
     )

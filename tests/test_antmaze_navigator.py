@@ -150,6 +150,57 @@ def test_a_flipped_ant_ends_a_v1_episode_but_not_a_v0_one():
         env.close()
 
 
+def _mirrored_state(qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MuJoCo state of the world mirrored in y (the ant's free joint, then 8 hinges in the
+    order hip_1, ankle_1, ..., hip_4, ankle_4), written out from the XML independently of
+    the observation maps under test."""
+    legs = [6, 7, 4, 5, 2, 3, 0, 1]
+    signs = np.array([-1.0, 1.0] * 4)
+    qp, qv = qpos.copy(), qvel.copy()
+    qp[1] = -qpos[1]  # y
+    qp[4], qp[6] = -qpos[4], -qpos[6]  # quaternion w, x, y, z -> w, -x, y, -z
+    qp[7:15] = qpos[7:15][legs] * signs
+    qv[1], qv[3], qv[5] = -qvel[1], -qvel[3], -qvel[5]  # vy; angular x, z
+    qv[6:14] = qvel[6:14][legs] * signs
+    return qp, qv
+
+
+def test_the_ant_task_is_mirror_symmetric():
+    """Mirrored state, target and actions give the mirrored trajectory: observations and
+    policy inputs (mirror_observation), the same rewards and terminations. What SAC's
+    mirror_augment relies on."""
+    from torchrl_dmg.antgoal import mirror_action, mirror_observation
+
+    rng = np.random.default_rng(0)
+    env, twin = AntGoalEnv(), AntGoalEnv()
+    env.reset(seed=0)
+    twin.reset(seed=0)
+    for _ in range(20):  # somewhere off the start pose
+        env.step(rng.uniform(-1, 1, 8))
+    ant, twin_ant = env._maze.ant_env, twin._maze.ant_env
+    qpos, qvel = ant.data.qpos.copy(), ant.data.qvel.copy()
+    qpos[:2] = 0.3, 0.7
+    ant.set_state(qpos, qvel)
+    twin_ant.set_state(*_mirrored_state(qpos, qvel))
+    env._xy, twin._xy = qpos[:2].copy(), np.array([qpos[0], -qpos[1]])
+    env.target = np.array([3.0, 2.5])
+    twin.target = np.array([3.0, -2.5])
+    for _ in range(30):
+        action = rng.uniform(-1, 1, 8)
+        obs, reward, terminated, _, _ = env.step(action)
+        twin_obs, twin_reward, twin_terminated, _, _ = twin.step(mirror_action(action))
+        np.testing.assert_allclose(mirror_observation(obs), twin_obs, atol=1e-5)
+        assert twin_reward == pytest.approx(reward, abs=1e-6)
+        assert twin_terminated == terminated
+    np.testing.assert_allclose(mirror_observation(mirror_observation(obs)), obs)
+    action = rng.uniform(-1, 1, (4, 8))
+    np.testing.assert_array_equal(mirror_action(mirror_action(action)), action)
+    as_torch = mirror_observation(torch.as_tensor(obs))
+    np.testing.assert_allclose(as_torch.numpy(), mirror_observation(obs))
+    env.close()
+    twin.close()
+
+
 def test_antgoal_is_registered_and_seeded():
     import gymnasium as gym
 

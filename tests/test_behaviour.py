@@ -388,6 +388,36 @@ def test_fixed_alpha_stays_at_its_start_value():
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, actor_after, strict=True))
 
 
+def test_mirror_augment_stores_each_transition_and_its_mirror_image(tmp_path, monkeypatch):
+    """AntGoal only; the replay buffer gets every collected transition and its mirror image
+    (reward and ends unchanged), the transition store the real ones only."""
+    from torchrl_dmg.antgoal import mirror_action, mirror_observation
+
+    with pytest.raises(ValueError, match="mirror_augment"):
+        train_sac("hopper", out_dir=tmp_path / "hopper", mirror_augment=True, **TINY)
+    extended = []
+    original = behaviour.TensorDictReplayBuffer.extend
+
+    def spy(self, data):
+        extended.append(data.clone())
+        return original(self, data)
+
+    monkeypatch.setattr(behaviour.TensorDictReplayBuffer, "extend", spy)
+    out_dir = tmp_path / "ant"
+    small = {**TINY, "total_steps": 200, "frames_per_batch": 100, "checkpoint_interval": 200}
+    train_sac("antgoal", out_dir=out_dir, mirror_augment=True, **small)
+    assert len(extended) == 4  # 2 batches x (real, mirrored)
+    for real, image in (extended[:2], extended[2:]):
+        torch.testing.assert_close(image["observation"], mirror_observation(real["observation"]))
+        torch.testing.assert_close(
+            image["next", "observation"], mirror_observation(real["next", "observation"])
+        )
+        torch.testing.assert_close(image["action"], mirror_action(real["action"]))
+        torch.testing.assert_close(image["next", "reward"], real["next", "reward"])
+        assert torch.equal(image["next", "done"], real["next", "done"])
+    assert len(load_transitions(out_dir)["step"]) == 200
+
+
 def test_warm_start_from_a_mismatched_actor_fails_early(tiny_run, tmp_path):
     _, first = tiny_run
     with pytest.raises(ValueError, match="num_cells"):

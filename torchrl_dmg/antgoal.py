@@ -57,6 +57,8 @@ __all__ = [
     "heading_frame",
     "policy_observation",
     "register_antgoal",
+    "mirror_observation",
+    "mirror_action",
 ]
 
 ANTGOAL_ID = "torchrl_dmg/AntGoal-v1"
@@ -119,6 +121,56 @@ def policy_observation(ant_obs: np.ndarray, xy: np.ndarray, target_xy: np.ndarra
     rel = rel * np.minimum(1.0, MAX_REL_DIST / np.maximum(norm, 1e-8))
     rel = heading_frame(rel, torso_yaw(ant_obs))
     return np.concatenate([ant_obs, rel], axis=-1).astype(np.float32)
+
+
+# ------------------------------------------------------------------ mirror symmetry
+# The ant is symmetric under the reflection y -> -y of its torso frame: leg 1 (at +x, +y)
+# <-> leg 4 (+x, -y) and leg 2 (-x, +y) <-> leg 3 (-x, -y); a hip angle (axis z) changes
+# sign, an ankle angle keeps it (its axis is reflected too). So is the physics (floor,
+# gravity) and the AntGoal reward, so every transition has an equally valid mirror image
+# (SAC's ``mirror_augment``: twice the data, and no side to turn to is favoured). Tested
+# against MuJoCo: mirrored state + mirrored actions give the mirrored trajectory
+# (tests/test_antmaze_navigator.py).
+#: AntMaze ``observation`` (27): z, quaternion w x y z, joints hip_1 ankle_1 ... hip_4
+#: ankle_4, linear velocity, angular velocity, joint velocities; then (policy input) the
+#: target in the heading frame. ``mirrored[..., i] = obs[..., OBS_MIRROR_INDEX[i]] *
+#: OBS_MIRROR_SIGN[i]``.
+_JOINTS_MIRROR = [6, 7, 4, 5, 2, 3, 0, 1]  # hip_1 <- hip_4, ankle_1 <- ankle_4, ...
+_JOINTS_SIGN = [-1.0, 1.0] * 4
+OBS_MIRROR_INDEX = (
+    [0, 1, 2, 3, 4]
+    + [5 + j for j in _JOINTS_MIRROR]
+    + [13, 14, 15, 16, 17, 18]
+    + [19 + j for j in _JOINTS_MIRROR]
+    + [27, 28]
+)
+OBS_MIRROR_SIGN = (
+    [1.0, 1.0, -1.0, 1.0, -1.0]  # quaternion: w, -x, y, -z
+    + _JOINTS_SIGN
+    + [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]  # v: x, -y, z; angular velocity: -x, y, -z
+    + _JOINTS_SIGN
+    + [1.0, -1.0]  # target: x, -y
+)
+#: Actions (motor order hip_4 ankle_4 hip_1 ankle_1 hip_2 ankle_2 hip_3 ankle_3).
+ACTION_MIRROR_INDEX = [2, 3, 0, 1, 6, 7, 4, 5]
+ACTION_MIRROR_SIGN = [-1.0, 1.0] * 4
+
+
+def mirror_observation(obs):
+    """AntMaze observations ``[..., 27]`` or policy inputs ``[..., 29]`` (numpy or torch)
+    of the world reflected in its x-z plane (y -> -y; the ant's yaw changes sign)."""
+    n = obs.shape[-1]
+    sign = OBS_MIRROR_SIGN[:n]
+    if isinstance(obs, np.ndarray):
+        return obs[..., OBS_MIRROR_INDEX[:n]] * np.asarray(sign, dtype=obs.dtype)
+    return obs[..., OBS_MIRROR_INDEX[:n]] * obs.new_tensor(sign)
+
+
+def mirror_action(action):
+    """Ant actions ``[..., 8]`` (numpy or torch) of the reflected world."""
+    if isinstance(action, np.ndarray):
+        return action[..., ACTION_MIRROR_INDEX] * np.asarray(ACTION_MIRROR_SIGN, action.dtype)
+    return action[..., ACTION_MIRROR_INDEX] * action.new_tensor(ACTION_MIRROR_SIGN)
 
 
 class AntGoalEnv(gym.Env):

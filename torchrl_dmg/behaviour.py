@@ -582,6 +582,19 @@ def _buffer_td(rows: dict[str, np.ndarray]) -> TensorDict:
     )
 
 
+def _mirrored_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The mirror images of AntGoal transitions (:func:`torchrl_dmg.antgoal.mirror_observation`;
+    reward, termination and truncation are mirror-invariant)."""
+    from torchrl_dmg.antgoal import mirror_action, mirror_observation
+
+    return {
+        **rows,
+        "observation": mirror_observation(rows["observation"]),
+        "next_observation": mirror_observation(rows["next_observation"]),
+        "action": mirror_action(rows["action"]),
+    }
+
+
 def _store_rows(batch: TensorDictBase, first_step: int) -> dict[str, np.ndarray]:
     """Transition-store rows from a collector batch whose first transition is env step
     ``first_step`` (1-based). A batch of several envs (``[num_envs, T]``) is stored env
@@ -673,6 +686,7 @@ def train_sac(
     alpha_init: float = 1.0,
     fixed_alpha: bool = False,
     actor_freeze_updates: int = 0,
+    mirror_augment: bool = False,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -726,6 +740,12 @@ def train_sac(
         actor_freeze_updates: the first this many gradient steps update the critics
             and their targets only (actor and alpha held), so that fresh critics learn
             the warm-started actor's values before its first gradient.
+        mirror_augment: AntGoal tasks only: every transition also enters the replay buffer
+            as its mirror image (y -> -y in the torso frame; the ant, its physics and the
+            reward are symmetric), so SAC sees twice the data and both turning directions
+            alike (a plain run's ant turned right far better than left). The buffer holds
+            ``buffer_size`` real transitions and their images; ``transitions/`` keeps the
+            real ones only.
         resume: continue from ``out_dir/state.pt`` if there is one (a fresh start
             otherwise). Without it, an ``out_dir`` holding a state is an error.
 
@@ -753,6 +773,11 @@ def train_sac(
         raise ValueError(f"actor_freeze_updates must be >= 0, got {actor_freeze_updates}.")
     if not alpha_init > 0:
         raise ValueError(f"alpha_init must be > 0, got {alpha_init}.")
+    if mirror_augment and not env_id.startswith("torchrl_dmg/AntGoal"):
+        raise ValueError(
+            f"mirror_augment=True needs an AntGoal task (its ant is mirror-symmetric), not "
+            f"{env_id}."
+        )
     if init_actor is not None and not Path(init_actor).is_file():
         raise FileNotFoundError(
             f"init_actor={init_actor} is not a file; give a checkpoints/step_*.pt of an "
@@ -827,7 +852,14 @@ def train_sac(
     store = TransitionStore(out_dir / "transitions", obs_dim, act_dim)
     capacity = min(buffer_size, total_steps)
     # batches are drawn sample_chunk at a time, the size given at each sample() call
-    replay = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity, device=device))
+    replay = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(capacity * (2 if mirror_augment else 1), device=device)
+    )
+
+    def to_replay(rows: dict[str, np.ndarray]) -> None:
+        replay.extend(_buffer_td(rows).to(device))
+        if mirror_augment:
+            replay.extend(_buffer_td(_mirrored_rows(rows)).to(device))
 
     steps = 0
     wall_before = 0.0
@@ -839,7 +871,7 @@ def train_sac(
         store.truncate(steps)  # transitions after the state are redone
         store.mark_last_truncated()  # the episode running at the state ends there
         if steps:
-            replay.extend(_buffer_td(store.read(max(0, steps - capacity), steps)).to(device))
+            to_replay(store.read(max(0, steps - capacity), steps))
         rows = [r for r in _read_progress(out_dir / "progress.csv") if int(r["step"]) <= steps]
         for path in (out_dir / "checkpoints").glob("step_*.pt"):
             if int(path.stem.split("_")[1]) > steps:
@@ -918,7 +950,7 @@ def train_sac(
             n = batch.numel()
             new_rows = _store_rows(batch, steps + 1)
             store.append(new_rows)
-            replay.extend(_buffer_td(new_rows).to(device))
+            to_replay(new_rows)
             steps += n
             session_steps += n
             window["steps"] += n
@@ -1012,6 +1044,7 @@ def train_sac(
                             "alpha_init": alpha_init,
                             "fixed_alpha": fixed_alpha,
                             "actor_freeze_updates": actor_freeze_updates,
+                            "mirror_augment": mirror_augment,
                         },
                     },
                 )

@@ -13,6 +13,9 @@ Polyak target update; batch 256, 256-256 networks):
 * ``compile``        ``torch.compile`` of the whole critic step and the whole actor step
 * ``cudagraphs``     ``torch.compile`` + ``CudaGraphModule`` of the critic step and the actor step
 * ``<mode>-loop``    any of the above with a Python loop over the critics (the CPU default)
+* ``compile[-loop]-skipguards``  ``compile`` with ``skip_guards=True``: ``backward()`` traced
+                     into the step graphs, Dynamo's guard evaluation skipped after warm-up
+                     (see ``DMGUpdater``; for a host-bound CPU update)
 * ``x<N>-<mode>``    ``SeedStackedDMGUpdater``: N agents (seeds) in one vmapped update, each on
                      its own batch; its updates/s count agent-updates (N per iteration), so
                      it compares with a single-seed mode as N sequential runs would
@@ -86,6 +89,8 @@ class Runner:
             self.ref = ReferenceDMG(obs_dim, act_dim, device=device)
             return
         update_mode = mode.split("-", 1)[1] if self.seeds > 1 else mode
+        skip_guards = update_mode.endswith("-skipguards")
+        update_mode = update_mode.removesuffix("-skipguards")
         loop = update_mode.endswith("-loop")
         update_mode = update_mode.removesuffix("-loop")
         losses = []
@@ -93,7 +98,7 @@ class Runner:
             torch.manual_seed(seed)
             actor, qvalue, value = make_dmg_networks(obs_dim, act_dim, -1.0, 1.0, device=device)
             losses.append(DMGLoss(actor, qvalue, value, bounds=(-1.0, 1.0), deactivate_vmap=loop))
-        kwargs = {"mode": update_mode, "actor_cosine_steps": 10**6}
+        kwargs = {"mode": update_mode, "actor_cosine_steps": 10**6, "skip_guards": skip_guards}
         if self.seeds > 1:
             self.updater = SeedStackedDMGUpdater(losses, **kwargs)
         else:
@@ -158,8 +163,9 @@ def main() -> None:
         single = ["eager", "compile", "cudagraphs"]
         modes = ["reference", *single] + [f"x{n}-cudagraphs" for n in args.seeds]
     else:  # on CPU the critics run as a loop (recipes' default there); vmap shown once
-        single = ["eager", "eager-loop", "compile-loop"]
-        modes = ["reference", *single] + [f"x{n}-{m}" for n in args.seeds for m in single[1:]]
+        single = ["eager", "eager-loop", "compile-loop", "compile-loop-skipguards"]
+        stacked = [f"x{n}-{m}" for n in args.seeds for m in ("eager-loop", "compile-loop")]
+        modes = ["reference", *single, *stacked]
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),

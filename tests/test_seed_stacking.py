@@ -157,6 +157,8 @@ def test_stacked_updater_rejects_bad_inputs():
     stacked = SeedStackedDMGUpdater([make_loss(0), make_loss(1)])
     with pytest.raises(ValueError, match=r"num_seeds=2"):
         stacked.update(make_batch())
+    with pytest.raises(ValueError, match="single agent"):
+        SeedStackedDMGUpdater([make_loss(0), make_loss(1)], mode="compile", skip_guards=True)
 
 
 def test_device_sampler_draws_dataset_rows_per_seed():

@@ -17,6 +17,15 @@ from torchrl_dmg.training import DMGUpdater
 
 OBS, ACT, BATCH = 5, 2, 32
 MODES = ["eager", "compile"] + (["cudagraphs"] if torch.cuda.is_available() else [])
+#: mode="compile" with skip_guards=True; guard skipping starts after 2 iterations here, so
+#: that the checks below run mostly with it
+FAST = "compile-skip-guards"
+
+
+def make_updater(loss: DMGLoss, mode: str, **kwargs) -> DMGUpdater:
+    if mode == FAST:
+        return DMGUpdater(loss, mode="compile", skip_guards=True, guard_warmup=2, **kwargs)
+    return DMGUpdater(loss, mode=mode, **kwargs)
 
 
 def make_loss(device="cpu", **kwargs) -> DMGLoss:
@@ -55,11 +64,11 @@ def changed(before: TensorDict, after: TensorDict) -> bool:
     return not all((a == b).all() for a, b in pairs)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, FAST])
 def test_actor_and_targets_update_exactly_every_policy_freq_steps(mode):
     device = device_for(mode)
     loss = make_loss(device)
-    updater = DMGUpdater(loss, policy_freq=2, mode=mode)
+    updater = make_updater(loss, mode, policy_freq=2)
     batch = make_batch(device=device)
     actor_changed, target_changed, reported = [], [], []
     for _ in range(8):
@@ -75,32 +84,33 @@ def test_actor_and_targets_update_exactly_every_policy_freq_steps(mode):
     assert reported == expected
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, FAST])
 def test_target_policy_noise_is_fresh_at_every_step(mode):
     """With frozen networks (lr 0), consecutive critic targets differ only through the noise."""
     device = device_for(mode)
     loss = make_loss(device, mixture_coef=1.0)  # the target depends on the noisy action only
-    updater = DMGUpdater(loss, lr=0.0, mode=mode)
+    updater = make_updater(loss, mode, lr=0.0)
     batch = make_batch(device=device)
     targets = [updater.update(batch)["target_value"].item() for _ in range(6)]
     assert len(set(targets)) == 6, targets
 
     quiet = make_loss(device, mixture_coef=1.0, policy_noise=0.0)
-    updater = DMGUpdater(quiet, lr=0.0, mode=mode)
+    updater = make_updater(quiet, mode, lr=0.0)
     targets = [updater.update(batch)["target_value"].item() for _ in range(6)]
     assert len(set(targets)) == 1, targets
 
 
-def test_compiled_updater_matches_eager_for_several_steps():
+@pytest.mark.parametrize("mode", ["compile", FAST])
+def test_compiled_updater_matches_eager_for_several_steps(mode):
     from torch._inductor import config as inductor_config
 
     eager_loss = make_loss()
     compiled_loss = copy.deepcopy(eager_loss)
     eager = DMGUpdater(eager_loss, actor_cosine_steps=10)
-    compiled = DMGUpdater(compiled_loss, actor_cosine_steps=10, mode="compile")
+    compiled = make_updater(compiled_loss, mode, actor_cosine_steps=10)
     torch._dynamo.reset()  # fallback_random is not guarded: drop graphs compiled earlier
     with inductor_config.patch(fallback_random=True):
-        for step in range(6):
+        for step in range(8):
             batch = make_batch(seed=step)
             torch.manual_seed(100 + step)
             eager.update(batch)
@@ -152,6 +162,16 @@ def test_cudagraphs_mode_needs_cuda():
         DMGUpdater(make_loss(), mode="cudagraphs")
 
 
+def test_skip_guards_is_for_compile_mode_and_a_fixed_batch():
+    with pytest.raises(ValueError, match="skip_guards"):
+        DMGUpdater(make_loss(), mode="eager", skip_guards=True)
+    updater = make_updater(make_loss(), FAST)
+    for _ in range(3):
+        updater.update(make_batch())
+    with pytest.raises(ValueError, match="differs from the first one"):
+        updater.update(make_batch()[:8])
+
+
 @pytest.mark.parametrize(("saved", "loaded"), [("eager", "compile"), ("compile", "eager")])
 def test_loaded_learning_rate_takes_the_kind_the_mode_needs(saved, loaded):
     """A checkpoint from an eager run resumed compiled (or the reverse): compiled steps read
@@ -176,7 +196,7 @@ def stacked_batches(num: int, device="cpu", first_seed: int = 0) -> TensorDict:
     return torch.stack([make_batch(seed=first_seed + k, device=device) for k in range(num)])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, FAST])
 def test_update_many_equals_as_many_single_updates(mode):
     """K iterations in one call (one CUDA graph under "cudagraphs") == K update() calls:
     same parameters, same target noise draws, same cosine lr, per-update metrics kept."""
@@ -185,8 +205,8 @@ def test_update_many_equals_as_many_single_updates(mode):
     device = device_for(mode)
     single_loss = make_loss(device)
     many_loss = copy.deepcopy(single_loss)
-    single = DMGUpdater(single_loss, actor_cosine_steps=12, mode=mode)
-    many = DMGUpdater(many_loss, actor_cosine_steps=12, mode=mode)
+    single = make_updater(single_loss, mode, actor_cosine_steps=12)
+    many = make_updater(many_loss, mode, actor_cosine_steps=12)
     torch._dynamo.reset()
     expected_q = []
     with inductor_config.patch(fallback_random=True):

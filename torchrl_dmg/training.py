@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +45,15 @@ class DMGUpdater:
         compile_backend: ``torch.compile`` backend. Default: ``"inductor"`` on CUDA,
             ``"aot_eager"`` on CPU (it removes TensorDict's per-op Python work and runs the
             ATen kernels as they are; inductor's CPU kernels were slower there).
+        skip_guards: ``mode="compile"`` only, for a host-bound update (a CPU): each
+            ``backward()`` is traced into its step's graph (Dynamo's ``trace_autograd_ops``)
+            and, after ``guard_warmup`` iterations, Dynamo's guards are no longer evaluated
+            before each call (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).
+            They check every parameter and TensorDict entry, ~0.35 ms per call on one CPU
+            core, ~10% of an iteration, and an update's inputs never change: the steps are
+            compiled privately for this updater (no other updater's graphs share their
+            cache), and the one thing that could change, the batch's keys, shapes, dtypes
+            and devices, is checked here instead (a different batch is an error).
     """
 
     def __init__(
@@ -56,6 +67,8 @@ class DMGUpdater:
         mode: UpdateMode = "eager",
         cudagraph_warmup: int = 3,
         compile_backend: str | None = None,
+        skip_guards: bool = False,
+        guard_warmup: int = 8,
     ) -> None:
         self._cudagraph_warmup = cudagraph_warmup
         self._many_step = None  # built on the first update_many call
@@ -69,10 +82,18 @@ class DMGUpdater:
                 f"mode='cudagraphs' needs the loss on a CUDA device (it is on {device}); "
                 "use mode='compile' or 'eager' on CPU."
             )
+        if skip_guards and mode != "compile":
+            raise ValueError(
+                f"skip_guards=True is for mode='compile' (got mode={mode!r}): eager code has "
+                "no guards, and a CUDA-graph replay skips them already."
+            )
         self.loss = loss
         self.device = device
         self.policy_freq = policy_freq
         self.mode = mode
+        self.skip_guards = skip_guards
+        self.guard_warmup = guard_warmup
+        self._batch_signatures: dict[str, list] = {}  # per entry point: update, update_many
         # Fused Adam is one kernel per step. Compiled steps read the learning rate from a
         # tensor, which the cosine schedule updates in place (``fill_``): a float lr would
         # be a constant baked into the compiled code (a recompile at every change). Under
@@ -108,8 +129,11 @@ class DMGUpdater:
 
             _exclude_td_from_pytree().set()
             backend = compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
-            self._critic_step = torch.compile(self.critic_step, backend=backend)
-            self._actor_step = torch.compile(self.actor_step, backend=backend)
+            critic_step, actor_step = self.critic_step, self.actor_step
+            if skip_guards:  # private code objects: a compile cache of this updater's own
+                critic_step, actor_step = _private(critic_step), _private(actor_step)
+            self._critic_step = torch.compile(critic_step, backend=backend)
+            self._actor_step = torch.compile(actor_step, backend=backend)
         self._compiled_steps = (self._critic_step, self._actor_step)
         if graphs:
             self._critic_step = self._captured(self._critic_step)
@@ -184,8 +208,37 @@ class DMGUpdater:
         self.update_targets()
         return TensorDict({"loss_actor": loss_actor, **md_actor})
 
+    def _dynamo_context(
+        self, batch: TensorDictBase, entry: str = "update"
+    ) -> contextlib.AbstractContextManager:
+        """What the compiled steps run under: nothing, or (``skip_guards``) the tracing of
+        ``backward()`` and, after the warm-up, no guard evaluation, once ``batch`` matched
+        the warm-up's batches."""
+        if not self.skip_guards:
+            return contextlib.nullcontext()
+        signature = [
+            (key, value.shape, value.dtype, value.device)
+            for key, value in batch.items(include_nested=True, leaves_only=True)
+        ]
+        first = self._batch_signatures.setdefault(entry, signature)
+        if signature != first:
+            raise ValueError(
+                f"skip_guards=True: this {entry} batch differs from the first one in its keys, "
+                f"shapes, dtypes or devices ({signature} vs {first}); keep one batch size, or "
+                "build the updater with skip_guards=False."
+            )
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch._dynamo.config.patch(trace_autograd_ops=True))
+        if self.num_updates >= self.guard_warmup:
+            stack.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
+        return stack
+
     def update(self, batch: TensorDict) -> TensorDict:
         """One iteration on ``batch``; returns detached metrics (actor ones on actor steps)."""
+        with self._dynamo_context(batch):
+            return self._update(batch)
+
+    def _update(self, batch: TensorDict) -> TensorDict:
         metrics = self._critic_step(batch)
         target_q = metrics.pop(self.TARGET_Q_KEY)
         self.num_updates += 1
@@ -260,7 +313,8 @@ class DMGUpdater:
         if self._many_step is None:
             graphs = self.mode == "cudagraphs"
             self._many_step = self._captured(self.many_step) if graphs else self.many_step
-        metrics = self._many_step(inputs)
+        with self._dynamo_context(batches, "update_many"):
+            metrics = self._many_step(inputs)
         self.num_updates += num
         if self.scheduler is not None:  # its state, as num_actor scheduler.step() leave it
             self.scheduler.last_epoch += num_actor
@@ -341,6 +395,11 @@ class SeedStackedDMGUpdater(DMGUpdater):
     """
 
     def __init__(self, losses: list[DMGLoss], **kwargs) -> None:
+        if kwargs.get("skip_guards"):
+            raise ValueError(
+                "skip_guards=True is for a single agent (seeds=1): the vmapped loss of stacked "
+                "seeds is compiled in frames shared across calls, whose guards must run."
+            )
         if len(losses) < 1:
             raise ValueError("SeedStackedDMGUpdater needs at least one loss.")
         states = [TensorDict.from_module(loss, as_module=False) for loss in losses]
@@ -495,6 +554,20 @@ class SeedStackedPolicy(ParamsPolicy):
         return tensordict.update(outputs.reshape(tensordict.shape))
 
 
+def _private(method):
+    """``method`` rebuilt on a copy of its code object: ``torch.compile`` keeps its cache
+    per code object, so the copy's compiled graphs belong to this one updater."""
+    function = method.__func__
+    copy = types.FunctionType(
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    return types.MethodType(copy, method.__self__)
+
+
 @torch.compiler.disable
 def _optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     """``step`` then ``zero_grad``, kept out of torch.compile: fused Adam is not traceable,
@@ -606,6 +679,7 @@ def make_updater(cfg, loss: DMGLoss | list[DMGLoss], *, steps: int | None) -> DM
         policy_freq=cfg.optim.policy_freq,
         actor_cosine_steps=steps // cfg.optim.policy_freq if cosine else None,
         mode=cfg.compile.mode,
+        skip_guards=cfg.compile.mode == "compile" and bool(cfg.compile.get("skip_guards", False)),
     )
 
 

@@ -149,9 +149,10 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    # One process builds many compiled updaters here (a recipe builds one); each is its own
-    # set of guards on the same code objects, so dynamo's default of 8 would be reached
-    # and later modes silently fall back to eager.
+    # One process builds many compiled updaters here (a recipe builds one). Each compiles its
+    # steps on code of its own, but the stacked seeds' vmapped loss breaks into frames that
+    # all updaters share, one more set of guards each: dynamo's default limit of 8 would be
+    # reached and later modes would silently fall back to eager.
     torch._dynamo.config.recompile_limit = 256
     torch._dynamo.config.accumulated_recompile_limit = 4096
     if args.threads:
@@ -227,7 +228,7 @@ def main() -> None:
             f"\n{problem} (obs {obs_dim}, act {act_dim}, batch {args.batch_size}) on {results['device']}"
         )
         print(
-            f"{'mode':<18} {'updates/s':>10} {'x ref':>7} {'x best single':>14} "
+            f"{'mode':<26} {'updates/s':>10} {'x ref':>7} {'x best single':>14} "
             f"{'warm-up s':>10} {'peak MiB':>9}"
         )
         for mode, row in rows.items():
@@ -236,7 +237,7 @@ def main() -> None:
             vs_single = f"{vs_single:.2f}" if vs_single else "-"
             mem = f"{row['peak_memory_mib']:.0f}" if row["peak_memory_mib"] is not None else "-"
             print(
-                f"{mode:<18} {row['updates_per_s']:>10.1f} {ratio:>7} {vs_single:>14} "
+                f"{mode:<26} {row['updates_per_s']:>10.1f} {ratio:>7} {vs_single:>14} "
                 f"{row['warmup_s']:>10.1f} {mem:>9}"
             )
     out = Path(args.json)

@@ -34,6 +34,7 @@ from torchrl_dmg.training import (
     seed_everything,
     set_rng_state,
     train_offline,
+    value_bounds,
 )
 
 
@@ -148,6 +149,7 @@ def main(cfg: DictConfig) -> dict:
         eval_interval=cfg.eval.interval,
         progress=cfg.progress,
         updates_per_call=cfg.compile.get("updates_per_call", 1),
+        value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
     )
 
     # ---------------------------------------------------------------- final score

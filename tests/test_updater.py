@@ -259,3 +259,41 @@ def test_update_many_rejects_a_count_off_the_actor_delay():
     updater.update(make_batch())
     with pytest.raises(ValueError, match="multiples of policy_freq"):
         updater.update_many(stacked_batches(2))
+
+
+def test_value_bounds_and_the_divergence_flag(capsys):
+    """A logged Q beyond the range of any discounted return is flagged and warned once."""
+    from torchrl_dmg.training import train_offline, value_bounds
+
+    assert value_bounds(torch.tensor([-1.0, 0.0]), 0.99) == pytest.approx((-100.0, 0.0))
+    assert value_bounds(torch.tensor([0.5, 2.0]), 0.9) == pytest.approx((0.0, 20.0))
+    with pytest.raises(ValueError, match="gamma"):
+        value_bounds(torch.tensor([1.0]), 1.0)
+
+    class Updater:
+        policy_freq, actor_lr, calls = 2, 3e-4, 0
+
+        def update(self, batch):
+            self.calls += 1  # Q climbs by 30 per update: out of [-100, 0] (+-10) after 4
+            return {"state_action_value": torch.tensor([-100.0 + 30 * self.calls, -50.0])}
+
+    class Sampler:
+        def sample(self):
+            return None
+
+    class Logger:
+        rows = []
+
+        def log(self, step, kind, row):
+            self.rows.append((step, row))
+
+    logger = Logger()
+    train_offline(
+        Updater(), Sampler(), start=0, steps=8, logger=logger, log_interval=1,
+        checkpoint=lambda step: None, checkpoint_interval=0, progress=False,
+        value_bounds=(-100.0, 0.0),
+    )  # fmt: skip
+    flags = [row["q_out_of_bounds"] for _, row in logger.rows]
+    assert flags == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # 20 > 0 + 10 at update 4
+    out = capsys.readouterr().out
+    assert out.count("WARNING") == 1 and "WARNING step 4" in out and "diverging" in out

@@ -48,6 +48,7 @@ from torchrl_dmg.training import (
     set_rng_state,
     train_offline,
     unstack_updater_state,
+    value_bounds,
 )
 
 ANTMAZE_PREFIX = "D4RL/antmaze/"
@@ -425,6 +426,7 @@ def run_offline_phase(
         checkpoint_interval=cfg.checkpoint_interval,
         progress=cfg.progress,
         desc="dmg offline",
+        value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
     )
     checkpoint(step)
     return updater.state_dict()

@@ -296,25 +296,25 @@ def test_warm_start_trains_critics_only_until_the_actor_is_released(tiny_run, tm
     assert any(not torch.equal(at_600[k], v) for k, v in init_weights.items())
 
 
-def test_a_critic_only_update_leaves_actor_and_alpha_and_moves_the_critics():
-    from tensordict import TensorDict
+def _tiny_sac_updater(**kwargs):
     from torchrl.data import Bounded
 
     spec = Bounded(-1.0, 1.0, shape=(3,))
-    torch.manual_seed(0)
-    updater = behaviour._SACUpdater(
+    return behaviour._SACUpdater(
         behaviour.make_sac_actor(11, 3, spec, (16, 16)),
         behaviour.make_sac_qvalue(11, 3, (16, 16)),
         spec,
-        lr=1e-3,
         gamma=0.99,
         tau=0.005,
-        mode="compile",
         vmap_critics=None,
-        alpha_init=0.1,
+        **kwargs,
     )
-    n = 32
-    batch = TensorDict(
+
+
+def _random_sac_batch(n: int):
+    from tensordict import TensorDict
+
+    return TensorDict(
         {
             "observation": torch.randn(n, 11),
             "action": torch.rand(n, 3) * 2 - 1,
@@ -327,6 +327,12 @@ def test_a_critic_only_update_leaves_actor_and_alpha_and_moves_the_critics():
         },
         batch_size=[n],
     )
+
+
+def test_a_critic_only_update_leaves_actor_and_alpha_and_moves_the_critics():
+    torch.manual_seed(0)
+    updater = _tiny_sac_updater(lr=1e-3, mode="compile", alpha_init=0.1)
+    batch = _random_sac_batch(32)
 
     def snapshot(prefix):
         return {k: v.clone() for k, v in updater.loss.state_dict().items() if k.startswith(prefix)}
@@ -348,36 +354,8 @@ def test_a_critic_only_update_leaves_actor_and_alpha_and_moves_the_critics():
 
 
 def test_fixed_alpha_stays_at_its_start_value():
-    from tensordict import TensorDict
-    from torchrl.data import Bounded
-
-    spec = Bounded(-1.0, 1.0, shape=(3,))
-    updater = behaviour._SACUpdater(
-        behaviour.make_sac_actor(11, 3, spec, (16, 16)),
-        behaviour.make_sac_qvalue(11, 3, (16, 16)),
-        spec,
-        lr=1e-2,
-        gamma=0.99,
-        tau=0.005,
-        mode="eager",
-        vmap_critics=None,
-        alpha_init=0.01,
-        fixed_alpha=True,
-    )
-    n = 16
-    batch = TensorDict(
-        {
-            "observation": torch.randn(n, 11),
-            "action": torch.rand(n, 3) * 2 - 1,
-            "next": {
-                "observation": torch.randn(n, 11),
-                "reward": torch.randn(n, 1),
-                "terminated": torch.zeros(n, 1, dtype=torch.bool),
-                "done": torch.zeros(n, 1, dtype=torch.bool),
-            },
-        },
-        batch_size=[n],
-    )
+    updater = _tiny_sac_updater(lr=1e-2, mode="eager", alpha_init=0.01, fixed_alpha=True)
+    batch = _random_sac_batch(16)
     actor_before = [
         p.detach().clone() for p in updater.loss.actor_network_params.values(True, True)
     ]

@@ -130,11 +130,15 @@ class DMGUpdater:
 
             _exclude_td_from_pytree().set()
             backend = compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
-            # compiled on private code objects: Dynamo caches per code object, so each
-            # updater gets a cache of its own (one entry, instead of one more entry per
-            # updater on the shared methods, all tried in turn by their guards)
-            self._critic_step = torch.compile(_private(self.critic_step), backend=backend)
-            self._actor_step = torch.compile(_private(self.actor_step), backend=backend)
+            critic_step, actor_step = self.critic_step, self.actor_step
+            if skip_guards:
+                # private code objects: Dynamo caches per code object, so this updater's
+                # steps get a cache of their own (no other updater's entries to tell apart
+                # once guards are skipped). Without it, later updaters reuse the traced
+                # graphs of earlier ones where the guards allow (much faster to build).
+                critic_step, actor_step = _private(critic_step), _private(actor_step)
+            self._critic_step = torch.compile(critic_step, backend=backend)
+            self._actor_step = torch.compile(actor_step, backend=backend)
         self._compiled_steps = (self._critic_step, self._actor_step)
         if graphs:
             self._critic_step = self._captured(self._critic_step)

@@ -149,10 +149,10 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    # One process builds many compiled updaters here (a recipe builds one). Each compiles its
-    # steps on code of its own, but the stacked seeds' vmapped loss breaks into frames that
-    # all updaters share, one more set of guards each: dynamo's default limit of 8 would be
-    # reached and later modes would silently fall back to eager.
+    # One process builds many compiled updaters here (a recipe builds one). Except with
+    # skip_guards, they compile the same code objects, one more set of guards each on every
+    # shared frame: dynamo's default limit of 8 would be reached and later modes would
+    # silently fall back to eager.
     torch._dynamo.config.recompile_limit = 256
     torch._dynamo.config.accumulated_recompile_limit = 4096
     if args.threads:

@@ -407,3 +407,13 @@ def test_warm_start_from_a_mismatched_actor_fails_early(tiny_run, tmp_path):
         )
     with pytest.raises(FileNotFoundError, match="init_actor"):
         train_sac("hopper", out_dir=tmp_path / "y", init_actor=tmp_path / "nope.pt", **TINY)
+
+
+def test_sync_actor_copies_trained_weights_into_a_separate_acting_actor():
+    """The GPU path: the acting CPU actor is a second module, refreshed in place (its
+    parameters require grad, so the copy must run without autograd)."""
+    acting = behaviour.make_sac_actor(11, 3, num_cells=(16, 16))
+    trained = behaviour.make_sac_actor(11, 3, num_cells=(16, 16))
+    behaviour._sync_actor(acting, trained)
+    for a, b in zip(acting.parameters(), trained.parameters(), strict=True):
+        assert torch.equal(a, b) and a.requires_grad

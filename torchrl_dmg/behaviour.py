@@ -630,7 +630,6 @@ def _make_envs(env_id: str, num_envs: int, processes: bool):
     return (ParallelEnv if processes else SerialEnv)(num_envs, make)
 
 
-@torch.no_grad()
 def _warm_start(
     actor: nn.Module,
     path: str | os.PathLike,
@@ -640,17 +639,18 @@ def _warm_start(
     num_cells: tuple[int, ...],
 ) -> None:
     """Load an earlier actor's weights into ``actor``; a clear error when its sizes differ."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
-    got = (int(ckpt["obs_dim"]), int(ckpt["act_dim"]), tuple(int(c) for c in ckpt["num_cells"]))
+    source, meta = load_behaviour_actor(path)
+    got = (int(meta["obs_dim"]), int(meta["act_dim"]), tuple(int(c) for c in meta["num_cells"]))
     if got != (obs_dim, act_dim, num_cells):
         raise ValueError(
             f"init_actor={path} has obs_dim, act_dim, num_cells = {got}, but this run has "
             f"{(obs_dim, act_dim, num_cells)}; warm-start from an actor of the same task "
             "and network size (network.num_cells)."
         )
-    actor.load_state_dict(ckpt["actor"])
+    actor.load_state_dict(source.state_dict())
 
 
+@torch.no_grad()
 def _sync_actor(actor: nn.Module, train_actor: nn.Module) -> None:
     """Copy the trained weights into the acting (CPU) actor; nothing when they are one."""
     if actor is not train_actor:

@@ -50,11 +50,11 @@ class DMGUpdater:
             and, after ``guard_warmup`` iterations, Dynamo's guards are no longer evaluated
             before each call (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).
             Not for :class:`SeedStackedDMGUpdater`. The guards check every parameter and
-            TensorDict entry, ~0.35 ms per call on one CPU
-            core, ~10% of an iteration, and an update's inputs never change: the steps are
-            compiled for this updater alone (a cache no other updater shares), and the one
-            thing that could change, the batch's keys, shapes, dtypes and devices, is
-            checked here instead (a different batch is an error).
+            TensorDict entry, ~0.35 ms per call on one CPU core, ~10% of an iteration, and
+            an update's inputs never change: the steps are compiled for this updater alone
+            (a cache no other updater shares), and the one thing that could change, the
+            batch's keys, shapes, dtypes and devices, is checked here instead (a different
+            batch is an error).
     """
 
     def __init__(
@@ -684,7 +684,7 @@ def make_updater(cfg, loss: DMGLoss | list[DMGLoss], *, steps: int | None) -> DM
         policy_freq=cfg.optim.policy_freq,
         actor_cosine_steps=steps // cfg.optim.policy_freq if cosine else None,
         mode=cfg.compile.mode,
-        skip_guards=cfg.compile.mode == "compile" and bool(cfg.compile.get("skip_guards", False)),
+        skip_guards=bool(cfg.compile.get("skip_guards", False)),
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from torchrl_dmg.data.antmaze import ANTMAZE_VARIANTS, generate_antmaze_navigator_dataset
+from torchrl_dmg.data.local import InvalidDatasetIdError, validate_dataset_id
 from torchrl_dmg.data.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
 
 
@@ -47,6 +48,11 @@ def _antmaze(cfg: DictConfig, variant: str) -> str:
 def main(cfg: DictConfig) -> str:
     import minari
 
+    if cfg.dataset_id is not None:
+        try:  # before any file is touched: the id names the one directory that is replaced
+            validate_dataset_id(cfg.dataset_id)
+        except InvalidDatasetIdError as err:
+            raise SystemExit(f"[make_dataset] error: dataset_id: {err}") from None
     env = str(cfg.env)
     if env.startswith("antmaze-"):
         dataset_id = _antmaze(cfg, env.removeprefix("antmaze-"))

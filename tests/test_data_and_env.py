@@ -206,3 +206,87 @@ def test_eval_copies_in_processes_give_the_same_returns(tiny_dataset_env):
     np.testing.assert_allclose(returns[True], returns[False])
     torch.testing.assert_close(observations[True], observations[False])
     assert not torch.allclose(observations[True][0], observations[True][1])  # seeded apart
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "",
+        "/",
+        "///",
+        "local",
+        "local/pointmaze",
+        "../x-v0",
+        "/abs/x-v0",
+        "a//b-v0",
+        "hopper medium",
+        "local/./x-v0",
+        "local/pointmaze/",
+    ],
+)
+def test_malformed_dataset_ids_are_refused_before_any_file_is_touched(tmp_path, bad_id):
+    from torchrl_dmg.data.local import (
+        InvalidDatasetIdError,
+        building_dataset,
+        remove_dataset,
+    )
+
+    keep = tmp_path / "local" / "pointmaze" / "umaze-v0" / "data"
+    keep.mkdir(parents=True)
+    (keep / "metadata.json").write_text("{}")
+    for call in (
+        lambda: remove_dataset(bad_id, tmp_path),
+        lambda: building_dataset(bad_id, tmp_path).__enter__(),
+        lambda: ensure_dataset(bad_id, download=False),
+    ):
+        with pytest.raises(InvalidDatasetIdError, match="invalid dataset id"):
+            call()
+    assert (keep / "metadata.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
+
+
+def test_make_dataset_with_a_namespace_as_id_deletes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    keep = tmp_path / "local" / "pointmaze" / "umaze-v0" / "data"
+    keep.mkdir(parents=True)
+    (keep / "metadata.json").write_text("{}")
+    for bad in ("local", "/"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "recipes/make_dataset.py",
+                f"dataset_id={bad}",
+                f"hydra.run.dir={tmp_path}/out",
+            ],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "MINARI_DATASETS_PATH": str(tmp_path)},
+            cwd=__import__("pathlib").Path(__file__).parents[1],
+        )
+        assert proc.returncode != 0
+        assert "invalid dataset id" in proc.stderr.strip().splitlines()[-1]
+        assert (keep / "metadata.json").is_file()
+
+
+def test_a_dataset_directory_holding_other_things_is_never_deleted(tmp_path):
+    from torchrl_dmg.data.local import InvalidDatasetIdError, remove_dataset
+
+    odd = tmp_path / "ns" / "x-v0"
+    (odd / "data").mkdir(parents=True)
+    (odd / "y-v0").mkdir()
+    with pytest.raises(InvalidDatasetIdError, match="refusing to delete"):
+        remove_dataset("ns/x-v0", tmp_path)
+    assert (odd / "y-v0").is_dir()
+
+
+def test_an_unknown_local_id_lists_the_ones_the_project_makes(tmp_path, monkeypatch):
+    from torchrl_dmg.data.offline import _generator_for, local_dataset_ids
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(
+        DatasetUnavailableError, match="unknown local dataset.*local/pointmaze/medium-v0"
+    ):
+        ensure_dataset("local/pointmaze/huge-v0", download=False)
+    assert all(_generator_for(i, False) is not None for i in local_dataset_ids())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,16 +31,57 @@ from typing import Any
 from minari.storage import get_dataset_path
 
 __all__ = [
+    "InvalidDatasetIdError",
     "building_dataset",
     "dataset_path",
     "datasets_root",
     "is_complete",
     "minari_datasets_path",
     "remove_dataset",
+    "validate_dataset_id",
 ]
 
 _ENV_VAR = "MINARI_DATASETS_PATH"
 _NAMESPACE_METADATA = "namespace_metadata.json"
+
+
+# One path component of an id: letters, digits, '_', '.', '-' (no '..', no empty part).
+_ID_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_ID_VERSION = re.compile(r"-v\d+$")
+
+
+class InvalidDatasetIdError(ValueError):
+    """A dataset id that is not of Minari's form ``[namespace/...]name-vN``."""
+
+
+def validate_dataset_id(dataset_id: object) -> str:
+    """Return ``dataset_id`` if it is a well-formed Minari id, else raise one clear line.
+
+    Checked before any file or network action, because an id maps to a directory under the
+    datasets root and replacing a dataset deletes that directory: an empty id, ``/``, a
+    bare namespace (``local``, ``local/pointmaze``), ``..`` or an absolute path would name
+    the root or a folder holding other datasets. A well-formed id is
+    ``namespace/.../name-vN``: non-empty parts of letters, digits, ``_``, ``.``, ``-``, not
+    starting with ``.`` or ``-``, the last one ending in ``-v`` and a version number.
+    """
+    example = "e.g. dataset=local/pointmaze/medium-v0 or mujoco/hopper/medium-v0"
+    if not isinstance(dataset_id, str) or not dataset_id.strip():
+        raise InvalidDatasetIdError(
+            f"invalid dataset id {dataset_id!r}: give a Minari id [namespace/]name-vN ({example})"
+        )
+    parts = dataset_id.split("/")
+    bad = [p for p in parts if not _ID_PART.match(p)]
+    if bad:
+        raise InvalidDatasetIdError(
+            f"invalid dataset id {dataset_id!r}: part {bad[0]!r} is empty or has characters "
+            f"other than letters, digits, '_', '.', '-' (or starts with '.'/'-'); {example}"
+        )
+    if not _ID_VERSION.search(parts[-1]):
+        raise InvalidDatasetIdError(
+            f"invalid dataset id {dataset_id!r}: a dataset id ends in a name with a version, "
+            f"name-vN (a bare namespace names a folder of datasets, not one); {example}"
+        )
+    return dataset_id
 
 
 def datasets_root() -> Path:
@@ -48,7 +90,10 @@ def datasets_root() -> Path:
 
 
 def dataset_path(dataset_id: str, root: str | os.PathLike | None = None) -> Path:
-    """Directory of ``dataset_id`` (ids with slashes map to nested folders)."""
+    """Directory of ``dataset_id`` (ids with slashes map to nested folders); the id is
+    validated first (:func:`validate_dataset_id`), so the path is always one dataset's own
+    directory strictly inside the root."""
+    validate_dataset_id(dataset_id)
     base = Path(root) if root is not None else datasets_root()
     return base.joinpath(*dataset_id.split("/"))
 
@@ -127,8 +172,18 @@ def _hdf5_counts_match(path: Path, total_episodes: int, total_steps: int) -> boo
 
 
 def remove_dataset(dataset_id: str, root: str | os.PathLike | None = None) -> None:
-    """Delete the local copy of ``dataset_id`` if present (no error when absent)."""
+    """Delete the local copy of ``dataset_id`` if present (no error when absent). Only that
+    dataset's own directory: the id is validated, and a directory that holds no ``data/``
+    folder and nothing else (a namespace, or a folder that holds more than one dataset's
+    files) is never deleted."""
     path = dataset_path(dataset_id, root)
+    if path.is_dir() and not path.is_symlink():
+        others = sorted(p.name for p in path.iterdir() if p.name != "data")
+        if others:
+            raise InvalidDatasetIdError(
+                f"refusing to delete {path}: besides a dataset's data/ it holds {others[:3]}; "
+                "move that away by hand if it is yours"
+            )
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -167,6 +222,7 @@ def building_dataset(dataset_id: str, root: str | os.PathLike | None = None) -> 
     Yields:
         the temporary datasets root.
     """
+    validate_dataset_id(dataset_id)  # before any file is touched
     base = Path(root).absolute() if root is not None else datasets_root()
     base.mkdir(parents=True, exist_ok=True)
     final = dataset_path(dataset_id, base)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from torchrl_dmg.data.local import dataset_path, is_complete
+from torchrl_dmg.data.local import dataset_path, is_complete, validate_dataset_id
 
 # Local datasets the project can make itself: id pattern -> generator, called with the
 # pattern's named groups as keyword arguments.
@@ -102,6 +102,26 @@ def _generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
     return None
 
 
+def local_dataset_ids() -> list[str]:
+    """Every ``local/...`` id this project can generate (the patterns of its generators
+    spelled out)."""
+    ids = [f"local/pointmaze/{m}-v0" for m in ("umaze", "medium", "large")]
+    ids += [
+        f"local/antmaze/{v}-v0"
+        for v in (
+            "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
+            "large-diverse",
+        )
+    ]
+    ids += [f"local/antmaze/{m}-random-v0" for m in ("umaze", "medium", "large")]
+    ids += [
+        f"local/mujoco/{e}/{q}-v0"
+        for e in ("hopper", "halfcheetah", "walker2d")
+        for q in ("random", "medium", "medium-replay", "expert", "medium-expert")
+    ]
+    return ids
+
+
 def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
     """Return the :class:`minari.MinariDataset` for ``dataset_id``, making it available first.
 
@@ -114,6 +134,7 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
     """
     import minari
 
+    validate_dataset_id(dataset_id)  # before any file system or network action
     generator = _generator_for(dataset_id, progress)
     if generator is not None:
         generator()  # returns at once when an up-to-date complete copy exists
@@ -123,7 +144,12 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
     if dataset_path(dataset_id).exists():
         raise DatasetUnavailableError(
             f"Dataset '{dataset_id}' exists at {dataset_path(dataset_id)} but is incomplete or "
-            "corrupt. Delete that directory and download or regenerate it."
+            "corrupt. Delete that one directory and download or regenerate it."
+        )
+    if dataset_id.startswith("local/"):
+        raise DatasetUnavailableError(
+            f"unknown local dataset {dataset_id!r}: it is not stored locally and this project "
+            f"cannot make it; the ones this project makes are {', '.join(local_dataset_ids())}"
         )
     hint = (
         f"Dataset '{dataset_id}' is not stored locally (looked in {dataset_path(dataset_id)}). "

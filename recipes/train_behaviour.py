@@ -49,6 +49,7 @@ def main(cfg: DictConfig) -> dict:
         eval_max_steps=cfg.eval.max_steps,
         init_random_steps=int(cfg.collector.init_random_steps),
         frames_per_batch=int(cfg.collector.frames_per_batch),
+        updates_per_step=float(cfg.optim.updates_per_step),
         batch_size=int(cfg.optim.batch_size),
         buffer_size=int(cfg.replay_buffer.size),
         num_cells=tuple(cfg.network.num_cells),

@@ -7,11 +7,13 @@ here, then drives it through mazes with :mod:`torchrl_dmg.data.antmaze`.
 
 The task (registered as ``torchrl_dmg/AntGoal-v1``, :class:`AntGoalEnv`):
 
-* Body and observation layout: gymnasium-robotics' AntMaze ant (``AntMaze_*-v4``: the
-  Gymnasium ``ant_v4`` body, 27-dim ``observation`` = joint positions without the torso's
-  x, y, then velocities; 8 actions in [-1, 1]; ``dt = 0.05``), built by the AntMaze env
-  itself on an open arena (:data:`OPEN_ARENA`: 7 x 7 free cells of 4 units inside one ring
-  of walls), so the learnt controller sees exactly the states of the maze tasks.
+* Body and observation layout: the local AntMaze ant (:mod:`torchrl_dmg.d4rl_ant`:
+  Gymnasium's ant body with D4RL's actuation, ``gear 30``, ``dt = 0.1``; 27-dim
+  ``observation`` = joint positions without the torso's x, y, then velocities; 8 actions
+  in [-1, 1]), built by the AntMaze env itself on an open arena (:data:`OPEN_ARENA`: 7 x 7
+  free cells of 4 units inside one ring of walls), so the learnt controller sees exactly
+  the states of the maze tasks. (Versions v0/v1 used Gymnasium's ``gear 150`` ant, which
+  flipped over in half of its maze episodes; they are retired.)
 * Target: a point ``target_dist`` away from the ant (``target_dist`` uniform in
   ``[min_dist, max_dist]``, clipped to the arena), in a uniformly random direction, or, with
   probability ``forward_fraction`` (0.5), within ``forward_cone`` (30 degrees) of the ant's
@@ -48,7 +50,7 @@ import numpy as np
 
 __all__ = [
     "ANTGOAL_ID",
-    "ANTGOAL_V0_ID",
+    "RETIRED_ANTGOAL_IDS",
     "ANTGOAL_UNIFORM_ID",
     "OPEN_ARENA",
     "AntGoalEnv",
@@ -61,13 +63,17 @@ __all__ = [
     "mirror_action",
 ]
 
-ANTGOAL_ID = "torchrl_dmg/AntGoal-v1"
-#: the first version of the task: a flipped ant is not terminated (see the module docstring)
-ANTGOAL_V0_ID = "torchrl_dmg/AntGoal-v0"
-#: AntGoal-v1 with every target in a uniformly random direction (``forward_fraction=0``):
+ANTGOAL_ID = "torchrl_dmg/AntGoal-v2"
+#: AntGoal-v2 with every target in a uniformly random direction (``forward_fraction=0``):
 #: more turning, for going on training an ant that already walks (a fresh ant needs the
 #: targets ahead to find a gait at all)
-ANTGOAL_UNIFORM_ID = "torchrl_dmg/AntGoalUniform-v1"
+ANTGOAL_UNIFORM_ID = "torchrl_dmg/AntGoalUniform-v2"
+#: ids of the gear-150 ant (retired): a clear error names the new ones
+RETIRED_ANTGOAL_IDS = (
+    "torchrl_dmg/AntGoal-v0",
+    "torchrl_dmg/AntGoal-v1",
+    "torchrl_dmg/AntGoalUniform-v1",
+)
 
 #: 9 x 9 cells: a ring of walls around 7 x 7 free cells (28 x 28 world units at scaling 4).
 OPEN_ARENA: list[list[int]] = [[1] * 9] + [[1] + [0] * 7 + [1] for _ in range(7)] + [[1] * 9]
@@ -194,13 +200,15 @@ class AntGoalEnv(gym.Env):
         forward_cone: float = math.pi / 6,
         terminate_when_flipped: bool = True,
     ) -> None:
-        from gymnasium_robotics.envs.maze.ant_maze_v4 import AntMazeEnv
+        from torchrl_dmg.d4rl_ant import D4RLAntMazeEnv
 
         if not 0 < min_dist <= max_dist:
             raise ValueError(f"need 0 < min_dist <= max_dist, got {min_dist}, {max_dist}")
         if not 0.0 <= forward_fraction <= 1.0:
             raise ValueError(f"forward_fraction must be in [0, 1], got {forward_fraction}")
-        self._maze = AntMazeEnv(maze_map=OPEN_ARENA, continuing_task=True, reward_type="sparse")
+        self._maze = D4RLAntMazeEnv(
+            maze_map=OPEN_ARENA, continuing_task=True, reward_type="sparse"
+        )
         self.min_dist, self.max_dist = float(min_dist), float(max_dist)
         self.reach_radius = float(reach_radius)
         self.healthy_reward = float(healthy_reward)
@@ -281,9 +289,9 @@ class AntGoalEnv(gym.Env):
 
 
 def register_antgoal() -> None:
-    """Register :data:`ANTGOAL_ID` (v1: a flipped ant ends the episode),
-    :data:`ANTGOAL_V0_ID` (v0: Ant-v4's height rule only) and :data:`ANTGOAL_UNIFORM_ID`
-    (v1, targets in uniform directions only) with Gymnasium (idempotent)."""
+    """Register :data:`ANTGOAL_ID` (a flipped ant ends the episode) and
+    :data:`ANTGOAL_UNIFORM_ID` (targets in uniform directions only) with Gymnasium
+    (idempotent)."""
     if ANTGOAL_ID not in gym.registry:
         gym.register(ANTGOAL_ID, entry_point=AntGoalEnv, max_episode_steps=500)
     if ANTGOAL_UNIFORM_ID not in gym.registry:
@@ -292,13 +300,6 @@ def register_antgoal() -> None:
             entry_point=AntGoalEnv,
             max_episode_steps=500,
             kwargs={"forward_fraction": 0.0},
-        )
-    if ANTGOAL_V0_ID not in gym.registry:
-        gym.register(
-            ANTGOAL_V0_ID,
-            entry_point=AntGoalEnv,
-            max_episode_steps=500,
-            kwargs={"terminate_when_flipped": False},
         )
 
 

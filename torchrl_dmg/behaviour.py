@@ -64,9 +64,8 @@ ENV_IDS: dict[str, str] = {
 # steers AntMaze data collection (torchrl_dmg.antgoal, registered on first use).
 TASK_IDS: dict[str, str] = {
     **ENV_IDS,
-    "antgoal": "torchrl_dmg/AntGoal-v1",
-    "antgoal-v0": "torchrl_dmg/AntGoal-v0",  # flipped ants not terminated (torchrl_dmg.antgoal)
-    "antgoal-uniform": "torchrl_dmg/AntGoalUniform-v1",  # v1, no targets-ahead share
+    "antgoal": "torchrl_dmg/AntGoal-v2",  # D4RL's ant (torchrl_dmg.antgoal)
+    "antgoal-uniform": "torchrl_dmg/AntGoalUniform-v2",  # no targets-ahead share
 }
 
 # D4RL reference returns (random, expert) for the normalised score
@@ -85,6 +84,12 @@ def resolve_env_name(env_name: str) -> str:
     """The Gymnasium id for a short name (``"hopper"``, ``"antgoal"``) or an id
     (``"Hopper-v5"``); the goal-reaching ant's id is registered on the way."""
     env_id = TASK_IDS.get(env_name, env_name)
+    if env_id.startswith("torchrl_dmg/AntGoal") and env_id not in TASK_IDS.values():
+        raise ValueError(
+            f"{env_id} was the goal-reaching task of Gymnasium's gear-150 ant, retired: the "
+            f"AntMaze ant is now D4RL's (torchrl_dmg.d4rl_ant); use env=antgoal "
+            f"({TASK_IDS['antgoal']}) or env=antgoal-uniform ({TASK_IDS['antgoal-uniform']})."
+        )
     if env_id not in TASK_IDS.values():
         allowed = ", ".join(f"{k} ({v})" for k, v in TASK_IDS.items())
         raise ValueError(f"Unknown environment {env_name!r}; allowed: {allowed}.")
@@ -670,6 +675,7 @@ def train_sac(
     eval_max_steps: int | None = None,
     init_random_steps: int = 5_000,
     frames_per_batch: int = 1_000,
+    updates_per_step: float = 1.0,
     batch_size: int = 256,
     buffer_size: int = 1_000_000,
     num_cells: Sequence[int] = (256, 256),
@@ -714,6 +720,9 @@ def train_sac(
             ~10-60 s once.
         vmap_critics: vmap the two critics (SACLoss's default) or loop over them; ``None``
             picks the faster one for ``update_mode``.
+        updates_per_step: gradient steps per env step (the update-to-data ratio): after
+            each collector batch, ``round(frames_per_batch * updates_per_step)`` updates.
+            Below 1 on a CPU, where the updates cost far more than the env steps.
         sample_chunk: updates whose batches are drawn from the buffer in one ``sample``
             call (the same uniform draws as one call per update: the buffer does not change
             during an update phase; fewer Python calls). 1: one ``sample`` per update.
@@ -769,6 +778,9 @@ def train_sac(
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}.")
+    if not updates_per_step > 0:
+        raise ValueError(f"updates_per_step must be > 0, got {updates_per_step}.")
+    updates_per_batch = max(1, round(frames_per_batch * updates_per_step))
     if actor_freeze_updates < 0:
         raise ValueError(f"actor_freeze_updates must be >= 0, got {actor_freeze_updates}.")
     if not alpha_init > 0:
@@ -957,7 +969,7 @@ def train_sac(
 
             if steps >= init_random_steps:
                 t0 = time.perf_counter()
-                remaining = frames_per_batch
+                remaining = updates_per_batch
                 while remaining:
                     k = min(sample_chunk, remaining)
                     draws = replay.sample(batch_size * k).reshape(k, batch_size)
@@ -969,9 +981,9 @@ def train_sac(
                 _sync_actor(actor, train_actor)
                 dt = time.perf_counter() - t0
                 session_update_time += dt
-                session_updates += frames_per_batch
+                session_updates += updates_per_batch
                 window["update_time"] += dt
-                window["updates"] += frames_per_batch
+                window["updates"] += updates_per_batch
             if pbar is not None:
                 pbar.update(n)
 
@@ -1032,6 +1044,7 @@ def train_sac(
                             "checkpoint_interval": checkpoint_interval,
                             "init_random_steps": init_random_steps,
                             "frames_per_batch": frames_per_batch,
+                            "updates_per_step": updates_per_step,
                             "batch_size": batch_size,
                             "buffer_size": buffer_size,
                             "lr": lr,

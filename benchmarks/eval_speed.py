@@ -18,10 +18,10 @@ import time
 import torch
 from torchrl.envs import GymWrapper, SerialEnv, TransformedEnv
 
-from torchrl_dmg.data.locomotion import generate_locomotion_dataset
 from torchrl_dmg.data.offline import load_offline_dataset
+from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset
 from torchrl_dmg.envs import evaluate, make_env
-from torchrl_dmg.models import make_dmg_networks
+from torchrl_dmg.modules import make_dmg_networks
 
 
 def serial_env(dataset, copies: int) -> TransformedEnv:

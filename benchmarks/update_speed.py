@@ -46,9 +46,10 @@ from tensordict import TensorDict
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_dmg import ReferenceDMG  # noqa: E402
 
-from torchrl_dmg.models import make_dmg_networks  # noqa: E402
+from torchrl_dmg.data.samplers import DeviceSampler  # noqa: E402
+from torchrl_dmg.modules import make_dmg_networks  # noqa: E402
 from torchrl_dmg.objectives import DMGLoss  # noqa: E402
-from torchrl_dmg.training import DeviceSampler, DMGUpdater, SeedStackedDMGUpdater  # noqa: E402
+from torchrl_dmg.training import DMGUpdater, SeedStackedDMGUpdater  # noqa: E402
 
 PROBLEMS = {"locomotion": (17, 6), "antmaze": (29, 8)}
 

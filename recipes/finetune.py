@@ -8,7 +8,7 @@
 Reads top to bottom: config -> data (every offline transition, room for the online ones, one
 buffer) -> networks and loss -> the offline start (a checkpoint, or an offline phase run here)
 -> online loop: one env step with the exploring actor, `utd` updates with the λ/ν schedules,
-evaluations, logging, checkpoints -> final score. The machinery lives in torchrl_dmg.online.
+evaluations, logging, checkpoints -> final score. The machinery lives in torchrl_dmg.training.online.
 """
 
 from __future__ import annotations
@@ -21,38 +21,42 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
-
-from torchrl_dmg.data.offline import check_family
-from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
-from torchrl_dmg.online import (
-    FinetuneSchedule,
-    RolloutActor,
+from utils import (
     check_config,
-    crossed,
-    finished_episode_returns,
+    finetune_schedule,
     load_finetune_dataset,
-    make_collector,
-    make_exploration_policy,
-    make_finetune_buffer,
-    make_online_env,
+    make_dmg_loss,
     make_online_updater,
     offline_start_state,
-    online_data,
+    register_resolvers,
     run_offline_phase,
-    to_transitions,
+    save_config,
     with_offline_config,
 )
-from torchrl_dmg.plotting import plot_scores
-from torchrl_dmg.recording import MetricsLogger, save_config, write_json
+
+from torchrl_dmg.data.offline import check_family
+from torchrl_dmg.data.samplers import make_finetune_buffer
+from torchrl_dmg.envs import evaluate_scores, make_env, make_online_env, max_episode_steps
+from torchrl_dmg.modules import RolloutActor, make_exploration_policy
+from torchrl_dmg.recording import MetricsLogger, write_json
+from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
     load_checkpoint,
-    make_dmg_loss,
     resolve_device,
     rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
+from torchrl_dmg.training.online import (
+    crossed,
+    finished_episode_returns,
+    make_collector,
+    online_data,
+    to_transitions,
+)
+
+register_resolvers()
 
 
 @hydra.main(config_path="config", config_name="finetune", version_base="1.3")
@@ -104,7 +108,7 @@ def main(cfg: DictConfig) -> dict:
     else:  # the offline phase, here (continues from run_dir/offline/checkpoint.pt on a resume)
         start = run_offline_phase(cfg, loss, buffer, dataset, run_dir / "offline")
     updater = make_online_updater(loss, cfg, start)  # constant actor lr online
-    schedule = FinetuneSchedule.from_config(cfg)
+    schedule = finetune_schedule(cfg)
     if cfg.gamma is not None:
         loss.set_coefficients(gamma=cfg.gamma)
     step = update_step = 0  # online env steps; online gradient steps (the schedules' t)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from torchrl_dmg.data.antmaze import ANTMAZE_VARIANTS, generate_antmaze_navigator_dataset
 from torchrl_dmg.data.local import InvalidDatasetIdError, validate_dataset_id
-from torchrl_dmg.data.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
+from torchrl_dmg.datagen.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
 
 
 def _antmaze(cfg: DictConfig, variant: str) -> str:

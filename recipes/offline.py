@@ -14,20 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from utils import load_dataset, make_dmg_loss, make_updater, register_resolvers, save_config
 
-from torchrl_dmg.data.offline import check_family, load_offline_dataset
-from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps
-from torchrl_dmg.plotting import plot_scores
-from torchrl_dmg.recording import MetricsLogger, save_config, write_json
+from torchrl_dmg.data.offline import check_family
+from torchrl_dmg.data.samplers import DeviceSampler
+from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps, summarize_seeds
+from torchrl_dmg.recording import MetricsLogger, write_json
+from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
-    DeviceSampler,
     load_checkpoint,
-    make_dmg_loss,
-    make_updater,
     offline_checkpoint_state,
     resolve_device,
     save_checkpoint,
@@ -36,6 +34,8 @@ from torchrl_dmg.training import (
     train_offline,
     value_bounds,
 )
+
+register_resolvers()
 
 
 @hydra.main(config_path="config", config_name="offline", version_base="1.3")
@@ -64,14 +64,7 @@ def main(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
 
     # ---------------------------------------------------------------- data
-    dataset = load_offline_dataset(
-        cfg.dataset,
-        obs_keys=cfg.data.obs_keys,
-        normalize_obs=cfg.data.normalize_obs,
-        reward_shift=cfg.data.reward_shift,
-        download=cfg.data.download,
-        progress=cfg.progress,
-    )
+    dataset = load_dataset(cfg)  # a local dataset this project makes: generated once
     # the whole dataset on the training device; [seeds, batch] draws when stacked
     sampler = DeviceSampler(
         dataset.data,
@@ -190,25 +183,6 @@ def main(cfg: DictConfig) -> dict:
         )
     print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary
-
-
-def summarize_seeds(seeds: list[int], per_seed: list[dict]) -> dict:
-    """One seed: its scores as they are. Several: the mean and std across seeds, plus
-    every seed's own figures under ``<metric>/s<seed>``."""
-    result = {
-        f"{k}/s{seed}": v for seed, r in zip(seeds, per_seed, strict=True) for k, v in r.items()
-    }
-    if len(seeds) == 1:
-        return {**per_seed[0], **result}
-    scores = np.array([r["normalized_score"] for r in per_seed])
-    returns = np.array([r["return_mean"] for r in per_seed])
-    return {
-        "normalized_score": float(scores.mean()),
-        "normalized_score_std": float(scores.std()),
-        "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
-        **result,
-    }
 
 
 if __name__ == "__main__":

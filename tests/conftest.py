@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
+# the recipes' config-reading builders (recipes/utils.py), as the recipes import them
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RL_WARNINGS", "False")
 warnings.filterwarnings("ignore", message=".*AdroitHand.*")
@@ -18,7 +22,7 @@ TINY_DATASET = "local/pointmaze/umaze-v0"
 def minari_root(tmp_path_factory) -> str:
     """A Minari datasets root holding a tiny UMaze dataset (made once per test session)."""
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.data.pointmaze import generate_pointmaze_dataset
+    from torchrl_dmg.datagen.pointmaze import generate_pointmaze_dataset
 
     root = tmp_path_factory.mktemp("minari")
     with minari_datasets_path(root):

@@ -26,7 +26,7 @@ from torchrl_dmg.data.antmaze import (
     generate_antmaze_navigator_dataset,
     navigator_success,
 )
-from torchrl_dmg.data.maze import MazeGrid, base_maze_map
+from torchrl_dmg.datagen.maze import MazeGrid, base_maze_map
 
 EPISODES, EPISODE_STEPS = 3, 40
 
@@ -525,7 +525,7 @@ def test_the_shipped_ant_loads_and_its_record_holds_the_measurements():
     policies.json records its step, open-space and per-maze navigator success."""
     from torchrl_dmg.behaviour import act, load_behaviour_actor
     from torchrl_dmg.data.antmaze import ant_policy_path
-    from torchrl_dmg.data.locomotion import POLICY_DIR
+    from torchrl_dmg.datagen.locomotion import POLICY_DIR
 
     actor, meta = load_behaviour_actor(ant_policy_path())
     assert (meta["obs_dim"], meta["act_dim"]) == (29, 8)

@@ -9,10 +9,10 @@ import torch
 
 from torchrl_dmg.data.offline import (
     DatasetUnavailableError,
-    ensure_dataset,
     load_offline_dataset,
     load_transitions,
 )
+from torchrl_dmg.datagen.registry import ensure_dataset
 from torchrl_dmg.envs import episode_returns, evaluate, make_env, max_episode_steps
 
 
@@ -282,7 +282,8 @@ def test_a_dataset_directory_holding_other_things_is_never_deleted(tmp_path):
 
 
 def test_an_unknown_local_id_lists_the_ones_the_project_makes(tmp_path, monkeypatch):
-    from torchrl_dmg.data.offline import _generator_for, local_dataset_ids
+    from torchrl_dmg.datagen.registry import generator_for as _generator_for
+    from torchrl_dmg.datagen.registry import local_dataset_ids
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     with pytest.raises(

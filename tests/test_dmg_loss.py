@@ -22,7 +22,7 @@ from torchrl.data import Bounded, Composite, LazyTensorStorage, TensorDictReplay
 from torchrl.objectives import SoftUpdate
 from torchrl.objectives.utils import ValueEstimators
 
-from torchrl_dmg.models import make_dmg_networks
+from torchrl_dmg.modules import make_dmg_networks
 from torchrl_dmg.objectives import DMGLoss
 
 pytestmark = pytest.mark.filterwarnings("ignore:No target network updater has been associated")

@@ -12,27 +12,21 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+from utils import finetune_schedule, load_finetune_dataset, make_online_updater  # recipes/utils.py
 
 from torchrl_dmg.data.offline import DatasetUnavailableError, load_offline_dataset
-from torchrl_dmg.envs import max_episode_steps
-from torchrl_dmg.models import make_dmg_networks
+from torchrl_dmg.data.samplers import OfflineFractionSampler, make_finetune_buffer
+from torchrl_dmg.envs import make_online_env, max_episode_steps
+from torchrl_dmg.modules import RolloutActor, make_dmg_networks, make_exploration_policy
 from torchrl_dmg.objectives import DMGLoss
-from torchrl_dmg.online import (
-    FinetuneSchedule,
-    OfflineFractionSampler,
-    RolloutActor,
+from torchrl_dmg.training import DMGUpdater, FinetuneSchedule
+from torchrl_dmg.training.online import (
     crossed,
     finished_episode_returns,
-    load_finetune_dataset,
     make_collector,
-    make_exploration_policy,
-    make_finetune_buffer,
-    make_online_env,
-    make_online_updater,
     online_data,
     to_transitions,
 )
-from torchrl_dmg.training import DMGUpdater
 
 
 def tiny_loss(obs_dim: int = 4, action_dim: int = 2, **kwargs) -> DMGLoss:
@@ -105,7 +99,7 @@ def test_schedule_start_values_default_to_the_offline_coefficients():
             },
         }
     )
-    s = FinetuneSchedule.from_config(cfg)
+    s = finetune_schedule(cfg)
     assert (s.mixture_start, s.penalty_start) == (0.25, 0.1)
 
 

@@ -1,4 +1,4 @@
-"""Local D4RL-style locomotion datasets (torchrl_dmg.data.locomotion), on tiny sizes."""
+"""Local D4RL-style locomotion datasets (torchrl_dmg.datagen.locomotion), on tiny sizes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from torchrl_dmg.behaviour import D4RL_REF_SCORES, TransitionStore, make_sac_actor
-from torchrl_dmg.data import locomotion
 from torchrl_dmg.data.local import dataset_path, is_complete
-from torchrl_dmg.data.locomotion import generate_locomotion_dataset, locomotion_dataset_id
+from torchrl_dmg.datagen import locomotion
+from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset, locomotion_dataset_id
 
 OBS, ACT = 11, 3  # Hopper-v5
 
@@ -136,7 +136,7 @@ def test_a_packed_medium_replay_regenerates_the_same_dataset_without_the_run(
     root, policy_dir, tmp_path
 ):
     from torchrl_dmg.data.local import remove_dataset
-    from torchrl_dmg.data.locomotion import pack_medium_replay
+    from torchrl_dmg.datagen.locomotion import pack_medium_replay
 
     run = tmp_path / "run"
     fake_sac_run(run)
@@ -212,7 +212,7 @@ def test_an_interrupted_collection_leaves_nothing_that_loads(root, policy_dir, m
 
 
 def test_a_corrupt_dataset_is_rebuilt_not_loaded(root):
-    from torchrl_dmg.data.offline import ensure_dataset
+    from torchrl_dmg.datagen.registry import ensure_dataset
 
     dataset_id = generate_locomotion_dataset("hopper", "random", num_steps=80, progress=False)
     data_file = dataset_path(dataset_id) / "data" / "main_data.hdf5"
@@ -237,7 +237,7 @@ def test_batched_evaluation_returns_equal_a_plain_gymnasium_loop(root):
 
     from torchrl_dmg.data.offline import load_offline_dataset
     from torchrl_dmg.envs import evaluate, make_env
-    from torchrl_dmg.models import make_dmg_networks
+    from torchrl_dmg.modules import make_dmg_networks
 
     dataset_id = generate_locomotion_dataset("hopper", "random", num_steps=500, progress=False)
     dataset = load_offline_dataset(dataset_id, normalize_obs=True, progress=False)
@@ -263,7 +263,7 @@ def test_batched_evaluation_returns_equal_a_plain_gymnasium_loop(root):
 def test_shipping_picks_the_best_checkpoint_as_expert_and_a_third_of_it_as_medium(tmp_path):
     import json
 
-    from torchrl_dmg.data.locomotion import ship_behaviour_policies
+    from torchrl_dmg.datagen.locomotion import ship_behaviour_policies
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from torchrl_dmg.plotting import plot_scores, read_eval_rows
+from torchrl_dmg.report.plotting import plot_scores, read_eval_rows
 
 HEADER = "step,kind,loss_value,normalized_score,normalized_score_std"
 
@@ -49,7 +49,7 @@ def test_command_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "torchrl_dmg.plotting",
+            "torchrl_dmg.report.plotting",
             str(run),
             "--out",
             str(out),

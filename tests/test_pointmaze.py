@@ -12,9 +12,9 @@ import pytest
 from gymnasium_robotics.envs.maze import maps
 from gymnasium_robotics.envs.maze.maze_v4 import Maze
 
-import torchrl_dmg.data.pointmaze as pm
+import torchrl_dmg.datagen.pointmaze as pm
 from torchrl_dmg.data.local import building_dataset, dataset_path, is_complete
-from torchrl_dmg.data.maze import MazeGrid, maze_map_with_cells
+from torchrl_dmg.datagen.maze import MazeGrid, maze_map_with_cells
 
 TINY_STEPS = 2_500
 

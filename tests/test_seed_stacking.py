@@ -10,16 +10,10 @@ import torch
 from tensordict import TensorDict
 from test_updater import ACT, MODES, OBS, device_for, make_batch
 
-from torchrl_dmg.models import make_dmg_networks
+from torchrl_dmg.data.samplers import DeviceSampler
+from torchrl_dmg.modules import ParamsPolicy, SeedStackedPolicy, make_dmg_networks
 from torchrl_dmg.objectives import DMGLoss
-from torchrl_dmg.training import (
-    DeviceSampler,
-    DMGUpdater,
-    ParamsPolicy,
-    SeedStackedDMGUpdater,
-    SeedStackedPolicy,
-    unstack_updater_state,
-)
+from torchrl_dmg.training import DMGUpdater, SeedStackedDMGUpdater, unstack_updater_state
 
 
 def make_loss(seed: int = 0, device="cpu", num_cells=(16, 16), **kwargs) -> DMGLoss:

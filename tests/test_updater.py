@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from torchrl_dmg.models import make_dmg_networks
+from torchrl_dmg.modules import make_dmg_networks
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.training import DMGUpdater
 

@@ -3,8 +3,10 @@ the dependency is new enough)."""
 
 from __future__ import annotations
 
+import tensordict
 import torch
 from packaging.version import Version
+from tensordict import TensorDict
 
 
 def speed_up_tensordict_module_outputs() -> None:
@@ -14,10 +16,8 @@ def speed_up_tensordict_module_outputs() -> None:
     when pandas is not imported (~0.3 ms each; a third of a DMG update's Python
     overhead on CPU). A plain tensor comes back unchanged from ``from_any`` anyway, so
     returning it first changes no result. tensordict 0.15 skips the call for tensors
-    itself; this does nothing there."""
-    import tensordict
-    from tensordict import TensorDict
-
+    itself; this does nothing there. Idempotent; the updaters apply it (nothing is patched
+    at import)."""
     if Version(tensordict.__version__).release >= (0, 15):
         return
     original = TensorDict.from_any.__func__

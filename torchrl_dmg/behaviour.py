@@ -51,7 +51,8 @@ from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
 
 from torchrl_dmg.recording import atomic_write
-from torchrl_dmg.training import _optimizer_step, rng_state, set_rng_state
+from torchrl_dmg.training.checkpoint import rng_state, set_rng_state
+from torchrl_dmg.training.compile import optimizer_step as _optimizer_step
 
 # Gymnasium v5 ids of the D4RL locomotion tasks, by short name.
 ENV_IDS: dict[str, str] = {

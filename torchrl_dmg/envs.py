@@ -1,7 +1,9 @@
-"""Environments that see observations exactly as the offline data stores them."""
+"""Environments that see observations exactly as the offline data stores them: evaluation
+(batched, seeded, scored) and the fine-tuning collection env."""
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDictBase
@@ -12,6 +14,7 @@ from torchrl.envs import (
     EnvBase,
     GymWrapper,
     ObservationNorm,
+    RewardSum,
     TransformedEnv,
 )
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -32,8 +35,6 @@ def _base_env(
     # TorchRL resets finished copies itself (partial resets), so Gymnasium's autoreset is off.
     # ``processes``: one process per copy (Gymnasium's AsyncVectorEnv), for machines with
     # cores to spare (a GPU machine, where evaluation otherwise waits on one CPU core).
-    import gymnasium as gym
-
     vector_cls = gym.vector.AsyncVectorEnv if processes else gym.vector.SyncVectorEnv
     vector = vector_cls([gym_env] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     return GymWrapper(vector)
@@ -83,6 +84,18 @@ def make_env(
     return env.to("cpu" if num_envs > 1 else device)
 
 
+def make_online_env(
+    dataset: OfflineDataset, *, device: torch.device | str = "cpu"
+) -> TransformedEnv:
+    """The dataset's data-collection env (``eval_env=False``) with the data's observation
+    pipeline, plus ``episode_reward`` (TorchRL's :class:`~torchrl.envs.RewardSum`, raw env
+    rewards) to report online returns. Time limits give ``truncated``, never ``terminated``.
+    """
+    env = make_env(dataset, eval_env=False, device=device)
+    env.append_transform(RewardSum())
+    return env
+
+
 class PolicyOnDevice(TensorDictModuleBase):
     """``policy`` acting in an env on another device: its inputs are moved to ``device``,
     its outputs back to the env's."""
@@ -100,7 +113,7 @@ class PolicyOnDevice(TensorDictModuleBase):
 
 def policy_device(policy) -> torch.device | None:
     """Where ``policy`` computes: its ``params`` TensorDict's device (the project's
-    :class:`~torchrl_dmg.training.ParamsPolicy`), else its first parameter's."""
+    :class:`~torchrl_dmg.modules.ParamsPolicy`), else its first parameter's."""
     params = getattr(policy, "params", None)
     if isinstance(params, TensorDictBase) and params.device is not None:
         return params.device
@@ -170,13 +183,32 @@ def evaluate_agents(
 ) -> list[dict[str, float]]:
     """One :func:`evaluate` rollout for ``num_agents`` stacked agents at once: the env's
     ``num_agents * E`` copies are split in consecutive blocks of ``E``, agent ``i`` acting
-    in block ``i`` (as :class:`~torchrl_dmg.training.SeedStackedPolicy` does)."""
+    in block ``i`` (as :class:`~torchrl_dmg.modules.SeedStackedPolicy` does)."""
     returns = evaluate(env, policy, max_steps=max_steps, seed=seed)
     if returns.shape[0] % num_agents:
         raise ValueError(
             f"{returns.shape[0]} env copies cannot be split evenly among {num_agents} agents."
         )
     return [summarize_returns(r, dataset) for r in returns.reshape(num_agents, -1)]
+
+
+def summarize_seeds(seeds: list[int], per_seed: list[dict]) -> dict:
+    """One seed: its scores as they are. Several: the mean and std across seeds, plus
+    every seed's own figures under ``<metric>/s<seed>``."""
+    result = {
+        f"{k}/s{seed}": v for seed, r in zip(seeds, per_seed, strict=True) for k, v in r.items()
+    }
+    if len(seeds) == 1:
+        return {**per_seed[0], **result}
+    scores = np.array([r["normalized_score"] for r in per_seed])
+    returns = np.array([r["return_mean"] for r in per_seed])
+    return {
+        "normalized_score": float(scores.mean()),
+        "normalized_score_std": float(scores.std()),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        **result,
+    }
 
 
 def max_episode_steps(dataset: OfflineDataset, eval_env: bool = True) -> int:

@@ -1,25 +1,16 @@
-"""Run directories: resolved config, metrics CSV, optional TensorBoard / wandb mirror."""
+"""Run directories: metrics CSV, optional TensorBoard / wandb mirror, atomic file writes.
+(The recipes write the resolved Hydra config themselves: the package reads no config.)"""
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
-
-from omegaconf import DictConfig, OmegaConf
-
-
-def _register_resolvers() -> None:
-    if not OmegaConf.has_resolver("sanitize"):
-        # dataset ids contain slashes; run directory names must not
-        OmegaConf.register_new_resolver("sanitize", lambda s: str(s).replace("/", "-"))
-
-
-_register_resolvers()
 
 
 class MetricsLogger:
@@ -54,6 +45,7 @@ class MetricsLogger:
                 self.rows = list(reader)
         self.mirror = None
         name = experiment_name or self.run_dir.name
+        # optional heavy dependencies (tensorboard, wandb): imported only when asked for
         if backend == "tensorboard":
             from torchrl.record.loggers import TensorboardLogger
 
@@ -108,16 +100,12 @@ def _wandb_has_account() -> bool:
     return netrc.exists() and "api.wandb.ai" in netrc.read_text()
 
 
-def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
-    """Write the resolved config as ``config.yaml`` (and return its path)."""
-    path = Path(run_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
-    return path
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+@functools.cache
+def _umask() -> int:
+    """The process umask (read once, on the first atomic write: reading it sets it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -127,7 +115,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 -> the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

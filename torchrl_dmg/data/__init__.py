@@ -1,1 +1,2 @@
-"""Minari datasets for DMG: loading, normalisation and local generation."""
+"""Minari datasets for DMG: storage, loading as TensorDicts, normalisation, samplers.
+It never generates a dataset (see :mod:`torchrl_dmg.datagen`)."""

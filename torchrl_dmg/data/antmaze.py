@@ -49,7 +49,7 @@ import gymnasium as gym
 import numpy as np
 
 from torchrl_dmg.data.local import is_complete, publish_dataset
-from torchrl_dmg.data.maze import (
+from torchrl_dmg.datagen.maze import (
     MazeGrid,
     base_maze_map,
     maze_map_with_cells,
@@ -378,7 +378,7 @@ _NAVIGATOR_VERSION = 2  # 2: an episode ends when the ant flips
 
 def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
     """Path of the shipped goal-reaching ant policy (``antgoal.pt``)."""
-    from torchrl_dmg.data.locomotion import POLICY_DIR
+    from torchrl_dmg.datagen.locomotion import POLICY_DIR
 
     path = Path(policy_dir or POLICY_DIR) / "antgoal.pt"
     if not path.is_file():
@@ -873,7 +873,7 @@ def ship_ant_policy(
 
     from torchrl_dmg.antgoal import goal_reaching_success
     from torchrl_dmg.behaviour import evaluated_checkpoints, load_behaviour_actor
-    from torchrl_dmg.data.locomotion import POLICY_DIR, update_policy_record
+    from torchrl_dmg.datagen.locomotion import POLICY_DIR, update_policy_record
     from torchrl_dmg.recording import atomic_write
 
     out = Path(policy_dir or POLICY_DIR)

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import h5py
+import minari
 from minari.storage import get_dataset_path
 
 __all__ = [
@@ -121,7 +123,6 @@ def is_complete(dataset_id: str, root: str | os.PathLike | None = None) -> bool:
     lengths). Any error while checking means "not complete", so a crashed or half-copied
     dataset is rebuilt, not used.
     """
-    import minari
 
     base = Path(root) if root is not None else datasets_root()
     data_dir = dataset_path(dataset_id, base) / "data"
@@ -156,7 +157,6 @@ def is_complete(dataset_id: str, root: str | os.PathLike | None = None) -> bool:
 def _hdf5_counts_match(path: Path, total_episodes: int, total_steps: int) -> bool:
     # Reading h5py attributes directly is ~5x faster than minari's per-episode metadata
     # generator, which matters for datasets with thousands of short episodes.
-    import h5py
 
     with h5py.File(path, "r") as file:
         if len(file) != total_episodes:
@@ -274,7 +274,6 @@ def publish_dataset(
     """Create a generated Minari dataset from episode buffers through
     :func:`building_dataset` (published only when whole), with the project's author fields
     and the generator's parameters stored in its metadata (``generator_params``)."""
-    import minari
 
     with building_dataset(dataset_id):
         dataset = minari.create_dataset_from_buffers(

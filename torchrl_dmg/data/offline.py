@@ -12,50 +12,20 @@ TorchRL replay buffer or kept on the training device as is.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import gymnasium as gym
+import minari
 import numpy as np
 import torch
 from tensordict import TensorDict
+from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import dataset_path, is_complete, validate_dataset_id
-
-# Local datasets the project can make itself: id pattern -> generator, called with the
-# pattern's named groups as keyword arguments.
-_GENERATORS: tuple[tuple[re.Pattern, str, str], ...] = (
-    (
-        re.compile(r"^local/pointmaze/(?P<maze>umaze|medium|large)-v0$"),
-        "torchrl_dmg.data.pointmaze",
-        "generate_pointmaze_dataset",
-    ),
-    (
-        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v0$"),
-        "torchrl_dmg.data.antmaze",
-        "generate_antmaze_dataset",
-    ),
-    (
-        re.compile(
-            r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
-            r"large-play|large-diverse)-v0$"
-        ),
-        "torchrl_dmg.data.antmaze",
-        "generate_antmaze_navigator_dataset",
-    ),
-    (
-        re.compile(
-            r"^local/mujoco/(?P<env>hopper|halfcheetah|walker2d)/"
-            r"(?P<quality>random|medium|medium-replay|expert|medium-expert)-v0$"
-        ),
-        "torchrl_dmg.data.locomotion",
-        "generate_locomotion_dataset",
-    ),
-)
-
 
 # Dataset id pattern -> the config family (recipes/config/family/) with the spec's settings
 # for it: a run whose family does not match fails early (data.check_family=false allows it).
@@ -92,53 +62,16 @@ class DatasetUnavailableError(RuntimeError):
     """A dataset id that is neither stored locally nor reachable remotely."""
 
 
-def _generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
-    for pattern, module, function in _GENERATORS:
-        match = pattern.match(dataset_id)
-        if match:
-            generate = getattr(importlib.import_module(module), function)
-            kwargs = match.groupdict()
-            return lambda: generate(**kwargs, dataset_id=dataset_id, progress=progress)
-    return None
-
-
-def local_dataset_ids() -> list[str]:
-    """Every ``local/...`` id this project can generate (the patterns of its generators
-    spelled out)."""
-    ids = [f"local/pointmaze/{m}-v0" for m in ("umaze", "medium", "large")]
-    ids += [
-        f"local/antmaze/{v}-v0"
-        for v in (
-            "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
-            "large-diverse",
-        )
-    ]
-    ids += [f"local/antmaze/{m}-random-v0" for m in ("umaze", "medium", "large")]
-    ids += [
-        f"local/mujoco/{e}/{q}-v0"
-        for e in ("hopper", "halfcheetah", "walker2d")
-        for q in ("random", "medium", "medium-replay", "expert", "medium-expert")
-    ]
-    return ids
-
-
-def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
-    """Return the :class:`minari.MinariDataset` for ``dataset_id``, making it available first.
+def open_dataset(dataset_id: str, *, download: bool = True):
+    """Return the :class:`minari.MinariDataset` for ``dataset_id``; it never generates one.
 
     Order: a complete local copy (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``);
-    a dataset this project generates (``local/pointmaze/<maze>-v0``,
-    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v0`` (the navigator
-    datasets) and the placeholder ``local/antmaze/<maze>-random-v0``), generated once;
-    Minari's remote server (``download=True``). Anything else fails early with a
-    message that names the dataset and the ways to provide it.
+    Minari's remote server (``download=True``). Anything else fails early with a message
+    that names the dataset and the ways to provide it. The ``local/...`` datasets this
+    project makes are made by :mod:`torchrl_dmg.datagen` (the recipes ask
+    :func:`torchrl_dmg.datagen.registry.ensure_dataset`, which makes a missing one first).
     """
-    import minari
-
     validate_dataset_id(dataset_id)  # before any file system or network action
-    generator = _generator_for(dataset_id, progress)
-    if generator is not None:
-        generator()  # returns at once when an up-to-date complete copy exists
-        return minari.load_dataset(dataset_id)
     if is_complete(dataset_id):
         return minari.load_dataset(dataset_id)
     if dataset_path(dataset_id).exists():
@@ -148,8 +81,9 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
         )
     if dataset_id.startswith("local/"):
         raise DatasetUnavailableError(
-            f"unknown local dataset {dataset_id!r}: it is not stored locally and this project "
-            f"cannot make it; the ones this project makes are {', '.join(local_dataset_ids())}"
+            f"local dataset {dataset_id!r} is not stored locally (looked in "
+            f"{dataset_path(dataset_id)}); make it with torchrl_dmg.datagen "
+            "(`python recipes/make_dataset.py ...`, or a recipe, which makes it on first use)."
         )
     hint = (
         f"Dataset '{dataset_id}' is not stored locally (looked in {dataset_path(dataset_id)}). "
@@ -209,7 +143,6 @@ def _flatten_obs(obs, obs_keys: Sequence[str] | None) -> np.ndarray:
 
 def default_obs_keys(dataset) -> list[str] | None:
     """Observation then desired goal for goal-conditioned (dict) observations, else ``None``."""
-    import gymnasium as gym
 
     space = dataset.observation_space
     if isinstance(space, gym.spaces.Dict):
@@ -225,7 +158,6 @@ def load_transitions(
     Dict observations are flattened by concatenating ``obs_keys`` in order (the
     evaluation env uses the same order, see :func:`torchrl_dmg.envs.make_env`).
     """
-    from tqdm.auto import tqdm
 
     obs, next_obs, actions, rewards, terms, truncs, episode = [], [], [], [], [], [], []
     for ep in tqdm(
@@ -313,7 +245,6 @@ class OfflineDataset:
 
     def normalized_score(self, returns: np.ndarray | torch.Tensor | float) -> np.ndarray:
         """``100 · (R - R_random) / (R_expert - R_random)`` with the dataset's reference scores."""
-        import minari
 
         returns = np.asarray(torch.as_tensor(returns).cpu(), dtype=np.float64)
         return 100.0 * np.asarray(minari.get_normalized_score(self.minari_dataset, returns))
@@ -334,12 +265,13 @@ def load_offline_dataset(
     download: bool = True,
     progress: bool = True,
 ) -> OfflineDataset:
-    """Load (generating or downloading if needed) and preprocess an offline dataset.
+    """Load (downloading if needed, never generating: see :func:`open_dataset`) and
+    preprocess an offline dataset.
 
     Normalisation statistics are computed here, once, and applied to the stored
     transitions; the same ``obs_loc``/``obs_scale`` go to the evaluation env.
     """
-    dataset = ensure_dataset(dataset_id, download=download, progress=progress)
+    dataset = open_dataset(dataset_id, download=download)
     if obs_keys is None:
         obs_keys = default_obs_keys(dataset)
     data = load_transitions(dataset, obs_keys, progress=progress)

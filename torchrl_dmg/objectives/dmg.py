@@ -77,9 +77,10 @@ class DMGLoss(LossModule):
        scheduling is the training loop's job, not the loss's.
 
     The mixture coefficient :math:`\lambda`, the penalty coefficient :math:`\nu` and
-    the discount :math:`\gamma` are buffers: change them in place with
-    :meth:`set_coefficients` during training (the fine-tuning schedules do) without
-    rebuilding or recompiling anything.
+    the discount :math:`\gamma` are schedulable buffers: assign them
+    (``loss.mixture_coef = 0.5``, TorchRL's ``_schedulable_buffers``) or call
+    :meth:`set_coefficients` during training (the fine-tuning schedules do); either writes
+    in place, so nothing is rebuilt or recompiled.
 
     Args:
         actor_network (TensorDictModule): deterministic policy :math:`\pi_\phi`;
@@ -92,7 +93,8 @@ class DMGLoss(LossModule):
             ``state_value``. No target copy (the spec uses the current :math:`V`).
 
     Keyword Args:
-        action_spec (TensorSpec, optional): bounded action spec. Exclusive with ``bounds``.
+        action_spec (TensorSpec, optional): bounded action spec (a ``Composite`` is read
+            at ``tensor_keys.action``). Exclusive with ``bounds``.
         bounds (tuple of float or Tensor, optional): ``(low, high)`` action bounds.
         num_qvalue_nets (int): number of critics. Defaults to ``2``.
         mixture_coef (float): :math:`\lambda`, weight of the actor's (generalised)
@@ -182,6 +184,8 @@ class DMGLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
+    #: λ, ν and γ: ``loss.mixture_coef = 0.5`` writes the buffer in place
+    _schedulable_buffers = frozenset({"mixture_coef", "penalty_coef", "gamma"})
     default_value_estimator = ValueEstimators.TD0
     out_keys = [
         "loss_value",
@@ -286,8 +290,7 @@ class DMGLoss(LossModule):
         self.register_coeff_buffer("gamma", float(gamma), device=device)
         self._make_vmap()
 
-    @staticmethod
-    def _resolve_bounds(action_spec, bounds):
+    def _resolve_bounds(self, action_spec, bounds):
         if (action_spec is None) == (bounds is None):
             raise ValueError(
                 "Exactly one of 'action_spec' and 'bounds' must be given, "
@@ -296,7 +299,7 @@ class DMGLoss(LossModule):
         if bounds is not None:
             return bounds
         if isinstance(action_spec, Composite):
-            action_spec = action_spec["action"]
+            action_spec = action_spec[self.tensor_keys.action]
         if not isinstance(action_spec, Bounded):
             raise ValueError(
                 f"action_spec must be Bounded (DMG's actor is tanh-squashed), got {type(action_spec)}."
@@ -352,7 +355,9 @@ class DMGLoss(LossModule):
         """Change λ (``mixture_coef``), ν (``penalty_coef``) or γ in place.
 
         In-place so that compiled functions and CUDA graphs that captured these
-        buffers see the new values without recompiling or re-capturing.
+        buffers see the new values without recompiling or re-capturing. A float can also
+        be assigned (``loss.mixture_coef = 0.5``); a tensor value (one per stacked seed,
+        say) is copied in with broadcasting.
         """
         for name, value in (
             ("mixture_coef", mixture_coef),
@@ -397,25 +402,28 @@ class DMGLoss(LossModule):
             td = self.actor_network(td)
         return td.get(self.tensor_keys.action)
 
-    def _target_min_q(self, tensordict: TensorDictBase) -> torch.Tensor:
+    # ------------------------------------------------------------ losses
+    # TorchRL's LossModule metaclass wraps every public method whose name ends in "loss"
+    # in exploration / recurrent-mode context managers; entered by hand, they break
+    # torch.compile graphs (and recompile on every call). So each term has two public
+    # doors: ``value_loss`` ... (TorchRL's convention, wrapped) and ``value_objective``
+    # ... (the same body, unwrapped: compile-safe, what the training updater calls). The
+    # objectives also take ``min_i Q_θi'(s, a)`` (:meth:`target_min_q`) from a caller
+    # that already has it: the targets do not change within one iteration.
+    def target_min_q(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``min_i Q_θi'(s, a)`` on dataset actions, from the target critics (no gradient)."""
         with torch.no_grad():
             return self._qvalues(tensordict, self.target_qvalue_network_params).min(0).values
 
-    # ------------------------------------------------------------ losses
-    # TorchRL's LossModule metaclass wraps every public ``*_loss`` method in exploration /
-    # recurrent-mode context managers; entered by hand, they break torch.compile graphs
-    # (and recompile on every call). The bodies live in ``_*_loss`` so that compiled
-    # update steps (torchrl_dmg.training.DMGUpdater) can call them directly.
     def value_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """In-sample maximum: regress ``V(s)`` towards ``min_i Q_θi'(s, a)``; reaches only V."""
-        return self._value_loss(tensordict)
+        return self.value_objective(tensordict)
 
-    def _value_loss(
+    def value_objective(
         self, tensordict: TensorDictBase, target_min_q: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
-        # target_min_q: min_i Q_θi'(s, a) when the caller already has it (same targets)
-        target_q = self._target_min_q(tensordict) if target_min_q is None else target_min_q
+        """:meth:`value_loss` without TorchRL's context managers (compile-safe)."""
+        target_q = self.target_min_q(tensordict) if target_min_q is None else target_min_q
         value = self._state_value(tensordict)
         diff = target_q - value
         if self.in_sample_estimator == "expectile":
@@ -429,9 +437,10 @@ class DMGLoss(LossModule):
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """Critic regression on the DMG target; reaches only the critics."""
-        return self._qvalue_loss(tensordict)
+        return self.qvalue_objective(tensordict)
 
-    def _qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
+    def qvalue_objective(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
+        """:meth:`qvalue_loss` without TorchRL's context managers (compile-safe)."""
         action = _require(tensordict, self.tensor_keys.action)
         next_td = _require(tensordict, "next")
         with torch.no_grad():
@@ -460,14 +469,15 @@ class DMGLoss(LossModule):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """Normalised Q maximisation plus the advantage-weighted BC penalty; reaches only the actor."""
-        return self._actor_loss(tensordict)
+        return self.actor_objective(tensordict)
 
-    def _actor_loss(
+    def actor_objective(
         self, tensordict: TensorDictBase, target_min_q: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
+        """:meth:`actor_loss` without TorchRL's context managers (compile-safe)."""
         dataset_action = _require(tensordict, self.tensor_keys.action)
         with torch.no_grad():
-            target_q = self._target_min_q(tensordict) if target_min_q is None else target_min_q
+            target_q = self.target_min_q(tensordict) if target_min_q is None else target_min_q
             adv = target_q - self._state_value(tensordict)
             raw_weight = (self.temperature * adv).exp()
             weight = raw_weight.clamp_max(self.max_weight)
@@ -492,9 +502,9 @@ class DMGLoss(LossModule):
         Each ``loss_*`` entry only reaches its own network, so the sum can be
         back-propagated at once; the diagnostics are detached.
         """
-        loss_value, md_value = self._value_loss(tensordict)
-        loss_qvalue, md_qvalue = self._qvalue_loss(tensordict)
-        loss_actor, md_actor = self._actor_loss(tensordict)
+        loss_value, md_value = self.value_objective(tensordict)
+        loss_qvalue, md_qvalue = self.qvalue_objective(tensordict)
+        loss_actor, md_actor = self.actor_objective(tensordict)
         return TensorDict(
             {
                 "loss_value": loss_value,

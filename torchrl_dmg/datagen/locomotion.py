@@ -28,6 +28,8 @@ is reused, a partial one is rebuilt.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,19 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from minari.data_collector.episode_buffer import EpisodeBuffer
+from tqdm.auto import tqdm
 
-from torchrl_dmg.behaviour import D4RL_REF_SCORES, ENV_IDS
+from torchrl_dmg.behaviour import (
+    D4RL_REF_SCORES,
+    ENV_IDS,
+    act,
+    d4rl_normalized_score,
+    evaluate_actor,
+    evaluated_checkpoints,
+    load_behaviour_actor,
+    load_transitions,
+)
 from torchrl_dmg.data.local import is_complete, publish_dataset
 from torchrl_dmg.recording import atomic_write, write_json
 
@@ -58,7 +71,7 @@ QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 #: transitions per dataset (D4RL: 1M; medium-expert is two of them)
 DEFAULT_NUM_STEPS = 1_000_000
 #: the shipped behaviour policies
-POLICY_DIR = Path(__file__).resolve().parent / "policies"
+POLICY_DIR = Path(__file__).resolve().parents[1] / "data" / "policies"
 #: where recipes/train_behaviour.py writes its run (medium-replay reads it)
 DEFAULT_BEHAVIOUR_RUN = "outputs/behaviour/{env}_s0"
 #: envs stepped side by side during collection (one batched actor call per step)
@@ -100,9 +113,6 @@ def _collect(
 ) -> list[dict[str, np.ndarray]]:
     """``num_steps`` transitions from ``_NUM_ENVS`` envs stepped side by side, as whole
     episodes (in order of completion; the ones still running at the end are truncated)."""
-    from tqdm.auto import tqdm
-
-    from torchrl_dmg.behaviour import act, load_behaviour_actor
 
     envs = [gym.make(LOCOMOTION_ENVS[env]) for _ in range(_NUM_ENVS)]
     actor = load_behaviour_actor(policy_path)[0] if policy_path is not None else None
@@ -164,7 +174,6 @@ def _finish(ep: dict[str, list]) -> dict[str, np.ndarray]:
 
 def _replay_transitions(run_dir: Path, max_step: int) -> dict[str, np.ndarray]:
     """The SAC run's transitions up to ``max_step``; the last one closes its episode."""
-    from torchrl_dmg.behaviour import load_transitions
 
     data = load_transitions(run_dir, max_step=max_step)
     data["truncated"] = data["truncated"].astype(bool).reshape(-1)
@@ -237,8 +246,6 @@ def _unpack_medium_replay(path: Path, until_step: int) -> dict[str, np.ndarray]:
 
 
 def _buffers(episodes: list[dict[str, np.ndarray]], seed: int) -> list:
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
     return [
         EpisodeBuffer(id=i, seed=seed if i == 0 else None, **ep) for i, ep in enumerate(episodes)
     ]
@@ -279,7 +286,7 @@ def generate_locomotion_dataset(
     if not force and is_complete(dataset_id):
         return dataset_id
     params: dict[str, Any] = {
-        "generator": "torchrl_dmg.data.locomotion.generate_locomotion_dataset",
+        "generator": "torchrl_dmg.datagen.locomotion.generate_locomotion_dataset",
         "generator_version": _GENERATOR_VERSION,
         "env": env,
         "env_id": LOCOMOTION_ENVS[env],
@@ -359,12 +366,6 @@ def ship_behaviour_policies(
     episodes, seeds ``seed + i``), and write them to ``policy_dir`` as
     ``<env>-<level>.pt`` (the actor only) plus their record in ``policies.json``. Returns
     the two new record entries."""
-    from torchrl_dmg.behaviour import (
-        d4rl_normalized_score,
-        evaluate_actor,
-        evaluated_checkpoints,
-        load_behaviour_actor,
-    )
 
     _check_env(env)
     out = Path(policy_dir or POLICY_DIR)
@@ -404,7 +405,6 @@ def ship_behaviour_policies(
 
 def update_policy_record(entries: dict[str, Any], policy_dir: str | os.PathLike | None = None):
     """Merge ``entries`` into ``policies.json`` (the record of the shipped policies)."""
-    import json
 
     path = Path(policy_dir or POLICY_DIR) / "policies.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -413,8 +413,6 @@ def update_policy_record(entries: dict[str, Any], policy_dir: str | os.PathLike 
 
 
 if __name__ == "__main__":
-    import argparse
-
     parser = argparse.ArgumentParser(
         description="Ship the medium and expert policies of a recipes/train_behaviour.py run."
     )

@@ -9,7 +9,7 @@ this module recreates the recipe behind them:
   as soon as the ball is within 0.45 of the goal when ``reset_target=True``. With the default
   ``False`` the goal never moves and the ball collects reward 1 on every step it stays there.)
 * Behaviour policy: a waypoint controller. A BFS over the maze grid gives the next cell on a
-  shortest path to the goal cell (:mod:`torchrl_dmg.data.maze`); the action is the PD law
+  shortest path to the goal cell (:mod:`torchrl_dmg.datagen.maze`); the action is the PD law
   ``clip(kp * (waypoint - pos) - kd * vel, -1, 1)`` plus Gaussian noise, clipped again. Inside
   the goal cell the waypoint is the goal itself.
 * One continuous stream (the env is reset once). Unlike D4RL, after reaching a goal the
@@ -32,15 +32,24 @@ this module recreates the recipe behind them:
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
+import minari
 import numpy as np
+from minari.data_collector.episode_buffer import EpisodeBuffer
+from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, publish_dataset
-from torchrl_dmg.data.maze import MazeGrid, base_maze_map, maze_map_with_cells, register_maze_envs
+from torchrl_dmg.datagen.maze import (
+    MazeGrid,
+    base_maze_map,
+    maze_map_with_cells,
+    register_maze_envs,
+)
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -84,8 +93,6 @@ _GENERATOR_VERSION = 2
 
 
 def _stored_generator_version(dataset_id: str) -> int | None:
-    import minari
-
     try:
         meta = minari.load_dataset(dataset_id).storage.metadata
         return int(meta.get("generator_params", {}).get("generator_version"))
@@ -260,7 +267,6 @@ def _collect(
     ``reward``, ``success``, ``episode_end``). Steps the unwrapped env directly: episode limits are
     handled here, and skipping gymnasium's checker/time-limit wrappers doubles the throughput.
     """
-    from tqdm.auto import tqdm
 
     base = env.unwrapped
     keys = ("observation", "achieved_goal", "desired_goal")
@@ -324,8 +330,6 @@ def _collect(
 
 
 def _episode_buffers(data: dict[str, np.ndarray], seed: int) -> list:
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
     keys = ("observation", "achieved_goal", "desired_goal")
     ends = np.flatnonzero(data["episode_end"]) + 1
     starts = np.concatenate([[0], ends[:-1]])
@@ -442,7 +446,7 @@ def generate_pointmaze_dataset(
     ref_min, ref_max = _reference_scores(maze, kp, kd, num_ref_episodes, seed=seed + 1_000_000)
 
     params = {
-        "generator": "torchrl_dmg.data.pointmaze.generate_pointmaze_dataset",
+        "generator": "torchrl_dmg.datagen.pointmaze.generate_pointmaze_dataset",
         "generator_version": _GENERATOR_VERSION,
         "maze": maze,
         "env_id": env_id,
@@ -505,8 +509,6 @@ def _steps_per_second(maze: str = "medium", num_steps: int = 20_000) -> float:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual timing helper
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maze", default="medium", choices=sorted(POINTMAZE_MAZES))
     parser.add_argument("--num-steps", type=int, default=None)

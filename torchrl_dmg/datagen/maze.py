@@ -21,7 +21,10 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
+import gymnasium as gym
+import gymnasium_robotics
 import numpy as np
+from gymnasium_robotics.envs.maze import maps
 
 Cell = tuple[int, int]
 
@@ -223,15 +226,12 @@ def maze_map_with_cells(
 
 def register_maze_envs() -> None:
     """Register gymnasium-robotics' envs (PointMaze, AntMaze) with gymnasium."""
-    import gymnasium as gym
-    import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
 
 
 def base_maze_map(maze: str) -> list[list[int | str]]:
     """gymnasium-robotics' plain map of ``"umaze"``, ``"medium"`` or ``"large"``."""
-    from gymnasium_robotics.envs.maze import maps
 
     return {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[
         maze.lower()

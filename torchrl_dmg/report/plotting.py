@@ -1,6 +1,6 @@
 """Learning curves of recipe runs: normalised score against steps, one PNG.
 
-    python -m torchrl_dmg.plotting outputs/offline/<run> [more runs ...] --out scores.png \
+    python -m torchrl_dmg.report.plotting outputs/offline/<run> [more runs ...] --out scores.png \
         --hline "behaviour policy=28.6"
 
 Reads each run's ``metrics.csv`` (the ``eval`` rows). A run of several stacked seeds
@@ -12,11 +12,14 @@ directory).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["plot_scores", "read_eval_rows"]
 
@@ -56,11 +59,13 @@ def plot_scores(
         title: the plot title (default: the first run's directory name).
         xlabel: the x-axis label (``gradient steps``, ``online env steps``).
     """
+    # matplotlib: an optional heavy dependency of the package (only plots need it), its
+    # file-only backend chosen here rather than at import, where it would change a
+    # caller's own plotting
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     labels = list(labels) if labels is not None else [Path(d).name for d in run_dirs]
     if len(labels) != len(run_dirs):
@@ -115,8 +120,6 @@ def _parse_hline(text: str) -> tuple[str, float]:
 
 
 if __name__ == "__main__":
-    import argparse
-
     parser = argparse.ArgumentParser(description="Plot recipe runs' normalised scores.")
     parser.add_argument("runs", nargs="+", help="recipe run directories")
     parser.add_argument("--out", default="scores.png")

@@ -1,0 +1,259 @@
+"""What the recipes build from their Hydra configs: the config-reading side of the
+project (the package itself reads no config, as TorchRL's sota-implementations keep a
+``utils.py`` beside their scripts)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchrl.data import TensorDictReplayBuffer
+
+from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, load_offline_dataset
+from torchrl_dmg.datagen.registry import make_if_missing
+from torchrl_dmg.modules import make_dmg_networks
+from torchrl_dmg.objectives import DMGLoss
+from torchrl_dmg.recording import MetricsLogger
+from torchrl_dmg.training import (
+    DMGUpdater,
+    FinetuneSchedule,
+    SeedStackedDMGUpdater,
+    load_checkpoint,
+    offline_checkpoint_state,
+    save_checkpoint,
+    set_rng_state,
+    train_offline,
+    value_bounds,
+)
+from torchrl_dmg.training.checkpoint import checkpoint_file, load_offline_checkpoint
+from torchrl_dmg.training.checkpoint import offline_start_state as _offline_start_state
+
+ANTMAZE_PREFIX = "D4RL/antmaze/"
+# What an offline checkpoint fixes for the online phase: the data pipeline and the networks.
+OFFLINE_CONFIG_KEYS = ("dataset", "family", "data", "network", "loss")
+
+
+def register_resolvers() -> None:
+    """The configs' ``${sanitize:...}`` resolver (idempotent); call before ``main``."""
+    if not OmegaConf.has_resolver("sanitize"):
+        # dataset ids contain slashes; run directory names must not
+        OmegaConf.register_new_resolver("sanitize", lambda s: str(s).replace("/", "-"))
+
+
+def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the resolved config as ``config.yaml`` (and return its path)."""
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
+def load_dataset(cfg: DictConfig) -> OfflineDataset:
+    """``cfg.dataset`` with ``cfg.data``'s preprocessing; a ``local/...`` id this project makes
+    is generated first when it is missing."""
+    make_if_missing(cfg.dataset, progress=cfg.progress)
+    return load_offline_dataset(
+        cfg.dataset,
+        obs_keys=cfg.data.obs_keys,
+        normalize_obs=cfg.data.normalize_obs,
+        reward_shift=cfg.data.reward_shift,
+        download=cfg.data.download,
+        progress=cfg.progress,
+    )
+
+
+def make_dmg_loss(cfg, dataset, device: torch.device) -> DMGLoss:
+    """Networks (paper sizes unless configured) and the :class:`DMGLoss` for ``dataset``."""
+    low, high = dataset.action_bounds
+    actor, qvalue, value = make_dmg_networks(
+        dataset.obs_dim,
+        dataset.action_dim,
+        low,
+        high,
+        num_cells=tuple(cfg.network.num_cells),
+        layer_norm=cfg.network.layer_norm,
+        dropout=cfg.network.dropout,
+        device=device,
+    )
+    vmap = cfg.network.get("vmap_critics", "auto")
+    # On CPU, vmapped critics run as one batched matmul that uses a single core; a plain
+    # loop over the two critics lets each matmul use every core (measured ~25% faster).
+    deactivate_vmap = (device.type == "cpu") if vmap == "auto" else not vmap
+    return DMGLoss(
+        actor,
+        qvalue,
+        value,
+        bounds=(low.to(device), high.to(device)),
+        deactivate_vmap=deactivate_vmap,
+        **dict(cfg.loss),
+    ).to(device)
+
+
+def make_updater(cfg, loss: DMGLoss | list[DMGLoss], *, steps: int | None) -> DMGUpdater:
+    """:class:`DMGUpdater` from a recipe config (``optim``, ``compile``); a list of losses
+    gives a :class:`SeedStackedDMGUpdater`. ``steps`` gradient steps give the actor's
+    cosine schedule (``optim.actor_cosine``); ``None``: constant lr."""
+    cosine = steps is not None and cfg.optim.actor_cosine
+    cls = SeedStackedDMGUpdater if isinstance(loss, list) else DMGUpdater
+    return cls(
+        loss,
+        lr=cfg.optim.lr,
+        tau=cfg.optim.tau,
+        policy_freq=cfg.optim.policy_freq,
+        actor_cosine_steps=steps // cfg.optim.policy_freq if cosine else None,
+        mode=cfg.compile.mode,
+        skip_guards=bool(cfg.compile.get("skip_guards", False)),
+    )
+
+
+def finetune_schedule(cfg: DictConfig) -> FinetuneSchedule:
+    """From ``cfg.schedule``; ``null`` start values mean the offline λ / ν (``cfg.loss``)."""
+    s = cfg.schedule
+    return FinetuneSchedule(
+        mixture_start=float(cfg.loss.mixture_coef if s.mixture_start is None else s.mixture_start),
+        mixture_end=float(s.mixture_end),
+        penalty_start=float(cfg.loss.penalty_coef if s.penalty_start is None else s.penalty_start),
+        penalty_end=float(s.penalty_end),
+        decay=float(s.decay),
+        interval=int(s.interval),
+    )
+
+
+def offline_start_state(cfg: DictConfig, loss: DMGLoss) -> dict[str, Any]:
+    """The updater state to fine-tune from: ``cfg.checkpoint``'s (the agent of seed
+    ``cfg.checkpoint_seed`` for a seed-stacked offline run, see
+    :func:`torchrl_dmg.training.offline_start_state`)."""
+    return _offline_start_state(cfg.checkpoint, loss, cfg.get("checkpoint_seed"))
+
+
+def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """``cfg`` with the dataset, data, network and loss settings of ``cfg.checkpoint``'s run
+    (the weights only fit those), or unchanged when no checkpoint is given. The evaluation
+    settings also follow the checkpoint's family (10 PointMaze episodes, not the 100 of the
+    default AntMaze family), except the ``eval.*`` keys given in ``overrides`` (the
+    command line's)."""
+    if not cfg.checkpoint:
+        return cfg
+    saved = OmegaConf.create(load_offline_checkpoint(cfg.checkpoint)["config"])
+    cfg = cfg.copy()
+    for key in OFFLINE_CONFIG_KEYS:
+        if key in saved:
+            if key == "dataset" and saved.dataset != cfg.dataset:
+                print(f"[dmg] using the checkpoint's dataset {saved.dataset} (not {cfg.dataset})")
+            cfg[key] = saved[key]
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
+    given = {k.removeprefix("eval.") for k in keys if k.startswith("eval.")}
+    for key, value in saved.get("eval", {}).items():
+        if key in cfg.eval and key not in given:
+            cfg.eval[key] = value
+    cfg.checkpoint = str(checkpoint_file(cfg.checkpoint).resolve())
+    return cfg
+
+
+def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineDataset:
+    """:func:`load_offline_dataset` with ``cfg.data``; a ``D4RL/antmaze/*`` id that is not
+    available fails early, naming the local AntMaze dataset this project makes instead
+    (``local/antmaze/<variant>-v0``, generated on first use like any local dataset)."""
+    try:
+        make_if_missing(cfg.dataset, progress=progress)
+        return load_offline_dataset(
+            cfg.dataset,
+            obs_keys=cfg.data.obs_keys,
+            normalize_obs=cfg.data.normalize_obs,
+            reward_shift=cfg.data.reward_shift,
+            download=cfg.data.download,
+            progress=progress,
+        )
+    except DatasetUnavailableError as err:
+        if str(cfg.dataset).startswith(ANTMAZE_PREFIX):
+            variant = str(cfg.dataset).removeprefix(ANTMAZE_PREFIX).rsplit("-v", 1)[0]
+            raise DatasetUnavailableError(
+                f"AntMaze data '{cfg.dataset}' is not available here (no internet?). This "
+                "project makes D4RL-style AntMaze data itself: use "
+                f"dataset=local/antmaze/{variant}-v0 (generated on first use from the shipped "
+                "goal-reaching ant; `python recipes/make_dataset.py env=antmaze-"
+                f"{variant}` makes it ahead). Details: {err}"
+            ) from None
+        raise
+
+
+def make_online_updater(
+    loss: DMGLoss, cfg: DictConfig, state: dict[str, Any] | None = None
+) -> DMGUpdater:
+    """The online :class:`DMGUpdater`: no cosine schedule (constant actor lr ``cfg.optim.lr``,
+    spec), networks, targets and optimiser states loaded from ``state``. The actor lr is reset
+    after loading: an offline optimiser state carries the end of its cosine schedule (~0)."""
+    updater = make_updater(cfg, loss, steps=None)
+    if state is not None:
+        updater.load_state_dict(state)
+    updater.set_actor_lr(cfg.optim.lr)
+    return updater
+
+
+def run_offline_phase(
+    cfg: DictConfig,
+    loss: DMGLoss,
+    buffer: TensorDictReplayBuffer,
+    dataset: OfflineDataset,
+    out_dir: str | os.PathLike,
+    *,
+    logger_backend: str = "csv",
+) -> dict[str, Any]:
+    """The offline phase when no checkpoint is given: ``cfg.offline_steps`` DMG updates on
+    ``buffer`` (offline data only at this point) with the offline recipe's settings (cosine
+    actor lr). Writes ``out_dir/metrics.csv`` and an offline-recipe-style ``out_dir/checkpoint.pt``
+    (every ``cfg.checkpoint_interval`` steps and at the end; usable later as ``checkpoint=``),
+    and continues from that checkpoint when one exists. Returns ``DMGUpdater.state_dict()``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = int(cfg.offline_steps)
+    updater = make_updater(cfg, loss, steps=steps)
+    step = 0
+    if (out_dir / "checkpoint.pt").exists():
+        state = load_checkpoint(out_dir / "checkpoint.pt")
+        updater.load_state_dict(state["updater"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        print(f"[dmg] offline phase resumed from {out_dir} at step {step}")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["steps"] = steps  # so the checkpoint reads like one of recipes/offline.py
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            out_dir / "checkpoint.pt", offline_checkpoint_state(step, updater, config, dataset)
+        )
+
+    logger = MetricsLogger(out_dir, backend=logger_backend, project=cfg.logger.project)
+    logger.truncate_after(step)
+    step = train_offline(
+        updater,
+        buffer,
+        start=step,
+        steps=steps,
+        logger=logger,
+        log_interval=cfg.logger.log_interval,
+        checkpoint=checkpoint,
+        checkpoint_interval=cfg.checkpoint_interval,
+        progress=cfg.progress,
+        desc="dmg offline",
+        value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
+    )
+    checkpoint(step)
+    return updater.state_dict()
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early on fine-tuning settings that cannot work."""
+    if int(cfg.utd) < 1:
+        raise ValueError(f"utd (gradient steps per env step) must be >= 1, got {cfg.utd}.")
+    if int(cfg.online_steps) < 0 or int(cfg.offline_steps) < 0:
+        raise ValueError("online_steps and offline_steps must be >= 0.")
+    if cfg.offline_fraction is not None and not 0.0 <= float(cfg.offline_fraction) <= 1.0:
+        raise ValueError(f"offline_fraction must be null or in [0, 1], got {cfg.offline_fraction}.")
+    if int(cfg.collector.frames_per_batch) < 1:
+        raise ValueError("collector.frames_per_batch must be >= 1.")

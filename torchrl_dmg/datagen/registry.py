@@ -1,0 +1,103 @@
+"""The ``local/...`` dataset ids this project makes, and who makes each one.
+
+Loading (:mod:`torchrl_dmg.data`) never generates; a recipe that wants a dataset calls
+:func:`ensure_dataset`, which makes a missing (or incomplete) local one first and then
+opens it the way the data layer does (a complete local copy, else Minari's server).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from torchrl_dmg.data.antmaze import generate_antmaze_dataset, generate_antmaze_navigator_dataset
+from torchrl_dmg.data.local import validate_dataset_id
+from torchrl_dmg.data.offline import DatasetUnavailableError, open_dataset
+from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset
+from torchrl_dmg.datagen.pointmaze import generate_pointmaze_dataset
+
+__all__ = ["ensure_dataset", "generator_for", "local_dataset_ids", "make_if_missing"]
+
+# Local datasets the project can make itself: id pattern -> generator, called with the
+# pattern's named groups as keyword arguments.
+_GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
+    (
+        re.compile(r"^local/pointmaze/(?P<maze>umaze|medium|large)-v0$"),
+        generate_pointmaze_dataset,
+    ),
+    (
+        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v0$"),
+        generate_antmaze_dataset,
+    ),
+    (
+        re.compile(
+            r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
+            r"large-play|large-diverse)-v0$"
+        ),
+        generate_antmaze_navigator_dataset,
+    ),
+    (
+        re.compile(
+            r"^local/mujoco/(?P<env>hopper|halfcheetah|walker2d)/"
+            r"(?P<quality>random|medium|medium-replay|expert|medium-expert)-v0$"
+        ),
+        generate_locomotion_dataset,
+    ),
+)
+
+
+def generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
+    """A call that makes ``dataset_id`` (and returns at once when an up-to-date complete
+    copy exists), or ``None`` for an id this project does not make."""
+    for pattern, generate in _GENERATORS:
+        match = pattern.match(dataset_id)
+        if match:
+            kwargs = match.groupdict()
+            return lambda: generate(**kwargs, dataset_id=dataset_id, progress=progress)
+    return None
+
+
+def local_dataset_ids() -> list[str]:
+    """Every ``local/...`` id this project can generate (the patterns of its generators
+    spelled out)."""
+    ids = [f"local/pointmaze/{m}-v0" for m in ("umaze", "medium", "large")]
+    ids += [
+        f"local/antmaze/{v}-v0"
+        for v in (
+            "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
+            "large-diverse",
+        )
+    ]  # fmt: skip
+    ids += [f"local/antmaze/{m}-random-v0" for m in ("umaze", "medium", "large")]
+    ids += [
+        f"local/mujoco/{e}/{q}-v0"
+        for e in ("hopper", "halfcheetah", "walker2d")
+        for q in ("random", "medium", "medium-replay", "expert", "medium-expert")
+    ]
+    return ids
+
+
+def make_if_missing(dataset_id: str, *, progress: bool = True) -> None:
+    """Make ``dataset_id`` when this project makes it and no complete, up-to-date copy is
+    stored (generated once; a partial one is rebuilt). An unknown ``local/`` id is an error
+    that lists the ids this project makes; any other id is left to the loader."""
+    validate_dataset_id(dataset_id)  # before any file system or network action
+    generator = generator_for(dataset_id, progress)
+    if generator is not None:
+        generator()
+    elif dataset_id.startswith("local/"):
+        raise DatasetUnavailableError(
+            f"unknown local dataset {dataset_id!r}: it is not stored locally and this project "
+            f"cannot make it; the ones this project makes are {', '.join(local_dataset_ids())}"
+        )
+
+
+def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
+    """The :class:`minari.MinariDataset` for ``dataset_id``, made available first: a
+    dataset this project generates (``local/pointmaze/<maze>-v0``,
+    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v0`` and the placeholder
+    ``local/antmaze/<maze>-random-v0``) is made once (:func:`make_if_missing`); then
+    :func:`torchrl_dmg.data.offline.open_dataset` (a complete local copy, or Minari's
+    remote server with ``download=True``)."""
+    make_if_missing(dataset_id, progress=progress)
+    return open_dataset(dataset_id, download=download)

@@ -1,0 +1,193 @@
+"""Networks and acting policies.
+
+Network builders for DMG (deterministic actor, critic and state-value network), all stock
+TorchRL modules (``MLP``, ``TanhModule``, ``ValueOperator``) so that
+:class:`~torchrl_dmg.objectives.DMGLoss` composes with the rest of TorchRL; the policies
+that act with a loss's trained parameters (evaluation, data collection, exploration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from torch import nn
+from torchrl.data import Bounded
+from torchrl.modules import MLP, AdditiveGaussianModule, TanhModule, ValueOperator
+
+
+class _ConcatMLP(nn.Module):
+    """An MLP on the concatenation of its inputs (state and action for a critic)."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat(inputs, -1))
+
+
+def _mlp(
+    in_features: int, out_features: int, num_cells: Sequence[int], layer_norm: bool, dropout: float
+) -> MLP:
+    norm_class = nn.LayerNorm if layer_norm else None
+    norm_kwargs = [{"normalized_shape": n} for n in num_cells] if layer_norm else None
+    return MLP(
+        in_features=in_features,
+        out_features=out_features,
+        num_cells=list(num_cells),
+        activation_class=nn.ReLU,
+        norm_class=norm_class,
+        norm_kwargs=norm_kwargs,
+        dropout=dropout if dropout > 0 else None,
+    )
+
+
+def make_actor(
+    obs_dim: int,
+    action_dim: int,
+    low: torch.Tensor | float,
+    high: torch.Tensor | float,
+    *,
+    obs_key: str = "observation",
+    num_cells: Sequence[int] = (256, 256),
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+) -> TensorDictSequential:
+    """Deterministic actor π_φ(s): MLP then tanh scaled to the action bounds; writes ``action``."""
+    return TensorDictSequential(
+        TensorDictModule(
+            _mlp(obs_dim, action_dim, num_cells, layer_norm, dropout),
+            in_keys=[obs_key],
+            out_keys=["param"],
+        ),
+        TanhModule(in_keys=["param"], out_keys=["action"], low=low, high=high),
+    )
+
+
+def make_qvalue(
+    obs_dim: int,
+    action_dim: int,
+    *,
+    obs_key: str = "observation",
+    num_cells: Sequence[int] = (256, 256),
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+) -> ValueOperator:
+    """Critic Q_θ(s, a): MLP on ``[observation, action]``; writes ``state_action_value``."""
+    return ValueOperator(
+        _ConcatMLP(_mlp(obs_dim + action_dim, 1, num_cells, layer_norm, dropout)),
+        in_keys=[obs_key, "action"],
+    )
+
+
+def make_value(
+    obs_dim: int,
+    *,
+    obs_key: str = "observation",
+    num_cells: Sequence[int] = (256, 256),
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+) -> ValueOperator:
+    """State value V_ψ(s): MLP on ``observation``; writes ``state_value``."""
+    return ValueOperator(_mlp(obs_dim, 1, num_cells, layer_norm, dropout), in_keys=[obs_key])
+
+
+def make_dmg_networks(
+    obs_dim: int,
+    action_dim: int,
+    low: torch.Tensor | float,
+    high: torch.Tensor | float,
+    *,
+    num_cells: Sequence[int] = (256, 256),
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> tuple[TensorDictSequential, ValueOperator, ValueOperator]:
+    """Actor, critic and value network with the paper's sizes (256-256, ReLU)."""
+    kwargs = {"num_cells": num_cells, "layer_norm": layer_norm, "dropout": dropout}
+    actor = make_actor(obs_dim, action_dim, low, high, **kwargs)
+    qvalue = make_qvalue(obs_dim, action_dim, **kwargs)
+    value = make_value(obs_dim, **kwargs)
+    return actor.to(device), qvalue.to(device), value.to(device)
+
+
+# ---------------------------------------------------------------- acting policies
+class ParamsPolicy(TensorDictModuleBase):
+    """``actor`` (a functional module, as inside a TorchRL loss) acting with ``params``.
+
+    The parameters are swapped in at every call, so it always acts with the current
+    weights (nothing to copy after an update). It runs without gradients: it is for
+    collecting data and evaluating, not for learning.
+    """
+
+    def __init__(self, actor, params: TensorDictBase) -> None:
+        super().__init__()
+        self.actor, self.params = actor, params
+        self.in_keys = list(actor.in_keys)
+        self.out_keys = list(actor.out_keys)
+
+    @torch.no_grad()
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        with self.params.to_module(self.actor):
+            return self.actor(tensordict)
+
+
+class SeedStackedPolicy(ParamsPolicy):
+    """``N`` stacked actors (``params`` of batch size ``[N]``) acting in one batched env:
+    its ``N * E`` copies are split in consecutive blocks of ``E``, one block per agent."""
+
+    @torch.no_grad()
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        n = self.params.batch_size[0]
+        if tensordict.batch_dims != 1 or tensordict.shape[0] % n:
+            raise ValueError(
+                f"{n} stacked agents need a batched env with a multiple of {n} copies, "
+                f"got batch size {list(tensordict.batch_size)}."
+            )
+        inputs = tensordict.select(*self.actor.in_keys).reshape(n, -1)
+
+        def one_agent(params: TensorDictBase, inputs: TensorDictBase) -> TensorDictBase:
+            with params.to_module(self.actor):
+                return self.actor(inputs)
+
+        outputs = torch.vmap(one_agent, (0, 0))(self.params, inputs)
+        return tensordict.update(outputs.reshape(tensordict.shape))
+
+
+class RolloutActor(ParamsPolicy):
+    """The deterministic actor π_φ of a DMG ``loss`` with the weights being trained (see
+    :class:`ParamsPolicy`)."""
+
+    def __init__(self, loss) -> None:
+        super().__init__(loss.actor_network, loss.actor_network_params)
+
+
+def exploration_sigma(action_spec: Bounded, noise: float) -> float:
+    """``noise · max_action`` with ``max_action`` the largest action magnitude of the spec."""
+    space = action_spec.space
+    max_action = torch.maximum(space.low.abs(), space.high.abs()).max()
+    return float(noise * max_action)
+
+
+def make_exploration_policy(
+    actor: TensorDictModuleBase, action_spec: Bounded, *, noise: float = 0.1
+) -> TensorDictSequential:
+    """``clip(π(s) + ε, low, high)`` with ``ε ~ N(0, (noise · max_action)²)`` (spec: noise 0.1).
+
+    TorchRL's :class:`~torchrl.modules.AdditiveGaussianModule` adds ``sigma · N(0, 1)`` (an
+    absolute scale) and projects onto the bounded spec; ``sigma`` is held constant. The
+    noise is only added under ``ExplorationType.RANDOM`` (collectors); evaluation with
+    ``DETERMINISTIC`` exploration gets the actor's action.
+    """
+    sigma = exploration_sigma(action_spec, noise)
+    explore = AdditiveGaussianModule(
+        action_spec,
+        sigma_init=sigma,
+        sigma_end=sigma,
+        annealing_num_steps=1,
+        device=action_spec.device,
+    )
+    return TensorDictSequential(actor, explore)

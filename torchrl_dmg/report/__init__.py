@@ -1,0 +1,1 @@
+"""Reports of finished runs: learning curves (:mod:`torchrl_dmg.report.plotting`)."""

@@ -1,0 +1,41 @@
+"""One update machinery, schedules, checkpoints and RNG state, the offline and online loops.
+
+The public pieces, by module: :mod:`~torchrl_dmg.training.updater` (``DMGUpdater``),
+:mod:`~torchrl_dmg.training.seed_stacking` (``SeedStackedDMGUpdater``),
+:mod:`~torchrl_dmg.training.compile` (how a step is compiled or captured),
+:mod:`~torchrl_dmg.training.schedules`, :mod:`~torchrl_dmg.training.checkpoint`,
+:mod:`~torchrl_dmg.training.offline` and :mod:`~torchrl_dmg.training.online`.
+"""
+
+from torchrl_dmg.training.checkpoint import (
+    load_checkpoint,
+    offline_checkpoint_state,
+    offline_start_state,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from torchrl_dmg.training.offline import train_offline, value_bounds
+from torchrl_dmg.training.schedules import FinetuneSchedule
+from torchrl_dmg.training.seed_stacking import SeedStackedDMGUpdater, unstack_updater_state
+from torchrl_dmg.training.updater import DMGUpdater, UpdateMode
+
+__all__ = [
+    "DMGUpdater",
+    "FinetuneSchedule",
+    "SeedStackedDMGUpdater",
+    "UpdateMode",
+    "load_checkpoint",
+    "offline_checkpoint_state",
+    "offline_start_state",
+    "resolve_device",
+    "rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+    "train_offline",
+    "unstack_updater_state",
+    "value_bounds",
+]

@@ -1,0 +1,133 @@
+"""The offline training loop of both recipes, and the divergence check it logs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from torchrl_dmg.training.updater import DMGUpdater
+
+
+def train_offline(
+    updater: DMGUpdater,
+    buffer,
+    *,
+    start: int,
+    steps: int,
+    logger,
+    log_interval: int,
+    checkpoint: Callable[[int], None],
+    checkpoint_interval: int,
+    evaluate: Callable[[int], float] | None = None,
+    eval_interval: int = 0,
+    progress: bool = True,
+    desc: str = "dmg",
+    updates_per_call: int = 1,
+    value_bounds: tuple[float, float] | None = None,
+) -> int:
+    """The offline loop of both recipes: sample, update, log every ``log_interval`` steps,
+    ``evaluate(step) -> score`` every ``eval_interval`` and ``checkpoint(step)`` every
+    ``checkpoint_interval`` steps before the last (the caller evaluates and checkpoints the
+    end). A tqdm bar shows steps, it/s, ETA and the last score. Returns the final step.
+
+    ``updates_per_call=K > 1`` runs ``K`` iterations per :meth:`DMGUpdater.update_many`
+    call on ``buffer.sample(K)`` (one CUDA graph replay per ``K`` under ``"cudagraphs"``);
+    the step counts and intervals must then be multiples of ``K``.
+
+    ``value_bounds`` (:func:`value_bounds`): the range any true value lies in. A logged Q
+    estimate (any seed's batch mean) beyond it by more than a tenth of its width marks the
+    row ``q_out_of_bounds = 1`` and prints a warning (once): the critic is diverging."""
+    per_call = updates_per_call
+    _check_updates_per_call(
+        per_call,
+        updater.policy_freq,
+        {
+            "steps": steps,
+            "the start step": start,
+            "log_interval": log_interval,
+            "eval_interval": eval_interval,
+            "checkpoint_interval": checkpoint_interval,
+        },
+    )
+    step, train_time, warned = start, 0.0, False
+    bar = tqdm(
+        total=steps, initial=step, disable=not progress, desc=desc, unit="step", mininterval=1.0
+    )
+    while step < steps:
+        t0 = time.perf_counter()
+        if per_call == 1:
+            metrics = updater.update(buffer.sample())
+        else:  # K iterations, one call (one CUDA graph replay); metrics averaged over them
+            many = updater.update_many(buffer.sample(per_call))
+            metrics = {**many["critic"].to_dict(), **many["actor"].to_dict()}
+        train_time += time.perf_counter() - t0
+        step += per_call
+        bar.update(per_call)
+        if step % log_interval == 0:
+            row = _train_row(metrics, updater.actor_lr, log_interval / max(train_time, 1e-9))
+            train_time = 0.0
+            if value_bounds is not None and "state_action_value" in metrics:
+                q = metrics["state_action_value"].float()
+                row["q_out_of_bounds"] = float(_out_of_bounds(q, value_bounds))
+                if row["q_out_of_bounds"] and not warned:
+                    warned = True
+                    bar.write(_divergence_warning(step, q, value_bounds))
+            logger.log(step, "train", row)
+        if step < steps:
+            if evaluate is not None and eval_interval and step % eval_interval == 0:
+                bar.set_postfix(score=f"{evaluate(step):.1f}")
+            if checkpoint_interval and step % checkpoint_interval == 0:
+                checkpoint(step)
+    bar.close()
+    return step
+
+
+def _check_updates_per_call(per_call: int, policy_freq: int, named: dict[str, int]) -> None:
+    if per_call < 1:
+        raise ValueError(f"updates_per_call must be >= 1, got {per_call}.")
+    if per_call > 1:
+        bad = {k: v for k, v in named.items() if v % per_call}
+        if per_call % policy_freq or bad:
+            raise ValueError(
+                f"updates_per_call={per_call} (iterations per call) must be a multiple of "
+                f"policy_freq ({policy_freq}) and divide the step counts; not "
+                f"multiples of it: {bad}. Choose another updates_per_call, or 1."
+            )
+
+
+def _train_row(metrics: dict, actor_lr: float, updates_per_s: float) -> dict[str, float]:
+    """A logged row: every metric's mean over seeds (and over the call's iterations)."""
+    row = {k: v.float().mean().item() for k, v in metrics.items()}
+    row["actor_lr"] = actor_lr
+    row["updates_per_s"] = updates_per_s
+    return row
+
+
+def _out_of_bounds(q: torch.Tensor, bounds: tuple[float, float]) -> bool:
+    """Whether a Q estimate lies beyond ``bounds`` by more than a tenth of their width."""
+    low, high = bounds
+    margin = 0.1 * (high - low)
+    return bool(q.max() > high + margin or q.min() < low - margin)
+
+
+def _divergence_warning(step: int, q: torch.Tensor, bounds: tuple[float, float]) -> str:
+    low, high = bounds
+    return (
+        f"[dmg] WARNING step {step}: Q estimate {q.min().item():.4g}.."
+        f"{q.max().item():.4g} lies outside [{low:.4g}, {high:.4g}], the range "
+        "of any discounted return of this data: the critic is diverging "
+        "(the scores that follow are not to be trusted; see the spec on λ, ν)."
+    )
+
+
+def value_bounds(rewards: torch.Tensor, gamma: float) -> tuple[float, float]:
+    """The range of every discounted return ``sum_t gamma^t r_t`` (any horizon, episodes
+    ending anywhere) with per-step rewards in ``[rewards.min(), rewards.max()]``:
+    ``[min(r_min, 0), max(r_max, 0)] / (1 - gamma)``."""
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}.")
+    r_min, r_max = float(rewards.min()), float(rewards.max())
+    return min(r_min, 0.0) / (1.0 - gamma), max(r_max, 0.0) / (1.0 - gamma)

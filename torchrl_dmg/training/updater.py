@@ -1,0 +1,373 @@
+"""The DMG update step (value, critic, delayed actor and Polyak targets), shared by the
+offline and fine-tuning recipes: eager, compiled or CUDA-graph captured, one or ``K``
+iterations per call."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives import SoftUpdate
+
+from torchrl_dmg._compat import speed_up_tensordict_module_outputs
+from torchrl_dmg.modules import ParamsPolicy
+from torchrl_dmg.objectives import DMGLoss
+from torchrl_dmg.training.compile import (
+    UpdateMode,
+    adam,
+    captured,
+    compile_step,
+    default_backend,
+    optimizer_step,
+    prepare_compile,
+)
+
+__all__ = ["DMGUpdater", "UpdateMode"]
+
+
+class DMGUpdater:
+    """One DMG iteration: value step, critic step, then every ``policy_freq`` iterations
+    an actor step followed by a Polyak update of the actor and critic targets.
+
+    The value+critic step and the actor step are two separate functions, so that each
+    can be compiled (``mode="compile"``) or captured (``mode="cudagraphs"``) without a
+    Python branch inside; the delay counter lives here, in Python, and is therefore never
+    frozen by compilation.
+
+    Args:
+        loss: the :class:`DMGLoss`.
+        lr: Adam learning rate for all three networks (spec: 3e-4).
+        tau: Polyak rate of the target update (spec: 0.005), via :class:`SoftUpdate`.
+        policy_freq: critic steps per actor step (spec: 2).
+        actor_cosine_steps: if given, the actor's learning rate follows a cosine
+            schedule over this many *actor* updates (spec, offline phase).
+        mode: ``"eager"``, ``"compile"`` (``torch.compile``) or ``"cudagraphs"``
+            (``torch.compile`` + :class:`tensordict.nn.CudaGraphModule`, CUDA only).
+        cudagraph_warmup: eager calls before a graph is captured (``"cudagraphs"`` only).
+        compile_backend: ``torch.compile`` backend. Default: ``"inductor"`` on CUDA,
+            ``"aot_eager"`` on CPU (it removes TensorDict's per-op Python work and runs the
+            ATen kernels as they are; inductor's CPU kernels were slower there).
+        skip_guards: ``mode="compile"`` only, for a host-bound update (a CPU): each
+            ``backward()`` is traced into its step's graph (Dynamo's ``trace_autograd_ops``)
+            and, after ``guard_warmup`` iterations, Dynamo's guards are no longer evaluated
+            before each call (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).
+            Not for :class:`SeedStackedDMGUpdater`. The guards check every parameter and
+            TensorDict entry, ~0.35 ms per call on one CPU core, ~10% of an iteration, and
+            an update's inputs never change: the steps are compiled for this updater alone
+            (a cache no other updater shares), and the one thing that could change, the
+            batch's keys, shapes, dtypes and devices, is checked here instead (a different
+            batch is an error).
+    """
+
+    def __init__(
+        self,
+        loss: DMGLoss,
+        *,
+        lr: float = 3e-4,
+        tau: float = 0.005,
+        policy_freq: int = 2,
+        actor_cosine_steps: int | None = None,
+        mode: UpdateMode = "eager",
+        cudagraph_warmup: int = 3,
+        compile_backend: str | None = None,
+        skip_guards: bool = False,
+        guard_warmup: int = 8,
+    ) -> None:
+        if policy_freq < 1:
+            raise ValueError(f"policy_freq must be >= 1, got {policy_freq}.")
+        if mode not in ("eager", "compile", "cudagraphs"):
+            raise ValueError(f"mode must be 'eager', 'compile' or 'cudagraphs', got {mode!r}.")
+        device = next(iter(loss.parameters())).device
+        if mode == "cudagraphs" and device.type != "cuda":
+            raise ValueError(
+                f"mode='cudagraphs' needs the loss on a CUDA device (it is on {device}); "
+                "use mode='compile' or 'eager' on CPU."
+            )
+        if skip_guards and mode != "compile":
+            raise ValueError(
+                f"skip_guards=True is for mode='compile' (got mode={mode!r}): eager code has "
+                "no guards, and a CUDA-graph replay skips them already."
+            )
+        speed_up_tensordict_module_outputs()
+        self._cudagraph_warmup = cudagraph_warmup
+        self._many_step = None  # built on the first update_many call
+        self.loss = loss
+        self.device = device
+        self.policy_freq = policy_freq
+        self.mode = mode
+        self.skip_guards = skip_guards
+        self.guard_warmup = guard_warmup
+        self._batch_signatures: dict[str, list] = {}  # per entry point: update, update_many
+        self.optim_value, self.optim_qvalue, self.optim_actor = (
+            adam(self.network_params(name), lr, device=device, mode=mode)
+            for name in ("value", "qvalue", "actor")
+        )
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optim_actor, T_max=actor_cosine_steps)
+            if actor_cosine_steps
+            else None
+        )
+        self.tau = tau
+        self.target_updater = self._make_target_updater()
+        self.num_updates = 0
+        self._build_steps(compile_backend)
+
+    def _build_steps(self, compile_backend: str | None) -> None:
+        """What gets compiled (``"compile"``, ``"cudagraphs"``): the whole critic step and the
+        whole actor step (losses, backward, optimiser steps, target update), each its own
+        graph; ``"cudagraphs"`` then captures each as a CUDA graph. The delay counter stays
+        in Python, so no branch lives inside a graph."""
+        self._critic_step = self.critic_step
+        self._actor_step = self.actor_step
+        if self.mode != "eager":
+            prepare_compile()
+            backend = compile_backend or default_backend(self.device)
+            # skip_guards: private code objects, as Dynamo caches per code object, so this
+            # updater's steps get a cache of their own (no other updater's entries to tell
+            # apart once guards are skipped). Without it, later updaters reuse the traced
+            # graphs of earlier ones where the guards allow (much faster to build).
+            private = self.skip_guards
+            self._critic_step = compile_step(self.critic_step, backend, private=private)
+            self._actor_step = compile_step(self.actor_step, backend, private=private)
+        self._compiled_steps = (self._critic_step, self._actor_step)
+        if self.mode == "cudagraphs":
+            self._critic_step = self._captured(self._critic_step)
+            self._actor_step = self._captured(self._actor_step)
+
+    def _captured(self, function: Callable) -> Callable:
+        """``function`` (TensorDicts in and out) replayed as a CUDA graph after warm-up."""
+        return captured(function, self._cudagraph_warmup)
+
+    # -------------------------------------------------------- hooks (overridden per seed stack)
+    def network_params(self, name: str) -> TensorDictBase:
+        """Trainable parameters of the ``"value"``, ``"qvalue"`` or ``"actor"`` network."""
+        return getattr(self.loss, f"{name}_network_params")
+
+    def loss_call(self, method: str, batch: TensorDictBase, *args: torch.Tensor):
+        """``loss.<method>(batch, *args)``. The updater calls the loss's compile-safe
+        objectives (``value_objective`` ...), which compile into whole graphs (see
+        ``DMGLoss``)."""
+        return getattr(self.loss, method)(batch, *args)
+
+    def _make_target_updater(self):
+        return SoftUpdate(self.loss, tau=self.tau)
+
+    def update_targets(self) -> None:
+        """Polyak update of the actor and critic targets."""
+        self.target_updater.step()
+
+    def _backward(self, method: str, batch: TensorDictBase, *args) -> tuple[torch.Tensor, dict]:
+        loss, metadata = self.loss_call(method, batch, *args)
+        loss.sum().backward()  # a scalar, or one loss per stacked seed (independent terms)
+        return loss.detach(), metadata
+
+    #: ``min_i Q_θi'(s, a)``, passed from the critic step to the actor step of an iteration
+    TARGET_Q_KEY = "_target_min_q"
+
+    def critic_step(self, batch: TensorDict) -> TensorDict:
+        """Value step then critic step (in this order, as in the reference).
+
+        Besides the metrics, returns ``min_i Q_θi'(s, a)`` on the batch (``TARGET_Q_KEY``):
+        the target critics do not change until the actor step's Polyak update, so the actor
+        step of the same iteration reuses it instead of recomputing it. Inputs and outputs
+        are TensorDicts only: that is what a CUDA graph copies in and out at each replay.
+        """
+        target_q = self.loss_call("target_min_q", batch)
+        loss_value, md_value = self._backward("value_objective", batch, target_q)
+        optimizer_step(self.optim_value)
+        loss_qvalue, md_qvalue = self._backward("qvalue_objective", batch)
+        optimizer_step(self.optim_qvalue)
+        return TensorDict(
+            {
+                "loss_value": loss_value,
+                "loss_qvalue": loss_qvalue,
+                **md_value,
+                **md_qvalue,
+                self.TARGET_Q_KEY: target_q,
+            }
+        )
+
+    def actor_step(self, batch: TensorDict) -> TensorDict:
+        """Actor step then the Polyak update of the targets; ``batch`` carries the critic
+        step's ``TARGET_Q_KEY``."""
+        target_q = batch.get(self.TARGET_Q_KEY)
+        loss_actor, md_actor = self._backward("actor_objective", batch, target_q)
+        optimizer_step(self.optim_actor)
+        self.update_targets()
+        return TensorDict({"loss_actor": loss_actor, **md_actor})
+
+    def _dynamo_context(
+        self, batch: TensorDictBase, entry: str = "update"
+    ) -> contextlib.AbstractContextManager:
+        """What the compiled steps run under: nothing, or (``skip_guards``) the tracing of
+        ``backward()`` and, after the warm-up, no guard evaluation, once ``batch`` matched
+        the warm-up's batches."""
+        if not self.skip_guards:
+            return contextlib.nullcontext()
+        signature = [
+            (key, value.shape, value.dtype, value.device)
+            for key, value in batch.items(include_nested=True, leaves_only=True)
+        ]
+        first = self._batch_signatures.setdefault(entry, signature)
+        if signature != first:
+            raise ValueError(
+                f"skip_guards=True: this {entry} batch differs from the first one in its keys, "
+                f"shapes, dtypes or devices ({signature} vs {first}); keep one batch size, or "
+                "build the updater with skip_guards=False."
+            )
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch._dynamo.config.patch(trace_autograd_ops=True))
+        if self.num_updates >= self.guard_warmup:
+            stack.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
+        return stack
+
+    def update(self, batch: TensorDict) -> TensorDict:
+        """One iteration on ``batch``; returns detached metrics (actor ones on actor steps)."""
+        with self._dynamo_context(batch):
+            return self._update(batch)
+
+    def _update(self, batch: TensorDict) -> TensorDict:
+        metrics = self._critic_step(batch)
+        target_q = metrics.pop(self.TARGET_Q_KEY)
+        self.num_updates += 1
+        if self.num_updates % self.policy_freq == 0:
+            # a shallow copy: the caller's batch is left as it was
+            metrics.update(self._actor_step(batch.copy().set(self.TARGET_Q_KEY, target_q)))
+            if self.scheduler is not None:
+                self.scheduler.step()
+        return metrics
+
+    #: the actor's learning rates for the actor steps of an :meth:`update_many` call
+    ACTOR_LRS_KEY = "_actor_lrs"
+
+    def many_step(self, inputs: TensorDict) -> TensorDict:
+        """``K`` iterations in a row on ``inputs["batches"]`` (batch ``[K, ...]``), as
+        :meth:`update` would run them from an iteration count that is a multiple of
+        ``policy_freq`` (``K`` is one too): the actor step follows every
+        ``policy_freq``-th critic step, at a position fixed by ``k``, so the whole loop is
+        branch-free and one CUDA graph captures it. ``inputs`` may carry ``"actor_lrs"``:
+        the actor's learning rate for each actor step, then the one to leave in place (the
+        cosine schedule, computed on the host and copied in at each replay)."""
+        critic_step, actor_step = self._compiled_steps
+        batches, lrs = inputs.get("batches"), inputs.get("actor_lrs", None)
+        critic, actor = [], []
+        for k in range(batches.shape[0]):
+            batch = batches[k]
+            metrics = critic_step(batch)
+            target_q = metrics.pop(self.TARGET_Q_KEY)
+            critic.append(metrics)
+            if (k + 1) % self.policy_freq == 0:
+                if lrs is not None:
+                    self.set_actor_lr(lrs[len(actor)])
+                actor.append(actor_step(batch.set(self.TARGET_Q_KEY, target_q)))
+        if lrs is not None:
+            self.set_actor_lr(lrs[len(actor)])
+        return TensorDict({"critic": torch.stack(critic), "actor": torch.stack(actor)})
+
+    def set_actor_lr(self, lr: float | torch.Tensor) -> None:
+        """Set the actor's learning rate. A tensor lr (compiled modes) is written in place:
+        it is what a compiled step or a CUDA graph reads."""
+        for group in self.optim_actor.param_groups:
+            if not torch.is_tensor(group["lr"]):
+                group["lr"] = float(lr)
+            elif torch.is_tensor(lr):
+                group["lr"].copy_(lr)
+            else:
+                group["lr"].fill_(lr)
+
+    def update_many(self, batches: TensorDict) -> TensorDict:
+        """``K = batches.shape[0]`` iterations in one call (the PyTorch analogue of a JAX
+        ``scan`` over updates): under ``mode="cudagraphs"`` one CUDA graph replays all ``K``
+        critic steps and their ``K / policy_freq`` actor steps, so the host's per-call work
+        is paid once per ``K`` updates. The result equals ``K`` calls of :meth:`update` on
+        ``batches[0]``, ``batches[1]``, ... (the actor's cosine learning rate included).
+
+        Returns every update's metrics: ``"critic"`` (batch ``[K]``) and ``"actor"``
+        (batch ``[K // policy_freq]``). ``K`` and the number of iterations done so far
+        must be multiples of ``policy_freq``; keep one ``K`` per updater (a CUDA graph is
+        captured for one shape).
+        """
+        num = batches.shape[0]
+        if num < 1 or num % self.policy_freq or self.num_updates % self.policy_freq:
+            raise ValueError(
+                f"update_many needs a number of iterations ({num}) and a count of iterations "
+                f"done ({self.num_updates}) that are multiples of policy_freq "
+                f"({self.policy_freq}); use update() for single iterations."
+            )
+        num_actor = num // self.policy_freq
+        inputs = TensorDict({"batches": batches}, batch_size=[])
+        if self.scheduler is not None:
+            inputs.set("actor_lrs", self._cosine_actor_lrs(num_actor))
+        if self._many_step is None:
+            graphs = self.mode == "cudagraphs"
+            self._many_step = self._captured(self.many_step) if graphs else self.many_step
+        with self._dynamo_context(batches, "update_many"):
+            metrics = self._many_step(inputs)
+        self.num_updates += num
+        if self.scheduler is not None:  # its state, as num_actor scheduler.step() leave it
+            self.scheduler.last_epoch += num_actor
+            self.scheduler._last_lr = [self._cosine_lr(self.scheduler.last_epoch)]
+        return metrics
+
+    def _cosine_lr(self, epoch: int) -> float:
+        """``CosineAnnealingLR``'s closed form (η_min = 0) at actor update ``epoch``."""
+        base, t_max = self.scheduler.base_lrs[0], self.scheduler.T_max
+        return base * (1 + math.cos(math.pi * epoch / t_max)) / 2
+
+    def _cosine_actor_lrs(self, num_actor: int) -> torch.Tensor:
+        epoch = self.scheduler.last_epoch
+        lrs = [self._cosine_lr(epoch + j) for j in range(num_actor + 1)]
+        return torch.tensor(lrs, dtype=torch.float32).to(self.device, non_blocking=True)
+
+    def agents_in_loss(self) -> contextlib.AbstractContextManager:
+        """A context in which ``self.loss`` holds the trained agent(s)' tensors: the loss
+        itself here, every stacked agent at once in :class:`SeedStackedDMGUpdater`."""
+        return contextlib.nullcontext()
+
+    def set_coefficients(self, **coefficients: float | torch.Tensor) -> None:
+        """λ (``mixture_coef``), ν (``penalty_coef``) or γ of every agent, in place
+        (:meth:`DMGLoss.set_coefficients`)."""
+        with self.agents_in_loss():
+            self.loss.set_coefficients(**coefficients)
+
+    def policy(self):
+        """The deterministic actor with the trained parameters, for env rollouts."""
+        return ParamsPolicy(self.loss.actor_network, self.network_params("actor"))
+
+    @property
+    def actor_lr(self) -> float:
+        return float(self.optim_actor.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss.state_dict(),
+            "optim_value": self.optim_value.state_dict(),
+            "optim_qvalue": self.optim_qvalue.state_dict(),
+            "optim_actor": self.optim_actor.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.load_state_dict(state["loss"])
+        self.optim_value.load_state_dict(state["optim_value"])
+        self.optim_qvalue.load_state_dict(state["optim_qvalue"])
+        self.optim_actor.load_state_dict(state["optim_actor"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.num_updates = int(state["num_updates"])
+        self._restore_lr_kind()
+
+    def _restore_lr_kind(self) -> None:
+        """A loaded optimiser state brings the learning rate as it was saved: a float from
+        an eager run, a tensor from a compiled one. Compiled steps need a tensor (a float is
+        baked into the compiled code, and a CUDA graph would replay it frozen while the
+        cosine schedule moves on); eager steps take a float."""
+        for optimizer in (self.optim_value, self.optim_qvalue, self.optim_actor):
+            for group in optimizer.param_groups:
+                lr = float(group["lr"])
+                group["lr"] = torch.tensor(lr, device=self.device) if self.mode != "eager" else lr

@@ -123,7 +123,6 @@ def is_complete(dataset_id: str, root: str | os.PathLike | None = None) -> bool:
     lengths). Any error while checking means "not complete", so a crashed or half-copied
     dataset is rebuilt, not used.
     """
-
     base = Path(root) if root is not None else datasets_root()
     data_dir = dataset_path(dataset_id, base) / "data"
     if not (data_dir / "metadata.json").is_file():
@@ -274,7 +273,6 @@ def publish_dataset(
     """Create a generated Minari dataset from episode buffers through
     :func:`building_dataset` (published only when whole), with the project's author fields
     and the generator's parameters stored in its metadata (``generator_params``)."""
-
     with building_dataset(dataset_id):
         dataset = minari.create_dataset_from_buffers(
             dataset_id=dataset_id,

@@ -143,7 +143,6 @@ def _flatten_obs(obs, obs_keys: Sequence[str] | None) -> np.ndarray:
 
 def default_obs_keys(dataset) -> list[str] | None:
     """Observation then desired goal for goal-conditioned (dict) observations, else ``None``."""
-
     space = dataset.observation_space
     if isinstance(space, gym.spaces.Dict):
         return [k for k in ("observation", "desired_goal") if k in space.spaces]
@@ -158,7 +157,6 @@ def load_transitions(
     Dict observations are flattened by concatenating ``obs_keys`` in order (the
     evaluation env uses the same order, see :func:`torchrl_dmg.envs.make_env`).
     """
-
     obs, next_obs, actions, rewards, terms, truncs, episode = [], [], [], [], [], [], []
     for ep in tqdm(
         dataset.iterate_episodes(),
@@ -245,7 +243,6 @@ class OfflineDataset:
 
     def normalized_score(self, returns: np.ndarray | torch.Tensor | float) -> np.ndarray:
         """``100 · (R - R_random) / (R_expert - R_random)`` with the dataset's reference scores."""
-
         returns = np.asarray(torch.as_tensor(returns).cpu(), dtype=np.float64)
         return 100.0 * np.asarray(minari.get_normalized_score(self.minari_dataset, returns))
 

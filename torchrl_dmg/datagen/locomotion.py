@@ -113,7 +113,6 @@ def _collect(
 ) -> list[dict[str, np.ndarray]]:
     """``num_steps`` transitions from ``_NUM_ENVS`` envs stepped side by side, as whole
     episodes (in order of completion; the ones still running at the end are truncated)."""
-
     envs = [gym.make(LOCOMOTION_ENVS[env]) for _ in range(_NUM_ENVS)]
     actor = load_behaviour_actor(policy_path)[0] if policy_path is not None else None
     generator = torch.Generator().manual_seed(seed)
@@ -174,7 +173,6 @@ def _finish(ep: dict[str, list]) -> dict[str, np.ndarray]:
 
 def _replay_transitions(run_dir: Path, max_step: int) -> dict[str, np.ndarray]:
     """The SAC run's transitions up to ``max_step``; the last one closes its episode."""
-
     data = load_transitions(run_dir, max_step=max_step)
     data["truncated"] = data["truncated"].astype(bool).reshape(-1)
     data["terminated"] = data["terminated"].astype(bool).reshape(-1)
@@ -251,6 +249,64 @@ def _buffers(episodes: list[dict[str, np.ndarray]], seed: int) -> list:
     ]
 
 
+def _medium_replay_episodes(
+    env: str,
+    policy_dir: str | os.PathLike | None,
+    behaviour_run: str | os.PathLike | None,
+    params: dict[str, Any],
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The episodes of ``medium-replay`` and their description; records the source in
+    ``params``."""
+    medium = shipped_policy(env, "medium", policy_dir)
+    meta = torch.load(medium, map_location="cpu", weights_only=False)
+    until = int(meta["step"])
+    run = Path(behaviour_run or DEFAULT_BEHAVIOUR_RUN.format(env=env))
+    packed = Path(policy_dir or POLICY_DIR) / f"{env}-medium-replay.npz"
+    if behaviour_run is None and packed.is_file():  # the shipped one: what medium came from
+        data, run = _unpack_medium_replay(packed, until), packed
+    elif (run / "transitions" / "meta.json").is_file():
+        data = _replay_transitions(run, until)
+    else:
+        raise FileNotFoundError(
+            f"medium-replay is the SAC run's replay buffer until its medium checkpoint "
+            f"(step {until}), and neither a run at {run} nor a packed copy at {packed} "
+            f"was found. Rerun the documented training: `python "
+            f"recipes/train_behaviour.py env={env} steps={until}` (or pass "
+            "behaviour_run=<its directory>)."
+        )
+    episodes = _episodes(data)
+    params.update(behaviour_run=str(run), until_step=until)
+    return episodes, f"all transitions of the SAC run until its medium checkpoint ({run})"
+
+
+def _policy_episodes(
+    env: str,
+    quality: str,
+    num_steps: int,
+    seed: int,
+    policy_dir: str | os.PathLike | None,
+    progress: bool,
+    params: dict[str, Any],
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The episodes of a policy-collected quality (random, medium, expert, medium-expert)
+    and their description; records the policies in ``params``."""
+    levels = {"random": [None], "medium": ["medium"], "expert": ["expert"]}
+    levels["medium-expert"] = ["medium", "expert"]
+    episodes = []
+    for level in levels[quality]:
+        path = shipped_policy(env, level, policy_dir) if level else None
+        episodes += _collect(env, num_steps, seed, path, progress)
+        if path is not None:
+            params[f"{level}_policy"] = path.name
+    params["num_steps"] = num_steps
+    return episodes, {
+        "random": "uniform random actions",
+        "medium": "the shipped medium SAC policy (stochastic)",
+        "expert": "the shipped expert SAC policy (stochastic)",
+        "medium-expert": "the medium then the expert dataset, concatenated",
+    }[quality]
+
+
 def generate_locomotion_dataset(
     env: str = "hopper",
     quality: str = "medium",
@@ -294,42 +350,11 @@ def generate_locomotion_dataset(
         "seed": seed,
     }
     if quality == "medium-replay":
-        medium = shipped_policy(env, "medium", policy_dir)
-        meta = torch.load(medium, map_location="cpu", weights_only=False)
-        until = int(meta["step"])
-        run = Path(behaviour_run or DEFAULT_BEHAVIOUR_RUN.format(env=env))
-        packed = Path(policy_dir or POLICY_DIR) / f"{env}-medium-replay.npz"
-        if behaviour_run is None and packed.is_file():  # the shipped one: what medium came from
-            data, run = _unpack_medium_replay(packed, until), packed
-        elif (run / "transitions" / "meta.json").is_file():
-            data = _replay_transitions(run, until)
-        else:
-            raise FileNotFoundError(
-                f"medium-replay is the SAC run's replay buffer until its medium checkpoint "
-                f"(step {until}), and neither a run at {run} nor a packed copy at {packed} "
-                f"was found. Rerun the documented training: `python "
-                f"recipes/train_behaviour.py env={env} steps={until}` (or pass "
-                "behaviour_run=<its directory>)."
-            )
-        episodes = _episodes(data)
-        params.update(behaviour_run=str(run), until_step=until)
-        description = f"all transitions of the SAC run until its medium checkpoint ({run})"
+        episodes, description = _medium_replay_episodes(env, policy_dir, behaviour_run, params)
     else:
-        levels = {"random": [None], "medium": ["medium"], "expert": ["expert"]}
-        levels["medium-expert"] = ["medium", "expert"]
-        episodes = []
-        for level in levels[quality]:
-            path = shipped_policy(env, level, policy_dir) if level else None
-            episodes += _collect(env, num_steps, seed, path, progress)
-            if path is not None:
-                params[f"{level}_policy"] = path.name
-        params["num_steps"] = num_steps
-        description = {
-            "random": "uniform random actions",
-            "medium": "the shipped medium SAC policy (stochastic)",
-            "expert": "the shipped expert SAC policy (stochastic)",
-            "medium-expert": "the medium then the expert dataset, concatenated",
-        }[quality]
+        episodes, description = _policy_episodes(
+            env, quality, num_steps, seed, policy_dir, progress, params
+        )
     ref_min, ref_max = D4RL_REF_SCORES[env]
     spec = gym.spec(LOCOMOTION_ENVS[env])
     publish_dataset(
@@ -338,7 +363,7 @@ def generate_locomotion_dataset(
         env_spec=spec,
         eval_env_spec=spec,
         algorithm_name=f"SAC behaviour policy ({quality})",
-        code_permalink="torchrl_dmg/data/locomotion.py",
+        code_permalink="torchrl_dmg/datagen/locomotion.py",
         ref_min_score=ref_min,
         ref_max_score=ref_max,
         description=(
@@ -366,7 +391,6 @@ def ship_behaviour_policies(
     episodes, seeds ``seed + i``), and write them to ``policy_dir`` as
     ``<env>-<level>.pt`` (the actor only) plus their record in ``policies.json``. Returns
     the two new record entries."""
-
     _check_env(env)
     out = Path(policy_dir or POLICY_DIR)
     out.mkdir(parents=True, exist_ok=True)
@@ -405,7 +429,6 @@ def ship_behaviour_policies(
 
 def update_policy_record(entries: dict[str, Any], policy_dir: str | os.PathLike | None = None):
     """Merge ``entries`` into ``policies.json`` (the record of the shipped policies)."""
-
     path = Path(policy_dir or POLICY_DIR) / "policies.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
     record.update(entries)

@@ -27,6 +27,9 @@ import numpy as np
 from gymnasium_robotics.envs.maze import maps
 
 Cell = tuple[int, int]
+#: PD gains of the PointMaze waypoint controller (D4RL maze2d: p_gain 10, d_gain -1)
+DEFAULT_KP = 10.0
+DEFAULT_KD = 1.0
 
 # Fixed exploration order (up, down, left, right in the grid) so that ties between equally
 # short paths are always broken the same way.
@@ -226,13 +229,72 @@ def maze_map_with_cells(
 
 def register_maze_envs() -> None:
     """Register gymnasium-robotics' envs (PointMaze, AntMaze) with gymnasium."""
-
     gym.register_envs(gymnasium_robotics)
 
 
 def base_maze_map(maze: str) -> list[list[int | str]]:
     """gymnasium-robotics' plain map of ``"umaze"``, ``"medium"`` or ``"large"``."""
-
     return {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[
         maze.lower()
     ]
+
+
+class WaypointController:
+    """Noisy PD waypoint controller for PointMaze (the data-collection behaviour policy).
+
+    Markovian in the observation dict: it reads the position and velocity from
+    ``obs["observation"]`` and the goal from ``obs["desired_goal"]``, steers towards
+    :meth:`MazeGrid.next_waypoint` with ``a = clip(kp * (waypoint - pos) - kd * vel, -1, 1)``,
+    adds ``N(0, noise^2)`` and clips to the action bounds again.
+
+    Args:
+        maze_map: gymnasium-robotics maze map (``env.unwrapped.maze.maze_map``).
+        maze_size_scaling: cell size (1 for PointMaze).
+        kp, kd: PD gains (D4RL maze2d: p_gain 10, d_gain -1, i.e. ``kd = 1`` here).
+        noise: Gaussian action-noise std; 0 gives the deterministic expert.
+        seed: seed of the noise generator.
+    """
+
+    def __init__(
+        self,
+        maze_map: list[list[int | str]],
+        maze_size_scaling: float = 1.0,
+        kp: float = DEFAULT_KP,
+        kd: float = DEFAULT_KD,
+        noise: float = 0.0,
+        seed: int | None = None,
+        low: float = -1.0,
+        high: float = 1.0,
+    ):
+        self.grid = MazeGrid(maze_map, maze_size_scaling)
+        self.kp = float(kp)
+        self.kd = float(kd)
+        self.noise = float(noise)
+        self.low = float(low)
+        self.high = float(high)
+        self.rng = np.random.default_rng(seed)
+        # Noise is drawn in blocks (the same stream as one draw per step, far less overhead).
+        self._noise_block = np.empty((0, 2))
+        self._noise_i = 0
+
+    def _next_noise(self) -> tuple[float, float]:
+        if self._noise_i >= len(self._noise_block):
+            self._noise_block = self.rng.standard_normal((4096, 2))
+            self._noise_i = 0
+        nx, ny = self._noise_block[self._noise_i]
+        self._noise_i += 1
+        return float(nx), float(ny)
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        state = obs["observation"]
+        px, py, vx, vy = float(state[0]), float(state[1]), float(state[2]), float(state[3])
+        wx, wy = self.grid.next_waypoint((px, py), obs["desired_goal"])
+        lo, hi = self.low, self.high
+        # Scalar arithmetic: np.clip on 2-vectors costs more than the whole PD law.
+        ax = min(max(self.kp * (wx - px) - self.kd * vx, lo), hi)
+        ay = min(max(self.kp * (wy - py) - self.kd * vy, lo), hi)
+        if self.noise > 0:
+            nx, ny = self._next_noise()
+            ax = min(max(ax + self.noise * nx, lo), hi)
+            ay = min(max(ay + self.noise * ny, lo), hi)
+        return np.array((ax, ay), dtype=np.float32)

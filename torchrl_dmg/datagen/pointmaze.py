@@ -45,7 +45,9 @@ from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, publish_dataset
 from torchrl_dmg.datagen.maze import (
-    MazeGrid,
+    DEFAULT_KD,
+    DEFAULT_KP,
+    WaypointController,
     base_maze_map,
     maze_map_with_cells,
     register_maze_envs,
@@ -80,8 +82,6 @@ DEFAULT_NUM_STEPS: dict[str, int] = {"umaze": 200_000, "medium": 400_000, "large
 #: used 0.5; the PD law saturates far from a waypoint, so the data stay goal-reaching (about 94%
 #: of the noiseless controller's goal rate on Medium) while covering many more actions.
 DEFAULT_NOISE = 0.5
-DEFAULT_KP = 10.0
-DEFAULT_KD = 1.0
 #: Radius within which gymnasium-robotics counts the goal as reached (reward 1).
 GOAL_RADIUS = 0.45
 
@@ -153,67 +153,6 @@ def _make_collection_env(maze: str, max_episode_steps: int) -> gym.Env:
     )
 
 
-class WaypointController:
-    """Noisy PD waypoint controller for PointMaze (the data-collection behaviour policy).
-
-    Markovian in the observation dict: it reads the position and velocity from
-    ``obs["observation"]`` and the goal from ``obs["desired_goal"]``, steers towards
-    :meth:`MazeGrid.next_waypoint` with ``a = clip(kp * (waypoint - pos) - kd * vel, -1, 1)``,
-    adds ``N(0, noise^2)`` and clips to the action bounds again.
-
-    Args:
-        maze_map: gymnasium-robotics maze map (``env.unwrapped.maze.maze_map``).
-        maze_size_scaling: cell size (1 for PointMaze).
-        kp, kd: PD gains (D4RL maze2d: p_gain 10, d_gain -1, i.e. ``kd = 1`` here).
-        noise: Gaussian action-noise std; 0 gives the deterministic expert.
-        seed: seed of the noise generator.
-    """
-
-    def __init__(
-        self,
-        maze_map: list[list[int | str]],
-        maze_size_scaling: float = 1.0,
-        kp: float = DEFAULT_KP,
-        kd: float = DEFAULT_KD,
-        noise: float = 0.0,
-        seed: int | None = None,
-        low: float = -1.0,
-        high: float = 1.0,
-    ):
-        self.grid = MazeGrid(maze_map, maze_size_scaling)
-        self.kp = float(kp)
-        self.kd = float(kd)
-        self.noise = float(noise)
-        self.low = float(low)
-        self.high = float(high)
-        self.rng = np.random.default_rng(seed)
-        # Noise is drawn in blocks (the same stream as one draw per step, far less overhead).
-        self._noise_block = np.empty((0, 2))
-        self._noise_i = 0
-
-    def _next_noise(self) -> tuple[float, float]:
-        if self._noise_i >= len(self._noise_block):
-            self._noise_block = self.rng.standard_normal((4096, 2))
-            self._noise_i = 0
-        nx, ny = self._noise_block[self._noise_i]
-        self._noise_i += 1
-        return float(nx), float(ny)
-
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        state = obs["observation"]
-        px, py, vx, vy = float(state[0]), float(state[1]), float(state[2]), float(state[3])
-        wx, wy = self.grid.next_waypoint((px, py), obs["desired_goal"])
-        lo, hi = self.low, self.high
-        # Scalar arithmetic: np.clip on 2-vectors costs more than the whole PD law.
-        ax = min(max(self.kp * (wx - px) - self.kd * vx, lo), hi)
-        ay = min(max(self.kp * (wy - py) - self.kd * vy, lo), hi)
-        if self.noise > 0:
-            nx, ny = self._next_noise()
-            ax = min(max(ax + self.noise * nx, lo), hi)
-            ay = min(max(ay + self.noise * ny, lo), hi)
-        return np.array((ax, ay), dtype=np.float32)
-
-
 def evaluate_policy(
     env: gym.Env,
     policy: Callable[[dict[str, np.ndarray]], np.ndarray],
@@ -267,7 +206,6 @@ def _collect(
     ``reward``, ``success``, ``episode_end``). Steps the unwrapped env directly: episode limits are
     handled here, and skipping gymnasium's checker/time-limit wrappers doubles the throughput.
     """
-
     base = env.unwrapped
     keys = ("observation", "achieved_goal", "desired_goal")
     obs, _ = env.reset(seed=seed)
@@ -407,7 +345,6 @@ def generate_pointmaze_dataset(
     written through :func:`torchrl_dmg.data.local.building_dataset`, so an interrupted run
     leaves nothing that loads as a whole dataset.
     """
-
     env_id, _, _, horizon = _maze_entry(maze)
     maze = maze.lower()
     dataset_id = dataset_id or default_pointmaze_dataset_id(maze)
@@ -420,13 +357,34 @@ def generate_pointmaze_dataset(
             return dataset_id
         # made by an older generator: rebuild rather than silently train on stale data
 
-    env = _make_collection_env(maze, max_episode_steps)
+    settings = {
+        "noise": noise,
+        "kp": kp,
+        "kd": kd,
+        "max_episode_steps": max_episode_steps,
+        "split_on_success": split_on_success,
+        "max_dwell": max_dwell,
+        "num_ref_episodes": num_ref_episodes,
+    }
+    env, data = _collect_with_controller(maze, num_steps, seed, settings, progress)
+    buffers = _episode_buffers(data, seed)
+    ref_min, ref_max = _reference_scores(maze, kp, kd, num_ref_episodes, seed=seed + 1_000_000)
+    _publish(dataset_id, maze, env, data, seed, settings, (ref_min, ref_max), buffers)
+    return dataset_id
+
+
+def _collect_with_controller(
+    maze: str, num_steps: int, seed: int, settings: dict[str, Any], progress: bool
+) -> tuple[gym.Env, dict[str, np.ndarray]]:
+    """The collection env (closed; its spec goes into the dataset) and ``num_steps``
+    transitions of the noisy waypoint controller in it."""
+    env = _make_collection_env(maze, settings["max_episode_steps"])
     controller = WaypointController(
         env.unwrapped.maze.maze_map,
         env.unwrapped.maze.maze_size_scaling,
-        kp=kp,
-        kd=kd,
-        noise=noise,
+        kp=settings["kp"],
+        kd=settings["kd"],
+        noise=settings["noise"],
         seed=seed,
     )
     try:
@@ -435,16 +393,35 @@ def generate_pointmaze_dataset(
             controller,
             num_steps,
             seed,
-            max_episode_steps,
-            split_on_success,
+            settings["max_episode_steps"],
+            settings["split_on_success"],
             progress,
-            max_dwell,
+            settings["max_dwell"],
         )
     finally:
         env.close()
-    buffers = _episode_buffers(data, seed)
-    ref_min, ref_max = _reference_scores(maze, kp, kd, num_ref_episodes, seed=seed + 1_000_000)
+    return env, data
 
+
+def _publish(
+    dataset_id: str,
+    maze: str,
+    env: gym.Env,
+    data: dict[str, np.ndarray],
+    seed: int,
+    settings: dict[str, Any],
+    ref_scores: tuple[float, float],
+    buffers: list,
+) -> None:
+    """Write the collected episodes as Minari dataset ``dataset_id`` with its metadata."""
+    env_id, num_steps = _maze_entry(maze)[0], len(data["success"])
+    noise, kp, kd = settings["noise"], settings["kp"], settings["kd"]
+    max_episode_steps, split_on_success = (
+        settings["max_episode_steps"],
+        settings["split_on_success"],
+    )
+    max_dwell, num_ref_episodes = settings["max_dwell"], settings["num_ref_episodes"]
+    ref_min, ref_max = ref_scores
     params = {
         "generator": "torchrl_dmg.datagen.pointmaze.generate_pointmaze_dataset",
         "generator_version": _GENERATOR_VERSION,
@@ -485,7 +462,7 @@ def generate_pointmaze_dataset(
             env_spec=env.spec,
             eval_env_spec=eval_env.spec,
             algorithm_name="BFS-waypoint PD controller + Gaussian action noise",
-            code_permalink="torchrl_dmg/data/pointmaze.py",
+            code_permalink="torchrl_dmg/datagen/pointmaze.py",
             ref_min_score=ref_min,
             ref_max_score=ref_max,
             num_episodes_average_score=num_ref_episodes,
@@ -495,7 +472,6 @@ def generate_pointmaze_dataset(
         )
     finally:
         eval_env.close()
-    return dataset_id
 
 
 def _steps_per_second(maze: str = "medium", num_steps: int = 20_000) -> float:

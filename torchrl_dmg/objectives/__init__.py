@@ -1,8 +1,8 @@
 """Loss modules, mirroring :mod:`torchrl.objectives`."""
 
-from torchrl_dmg.objectives.dmg import (
+from torchrl_dmg.objectives.dmg import DMGLoss
+from torchrl_dmg.objectives.in_sample import (
     IN_SAMPLE_ESTIMATORS,
-    DMGLoss,
     expectile_loss,
     gumbel_loss,
     sparse_loss,

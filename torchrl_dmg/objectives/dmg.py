@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -13,26 +12,13 @@ from torchrl.data.tensor_specs import Bounded, Composite, TensorSpec
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import ValueEstimators, _vmap_func
 
-InSampleEstimator = Literal["expectile", "xql", "sql"]
-IN_SAMPLE_ESTIMATORS: tuple[str, ...] = ("expectile", "xql", "sql")
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Asymmetric squared loss ``|τ - 1(u<0)| u²`` with ``u = Q - V`` (IQL's in-sample max)."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return weight * diff.pow(2)
-
-
-def gumbel_loss(diff: torch.Tensor, beta: float, clip: float) -> torch.Tensor:
-    """Gumbel regression ``exp(z) - z - 1`` with ``z = (Q - V)/β`` clipped to ``[-clip, clip]`` (XQL)."""
-    z = (diff / beta).clamp(-clip, clip)
-    return z.exp() - z - 1.0
-
-
-def sparse_loss(diff: torch.Tensor, value: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Sparse Q-learning value loss ``1(x>0) x² + V/α`` with ``x = 1 + (Q - V)/(2α)`` (SQL)."""
-    x = 1.0 + diff / (2.0 * alpha)
-    return torch.where(x > 0, x.pow(2), torch.zeros_like(x)) + value / alpha
+from torchrl_dmg.objectives.in_sample import (
+    IN_SAMPLE_ESTIMATORS,
+    InSampleEstimator,
+    expectile_loss,
+    gumbel_loss,
+    sparse_loss,
+)
 
 
 def _require(tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor:
@@ -187,17 +173,10 @@ class DMGLoss(LossModule):
     #: λ, ν and γ: ``loss.mixture_coef = 0.5`` writes the buffer in place
     _schedulable_buffers = frozenset({"mixture_coef", "penalty_coef", "gamma"})
     default_value_estimator = ValueEstimators.TD0
-    out_keys = [
-        "loss_value",
-        "loss_qvalue",
-        "loss_actor",
-        "state_value",
-        "state_action_value",
-        "target_value",
-        "adv_weight",
-        "adv_weight_clipped_frac",
-        "bc_loss",
-        "actor_q",
+    out_keys = [  # the three losses, then each one's diagnostics
+        *("loss_value", "loss_qvalue", "loss_actor", "state_value"),
+        *("state_action_value", "target_value"),
+        *("adv_weight", "adv_weight_clipped_frac", "bc_loss", "actor_q"),
     ]
 
     actor_network: TensorDictModule

@@ -1,0 +1,51 @@
+"""The package stays readable: no module over 500 lines, no function over 80 (issue 17)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "torchrl_dmg"
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def long_modules() -> list[str]:
+    """``path: N lines`` for every module over the limit."""
+    out = []
+    for path in _modules():
+        n = len(path.read_text().splitlines())
+        if n > MAX_MODULE_LINES:
+            out.append(f"{path.relative_to(PACKAGE.parent)}: {n} lines")
+    return out
+
+
+def long_functions() -> list[str]:
+    """``path:line name: N lines`` for every function or method (decorators excluded,
+    docstring included) over the limit."""
+    out = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+                    out.append(f"{where} {node.name}: {n} lines")
+    return out
+
+
+def test_no_module_is_over_500_lines():
+    assert long_modules() == []
+
+
+def test_no_function_is_over_80_lines():
+    assert long_functions() == []
+
+
+if __name__ == "__main__":
+    for line in long_modules() + long_functions():
+        print(line)

@@ -34,14 +34,14 @@ _GENERATORS: tuple[tuple[re.Pattern, str, str], ...] = (
         "generate_pointmaze_dataset",
     ),
     (
-        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v0$"),
+        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v1$"),
         "torchrl_dmg.data.antmaze",
         "generate_antmaze_dataset",
     ),
     (
         re.compile(
             r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
-            r"large-play|large-diverse)-v0$"
+            r"large-play|large-diverse)-v1$"
         ),
         "torchrl_dmg.data.antmaze",
         "generate_antmaze_navigator_dataset",
@@ -92,7 +92,18 @@ class DatasetUnavailableError(RuntimeError):
     """A dataset id that is neither stored locally nor reachable remotely."""
 
 
+#: local AntMaze ids of the gear-150 ant (v0), which flipped over in half of its maze episodes
+_RETIRED = re.compile(r"^local/antmaze/(?P<name>[a-z-]+)-v0$")
+
+
 def _generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
+    retired = _RETIRED.match(dataset_id)
+    if retired:
+        raise DatasetUnavailableError(
+            f"{dataset_id} was made with Gymnasium's gear-150 ant (it flipped over in half "
+            f"of its maze episodes) and is retired; use local/antmaze/{retired['name']}-v1 "
+            "(D4RL's ant), made on first use"
+        )
     for pattern, module, function in _GENERATORS:
         match = pattern.match(dataset_id)
         if match:
@@ -107,13 +118,17 @@ def local_dataset_ids() -> list[str]:
     spelled out)."""
     ids = [f"local/pointmaze/{m}-v0" for m in ("umaze", "medium", "large")]
     ids += [
-        f"local/antmaze/{v}-v0"
+        f"local/antmaze/{v}-v1"
         for v in (
-            "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
+            "umaze",
+            "umaze-diverse",
+            "medium-play",
+            "medium-diverse",
+            "large-play",
             "large-diverse",
         )
     ]
-    ids += [f"local/antmaze/{m}-random-v0" for m in ("umaze", "medium", "large")]
+    ids += [f"local/antmaze/{m}-random-v1" for m in ("umaze", "medium", "large")]
     ids += [
         f"local/mujoco/{e}/{q}-v0"
         for e in ("hopper", "halfcheetah", "walker2d")
@@ -127,8 +142,8 @@ def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = T
 
     Order: a complete local copy (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``);
     a dataset this project generates (``local/pointmaze/<maze>-v0``,
-    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v0`` (the navigator
-    datasets) and the placeholder ``local/antmaze/<maze>-random-v0``), generated once;
+    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v1`` (the navigator
+    datasets) and the placeholder ``local/antmaze/<maze>-random-v1``), generated once;
     Minari's remote server (``download=True``). Anything else fails early with a
     message that names the dataset and the ways to provide it.
     """
@@ -317,6 +332,15 @@ class OfflineDataset:
 
         returns = np.asarray(torch.as_tensor(returns).cpu(), dtype=np.float64)
         return 100.0 * np.asarray(minari.get_normalized_score(self.minari_dataset, returns))
+
+    @property
+    def success_scored(self) -> bool:
+        """Whether the paper's score on these data is the success rate in percent: AntMaze
+        (an evaluation episode scores 100 when the ant reaches the goal within the time
+        limit, else 0). Minari's ``D4RL/antmaze/*-v1`` evaluation env is continuing (reward
+        1 on every step near the goal), so its normalised return is not that score."""
+        spec = getattr(self.minari_dataset.spec, "env_spec", None)
+        return spec is not None and "AntMaze" in str(spec.id)
 
     @property
     def has_reference_scores(self) -> bool:

@@ -174,7 +174,7 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
             raise DatasetUnavailableError(
                 f"AntMaze data '{cfg.dataset}' is not available here (no internet?). This "
                 "project makes D4RL-style AntMaze data itself: use "
-                f"dataset=local/antmaze/{variant}-v0 (generated on first use from the shipped "
+                f"dataset=local/antmaze/{variant}-v1 (generated on first use from the shipped "
                 "goal-reaching ant; `python recipes/make_dataset.py env=antmaze-"
                 f"{variant}` makes it ahead). Details: {err}"
             ) from None

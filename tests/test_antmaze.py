@@ -9,7 +9,7 @@ import pytest
 import torch
 from recipe_runner import run_recipe
 
-ANTMAZE_ID = "local/antmaze/umaze-random-v0"
+ANTMAZE_ID = "local/antmaze/umaze-random-v1"
 EPISODES, EPISODE_STEPS = 2, 100
 # The antmaze family's data settings (recipes/config/family/antmaze.yaml).
 ANTMAZE_DATA = {"obs_keys": ["achieved_goal", "observation"], "reward_shift": -1.0}
@@ -40,7 +40,7 @@ def test_generated_dataset_has_antmaze_v4_layout(antmaze_env):
 
     dataset = minari.load_dataset(antmaze_env)
     assert dataset.total_episodes == EPISODES and dataset.total_steps == EPISODES * EPISODE_STEPS
-    assert dataset.spec.env_spec.id == "AntMaze_UMaze-v4"
+    assert dataset.spec.env_spec.id == "torchrl_dmg/AntMazeD4RL_UMaze-v0"
     meta = dataset.storage.metadata
     assert (meta["ref_min_score"], meta["ref_max_score"]) == (0.0, 1.0)
     for ep in dataset.iterate_episodes():
@@ -157,3 +157,172 @@ def test_finetune_recipe_runs_on_antmaze(antmaze_root, tmp_path):
     assert summary["family"] == "antmaze" and summary["dataset"] == ANTMAZE_ID
     assert summary["online_steps"] == 50 and summary["update_steps"] == 50
     assert 0.0 <= summary["normalized_score"] <= 100.0
+
+
+# ------------------------------------------------------------------ D4RL's ant
+def test_the_shipped_ant_model_has_d4rl_actuation_and_timestep():
+    import gymnasium as gym
+
+    from torchrl_dmg.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
+
+    register_d4rl_antmaze()
+    for maze, (env_id, limit) in D4RL_ANTMAZE_IDS.items():
+        env = gym.make(env_id)
+        ant = env.unwrapped.ant_env
+        np.testing.assert_array_equal(ant.model.actuator_gear[:, 0], np.full(8, 30.0))
+        assert ant.model.opt.timestep == 0.02 and ant.dt == pytest.approx(0.1)
+        assert env.spec.max_episode_steps == limit == (700 if maze == "umaze" else 1000)
+        obs, _ = env.reset(seed=0)
+        assert obs["observation"].shape == (27,)  # no contact forces: the v4 / D4RL layout
+        env.close()
+
+
+def test_a_pickled_d4rl_antmaze_rebuilds_d4rls_ant():
+    import pickle
+
+    from torchrl_dmg.d4rl_ant import D4RLAntMazeEnv
+
+    env = D4RLAntMazeEnv()
+    copy = pickle.loads(pickle.dumps(env))
+    assert copy.ant_env.model.actuator_gear[0, 0] == 30.0
+    assert copy.ant_env.model.opt.timestep == 0.02
+    env.close()
+    copy.close()
+
+
+def test_retired_gear150_ids_fail_with_the_new_ids():
+    from torchrl_dmg.behaviour import resolve_env_name
+    from torchrl_dmg.data.offline import DatasetUnavailableError, ensure_dataset
+
+    with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v1"):
+        ensure_dataset("local/antmaze/umaze-v0", download=False)
+    with pytest.raises(ValueError, match="retired.*env=antgoal"):
+        resolve_env_name("torchrl_dmg/AntGoal-v1")
+
+
+# ------------------------------------------------------------------ Minari D4RL/antmaze v1
+MINARI_V1_ID = "D4RL/antmaze/umaze-v1"
+
+
+@pytest.fixture(scope="module")
+def minari_v1_root(tmp_path_factory) -> str:
+    """A Minari root with a tiny dataset in the format of Minari's ``D4RL/antmaze/*-v1``:
+    dict observations, AntMaze_UMaze-v4 with ``continuing_task=True`` as both env and
+    evaluation env (no termination, reward 1 on every step within 0.45 of the goal),
+    terminations never set, truncation at the limit, reference scores that are returns
+    (step counts at the goal), not success rates."""
+    import gymnasium as gym
+    import gymnasium_robotics
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    from torchrl_dmg.data.local import minari_datasets_path
+
+    gym.register_envs(gymnasium_robotics)
+    maze_map = [
+        [1, 1, 1, 1, 1],
+        [1, "g", 0, 0, 1],
+        [1, 1, 1, 0, 1],
+        [1, "r", 0, 0, 1],
+        [1, 1, 1, 1, 1],
+    ]
+    kwargs = dict(maze_map=maze_map, continuing_task=True, reset_target=False)
+    env = gym.make("AntMaze_UMaze-v4", max_episode_steps=700, **kwargs)
+    rng = np.random.default_rng(0)
+    buffers = []
+    for i, n in enumerate((30, 20)):
+        obs, _ = env.reset(seed=i)
+        observations = {k: [v] for k, v in obs.items()}
+        actions = rng.uniform(-1, 1, (n, 8)).astype(np.float32)
+        for a in actions:
+            obs, *_ = env.step(a)
+            for k, v in obs.items():
+                observations[k].append(v)
+        rewards = np.zeros(n)
+        rewards[-5:] = 1.0  # as if the ant stood at the goal at the end (continuing reward)
+        truncations = np.zeros(n, dtype=bool)
+        truncations[-1] = True
+        buffers.append(
+            EpisodeBuffer(
+                id=i,
+                seed=i,
+                observations={k: np.stack(v) for k, v in observations.items()},
+                actions=actions,
+                rewards=rewards,
+                terminations=np.zeros(n, dtype=bool),
+                truncations=truncations,
+                infos={},
+            )
+        )
+    root = tmp_path_factory.mktemp("minari_v1")
+    with minari_datasets_path(root):
+        minari.create_dataset_from_buffers(
+            dataset_id=MINARI_V1_ID,
+            buffer=buffers,
+            env=env.spec,
+            eval_env=env.spec,
+            algorithm_name="fixture",
+            ref_min_score=0.0,
+            ref_max_score=400.0,
+        )
+    env.close()
+    return str(root)
+
+
+def test_minari_v1_antmaze_transitions_keep_the_shift_and_the_truncations(
+    minari_v1_root, monkeypatch
+):
+    from torchrl_dmg.data.offline import load_offline_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", minari_v1_root)
+    dataset = load_offline_dataset(
+        MINARI_V1_ID, obs_keys=ANTMAZE_DATA["obs_keys"], reward_shift=-1.0, progress=False
+    )
+    data = dataset.data
+    assert data["observation"].shape == (50, 29)
+    reward = data["next", "reward"].squeeze(-1)
+    expected = torch.full((50,), -1.0)
+    expected[25:30] = 0.0
+    expected[45:50] = 0.0
+    torch.testing.assert_close(reward, expected)  # r - 1: 0 at the goal, -1 elsewhere
+    assert not data["next", "terminated"].any()  # continuing: never bootstrapped away
+    truncated = data["next", "truncated"].squeeze(-1)
+    assert truncated.nonzero().squeeze(-1).tolist() == [29, 49]
+    assert torch.equal(data["next", "done"], data["next", "truncated"])
+    assert dataset.success_scored
+
+
+def test_minari_v1_antmaze_scores_the_success_rate_not_the_normalised_return(
+    minari_v1_root, monkeypatch
+):
+    from tensordict import TensorDict
+
+    from torchrl_dmg.data.offline import load_offline_dataset
+    from torchrl_dmg.envs import episode_successes, evaluate_scores, make_env, summarize_returns
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", minari_v1_root)
+    dataset = load_offline_dataset(
+        MINARI_V1_ID, obs_keys=ANTMAZE_DATA["obs_keys"], reward_shift=-1.0, progress=False
+    )
+    # a continuing evaluation episode of 700 steps: at the goal from step 600 on, paid 1 on
+    # each of its last 100 steps; a second one never there
+    reward = torch.zeros(2, 700, 1)
+    reward[0, 600:] = 1.0
+    done = torch.zeros(2, 700, 1, dtype=torch.bool)
+    done[:, -1] = True  # truncated at the limit
+    rollout = TensorDict({"next": {"reward": reward, "done": done}}, batch_size=[2, 700])
+    successes = episode_successes(rollout).numpy()
+    returns = rollout["next", "reward"].sum((1, 2)).numpy()
+    assert successes.tolist() == [1.0, 0.0]
+    result = summarize_returns(returns, dataset, successes)
+    assert result["normalized_score"] == 50.0  # (100 + 0) / 2: a success rate in percent
+    assert result["return_mean"] == 50.0
+    assert float(dataset.normalized_score(returns).mean()) == pytest.approx(12.5)  # not that
+    # the real continuing evaluation env: a still ant never reaches the goal -> 0
+    env = make_env(dataset, num_envs=2)
+
+    def still(td):
+        return td.set("action", torch.zeros(*td.batch_size, 8))
+
+    assert evaluate_scores(env, still, dataset, max_steps=20, seed=0)["normalized_score"] == 0.0
+    env.close()

@@ -274,10 +274,10 @@ def test_navigator_dataset_structure(nav_root, monkeypatch):
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", nav_root)
     dataset_id = antmaze_dataset_id("umaze")
-    assert dataset_id == "local/antmaze/umaze-v0"
+    assert dataset_id == "local/antmaze/umaze-v1"
     dataset = minari.load_dataset(dataset_id)
     assert dataset.total_episodes == EPISODES and dataset.total_steps == EPISODES * EPISODE_STEPS
-    assert dataset.spec.env_spec.id == "AntMaze_UMaze-v4"
+    assert dataset.spec.env_spec.id == "torchrl_dmg/AntMazeD4RL_UMaze-v0"
     assert dataset.spec.env_spec.kwargs["continuing_task"] is True
     eval_env = dataset.recover_environment(eval_env=True)
     assert eval_env.spec.kwargs["continuing_task"] is False
@@ -319,7 +319,7 @@ def test_play_variant_starts_and_commands_from_the_play_cells(nav_root, monkeypa
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", nav_root)
     dataset = minari.load_dataset(antmaze_dataset_id("medium-play"))
-    assert dataset.spec.env_spec.id == "AntMaze_Medium-v4"
+    assert dataset.spec.env_spec.id == "torchrl_dmg/AntMazeD4RL_Medium-v0"
     grid = MazeGrid(base_maze_map("medium"), 4.0)
     starts = set()
     for ep in dataset.iterate_episodes():
@@ -416,7 +416,7 @@ def test_make_dataset_recipe_for_antmaze(policy_dir, tmp_path):
         "progress=false",
         base=(),
     )
-    assert "[make_dataset] local/antmaze/umaze-diverse-v0: 1 episodes, 30 steps" in proc.stdout
+    assert "[make_dataset] local/antmaze/umaze-diverse-v1: 1 episodes, 30 steps" in proc.stdout
     bad = run_recipe(
         "make_dataset.py",
         tmp_path / "bad",

@@ -206,9 +206,7 @@ class AntGoalEnv(gym.Env):
             raise ValueError(f"need 0 < min_dist <= max_dist, got {min_dist}, {max_dist}")
         if not 0.0 <= forward_fraction <= 1.0:
             raise ValueError(f"forward_fraction must be in [0, 1], got {forward_fraction}")
-        self._maze = D4RLAntMazeEnv(
-            maze_map=OPEN_ARENA, continuing_task=True, reward_type="sparse"
-        )
+        self._maze = D4RLAntMazeEnv(maze_map=OPEN_ARENA, continuing_task=True, reward_type="sparse")
         self.min_dist, self.max_dist = float(min_dist), float(max_dist)
         self.reach_radius = float(reach_radius)
         self.healthy_reward = float(healthy_reward)

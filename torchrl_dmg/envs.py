@@ -129,13 +129,19 @@ def episode_returns(rollout) -> torch.Tensor:
     return torch.where(after_first_done, torch.zeros_like(reward), reward).sum(-1)
 
 
-@torch.no_grad()
-def evaluate(env: EnvBase, policy, *, max_steps: int, seed: int | None = None) -> np.ndarray:
-    """Deterministic returns of one episode per batched env copy.
+def episode_successes(rollout) -> torch.Tensor:
+    """1.0 for each env whose first episode earned a positive reward (reached the goal of a
+    sparse goal-reaching task) at or before its first ``done``, else 0.0: a success
+    whether the env terminates at the goal or goes on paying at every step there."""
+    reward = rollout["next", "reward"].reshape(*rollout.batch_size, -1)[..., 0]
+    done = rollout["next", "done"].reshape(*rollout.batch_size, -1)[..., 0].to(torch.int64)
+    after_first_done = (done.cumsum(-1) - done) > 0
+    reached = (reward > 0) & ~after_first_done
+    return reached.any(-1).to(reward.dtype)
 
-    Runs ``max_steps`` steps (the env's time limit), so every copy finishes its first
-    episode; anything after a copy's first ``done`` is ignored.
-    """
+
+@torch.no_grad()
+def _rollout(env: EnvBase, policy, *, max_steps: int, seed: int | None):
     if seed is not None:
         env.set_seed(seed)
     device = policy_device(policy)
@@ -145,13 +151,44 @@ def evaluate(env: EnvBase, policy, *, max_steps: int, seed: int | None = None) -
         rollout = env.rollout(max_steps, policy, break_when_any_done=False)
     if not env.batch_size:
         rollout = rollout.unsqueeze(0)
-    return episode_returns(rollout).cpu().numpy().astype(np.float64)
+    return rollout
 
 
-def summarize_returns(returns: np.ndarray, dataset: OfflineDataset) -> dict[str, float]:
-    """Mean/std of the returns and of the normalised scores (the returns themselves when
+def evaluate(
+    env: EnvBase, policy, *, max_steps: int, seed: int | None = None, success: bool = False
+) -> np.ndarray:
+    """Deterministic returns of one episode per batched env copy (``success``: 1/0 per
+    episode instead, :func:`episode_successes`).
+
+    Runs ``max_steps`` steps (the env's time limit), so every copy finishes its first
+    episode; anything after a copy's first ``done`` is ignored.
+    """
+    rollout = _rollout(env, policy, max_steps=max_steps, seed=seed)
+    per_episode = episode_successes(rollout) if success else episode_returns(rollout)
+    return per_episode.cpu().numpy().astype(np.float64)
+
+
+def _evaluate_both(env, policy, *, max_steps, seed) -> tuple[np.ndarray, np.ndarray]:
+    rollout = _rollout(env, policy, max_steps=max_steps, seed=seed)
+    returns = episode_returns(rollout).cpu().numpy().astype(np.float64)
+    return returns, episode_successes(rollout).cpu().numpy().astype(np.float64)
+
+
+def summarize_returns(
+    returns: np.ndarray, dataset: OfflineDataset, successes: np.ndarray | None = None
+) -> dict[str, float]:
+    """Mean/std of the returns and of the normalised scores: the success rate in percent
+    on datasets scored by success (AntMaze, :attr:`OfflineDataset.success_scored`; needs
+    ``successes``), else the reference-score normalisation (the returns themselves when
     the dataset has no reference scores)."""
-    scores = dataset.normalized_score(returns) if dataset.has_reference_scores else returns
+    if dataset.success_scored:
+        if successes is None:
+            raise ValueError(f"{dataset.dataset_id} is scored by success: pass successes")
+        scores = 100.0 * np.asarray(successes, dtype=np.float64)
+    elif dataset.has_reference_scores:
+        scores = dataset.normalized_score(returns)
+    else:
+        scores = returns
     return {
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
@@ -169,7 +206,8 @@ def evaluate_scores(
     seed: int | None = None,
 ) -> dict[str, float]:
     """:func:`evaluate`, summarised by :func:`summarize_returns`."""
-    return summarize_returns(evaluate(env, policy, max_steps=max_steps, seed=seed), dataset)
+    returns, successes = _evaluate_both(env, policy, max_steps=max_steps, seed=seed)
+    return summarize_returns(returns, dataset, successes)
 
 
 def evaluate_agents(
@@ -184,12 +222,17 @@ def evaluate_agents(
     """One :func:`evaluate` rollout for ``num_agents`` stacked agents at once: the env's
     ``num_agents * E`` copies are split in consecutive blocks of ``E``, agent ``i`` acting
     in block ``i`` (as :class:`~torchrl_dmg.modules.SeedStackedPolicy` does)."""
-    returns = evaluate(env, policy, max_steps=max_steps, seed=seed)
+    returns, successes = _evaluate_both(env, policy, max_steps=max_steps, seed=seed)
     if returns.shape[0] % num_agents:
         raise ValueError(
             f"{returns.shape[0]} env copies cannot be split evenly among {num_agents} agents."
         )
-    return [summarize_returns(r, dataset) for r in returns.reshape(num_agents, -1)]
+    return [
+        summarize_returns(r, dataset, s)
+        for r, s in zip(
+            returns.reshape(num_agents, -1), successes.reshape(num_agents, -1), strict=True
+        )
+    ]
 
 
 def summarize_seeds(seeds: list[int], per_seed: list[dict]) -> dict:

@@ -2,12 +2,12 @@
 
 Two generators share the environments defined here:
 
-* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v0``): D4RL-style data
+* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v1``): D4RL-style data
   from a goal-reaching ant (:mod:`torchrl_dmg.antgoal`, trained with the project's SAC and
   shipped as ``policies/antgoal.pt``) steered along maze waypoints by a
   :class:`WaypointNavigator`, with D4RL's variants (umaze, umaze-diverse, medium-play,
   medium-diverse, large-play, large-diverse). See the second half of this module.
-* :func:`generate_antmaze_dataset` (``local/antmaze/<maze>-random-v0``): a *placeholder* whose
+* :func:`generate_antmaze_dataset` (``local/antmaze/<maze>-random-v1``): a *placeholder* whose
   behaviour policy is **uniform random actions**: the ant jitters around its start cell and
   practically never reaches the goal, so the data only exercise the AntMaze code path end to
   end (29-dim observations, 8-dim actions, sparse reward shifted by -1, the evaluation env and
@@ -15,9 +15,10 @@ Two generators share the environments defined here:
 
 What both store:
 
-* Environment: gymnasium-robotics ``AntMaze_{UMaze,Medium,Large}-v4`` (27-dim ant state plus
-  2-dim ``achieved_goal`` = the ant's xy and 2-dim ``desired_goal``; ``-v5`` adds contact
-  forces, and Minari's D4RL AntMaze datasets were made on v4), sparse reward,
+* Environment: ``torchrl_dmg/AntMazeD4RL_{UMaze,Medium,Large}-v0`` (:mod:`torchrl_dmg.d4rl_ant`:
+  gymnasium-robotics ``AntMaze-v5`` with D4RL's ant, ``gear 30``, 0.1 s per step; 27-dim
+  ant state as in ``AntMaze_*-v4`` and Minari's D4RL AntMaze datasets, plus 2-dim
+  ``achieved_goal`` = the ant's xy and 2-dim ``desired_goal``), sparse reward,
   ``continuing_task=True``, ``reset_target=False``, with ONE fixed goal cell (``"g"``) and ONE
   fixed reset cell (``"r"``) in the maze map - the cells of D4RL's evaluation task. The goal
   must be fixed because the AntMaze observation used for training (``achieved_goal`` then
@@ -48,12 +49,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from torchrl_dmg.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
 from torchrl_dmg.data.local import is_complete, publish_dataset
 from torchrl_dmg.datagen.maze import (
     MazeGrid,
     base_maze_map,
     maze_map_with_cells,
-    register_maze_envs,
 )
 
 __all__ = [
@@ -75,14 +76,18 @@ __all__ = [
     "navigator_success",
 ]
 
-#: maze name -> (gymnasium-robotics env id, reset cell, goal cell, episode limit).
-#: Cells are D4RL AntMaze's evaluation task (opposite ends of the maze); limits are the
-#: registered ``max_episode_steps`` of the v4 envs.
+#: maze name -> (env id, reset cell, goal cell, episode limit). The envs are D4RL's ant in
+#: gymnasium-robotics' mazes (:mod:`torchrl_dmg.d4rl_ant`); cells are D4RL AntMaze's
+#: evaluation task (opposite ends of the maze); limits are D4RL's (700 / 1000 / 1000).
 ANTMAZE_MAZES: dict[str, tuple[str, tuple[int, int], tuple[int, int], int]] = {
-    "umaze": ("AntMaze_UMaze-v4", (3, 1), (1, 1), 700),
-    "medium": ("AntMaze_Medium-v4", (1, 1), (6, 6), 1000),
-    "large": ("AntMaze_Large-v4", (1, 1), (7, 9), 1000),
+    "umaze": (D4RL_ANTMAZE_IDS["umaze"][0], (3, 1), (1, 1), D4RL_ANTMAZE_IDS["umaze"][1]),
+    "medium": (D4RL_ANTMAZE_IDS["medium"][0], (1, 1), (6, 6), D4RL_ANTMAZE_IDS["medium"][1]),
+    "large": (D4RL_ANTMAZE_IDS["large"][0], (1, 1), (7, 9), D4RL_ANTMAZE_IDS["large"][1]),
 }
+
+#: Version of the local AntMaze dataset ids (``local/antmaze/<variant>-v1``). v0 was made
+#: with Gymnasium's gear-150 ant, which flipped over in half of its maze episodes: retired.
+DATASET_VERSION = 1
 
 #: Default size of the placeholder datasets (D4RL used 1M steps); about a minute on one core.
 DEFAULT_NUM_STEPS = 100_000
@@ -91,7 +96,7 @@ DEFAULT_NUM_STEPS = 100_000
 GOAL_RADIUS = 0.45
 
 #: Bumped whenever the data a given set of arguments produces changes; older datasets are rebuilt.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2  # 2: D4RL's ant
 
 _POLICIES = ("random",)
 
@@ -106,14 +111,14 @@ def _maze_entry(maze: str) -> tuple[str, tuple[int, int], tuple[int, int], int]:
 
 
 def antmaze_env_id(maze: str) -> str:
-    """gymnasium-robotics id of the maze, e.g. ``"umaze" -> "AntMaze_UMaze-v4"``."""
+    """Registered id of the maze, e.g. ``"umaze" -> "torchrl_dmg/AntMazeD4RL_UMaze-v0"``."""
     return _maze_entry(maze)[0]
 
 
 def default_antmaze_dataset_id(maze: str, policy: str = "random") -> str:
-    """Default local Minari id, e.g. ``local/antmaze/umaze-random-v0``."""
+    """Default local Minari id, e.g. ``local/antmaze/umaze-random-v1``."""
     _maze_entry(maze)
-    return f"local/antmaze/{maze.lower()}-{policy}-v0"
+    return f"local/antmaze/{maze.lower()}-{policy}-v{DATASET_VERSION}"
 
 
 def antmaze_env_kwargs(maze: str, max_episode_steps: int | None = None) -> dict[str, Any]:
@@ -137,13 +142,13 @@ def antmaze_eval_env_kwargs(maze: str) -> dict[str, Any]:
 
 def make_antmaze_env(maze: str, **kwargs: Any) -> gym.Env:
     """The data-collection env of ``maze`` (see :func:`antmaze_env_kwargs`)."""
-    register_maze_envs()
+    register_d4rl_antmaze()
     return gym.make(antmaze_env_id(maze), **{**antmaze_env_kwargs(maze), **kwargs})
 
 
 def make_antmaze_eval_env(maze: str, **kwargs: Any) -> gym.Env:
     """The evaluation env of ``maze`` (see :func:`antmaze_eval_env_kwargs`)."""
-    register_maze_envs()
+    register_d4rl_antmaze()
     return gym.make(antmaze_env_id(maze), **{**antmaze_eval_env_kwargs(maze), **kwargs})
 
 
@@ -196,7 +201,7 @@ def _publish(dataset_id, buffers, env, eval_env, algorithm_name, description, pa
         ref_max_score=1.0,
         description=description,
         generator_params=params,
-        requirements=["gymnasium-robotics>=1.4,<1.5"],
+        requirements=["gymnasium-robotics>=1.4,<1.5", "torchrl-dmg"],
     )
 
 
@@ -219,7 +224,7 @@ def generate_antmaze_dataset(
             is shorter when ``episode_steps`` does not divide it.
         seed: episode ``i`` resets with ``seed + i``; the actions come from
             ``np.random.default_rng(seed)``. Same seed and arguments give identical data.
-        dataset_id: Minari id (default ``local/antmaze/<maze>-<policy>-v0``).
+        dataset_id: Minari id (default ``local/antmaze/<maze>-<policy>-v1``).
         policy: behaviour policy; only ``"random"`` (uniform actions, a placeholder: see the
             module docstring).
         force: rebuild even if a complete dataset with this id exists.
@@ -373,7 +378,7 @@ NAVIGATOR_EPISODE_STEPS = 1000
 NAVIGATOR_NUM_STEPS = 1_000_000
 #: episodes stepped side by side (one batched policy call per step)
 _NUM_ENVS = 16
-_NAVIGATOR_VERSION = 2  # 2: an episode ends when the ant flips
+_NAVIGATOR_VERSION = 3  # 2: an episode ends when the ant flips; 3: D4RL's ant
 
 
 def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
@@ -391,6 +396,22 @@ def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
             "family=pointmaze`."
         )
     return path
+
+
+def load_ant_policy(path: str | os.PathLike):
+    """The goal-reaching ant at ``path`` (``(actor, checkpoint meta)``); one trained on
+    Gymnasium's retired gear-150 ant fails with a line naming the task to train instead."""
+    from torchrl_dmg.antgoal import ANTGOAL_ID, RETIRED_ANTGOAL_IDS
+    from torchrl_dmg.behaviour import load_behaviour_actor
+
+    actor, meta = load_behaviour_actor(path)
+    if meta.get("env") in RETIRED_ANTGOAL_IDS:
+        raise ValueError(
+            f"{path} is a goal-reaching ant for {meta['env']} (Gymnasium's gear-150 ant, "
+            f"retired); the AntMaze datasets need one trained on {ANTGOAL_ID} (D4RL's ant): "
+            "`python recipes/train_behaviour.py env=antgoal` (README, 'AntMaze')"
+        )
+    return actor, meta
 
 
 class WaypointNavigator:
@@ -465,10 +486,10 @@ def _variant_entry(variant: str) -> tuple[str, str]:
 
 
 def antmaze_dataset_id(variant: str) -> str:
-    """Local Minari id of a navigator dataset, e.g. ``local/antmaze/medium-play-v0``
+    """Local Minari id of a navigator dataset, e.g. ``local/antmaze/medium-play-v1``
     (mirrors Minari's ``D4RL/antmaze/medium-play-v1``)."""
     _variant_entry(variant)
-    return f"local/antmaze/{variant.lower()}-v0"
+    return f"local/antmaze/{variant.lower()}-v{DATASET_VERSION}"
 
 
 def _task_cells(maze: str, task: str, grid: MazeGrid) -> tuple[list, list]:
@@ -636,8 +657,6 @@ def generate_antmaze_navigator_dataset(
     """
     from tqdm.auto import tqdm
 
-    from torchrl_dmg.behaviour import load_behaviour_actor
-
     maze, task = _variant_entry(variant)
     variant = variant.lower()
     dataset_id = dataset_id or antmaze_dataset_id(variant)
@@ -653,7 +672,7 @@ def generate_antmaze_navigator_dataset(
         if _stored_generator_version(dataset_id) == _NAVIGATOR_VERSION:
             return dataset_id
     policy = ant_policy_path(policy_dir)
-    actor, meta = load_behaviour_actor(policy)
+    actor, meta = load_ant_policy(policy)
 
     # groups of _NUM_ENVS episodes (stepped side by side) are drawn in order until their
     # steps fill num_steps (episodes that end with a flip are shorter); the last episode is
@@ -806,10 +825,8 @@ def navigator_success(
     Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps`` (successes only; None
     without any) and ``flips`` (episodes that ended with the ant on its back).
     """
-    from torchrl_dmg.behaviour import load_behaviour_actor
-
     if actor is None:
-        actor = load_behaviour_actor(ant_policy_path(policy_dir))[0]
+        actor = load_ant_policy(ant_policy_path(policy_dir))[0]
     horizon = _maze_entry(maze)[3]
     successes, steps_taken = [], []
     flips = 0

@@ -247,6 +247,15 @@ class OfflineDataset:
         return 100.0 * np.asarray(minari.get_normalized_score(self.minari_dataset, returns))
 
     @property
+    def success_scored(self) -> bool:
+        """Whether the paper's score on these data is the success rate in percent: AntMaze
+        (an evaluation episode scores 100 when the ant reaches the goal within the time
+        limit, else 0). Minari's ``D4RL/antmaze/*-v1`` evaluation env is continuing (reward
+        1 on every step near the goal), so its normalised return is not that score."""
+        spec = getattr(self.minari_dataset.spec, "env_spec", None)
+        return spec is not None and "AntMaze" in str(spec.id)
+
+    @property
     def has_reference_scores(self) -> bool:
         meta = self.minari_dataset.storage.metadata
         return meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None

@@ -26,13 +26,13 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
         generate_pointmaze_dataset,
     ),
     (
-        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v0$"),
+        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v1$"),
         generate_antmaze_dataset,
     ),
     (
         re.compile(
             r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
-            r"large-play|large-diverse)-v0$"
+            r"large-play|large-diverse)-v1$"
         ),
         generate_antmaze_navigator_dataset,
     ),
@@ -46,9 +46,21 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
 )
 
 
+#: local AntMaze ids of the gear-150 ant (v0), which flipped over in half of its maze episodes
+_RETIRED = re.compile(r"^local/antmaze/(?P<name>[a-z-]+)-v0$")
+
+
 def generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
     """A call that makes ``dataset_id`` (and returns at once when an up-to-date complete
-    copy exists), or ``None`` for an id this project does not make."""
+    copy exists), or ``None`` for an id this project does not make; a retired id is an
+    error naming its successor."""
+    retired = _RETIRED.match(dataset_id)
+    if retired:
+        raise DatasetUnavailableError(
+            f"{dataset_id} was made with Gymnasium's gear-150 ant (it flipped over in half "
+            f"of its maze episodes) and is retired; use local/antmaze/{retired['name']}-v1 "
+            "(D4RL's ant), made on first use"
+        )
     for pattern, generate in _GENERATORS:
         match = pattern.match(dataset_id)
         if match:
@@ -62,13 +74,13 @@ def local_dataset_ids() -> list[str]:
     spelled out)."""
     ids = [f"local/pointmaze/{m}-v0" for m in ("umaze", "medium", "large")]
     ids += [
-        f"local/antmaze/{v}-v0"
+        f"local/antmaze/{v}-v1"
         for v in (
             "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
             "large-diverse",
         )
     ]  # fmt: skip
-    ids += [f"local/antmaze/{m}-random-v0" for m in ("umaze", "medium", "large")]
+    ids += [f"local/antmaze/{m}-random-v1" for m in ("umaze", "medium", "large")]
     ids += [
         f"local/mujoco/{e}/{q}-v0"
         for e in ("hopper", "halfcheetah", "walker2d")
@@ -95,8 +107,8 @@ def make_if_missing(dataset_id: str, *, progress: bool = True) -> None:
 def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
     """The :class:`minari.MinariDataset` for ``dataset_id``, made available first: a
     dataset this project generates (``local/pointmaze/<maze>-v0``,
-    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v0`` and the placeholder
-    ``local/antmaze/<maze>-random-v0``) is made once (:func:`make_if_missing`); then
+    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v1`` and the placeholder
+    ``local/antmaze/<maze>-random-v1``) is made once (:func:`make_if_missing`); then
     :func:`torchrl_dmg.data.offline.open_dataset` (a complete local copy, or Minari's
     remote server with ``download=True``)."""
     make_if_missing(dataset_id, progress=progress)

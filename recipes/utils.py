@@ -157,7 +157,7 @@ def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictC
 def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineDataset:
     """:func:`load_offline_dataset` with ``cfg.data``; a ``D4RL/antmaze/*`` id that is not
     available fails early, naming the local AntMaze dataset this project makes instead
-    (``local/antmaze/<variant>-v0``, generated on first use like any local dataset)."""
+    (``local/antmaze/<variant>-v1``, generated on first use like any local dataset)."""
     try:
         make_if_missing(cfg.dataset, progress=progress)
         return load_offline_dataset(

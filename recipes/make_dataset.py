@@ -15,11 +15,13 @@ reached the evaluation goal).
 from __future__ import annotations
 
 import hydra
+import minari
 import numpy as np
 from omegaconf import DictConfig
 
-from torchrl_dmg.data.antmaze import ANTMAZE_VARIANTS, generate_antmaze_navigator_dataset
 from torchrl_dmg.data.local import InvalidDatasetIdError, validate_dataset_id
+from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset
+from torchrl_dmg.datagen.antmaze_envs import ANTMAZE_VARIANTS
 from torchrl_dmg.datagen.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
 
 
@@ -46,7 +48,6 @@ def _antmaze(cfg: DictConfig, variant: str) -> str:
 
 @hydra.main(version_base=None, config_path="config", config_name="make_dataset")
 def main(cfg: DictConfig) -> str:
-    import minari
 
     if cfg.dataset_id is not None:
         try:  # before any file is touched: the id names the one directory that is replaced

@@ -5,14 +5,14 @@
     python recipes/train_behaviour.py env=hopper                 # again: resumes where it stopped
     python recipes/train_behaviour.py env=antgoal device=cuda compile.mode=cudagraphs \
         collector.num_envs=4 collector.env_processes=true       # on a GPU
-    python recipes/train_behaviour.py env=antgoal warm_start.actor=torchrl_dmg/data/policies/antgoal.pt \
+    python recipes/train_behaviour.py env=antgoal warm_start.actor=torchrl_dmg/datagen/policies/antgoal.pt \
         warm_start.alpha_init=0.0072 warm_start.fixed_alpha=true warm_start.actor_freeze_updates=10000 \
         optim.lr=1e-4 collector.init_random_steps=0               # go on training the shipped ant
 
 Checkpoints (actor + deterministic return) every ``checkpoint_interval`` env steps, every
 transition collected and the trainer state all go to ``out_dir`` (a fixed path, so that
 rerunning a command continues its run). Prints the best checkpoint, its return and its
-D4RL normalised score. The machinery lives in :mod:`torchrl_dmg.behaviour`.
+D4RL normalised score. The machinery lives in :mod:`torchrl_dmg.datagen.behaviour`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from torchrl_dmg.behaviour import (
+from torchrl_dmg.datagen.behaviour import train_sac
+from torchrl_dmg.datagen.behaviour_policy import (
     D4RL_REF_SCORES,
     TASK_IDS,
     d4rl_normalized_score,
     env_short_name,
+    goal_reaching_success,
     load_behaviour_actor,
-    train_sac,
 )
 
 
@@ -85,8 +86,6 @@ def main(cfg: DictConfig) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if result["best_return"] is not None and env.startswith("antgoal"):
-        from torchrl_dmg.antgoal import goal_reaching_success
-
         actor, _ = load_behaviour_actor(result["best_checkpoint"])
         success = goal_reaching_success(actor, episodes=int(cfg.eval.success_episodes))
         summary["goal_reaching"] = success

@@ -18,8 +18,8 @@ ANTMAZE_DATA = {"obs_keys": ["achieved_goal", "observation"], "reward_shift": -1
 @pytest.fixture(scope="module")
 def antmaze_root(tmp_path_factory) -> str:
     """A Minari root holding a tiny UMaze placeholder dataset (2 episodes x 100 steps)."""
-    from torchrl_dmg.data.antmaze import generate_antmaze_dataset
     from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.datagen.antmaze_random import generate_antmaze_dataset
 
     root = tmp_path_factory.mktemp("minari_antmaze")
     with minari_datasets_path(root):
@@ -67,8 +67,8 @@ def test_generated_dataset_has_antmaze_v4_layout(antmaze_env):
 def test_generation_is_deterministic(antmaze_env, tmp_path):
     import minari
 
-    from torchrl_dmg.data.antmaze import generate_antmaze_dataset
     from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.datagen.antmaze_random import generate_antmaze_dataset
 
     with minari_datasets_path(tmp_path):
         generate_antmaze_dataset(
@@ -163,7 +163,7 @@ def test_finetune_recipe_runs_on_antmaze(antmaze_root, tmp_path):
 def test_the_shipped_ant_model_has_d4rl_actuation_and_timestep():
     import gymnasium as gym
 
-    from torchrl_dmg.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
+    from torchrl_dmg.datagen.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
 
     register_d4rl_antmaze()
     for maze, (env_id, limit) in D4RL_ANTMAZE_IDS.items():
@@ -180,7 +180,7 @@ def test_the_shipped_ant_model_has_d4rl_actuation_and_timestep():
 def test_a_pickled_d4rl_antmaze_rebuilds_d4rls_ant():
     import pickle
 
-    from torchrl_dmg.d4rl_ant import D4RLAntMazeEnv
+    from torchrl_dmg.datagen.d4rl_ant import D4RLAntMazeEnv
 
     env = D4RLAntMazeEnv()
     copy = pickle.loads(pickle.dumps(env))
@@ -191,8 +191,8 @@ def test_a_pickled_d4rl_antmaze_rebuilds_d4rls_ant():
 
 
 def test_retired_gear150_ids_fail_with_the_new_ids():
-    from torchrl_dmg.behaviour import resolve_env_name
     from torchrl_dmg.data.offline import DatasetUnavailableError, ensure_dataset
+    from torchrl_dmg.datagen.behaviour_policy import resolve_env_name
 
     with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v1"):
         ensure_dataset("local/antmaze/umaze-v0", download=False)

@@ -11,22 +11,18 @@ import pytest
 import torch
 from recipe_runner import run_recipe
 
-from torchrl_dmg.antgoal import (
+from torchrl_dmg.datagen.antgoal import (
     ANTGOAL_ID,
     AntGoalEnv,
-    goal_reaching_success,
     heading_frame,
     policy_observation,
     torso_yaw,
 )
-from torchrl_dmg.data.antmaze import (
-    PLAY_CELLS,
-    WaypointNavigator,
-    antmaze_dataset_id,
-    generate_antmaze_navigator_dataset,
-    navigator_success,
-)
+from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset, navigator_success
+from torchrl_dmg.datagen.antmaze_envs import PLAY_CELLS, antmaze_dataset_id
+from torchrl_dmg.datagen.behaviour_policy import goal_reaching_success
 from torchrl_dmg.datagen.maze import MazeGrid, base_maze_map
+from torchrl_dmg.datagen.navigator import WaypointNavigator
 
 EPISODES, EPISODE_STEPS = 3, 40
 
@@ -34,7 +30,7 @@ EPISODES, EPISODE_STEPS = 3, 40
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     """A directory holding a small random-init goal-reaching policy as ``antgoal.pt``."""
-    from torchrl_dmg.behaviour import make_sac_actor
+    from torchrl_dmg.modules import make_sac_actor
 
     torch.manual_seed(0)
     actor = make_sac_actor(29, 8, num_cells=(16, 16))
@@ -128,7 +124,7 @@ def test_antgoal_reward_target_and_termination():
 def test_a_flipped_ant_ends_a_v1_episode_but_not_a_v0_one():
     """On its back the torso rests inside Ant-v4's height range: v1 terminates on the
     torso's up axis (is_flipped), v0 (the first version) did not."""
-    from torchrl_dmg.antgoal import is_flipped, torso_upright
+    from torchrl_dmg.datagen.antgoal import is_flipped, torso_upright
 
     upright = np.zeros(27)
     upright[1] = 1.0  # quaternion w, x, y, z = 1, 0, 0, 0
@@ -169,7 +165,7 @@ def test_the_ant_task_is_mirror_symmetric():
     """Mirrored state, target and actions give the mirrored trajectory: observations and
     policy inputs (mirror_observation), the same rewards and terminations. What SAC's
     mirror_augment relies on."""
-    from torchrl_dmg.antgoal import mirror_action, mirror_observation
+    from torchrl_dmg.datagen.antgoal import mirror_action, mirror_observation
 
     rng = np.random.default_rng(0)
     env, twin = AntGoalEnv(), AntGoalEnv()
@@ -204,7 +200,7 @@ def test_the_ant_task_is_mirror_symmetric():
 def test_antgoal_is_registered_and_seeded():
     import gymnasium as gym
 
-    from torchrl_dmg.behaviour import resolve_env_name
+    from torchrl_dmg.datagen.behaviour_policy import resolve_env_name
 
     assert resolve_env_name("antgoal") == ANTGOAL_ID
     a, b = gym.make(ANTGOAL_ID), gym.make(ANTGOAL_ID)
@@ -222,7 +218,7 @@ def test_antgoal_is_registered_and_seeded():
 
 
 def test_goal_reaching_success_counts_reached_targets(policy_dir):
-    from torchrl_dmg.behaviour import load_behaviour_actor
+    from torchrl_dmg.datagen.behaviour_policy import load_behaviour_actor
 
     actor, _ = load_behaviour_actor(policy_dir / "antgoal.pt")
     far = goal_reaching_success(actor, episodes=2, max_steps=5, min_dist=5.0)
@@ -372,8 +368,8 @@ def test_navigator_dataset_is_deterministic_and_reused(nav_root, policy_dir, tmp
 
 
 def test_interrupted_navigator_collection_leaves_nothing(policy_dir, tmp_path, monkeypatch):
-    from torchrl_dmg.data import antmaze
     from torchrl_dmg.data.local import dataset_path, is_complete, minari_datasets_path
+    from torchrl_dmg.datagen import antmaze
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -398,7 +394,7 @@ def test_missing_ant_policy_names_the_fix(tmp_path):
 
 
 def test_navigator_success_on_the_evaluation_task(policy_dir):
-    from torchrl_dmg.behaviour import load_behaviour_actor
+    from torchrl_dmg.datagen.behaviour_policy import load_behaviour_actor
 
     actor, _ = load_behaviour_actor(policy_dir / "antgoal.pt")
     result = navigator_success("umaze", episodes=2, actor=actor)
@@ -432,7 +428,7 @@ def test_make_dataset_recipe_for_antmaze(policy_dir, tmp_path):
 def test_ship_ant_policy_records_its_measurements(policy_dir, tmp_path):
     import shutil
 
-    from torchrl_dmg.data.antmaze import ship_ant_policy
+    from torchrl_dmg.datagen.ant_policy import ship_ant_policy
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -462,8 +458,8 @@ def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
     draws further episodes until num_steps are collected."""
     import minari
 
-    from torchrl_dmg import antgoal
     from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.datagen import antgoal
 
     calls = {"n": 0}
 
@@ -493,8 +489,8 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
     """workers=2 (spawned processes, whole groups of episodes each) = one process."""
     import minari
 
-    from torchrl_dmg.data import antmaze
     from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.datagen import antmaze
 
     monkeypatch.setattr(antmaze, "_NUM_ENVS", 2)  # 3 episodes -> groups [0, 1], [2]
     data = {}
@@ -521,11 +517,11 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
 
 
 def test_the_shipped_ant_loads_and_its_record_holds_the_measurements():
-    """torchrl_dmg/data/policies/antgoal.pt acts in AntMaze's 29-dim policy space, and
+    """torchrl_dmg/datagen/policies/antgoal.pt acts in AntMaze's 29-dim policy space, and
     policies.json records its step, open-space and per-maze navigator success."""
-    from torchrl_dmg.behaviour import act, load_behaviour_actor
-    from torchrl_dmg.data.antmaze import ant_policy_path
+    from torchrl_dmg.datagen.behaviour_policy import act, load_behaviour_actor
     from torchrl_dmg.datagen.locomotion import POLICY_DIR
+    from torchrl_dmg.datagen.navigator import ant_policy_path
 
     actor, meta = load_behaviour_actor(ant_policy_path())
     assert (meta["obs_dim"], meta["act_dim"]) == (29, 8)

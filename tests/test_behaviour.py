@@ -1,4 +1,4 @@
-"""Fast tests of the SAC behaviour-policy trainer (torchrl_dmg.behaviour) on Hopper-v5."""
+"""Fast tests of the SAC behaviour-policy trainer (torchrl_dmg.datagen.behaviour) on Hopper-v5."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from torchrl_dmg import behaviour
-from torchrl_dmg.behaviour import (
+from torchrl_dmg.datagen import behaviour
+from torchrl_dmg.datagen.behaviour import train_sac
+from torchrl_dmg.datagen.behaviour_policy import (
     D4RL_REF_SCORES,
-    TransitionStore,
     act,
     d4rl_normalized_score,
     load_behaviour_actor,
-    load_transitions,
-    train_sac,
 )
+from torchrl_dmg.datagen.sac import SACUpdater
+from torchrl_dmg.datagen.transitions import TransitionStore, load_transitions
+from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue
 
 TINY = dict(
     total_steps=600,
@@ -210,9 +211,9 @@ def test_compiled_update_matches_eager():
     results = {}
     for mode in ("eager", "compile"):
         torch.manual_seed(0)
-        updater = behaviour._SACUpdater(
-            behaviour.make_sac_actor(11, 3, spec, (16, 16)),
-            behaviour.make_sac_qvalue(11, 3, (16, 16)),
+        updater = SACUpdater(
+            make_sac_actor(11, 3, spec, (16, 16)),
+            make_sac_qvalue(11, 3, (16, 16)),
             spec,
             lr=1e-3,
             gamma=0.99,
@@ -300,9 +301,9 @@ def _tiny_sac_updater(**kwargs):
     from torchrl.data import Bounded
 
     spec = Bounded(-1.0, 1.0, shape=(3,))
-    return behaviour._SACUpdater(
-        behaviour.make_sac_actor(11, 3, spec, (16, 16)),
-        behaviour.make_sac_qvalue(11, 3, (16, 16)),
+    return SACUpdater(
+        make_sac_actor(11, 3, spec, (16, 16)),
+        make_sac_qvalue(11, 3, (16, 16)),
         spec,
         gamma=0.99,
         tau=0.005,
@@ -369,7 +370,7 @@ def test_fixed_alpha_stays_at_its_start_value():
 def test_mirror_augment_stores_each_transition_and_its_mirror_image(tmp_path, monkeypatch):
     """AntGoal only; the replay buffer gets every collected transition and its mirror image
     (reward and ends unchanged), the transition store the real ones only."""
-    from torchrl_dmg.antgoal import mirror_action, mirror_observation
+    from torchrl_dmg.datagen.antgoal import mirror_action, mirror_observation
 
     with pytest.raises(ValueError, match="mirror_augment"):
         train_sac("hopper", out_dir=tmp_path / "hopper", mirror_augment=True, **TINY)
@@ -412,8 +413,8 @@ def test_warm_start_from_a_mismatched_actor_fails_early(tiny_run, tmp_path):
 def test_sync_actor_copies_trained_weights_into_a_separate_acting_actor():
     """The GPU path: the acting CPU actor is a second module, refreshed in place (its
     parameters require grad, so the copy must run without autograd)."""
-    acting = behaviour.make_sac_actor(11, 3, num_cells=(16, 16))
-    trained = behaviour.make_sac_actor(11, 3, num_cells=(16, 16))
+    acting = make_sac_actor(11, 3, num_cells=(16, 16))
+    trained = make_sac_actor(11, 3, num_cells=(16, 16))
     behaviour._sync_actor(acting, trained)
     for a, b in zip(acting.parameters(), trained.parameters(), strict=True):
         assert torch.equal(a, b) and a.requires_grad

@@ -1,6 +1,7 @@
 """Networks and acting policies.
 
-Network builders for DMG (deterministic actor, critic and state-value network), all stock
+Network builders for DMG (deterministic actor, critic and state-value network) and for the
+SAC behaviour policies of :mod:`torchrl_dmg.datagen` (TanhNormal actor, critic), all stock
 TorchRL modules (``MLP``, ``TanhModule``, ``ValueOperator``) so that
 :class:`~torchrl_dmg.objectives.DMGLoss` composes with the rest of TorchRL; the policies
 that act with a loss's trained parameters (evaluation, data collection, exploration).
@@ -12,10 +13,23 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from tensordict.nn import (
+    InteractionType,
+    TensorDictModule,
+    TensorDictModuleBase,
+    TensorDictSequential,
+)
+from tensordict.nn.distributions import NormalParamExtractor
 from torch import nn
 from torchrl.data import Bounded
-from torchrl.modules import MLP, AdditiveGaussianModule, TanhModule, ValueOperator
+from torchrl.modules import (
+    MLP,
+    AdditiveGaussianModule,
+    ProbabilisticActor,
+    TanhModule,
+    TanhNormal,
+    ValueOperator,
+)
 
 
 class _ConcatMLP(nn.Module):
@@ -112,6 +126,58 @@ def make_dmg_networks(
     qvalue = make_qvalue(obs_dim, action_dim, **kwargs)
     value = make_value(obs_dim, **kwargs)
     return actor.to(device), qvalue.to(device), value.to(device)
+
+
+# ---------------------------------------------------------------- SAC (behaviour policies)
+def make_sac_actor(
+    obs_dim: int,
+    act_dim: int,
+    action_spec: Bounded | None = None,
+    num_cells: Sequence[int] = (256, 256),
+) -> ProbabilisticActor:
+    """SAC actor: ReLU MLP -> (loc, scale) -> TanhNormal within the action bounds.
+
+    ``scale = softplus(x + b) + 1e-4`` (``b`` such that the initial scale is 1, TorchRL's
+    ``biased_softplus_1.0``). Reads ``observation``, writes ``action`` (sampled under
+    ``ExplorationType.RANDOM``, the default, or ``tanh(loc)`` under ``DETERMINISTIC``).
+    ``action_spec`` defaults to ``[-1, 1]^act_dim``, the bounds of the MuJoCo tasks.
+    """
+    if action_spec is None:
+        action_spec = Bounded(-1.0, 1.0, shape=(act_dim,))
+    net = nn.Sequential(
+        MLP(
+            in_features=obs_dim,
+            out_features=2 * act_dim,
+            num_cells=list(num_cells),
+            activation_class=nn.ReLU,
+        ),
+        NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=1e-4),
+    )
+    return ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        out_keys=["action"],
+        spec=action_spec,
+        distribution_class=TanhNormal,
+        distribution_kwargs={
+            "low": action_spec.space.low,
+            "high": action_spec.space.high,
+            "tanh_loc": False,
+        },
+        default_interaction_type=InteractionType.RANDOM,
+        return_log_prob=False,
+    )
+
+
+def make_sac_qvalue(obs_dim: int, act_dim: int, num_cells: Sequence[int] = (256, 256)):
+    """Critic Q(s, a): ReLU MLP on ``[observation, action]``; writes ``state_action_value``."""
+    mlp = MLP(
+        in_features=obs_dim + act_dim,
+        out_features=1,
+        num_cells=list(num_cells),
+        activation_class=nn.ReLU,
+    )
+    return ValueOperator(mlp, in_keys=["observation", "action"])
 
 
 # ---------------------------------------------------------------- acting policies

@@ -2,12 +2,12 @@
 
 D4RL made its AntMaze datasets by steering a pretrained goal-reaching ant along the
 waypoints of a maze planner. That policy was never published in a usable form, so this
-project trains its own with the SAC of :mod:`torchrl_dmg.behaviour` on the task defined
-here, then drives it through mazes with :mod:`torchrl_dmg.data.antmaze`.
+project trains its own with the SAC of :mod:`torchrl_dmg.datagen.behaviour` on the task defined
+here, then drives it through mazes with :mod:`torchrl_dmg.datagen.antmaze`.
 
 The task (registered as ``torchrl_dmg/AntGoal-v1``, :class:`AntGoalEnv`):
 
-* Body and observation layout: the local AntMaze ant (:mod:`torchrl_dmg.d4rl_ant`:
+* Body and observation layout: the local AntMaze ant (:mod:`torchrl_dmg.datagen.d4rl_ant`:
   Gymnasium's ant body with D4RL's actuation, ``gear 30``, ``dt = 0.1``; 27-dim
   ``observation`` = joint positions without the torso's x, y, then velocities; 8 actions
   in [-1, 1]), built by the AntMaze env itself on an open arena (:data:`OPEN_ARENA`: 7 x 7
@@ -43,10 +43,11 @@ range, success when reached within a step budget.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from torchrl_dmg.datagen.d4rl_ant import D4RLAntMazeEnv
 
 __all__ = [
     "ANTGOAL_ID",
@@ -54,7 +55,6 @@ __all__ = [
     "ANTGOAL_UNIFORM_ID",
     "OPEN_ARENA",
     "AntGoalEnv",
-    "goal_reaching_success",
     "MAX_REL_DIST",
     "heading_frame",
     "policy_observation",
@@ -200,8 +200,6 @@ class AntGoalEnv(gym.Env):
         forward_cone: float = math.pi / 6,
         terminate_when_flipped: bool = True,
     ) -> None:
-        from torchrl_dmg.d4rl_ant import D4RLAntMazeEnv
-
         if not 0 < min_dist <= max_dist:
             raise ValueError(f"need 0 < min_dist <= max_dist, got {min_dist}, {max_dist}")
         if not 0.0 <= forward_fraction <= 1.0:
@@ -299,65 +297,3 @@ def register_antgoal() -> None:
             max_episode_steps=500,
             kwargs={"forward_fraction": 0.0},
         )
-
-
-register_antgoal()
-
-
-def goal_reaching_success(
-    actor: Any,
-    *,
-    episodes: int = 50,
-    seed: int = 0,
-    min_dist: float = 2.0,
-    max_dist: float = 6.0,
-    max_steps: int = 300,
-    deterministic: bool = True,
-) -> dict[str, float]:
-    """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.behaviour` SAC actor)
-    in open space: each episode one target ``U(min_dist, max_dist)`` away in a uniformly
-    random direction (no targets-ahead share), success when the ant comes within the reach
-    radius in ``max_steps`` steps (a fall or a flip ends the episode as a failure, counted
-    in ``falls``). Episodes run side by side (episode ``i`` seeded ``seed + i``).
-
-    Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps_to_reach`` (successes only;
-    None without any) and ``falls``.
-    """
-    import torch
-
-    from torchrl_dmg.behaviour import act
-
-    envs = [
-        AntGoalEnv(min_dist=min_dist, max_dist=max_dist, forward_fraction=0.0)
-        for _ in range(episodes)
-    ]
-    generator = torch.Generator().manual_seed(seed)
-    try:
-        obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
-        reached_at = np.full(episodes, -1)
-        falls = 0
-        active = list(range(episodes))
-        for t in range(max_steps):
-            if not active:
-                break
-            actions = act(actor, np.stack([obs[i] for i in active]), deterministic, generator)
-            still = []
-            for i, a in zip(active, actions, strict=True):
-                obs[i], _, terminated, _, info = envs[i].step(a)
-                if info["reached"]:
-                    reached_at[i] = t + 1
-                elif terminated:
-                    falls += 1
-                else:
-                    still.append(i)
-            active = still
-    finally:
-        for env in envs:
-            env.close()
-    ok = reached_at > 0
-    return {
-        "success_rate": float(ok.mean()),
-        "episodes": int(episodes),
-        "mean_steps_to_reach": float(reached_at[ok].mean()) if ok.any() else None,
-        "falls": int(falls),
-    }

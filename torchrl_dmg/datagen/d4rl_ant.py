@@ -99,7 +99,7 @@ def register_d4rl_antmaze() -> None:
         if env_id not in gym.registry:
             gym.register(
                 env_id,
-                entry_point="torchrl_dmg.d4rl_ant:D4RLAntMazeEnv",
+                entry_point="torchrl_dmg.datagen.d4rl_ant:D4RLAntMazeEnv",
                 max_episode_steps=limit,
                 kwargs={"maze_map": _DEFAULT_MAPS[maze]},
             )

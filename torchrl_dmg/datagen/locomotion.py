@@ -2,12 +2,12 @@
 
 D4RL's ``hopper-medium-v2`` and friends need the internet (Minari's ``mujoco/*`` copies) or
 the dead mujoco-py stack; this module rebuilds them on Gymnasium's v5 tasks from behaviour
-policies this project trains itself (:mod:`torchrl_dmg.behaviour`, SAC as in D4RL):
+policies this project trains itself (:mod:`torchrl_dmg.datagen.behaviour`, SAC as in D4RL):
 
 * ``random``: uniform random actions.
 * ``medium``: the stochastic policy of a SAC checkpoint at about a third of the expert
   return. ``expert``: the best checkpoint of that run. Both are shipped with the package
-  (``torchrl_dmg/data/policies/<env>-<medium|expert>.pt``, see the README's table), so
+  (``torchrl_dmg/datagen/policies/<env>-<medium|expert>.pt``, see the README's table), so
   these datasets regenerate in minutes without retraining.
 * ``medium-expert``: the ``medium`` and ``expert`` datasets concatenated (each
   ``num_steps`` long, as D4RL's 2M-step medium-expert).
@@ -40,7 +40,8 @@ import torch
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
-from torchrl_dmg.behaviour import (
+from torchrl_dmg.data.local import is_complete, publish_dataset
+from torchrl_dmg.datagen.behaviour_policy import (
     D4RL_REF_SCORES,
     ENV_IDS,
     act,
@@ -48,9 +49,8 @@ from torchrl_dmg.behaviour import (
     evaluate_actor,
     evaluated_checkpoints,
     load_behaviour_actor,
-    load_transitions,
 )
-from torchrl_dmg.data.local import is_complete, publish_dataset
+from torchrl_dmg.datagen.transitions import load_transitions
 from torchrl_dmg.recording import atomic_write, write_json
 
 __all__ = [
@@ -71,7 +71,7 @@ QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 #: transitions per dataset (D4RL: 1M; medium-expert is two of them)
 DEFAULT_NUM_STEPS = 1_000_000
 #: the shipped behaviour policies
-POLICY_DIR = Path(__file__).resolve().parents[1] / "data" / "policies"
+POLICY_DIR = Path(__file__).resolve().parent / "policies"
 #: where recipes/train_behaviour.py writes its run (medium-replay reads it)
 DEFAULT_BEHAVIOUR_RUN = "outputs/behaviour/{env}_s0"
 #: envs stepped side by side during collection (one batched actor call per step)

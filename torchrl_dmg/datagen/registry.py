@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from torchrl_dmg.data.antmaze import generate_antmaze_dataset, generate_antmaze_navigator_dataset
 from torchrl_dmg.data.local import validate_dataset_id
 from torchrl_dmg.data.offline import DatasetUnavailableError, open_dataset
+from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset
+from torchrl_dmg.datagen.antmaze_random import generate_antmaze_dataset
 from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset
 from torchrl_dmg.datagen.pointmaze import generate_pointmaze_dataset
 

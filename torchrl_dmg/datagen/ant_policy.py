@@ -1,0 +1,129 @@
+"""Shipping a goal-reaching ant: pick the checkpoint of a ``train_sac`` AntGoal run that
+navigates the mazes best, copy it to ``policies/antgoal.pt`` and record its measurements.
+
+    python -m torchrl_dmg.datagen.ant_policy outputs/behaviour/antgoal_s0 --candidates 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchrl_dmg.datagen.antmaze import navigator_success
+from torchrl_dmg.datagen.behaviour_policy import (
+    evaluated_checkpoints,
+    goal_reaching_success,
+    load_behaviour_actor,
+)
+from torchrl_dmg.datagen.locomotion import POLICY_DIR, update_policy_record
+from torchrl_dmg.datagen.navigator import ACTION_NOISE
+from torchrl_dmg.recording import atomic_write
+
+
+def ship_ant_policy(
+    run_dir: str | os.PathLike,
+    *,
+    policy_dir: str | os.PathLike | None = None,
+    candidates: int = 3,
+    episodes: int = 50,
+    mazes: Sequence[str] = ("umaze", "medium", "large"),
+    seed: int = 1_000,
+    training: str | None = None,
+) -> dict[str, Any]:
+    """Pick and ship the goal-reaching ant of a ``recipes/train_behaviour.py env=antgoal``
+    run: the ``candidates`` checkpoints with the best evaluation return are measured on
+    open-space target reaching (:func:`torchrl_dmg.datagen.antgoal.goal_reaching_success`) and as
+    the navigator of ``mazes[0]`` (:func:`navigator_success`), ``episodes`` episodes each.
+    The one that reaches that maze's goal most often (the ant is there to make maze data;
+    ties: open-space success, then the later step) is written to
+    ``policy_dir/antgoal.pt`` and measured as the navigator of the other mazes too. The
+    record goes to ``policies.json`` under ``"antgoal"``, with every candidate's figures
+    and ``training`` (how the run was made: its command and machine) when given."""
+
+    out = Path(policy_dir or POLICY_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = evaluated_checkpoints(run_dir)
+    paths = {step: path for step, _, path in rows}
+    best = sorted(rows, key=lambda r: r[1], reverse=True)[: max(1, candidates)]
+    first_maze = mazes[0]
+    measured = []
+    for step, ret, path in best:
+        actor, _ = load_behaviour_actor(path)
+        success = goal_reaching_success(actor, episodes=episodes, seed=seed)
+        nav = navigator_success(first_maze, episodes=episodes, seed=seed, actor=actor)
+        measured.append((nav["success_rate"], success["success_rate"], step, ret, success, nav))
+        print(
+            f"[ship] antgoal step {step} (eval return {ret:.1f}): navigator {first_maze} "
+            f"{100 * nav['success_rate']:.0f}% ({nav['flips']} flips), open-space success "
+            f"{100 * success['success_rate']:.0f}% of {episodes}"
+        )
+    _, _, step, ret, success, first_nav = max(measured, key=lambda m: m[:3])
+    ckpt = torch.load(paths[step], map_location="cpu", weights_only=False)
+    target = out / "antgoal.pt"
+    atomic_write(target, lambda f: torch.save(ckpt, f))
+    actor, _ = load_behaviour_actor(target)
+    entry: dict[str, Any] = {
+        "env": ckpt["env"],
+        "checkpoint_step": step,
+        "run_steps": rows[-1][0],
+        "eval_return_mean": ret,
+        "open_space": {
+            **success,
+            "target_distance": [2.0, 6.0],
+            "max_steps": 300,
+            "deterministic": True,
+        },
+        "navigator": {},
+        "candidates": [
+            {
+                "step": m[2],
+                "eval_return_mean": m[3],
+                f"navigator_{first_maze}": m[0],
+                "open_space": m[1],
+            }
+            for m in measured
+        ],
+    }
+    if training:
+        entry["training"] = training
+    for maze in mazes:
+        nav = (
+            first_nav
+            if maze == first_maze
+            else navigator_success(maze, episodes=episodes, seed=seed, actor=actor)
+        )
+        entry["navigator"][maze] = {**nav, "action_noise": ACTION_NOISE}
+        print(
+            f"[ship] navigator {maze}: {100 * nav['success_rate']:.0f}% of {episodes} "
+            f"(mean steps of the successes: {nav['mean_steps']}, flips: {nav['flips']})"
+        )
+    update_policy_record({"antgoal": entry}, out)
+    return entry
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description="Ship the goal-reaching ant of a `train_behaviour.py env=antgoal` run."
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("--policy-dir", default=None)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--candidates", type=int, default=3)
+    parser.add_argument(
+        "--mazes", nargs="+", default=["umaze", "medium", "large"], help="the first one picks"
+    )
+    parser.add_argument("--training", default=None, help="how the run was made (recorded)")
+    args = parser.parse_args()
+    ship_ant_policy(
+        args.run_dir,
+        policy_dir=args.policy_dir,
+        episodes=args.episodes,
+        candidates=args.candidates,
+        mazes=args.mazes,
+        training=args.training,
+    )

@@ -1,0 +1,317 @@
+"""The SAC of the behaviour-policy trainer: its settings, checked early, and its update: TorchRL's :class:`~torchrl.objectives.SACLoss`,
+grouped fused Adam and :class:`~torchrl.objectives.SoftUpdate`, run eagerly, with the loss
+compiled, or (CUDA) as one compiled step replayed as a CUDA graph, with the compile helpers
+of :mod:`torchrl_dmg.training.compile`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import Bounded
+from torchrl.modules import ProbabilisticActor, ValueOperator
+from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
+
+from torchrl_dmg.training.compile import (
+    captured,
+    compile_step,
+    leaves,
+    optimizer_step,
+    prepare_compile,
+)
+
+__all__ = ["UPDATE_MODES", "SACSettings", "SACUpdater", "check_settings"]
+
+UPDATE_MODES = ("eager", "compile", "compile-inductor", "cudagraphs")
+
+
+class SACUpdater:
+    """SACLoss + grouped Adam + SoftUpdate; :meth:`update` is one UTD-1 gradient step.
+
+    ``mode="cudagraphs"`` (CUDA only): the whole step (loss, backward, Adam, target
+    update) is compiled with inductor and replayed as one CUDA graph
+    (:class:`tensordict.nn.CudaGraphModule`), as in TorchRL's SAC example; the optimiser is
+    capturable. The other modes compile (or not) the loss forward only.
+    """
+
+    def __init__(
+        self,
+        actor: ProbabilisticActor,
+        qvalue: ValueOperator,
+        action_spec: Bounded,
+        *,
+        lr: float,
+        gamma: float,
+        tau: float,
+        mode: str,
+        vmap_critics: bool | None,
+        alpha_init: float = 1.0,
+        fixed_alpha: bool = False,
+        cudagraph_warmup: int = 5,
+    ) -> None:
+        if mode not in UPDATE_MODES:
+            raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {mode!r}.")
+        device = next(iter(actor.parameters())).device
+        graphs = mode == "cudagraphs"
+        if graphs and device.type != "cuda":
+            raise ValueError(
+                f"update_mode='cudagraphs' needs device='cuda' (the networks are on {device}); "
+                "use update_mode='compile' on CPU."
+            )
+        if vmap_critics is None:
+            # Measured on one CPU thread: vmapped critics are faster in eager (fewer Python
+            # calls), two plain matmuls faster once compiled (the vmapped linear layers
+            # become slower batched matmuls). On a GPU fewer kernels win.
+            vmap_critics = mode in ("eager", "cudagraphs")
+        self.loss = SACLoss(
+            actor,
+            qvalue,
+            num_qvalue_nets=2,
+            loss_function="l2",
+            alpha_init=alpha_init,
+            fixed_alpha=fixed_alpha,
+            action_spec=action_spec,
+            target_entropy="auto",  # -act_dim
+            delay_actor=False,
+            delay_qvalue=True,
+            deactivate_vmap=not vmap_critics,
+        )
+        self.loss.make_value_estimator(gamma=gamma)
+        _ = self.loss.target_entropy  # registers its buffer now, outside any compiled code
+        self.target_updater = SoftUpdate(self.loss, tau=tau)
+        kwargs = {"fused": True, **({"capturable": True} if graphs else {})}
+        self.optimizer = group_optimizers(
+            torch.optim.Adam(leaves(self.loss.actor_network_params), lr=lr, **kwargs),
+            torch.optim.Adam(leaves(self.loss.qvalue_network_params), lr=lr, **kwargs),
+            *([] if fixed_alpha else [torch.optim.Adam([self.loss.log_alpha], lr=lr, **kwargs)]),
+        )
+        self.mode = mode
+        self.num_updates = 0
+        self._loss_fn = self.loss
+        self._step_fn = self._step
+        self._critic_step_fn = self._critic_step
+        if mode != "eager":
+            prepare_compile()  # no recompile per call under vmap
+        if mode in ("compile", "compile-inductor"):
+            backend = "aot_eager" if mode == "compile" else "inductor"
+            self._loss_fn = torch.compile(self.loss, backend=backend)
+        elif graphs:
+            # two graphs, no Python branch inside either: the full step, and the step
+            # that leaves the actor as it is (a warm-started actor's critic warm-up)
+            self._step_fn, self._critic_step_fn = (
+                captured(compile_step(fn, "inductor"), cudagraph_warmup)
+                for fn in (self._step, self._critic_step)
+            )
+
+    def _step(self, batch: TensorDictBase) -> TensorDictBase:
+        losses = self._loss_fn(batch)
+        (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
+        optimizer_step(self.optimizer)
+        _target_step(self.target_updater)
+        return losses.detach()
+
+    def _critic_step(self, batch: TensorDictBase) -> TensorDictBase:
+        # the critic's TD target is computed without gradient, so only the critics get
+        # gradients and Adam skips the actor and alpha. Alpha stays too: with the actor
+        # held, its loss would push it one way for the whole warm-up (x20 in 10k steps).
+        losses = self._loss_fn(batch)
+        losses["loss_qvalue"].backward()
+        optimizer_step(self.optimizer)
+        _target_step(self.target_updater)
+        return losses.detach()
+
+    def update(self, batch: TensorDictBase, train_actor: bool = True) -> TensorDictBase:
+        """One gradient step; ``train_actor=False`` updates the critics and their targets
+        and leaves the actor and alpha as they are."""
+        losses = (self._step_fn if train_actor else self._critic_step_fn)(batch)
+        self.num_updates += 1
+        return losses
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_updates = int(state["num_updates"])
+
+
+@torch.compiler.disable
+def _target_step(target_updater: SoftUpdate) -> None:
+    """The Polyak update, outside torch.compile (captured by a CUDA graph like any eager
+    CUDA work)."""
+    target_updater.step()
+
+
+@dataclass(frozen=True)
+class SACSettings:
+    """Every option of :func:`train_sac` besides the task, its length and the run directory.
+
+    Standard SAC (double Q with Polyak targets, ``tau``; TanhNormal actor; automatic
+    entropy tuning towards ``-act_dim``; Adam, ``lr``), update-to-data ratio 1: after each
+    collector batch of ``frames_per_batch`` env steps, that many gradient steps on
+    ``batch_size`` transitions drawn uniformly from the replay buffer (the last
+    ``buffer_size`` transitions). The first ``init_random_steps`` env steps use uniform
+    random actions, and no update happens before they are collected.
+
+    Every ``checkpoint_interval`` env steps (and at ``total_steps``): ``eval_episodes``
+    deterministic episodes (``tanh(loc)``; Gymnasium's 1000-step limit, or
+    ``eval_max_steps``), then ``checkpoints/step_<steps:08d>.pt``, a ``progress.csv`` row
+    and ``state.pt`` (the trainer state), each written atomically. Transitions are
+    appended to ``transitions/`` after every batch.
+
+    Attributes:
+        env_name: ``hopper``/``halfcheetah``/``walker2d`` or their ``*-v5`` ids.
+        update_mode: ``"compile"`` (default; ``torch.compile`` of the loss with the
+            ``aot_eager`` backend), ``"eager"``, ``"compile-inductor"`` (slower than
+            ``aot_eager`` on CPU, kept for comparison), or ``"cudagraphs"`` (CUDA only:
+            the whole update compiled and replayed as a CUDA graph). Compiling costs
+            ~10-60 s once.
+        vmap_critics: vmap the two critics (SACLoss's default) or loop over them; ``None``
+            picks the faster one for ``update_mode``.
+        updates_per_step: gradient steps per env step (the update-to-data ratio): after
+            each collector batch, ``round(frames_per_batch * updates_per_step)`` updates.
+            Below 1 on a CPU, where the updates cost far more than the env steps.
+        sample_chunk: updates whose batches are drawn from the buffer in one ``sample``
+            call (the same uniform draws as one call per update: the buffer does not change
+            during an update phase; fewer Python calls). 1: one ``sample`` per update.
+        device: where the networks, the update and the replay buffer live. The envs
+            step on the CPU with a CPU copy of the actor, refreshed after every update
+            phase (so a collector batch is collected with the weights of its start).
+        num_envs: envs stepped side by side (``frames_per_batch / num_envs`` steps each
+            per batch; in-process :class:`~torchrl.envs.SerialEnv`, or one process each
+            with ``env_processes`` (:class:`~torchrl.envs.ParallelEnv`)). With more than
+            one env, ``transitions/`` holds each env's part of a batch in turn and an
+            episode that continues into the next batch is cut there (marked truncated):
+            every transition is exact, episodes are split at batch boundaries.
+        init_actor: warm start: the actor's initial weights, from a checkpoint of an
+            earlier run (``checkpoints/step_*.pt``) or a shipped policy with the same
+            observation and action sizes and hidden layers (e.g. to go on training an
+            ant on a changed task). The critics start fresh; with ``init_random_steps=0``
+            the warm-started actor collects from the first step.
+        alpha_init: the entropy coefficient's start value (1.0: SAC's usual start; for a
+            warm start, the trained run's last ``alpha`` avoids a burst of entropy).
+        fixed_alpha: keep alpha at ``alpha_init`` (no entropy tuning). For a warm start:
+            fresh Adam moments let an adaptive alpha move ~``lr`` per step in log space, and
+            a walking ant's entropy sits just below the target, so alpha rose x7 within 10k
+            steps of the actor's release and the gait degraded.
+        actor_freeze_updates: the first this many gradient steps update the critics
+            and their targets only (actor and alpha held), so that fresh critics learn
+            the warm-started actor's values before its first gradient.
+        mirror_augment: AntGoal tasks only: every transition also enters the replay buffer
+            as its mirror image (y -> -y in the torso frame; the ant, its physics and the
+            reward are symmetric), so SAC sees twice the data and both turning directions
+            alike (a plain run's ant turned right far better than left). The buffer holds
+            ``buffer_size`` real transitions and their images; ``transitions/`` keeps the
+            real ones only.
+        resume: continue from ``out_dir/state.pt`` if there is one (a fresh start
+            otherwise). Without it, an ``out_dir`` holding a state is an error.
+
+    """
+
+    seed: int = 0
+    checkpoint_interval: int = 10_000
+    eval_episodes: int = 10
+    eval_max_steps: int | None = None
+    init_random_steps: int = 5_000
+    frames_per_batch: int = 1_000
+    updates_per_step: float = 1.0
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    num_cells: Sequence[int] = (256, 256)
+    lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    update_mode: str = "compile"
+    vmap_critics: bool | None = None
+    sample_chunk: int = 50
+    device: str | torch.device = "cpu"
+    num_envs: int = 1
+    env_processes: bool = False
+    init_actor: str | os.PathLike | None = None
+    alpha_init: float = 1.0
+    fixed_alpha: bool = False
+    actor_freeze_updates: int = 0
+    mirror_augment: bool = False
+    resume: bool = False
+    progress: bool = True
+
+    def hparams(self, total_steps: int) -> dict[str, Any]:
+        """What ``state.pt`` records of the run's settings."""
+        return {
+            "total_steps": total_steps,
+            "checkpoint_interval": self.checkpoint_interval,
+            "init_random_steps": self.init_random_steps,
+            "frames_per_batch": self.frames_per_batch,
+            "updates_per_step": self.updates_per_step,
+            "batch_size": self.batch_size,
+            "buffer_size": self.buffer_size,
+            "lr": self.lr,
+            "gamma": self.gamma,
+            "tau": self.tau,
+            "num_envs": self.num_envs,
+            "update_mode": self.update_mode,
+            "device": str(torch.device(self.device)),
+            "init_actor": None if self.init_actor is None else str(self.init_actor),
+            "alpha_init": self.alpha_init,
+            "fixed_alpha": self.fixed_alpha,
+            "actor_freeze_updates": self.actor_freeze_updates,
+            "mirror_augment": self.mirror_augment,
+        }
+
+
+def check_settings(env_id: str, total_steps: int, s: SACSettings) -> None:
+    """Fail early on settings that cannot work (before any file is touched)."""
+    for name, value in (
+        ("total_steps", total_steps),
+        ("frames_per_batch", s.frames_per_batch),
+        ("checkpoint_interval", s.checkpoint_interval),
+        ("batch_size", s.batch_size),
+        ("eval_episodes", s.eval_episodes),
+        ("sample_chunk", s.sample_chunk),
+        ("num_envs", s.num_envs),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
+    if not s.updates_per_step > 0:
+        raise ValueError(f"updates_per_step must be > 0, got {s.updates_per_step}.")
+    if s.actor_freeze_updates < 0:
+        raise ValueError(f"actor_freeze_updates must be >= 0, got {s.actor_freeze_updates}.")
+    if not s.alpha_init > 0:
+        raise ValueError(f"alpha_init must be > 0, got {s.alpha_init}.")
+    if s.mirror_augment and not env_id.startswith("torchrl_dmg/AntGoal"):
+        raise ValueError(
+            f"mirror_augment=True needs an AntGoal task (its ant is mirror-symmetric), not "
+            f"{env_id}."
+        )
+    if s.init_actor is not None and not Path(s.init_actor).is_file():
+        raise FileNotFoundError(
+            f"init_actor={s.init_actor} is not a file; give a checkpoints/step_*.pt of an "
+            "earlier train_sac run or a shipped policy file."
+        )
+    _check_batching(total_steps, s)
+
+
+def _check_batching(total_steps: int, s: SACSettings) -> None:
+    fpb, interval = s.frames_per_batch, s.checkpoint_interval
+    if total_steps % fpb or interval % fpb:
+        raise ValueError(
+            f"total_steps ({total_steps}) and checkpoint_interval ({interval}) "
+            f"must be multiples of frames_per_batch ({fpb})."
+        )
+    if fpb % s.num_envs:
+        raise ValueError(f"frames_per_batch ({fpb}) must be a multiple of num_envs ({s.num_envs}).")
+    if s.update_mode not in UPDATE_MODES:
+        raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {s.update_mode!r}.")
+    device = torch.device(s.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device} was asked for, but torch sees no CUDA device.")

@@ -56,7 +56,6 @@ from torchrl_dmg.data.local import is_complete
 from torchrl_dmg.datagen.antmaze_envs import (
     antmaze_dataset_id,
     make_antmaze_env,
-    make_antmaze_eval_env,
     maze_entry,
     publish_antmaze,
     stored_generator_version,
@@ -305,20 +304,15 @@ def _publish_navigated(
         f"rate. Parameters: {params}."
     )
     env = make_antmaze_env(maze, max_episode_steps=episode_steps)
-    eval_env = make_antmaze_eval_env(maze)
-    try:
-        publish_antmaze(
-            dataset_id,
-            buffers,
-            env,
-            eval_env,
-            "goal-reaching SAC ant + waypoint navigator",
-            description,
-            params,
-        )
-    finally:
-        eval_env.close()
-        env.close()
+    publish_antmaze(
+        dataset_id,
+        buffers,
+        env,
+        maze,
+        "goal-reaching SAC ant + waypoint navigator",
+        description,
+        params,
+    )
 
 
 def _episode_buffer(ep: dict[str, Any], index: int, seed: int, length: int):

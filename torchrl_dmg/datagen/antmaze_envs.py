@@ -92,22 +92,34 @@ def stored_generator_version(dataset_id: str) -> int | None:
 
 
 def publish_antmaze(
-    dataset_id, buffers, env, eval_env, algorithm_name, description, params
+    dataset_id: str,
+    buffers: list,
+    env: gym.Env,
+    maze: str,
+    algorithm_name: str,
+    description: str,
+    params: dict[str, Any],
 ) -> None:
-    """Publish an AntMaze dataset: success-rate reference scores (0 / 1)."""
-    publish_dataset(
-        dataset_id,
-        buffers,
-        env_spec=env.spec,
-        eval_env_spec=eval_env.spec,
-        algorithm_name=algorithm_name,
-        code_permalink="torchrl_dmg/datagen/antmaze.py",
-        ref_min_score=0.0,
-        ref_max_score=1.0,
-        description=description,
-        generator_params=params,
-        requirements=["gymnasium-robotics>=1.4,<1.5", "torchrl-dmg"],
-    )
+    """Publish an AntMaze dataset collected in ``env`` (closed afterwards), with the maze's
+    evaluation env and success-rate reference scores (0 / 1)."""
+    eval_env = make_antmaze_eval_env(maze)
+    try:
+        publish_dataset(
+            dataset_id,
+            buffers,
+            env_spec=env.spec,
+            eval_env_spec=eval_env.spec,
+            algorithm_name=algorithm_name,
+            code_permalink="torchrl_dmg/datagen/antmaze.py",
+            ref_min_score=0.0,
+            ref_max_score=1.0,
+            description=description,
+            generator_params=params,
+            requirements=["gymnasium-robotics>=1.4,<1.5", "torchrl-dmg"],
+        )
+    finally:
+        eval_env.close()
+        env.close()
 
 
 #: dataset variant -> (maze, task). ``fixed``: from the evaluation start cell to the

@@ -16,7 +16,6 @@ from torchrl_dmg.data.local import is_complete
 from torchrl_dmg.datagen.antmaze_envs import (
     DATASET_VERSION,
     make_antmaze_env,
-    make_antmaze_eval_env,
     maze_entry,
     publish_antmaze,
     stored_generator_version,
@@ -122,20 +121,9 @@ def _publish_random(dataset_id: str, maze: str, env, buffers: list, params: dict
         "continuing_task=False (terminated with reward 1 at the goal); ref_min_score 0 and "
         f"ref_max_score 1, so the normalised score is the success rate. Parameters: {params}."
     )
-    eval_env = make_antmaze_eval_env(maze)
-    try:
-        publish_antmaze(
-            dataset_id,
-            buffers,
-            env,
-            eval_env,
-            f"{policy} policy (placeholder)",
-            description,
-            params,
-        )
-    finally:
-        eval_env.close()
-        env.close()
+    publish_antmaze(
+        dataset_id, buffers, env, maze, f"{policy} policy (placeholder)", description, params
+    )
 
 
 def generate_antmaze_dataset(

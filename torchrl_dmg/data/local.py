@@ -290,3 +290,13 @@ def publish_dataset(
             requirements=requirements,
         )
         dataset.storage.update_metadata({"generator_params": generator_params})
+
+
+def stored_generator_version(dataset_id: str) -> int | None:
+    """The ``generator_version`` a local dataset was made with (``None``: none recorded, or
+    no readable dataset): generators rebuild data made by an older version of themselves."""
+    try:
+        meta = minari.load_dataset(dataset_id).storage.metadata
+        return int(meta.get("generator_params", {}).get("generator_version"))
+    except Exception:
+        return None

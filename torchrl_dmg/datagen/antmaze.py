@@ -52,13 +52,12 @@ import torch
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
-from torchrl_dmg.data.local import is_complete
+from torchrl_dmg.data.local import is_complete, stored_generator_version
 from torchrl_dmg.datagen.antmaze_envs import (
     antmaze_dataset_id,
+    antmaze_entry,
     make_antmaze_env,
-    maze_entry,
     publish_antmaze,
-    stored_generator_version,
     variant_entry,
 )
 from torchrl_dmg.datagen.behaviour_policy import (
@@ -273,7 +272,7 @@ def _publish_navigated(
     maze, task = variant_entry(variant)
     num_steps, seed = settings["num_steps"], settings["seed"]
     episode_steps, noise = settings["episode_steps"], settings["noise"]
-    env_id, start, goal, _ = maze_entry(maze)
+    env_id, start, goal, _ = antmaze_entry(maze)
     params = {
         "generator": "torchrl_dmg.datagen.antmaze.generate_antmaze_navigator_dataset",
         "generator_version": _NAVIGATOR_VERSION,
@@ -370,7 +369,7 @@ def navigator_success(
     """
     if actor is None:
         actor = load_ant_policy(ant_policy_path(policy_dir))[0]
-    horizon = maze_entry(maze)[3]
+    horizon = antmaze_entry(maze)[3]
     successes, steps_taken = [], []
     flips = 0
     for first in range(0, episodes, _NUM_ENVS):

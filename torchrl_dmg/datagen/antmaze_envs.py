@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-import minari
 
 from torchrl_dmg.data.local import publish_dataset
 from torchrl_dmg.datagen.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
 from torchrl_dmg.datagen.maze import (
     MazeGrid,
     base_maze_map,
+    maze_entry,
     maze_map_with_cells,
 )
 
@@ -33,28 +33,20 @@ ANTMAZE_MAZES: dict[str, tuple[str, tuple[int, int], tuple[int, int], int]] = {
 DATASET_VERSION = 1
 
 
-#: Goal radius of gymnasium-robotics' maze envs (reward 1 / success within it).
-GOAL_RADIUS = 0.45
-
-
-def maze_entry(maze: str) -> tuple[str, tuple[int, int], tuple[int, int], int]:
-    try:
-        return ANTMAZE_MAZES[maze.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown maze {maze!r}; expected one of {sorted(ANTMAZE_MAZES)}"
-        ) from None
+def antmaze_entry(maze: str) -> tuple[str, tuple[int, int], tuple[int, int], int]:
+    """``(env id, reset cell, goal cell, episode limit)`` of ``maze``."""
+    return maze_entry(ANTMAZE_MAZES, maze)
 
 
 def antmaze_env_id(maze: str) -> str:
     """Registered id of the maze, e.g. ``"umaze" -> "torchrl_dmg/AntMazeD4RL_UMaze-v0"``."""
-    return maze_entry(maze)[0]
+    return antmaze_entry(maze)[0]
 
 
 def antmaze_env_kwargs(maze: str, max_episode_steps: int | None = None) -> dict[str, Any]:
     """``gym.make`` keyword arguments of the data-collection (and online) env: fixed reset and
     goal cells, sparse reward, continuing task, the goal never moves."""
-    _, start, goal, horizon = maze_entry(maze)
+    _, start, goal, horizon = antmaze_entry(maze)
     return {
         "maze_map": maze_map_with_cells(base_maze_map(maze), goal=goal, reset=start),
         "reward_type": "sparse",
@@ -80,15 +72,6 @@ def make_antmaze_eval_env(maze: str, **kwargs: Any) -> gym.Env:
     """The evaluation env of ``maze`` (see :func:`antmaze_eval_env_kwargs`)."""
     register_d4rl_antmaze()
     return gym.make(antmaze_env_id(maze), **{**antmaze_eval_env_kwargs(maze), **kwargs})
-
-
-def stored_generator_version(dataset_id: str) -> int | None:
-
-    try:
-        meta = minari.load_dataset(dataset_id).storage.metadata
-        return int(meta.get("generator_params", {}).get("generator_version"))
-    except Exception:
-        return None
 
 
 def publish_antmaze(
@@ -175,7 +158,7 @@ def antmaze_dataset_id(variant: str) -> str:
 
 def task_cells(maze: str, task: str, grid: MazeGrid) -> tuple[list, list]:
     """(start cells, commanded-goal cells) of a task."""
-    _, start, goal, _ = maze_entry(maze)
+    _, start, goal, _ = antmaze_entry(maze)
     if task == "fixed":
         return [start], [goal]
     if task == "play":

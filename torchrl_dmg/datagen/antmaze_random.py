@@ -12,13 +12,12 @@ import numpy as np
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
-from torchrl_dmg.data.local import is_complete
+from torchrl_dmg.data.local import is_complete, stored_generator_version
 from torchrl_dmg.datagen.antmaze_envs import (
     DATASET_VERSION,
+    antmaze_entry,
     make_antmaze_env,
-    maze_entry,
     publish_antmaze,
-    stored_generator_version,
 )
 
 #: Default size of the placeholder datasets (D4RL used 1M steps); about a minute on one core.
@@ -34,7 +33,7 @@ _POLICIES = ("random",)
 
 def default_antmaze_dataset_id(maze: str, policy: str = "random") -> str:
     """Default local Minari id, e.g. ``local/antmaze/umaze-random-v1``."""
-    maze_entry(maze)
+    antmaze_entry(maze)
     return f"local/antmaze/{maze.lower()}-{policy}-v{DATASET_VERSION}"
 
 
@@ -158,7 +157,7 @@ def generate_antmaze_dataset(
     dataset is published atomically with :func:`torchrl_dmg.data.local.building_dataset`.
     """
 
-    env_id, start, goal, horizon = maze_entry(maze)
+    env_id, start, goal, horizon = antmaze_entry(maze)
     maze = maze.lower()
     if policy not in _POLICIES:
         raise ValueError(f"unknown policy {policy!r}; expected one of {list(_POLICIES)}")

@@ -27,6 +27,8 @@ import numpy as np
 from gymnasium_robotics.envs.maze import maps
 
 Cell = tuple[int, int]
+#: Goal radius of gymnasium-robotics' maze envs (reward 1 / success within it).
+GOAL_RADIUS = 0.45
 #: PD gains of the PointMaze waypoint controller (D4RL maze2d: p_gain 10, d_gain -1)
 DEFAULT_KP = 10.0
 DEFAULT_KD = 1.0
@@ -237,6 +239,14 @@ def base_maze_map(maze: str) -> list[list[int | str]]:
     return {"umaze": maps.U_MAZE, "medium": maps.MEDIUM_MAZE, "large": maps.LARGE_MAZE}[
         maze.lower()
     ]
+
+
+def maze_entry(table: dict[str, tuple], maze: str) -> tuple:
+    """``table[maze]`` (case-insensitive), or an error naming the mazes of ``table``."""
+    try:
+        return table[maze.lower()]
+    except KeyError:
+        raise ValueError(f"unknown maze {maze!r}; expected one of {sorted(table)}") from None
 
 
 class WaypointController:

@@ -38,17 +38,18 @@ from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-import minari
 import numpy as np
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
-from torchrl_dmg.data.local import is_complete, publish_dataset
+from torchrl_dmg.data.local import is_complete, publish_dataset, stored_generator_version
 from torchrl_dmg.datagen.maze import (
     DEFAULT_KD,
     DEFAULT_KP,
+    GOAL_RADIUS,
     WaypointController,
     base_maze_map,
+    maze_entry,
     maze_map_with_cells,
     register_maze_envs,
 )
@@ -82,9 +83,6 @@ DEFAULT_NUM_STEPS: dict[str, int] = {"umaze": 200_000, "medium": 400_000, "large
 #: used 0.5; the PD law saturates far from a waypoint, so the data stay goal-reaching (about 94%
 #: of the noiseless controller's goal rate on Medium) while covering many more actions.
 DEFAULT_NOISE = 0.5
-#: Radius within which gymnasium-robotics counts the goal as reached (reward 1).
-GOAL_RADIUS = 0.45
-
 #: Upper bound of the random number of steps the controller holds a reached goal.
 DEFAULT_MAX_DWELL = 100
 
@@ -92,21 +90,8 @@ DEFAULT_MAX_DWELL = 100
 _GENERATOR_VERSION = 2
 
 
-def _stored_generator_version(dataset_id: str) -> int | None:
-    try:
-        meta = minari.load_dataset(dataset_id).storage.metadata
-        return int(meta.get("generator_params", {}).get("generator_version"))
-    except Exception:
-        return None
-
-
 def _maze_entry(maze: str) -> tuple[str, tuple[int, int], tuple[int, int], int]:
-    try:
-        return POINTMAZE_MAZES[maze.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown maze {maze!r}; expected one of {sorted(POINTMAZE_MAZES)}"
-        ) from None
+    return maze_entry(POINTMAZE_MAZES, maze)
 
 
 def pointmaze_env_id(maze: str) -> str:
@@ -353,7 +338,7 @@ def generate_pointmaze_dataset(
     if num_steps <= 0:
         raise ValueError("num_steps must be positive")
     if not force and is_complete(dataset_id):
-        if _stored_generator_version(dataset_id) == _GENERATOR_VERSION:
+        if stored_generator_version(dataset_id) == _GENERATOR_VERSION:
             return dataset_id
         # made by an older generator: rebuild rather than silently train on stale data
 

@@ -234,5 +234,11 @@ def varying_keys(runs: Iterable[SeedRun]) -> list[str]:
     """The config keys (not :data:`IGNORED_KEYS`) whose values differ among ``runs``."""
     runs = list(runs)
     keys = sorted({k for r in runs for k in r.config if not ignored(k)})
-    missing = object()
-    return [k for k in keys if len({repr(r.config.get(k, missing)) for r in runs}) > 1]
+    return [k for k in keys if len({_canonical(r.config.get(k)) for r in runs}) > 1]
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable stand-in for a config value; ``1`` and ``1.0`` are the same setting."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return repr(value)

@@ -50,6 +50,7 @@ from torchrl.envs import DoubleToFloat, GymEnv, ParallelEnv, SerialEnv, Transfor
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
 
+from torchrl_dmg.data.scores import D4RL_REF_SCORES  # D4RL's (random, expert) returns
 from torchrl_dmg.recording import atomic_write
 from torchrl_dmg.training import _optimizer_step, rng_state, set_rng_state
 
@@ -68,13 +69,6 @@ TASK_IDS: dict[str, str] = {
     "antgoal-uniform": "torchrl_dmg/AntGoalUniform-v2",  # no targets-ahead share
 }
 
-# D4RL reference returns (random, expert) for the normalised score
-# 100 * (return - random) / (expert - random).
-D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
-}
 
 UPDATE_MODES = ("eager", "compile", "compile-inductor", "cudagraphs")
 

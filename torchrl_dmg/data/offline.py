@@ -24,6 +24,7 @@ import torch
 from tensordict import TensorDict
 
 from torchrl_dmg.data.local import dataset_path, is_complete, validate_dataset_id
+from torchrl_dmg.data.scores import ScoreReference, resolve_score_reference
 
 # Local datasets the project can make itself: id pattern -> generator, called with the
 # pattern's named groups as keyword arguments.
@@ -300,6 +301,8 @@ class OfflineDataset:
             the evaluation env applies the same ones.
         reward_shift: added to every dataset reward (AntMaze: -1).
         minari_dataset: the underlying :class:`minari.MinariDataset`.
+        score_reference: the reference returns of the normalised score
+            (:mod:`torchrl_dmg.data.scores`); ``None``: resolved with ``"auto"``.
     """
 
     dataset_id: str
@@ -309,6 +312,7 @@ class OfflineDataset:
     obs_scale: torch.Tensor
     reward_shift: float
     minari_dataset: object
+    score_reference: ScoreReference | None = None
 
     @property
     def obs_dim(self) -> int:
@@ -326,12 +330,18 @@ class OfflineDataset:
             torch.as_tensor(space.high, dtype=torch.float32),
         )
 
-    def normalized_score(self, returns: np.ndarray | torch.Tensor | float) -> np.ndarray:
-        """``100 · (R - R_random) / (R_expert - R_random)`` with the dataset's reference scores."""
-        import minari
+    @property
+    def reference(self) -> ScoreReference:
+        """The :class:`~torchrl_dmg.data.scores.ScoreReference` scores are normalised with."""
+        if self.score_reference is None:
+            meta = self.minari_dataset.storage.metadata
+            self.score_reference = resolve_score_reference(self.dataset_id, meta, "auto")
+        return self.score_reference
 
+    def normalized_score(self, returns: np.ndarray | torch.Tensor | float) -> np.ndarray:
+        """``100 · (R - R_min) / (R_max - R_min)`` with :attr:`reference`'s returns."""
         returns = np.asarray(torch.as_tensor(returns).cpu(), dtype=np.float64)
-        return 100.0 * np.asarray(minari.get_normalized_score(self.minari_dataset, returns))
+        return self.reference.normalize(returns)
 
     @property
     def success_scored(self) -> bool:
@@ -344,8 +354,7 @@ class OfflineDataset:
 
     @property
     def has_reference_scores(self) -> bool:
-        meta = self.minari_dataset.storage.metadata
-        return meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None
+        return not self.reference.is_raw
 
 
 def load_offline_dataset(
@@ -357,11 +366,14 @@ def load_offline_dataset(
     reward_shift: float = 0.0,
     download: bool = True,
     progress: bool = True,
+    score_reference: str = "auto",
 ) -> OfflineDataset:
     """Load (generating or downloading if needed) and preprocess an offline dataset.
 
     Normalisation statistics are computed here, once, and applied to the stored
     transitions; the same ``obs_loc``/``obs_scale`` go to the evaluation env.
+    ``score_reference`` (``auto`` | ``d4rl`` | ``minari`` | ``raw``) chooses the reference
+    returns of the normalised score (:func:`~torchrl_dmg.data.scores.resolve_score_reference`).
     """
     dataset = ensure_dataset(dataset_id, download=download, progress=progress)
     if obs_keys is None:
@@ -384,4 +396,7 @@ def load_offline_dataset(
         obs_scale=scale,
         reward_shift=float(reward_shift),
         minari_dataset=dataset,
+        score_reference=resolve_score_reference(
+            dataset_id, dataset.storage.metadata, score_reference
+        ),
     )

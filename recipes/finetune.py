@@ -238,6 +238,7 @@ def main(cfg: DictConfig) -> dict:
         "start_normalized_score": start_result["normalized_score"],
         "config": str(run_dir / "config.yaml"),
         "plot": str(run_dir / "scores.png"),
+        **dataset.reference.as_dict(),
         **coefs,
         **result,
     }

@@ -76,6 +76,7 @@ def main(cfg: DictConfig) -> dict:
         f"[dmg] dataset={cfg.dataset} transitions={len(sampler)} obs_dim={dataset.obs_dim} "
         f"action_dim={dataset.action_dim} seeds={seeds} device={device} run_dir={run_dir}"
     )
+    print(f"[dmg] scores: {dataset.reference.describe()}")
 
     # ---------------------------------------------------------------- losses and updater
     losses = []
@@ -157,6 +158,7 @@ def main(cfg: DictConfig) -> dict:
         "family": cfg.family,
         "config": str(run_dir / "config.yaml"),
         "plot": str(run_dir / "scores.png"),
+        **dataset.reference.as_dict(),
         **result,
     }
     write_json(run_dir / "summary.json", summary)

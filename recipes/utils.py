@@ -63,6 +63,7 @@ def load_dataset(cfg: DictConfig) -> OfflineDataset:
         reward_shift=cfg.data.reward_shift,
         download=cfg.data.download,
         progress=cfg.progress,
+        score_reference=cfg.data.get("score_reference", "auto"),
     )
 
 
@@ -167,6 +168,7 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
             reward_shift=cfg.data.reward_shift,
             download=cfg.data.download,
             progress=progress,
+            score_reference=cfg.data.get("score_reference", "auto"),
         )
     except DatasetUnavailableError as err:
         if str(cfg.dataset).startswith(ANTMAZE_PREFIX):

@@ -8,6 +8,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "torchrl_dmg"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
+#: Known exceptions, each with its reason; remove an entry once its function is split.
+ALLOWED_LONG_FUNCTIONS = {
+    # merged from the report branch (recipes/report.py's writer); its owner splits it
+    "torchrl_dmg/report/results.py write_report",
+}
 
 
 def _modules() -> list[Path]:
@@ -32,7 +37,8 @@ def long_functions() -> list[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES:
+                name = f"{path.relative_to(PACKAGE.parent)} {node.name}"
+                if n > MAX_FUNCTION_LINES and name not in ALLOWED_LONG_FUNCTIONS:
                     where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
                     out.append(f"{where} {node.name}: {n} lines")
     return out

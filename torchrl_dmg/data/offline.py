@@ -26,6 +26,7 @@ from tensordict import TensorDict
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import dataset_path, is_complete, validate_dataset_id
+from torchrl_dmg.data.scores import ScoreReference, resolve_score_reference
 
 # Dataset id pattern -> the config family (recipes/config/family/) with the spec's settings
 # for it: a run whose family does not match fails early (data.check_family=false allows it).
@@ -215,6 +216,8 @@ class OfflineDataset:
             the evaluation env applies the same ones.
         reward_shift: added to every dataset reward (AntMaze: -1).
         minari_dataset: the underlying :class:`minari.MinariDataset`.
+        score_reference: the reference returns of the normalised score
+            (:mod:`torchrl_dmg.data.scores`); ``None``: resolved with ``"auto"``.
     """
 
     dataset_id: str
@@ -224,6 +227,7 @@ class OfflineDataset:
     obs_scale: torch.Tensor
     reward_shift: float
     minari_dataset: object
+    score_reference: ScoreReference | None = None
 
     @property
     def obs_dim(self) -> int:
@@ -241,10 +245,18 @@ class OfflineDataset:
             torch.as_tensor(space.high, dtype=torch.float32),
         )
 
+    @property
+    def reference(self) -> ScoreReference:
+        """The :class:`~torchrl_dmg.data.scores.ScoreReference` scores are normalised with."""
+        if self.score_reference is None:
+            meta = self.minari_dataset.storage.metadata
+            self.score_reference = resolve_score_reference(self.dataset_id, meta, "auto")
+        return self.score_reference
+
     def normalized_score(self, returns: np.ndarray | torch.Tensor | float) -> np.ndarray:
-        """``100 · (R - R_random) / (R_expert - R_random)`` with the dataset's reference scores."""
+        """``100 · (R - R_min) / (R_max - R_min)`` with :attr:`reference`'s returns."""
         returns = np.asarray(torch.as_tensor(returns).cpu(), dtype=np.float64)
-        return 100.0 * np.asarray(minari.get_normalized_score(self.minari_dataset, returns))
+        return self.reference.normalize(returns)
 
     @property
     def success_scored(self) -> bool:
@@ -257,8 +269,7 @@ class OfflineDataset:
 
     @property
     def has_reference_scores(self) -> bool:
-        meta = self.minari_dataset.storage.metadata
-        return meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None
+        return not self.reference.is_raw
 
 
 def load_offline_dataset(
@@ -270,12 +281,15 @@ def load_offline_dataset(
     reward_shift: float = 0.0,
     download: bool = True,
     progress: bool = True,
+    score_reference: str = "auto",
 ) -> OfflineDataset:
     """Load (downloading if needed, never generating: see :func:`open_dataset`) and
     preprocess an offline dataset.
 
     Normalisation statistics are computed here, once, and applied to the stored
     transitions; the same ``obs_loc``/``obs_scale`` go to the evaluation env.
+    ``score_reference`` (``auto`` | ``d4rl`` | ``minari`` | ``raw``) chooses the reference
+    returns of the normalised score (:func:`~torchrl_dmg.data.scores.resolve_score_reference`).
     """
     dataset = open_dataset(dataset_id, download=download)
     if obs_keys is None:
@@ -298,4 +312,7 @@ def load_offline_dataset(
         obs_scale=scale,
         reward_shift=float(reward_shift),
         minari_dataset=dataset,
+        score_reference=resolve_score_reference(
+            dataset_id, dataset.storage.metadata, score_reference
+        ),
     )

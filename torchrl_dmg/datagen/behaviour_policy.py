@@ -16,6 +16,7 @@ from tensordict import TensorDict
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor
 
+from torchrl_dmg.data.scores import D4RL_REF_SCORES  # D4RL's (random, expert) returns
 from torchrl_dmg.datagen.antgoal import AntGoalEnv, register_antgoal
 from torchrl_dmg.modules import make_sac_actor
 from torchrl_dmg.recording import atomic_write
@@ -33,14 +34,6 @@ TASK_IDS: dict[str, str] = {
     **ENV_IDS,
     "antgoal": "torchrl_dmg/AntGoal-v2",  # D4RL's ant (torchrl_dmg.datagen.antgoal)
     "antgoal-uniform": "torchrl_dmg/AntGoalUniform-v2",  # no targets-ahead share
-}
-
-# D4RL reference returns (random, expert) for the normalised score
-# 100 * (return - random) / (expert - random).
-D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
 }
 
 

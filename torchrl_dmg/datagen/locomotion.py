@@ -41,8 +41,8 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, publish_dataset
+from torchrl_dmg.data.scores import D4RL_REF_SCORES
 from torchrl_dmg.datagen.behaviour_policy import (
-    D4RL_REF_SCORES,
     ENV_IDS,
     act,
     d4rl_normalized_score,

@@ -1,1 +1,2 @@
-"""Reports of finished runs: learning curves (:mod:`torchrl_dmg.report.plotting`)."""
+"""Tables with confidence intervals, learning curves, ablation and overestimation plots
+of recipe runs (``recipes/report.py``)."""

@@ -1,0 +1,339 @@
+"""recipes/report.py and torchrl_dmg.report on fabricated run directories (no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from torchrl_dmg.report.results import write_report
+from torchrl_dmg.report.runs import find_run_dirs, load_runs
+from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
+
+REPO = Path(__file__).resolve().parents[1]
+D4RL_TEXT = "d4rl: D4RL hopper (0 = -20.2723, 100 = 3234.3)"
+
+
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    dataset: str = "mujoco/hopper/medium-v0",
+    algo: str | None = "dmg",
+    seed: int = 0,
+    seeds: int = 1,
+    scores: list[float] | float = 50.0,
+    final_q: float = 10.0,
+    out_of_bounds: bool = False,
+    mixture_coef: float = 0.25,
+    penalty_coef: float = 0.1,
+    diagnostic: tuple[float, float] | None = None,
+    finished: bool = True,
+    extra: dict | None = None,
+) -> Path:
+    """A run directory as recipes/offline.py writes it: eval rows at steps 100 and 200
+    (the final score at 200, half of it at 100), train rows with the critic's Q."""
+    run = root / name
+    run.mkdir(parents=True)
+    scores = [scores] if isinstance(scores, int | float) else scores
+    config = {
+        "dataset": dataset,
+        "seed": seed,
+        "seeds": seeds,
+        "steps": 200,
+        "device": "cpu",
+        "loss": {"mixture_coef": mixture_coef, "penalty_coef": penalty_coef},
+        "data": {"score_reference": "auto"},
+        **(extra or {}),
+    }
+    if algo is not None:
+        config["algo"] = algo
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    seed_ids = [seed + i for i in range(seeds)]
+    rows = []
+    for step, frac in ((100, 0.5), (200, 1.0)):
+        train = {"step": step, "kind": "train", "state_action_value": final_q * frac}
+        train["q_out_of_bounds"] = float(out_of_bounds and step == 200)
+        if diagnostic is not None:
+            train["q_data_mean"], train["mc_return_mean"] = diagnostic[0] * frac, diagnostic[1]
+        rows.append(train)
+        evals = {"step": step, "kind": "eval", "normalized_score": float(np.mean(scores)) * frac}
+        evals.update(
+            {f"normalized_score/s{s}": v * frac for s, v in zip(seed_ids, scores, strict=True)}
+        )
+        rows.append(evals)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    if finished:
+        summary = {"score_reference": "d4rl", "score_reference_text": D4RL_TEXT}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """hopper: dmg seeds 10/20/30 (one without an algo key), iql 40/60; walker2d: dmg
+    50/70 as one run of two stacked seeds."""
+    root = tmp_path / "sweep"
+    make_run(root, "0", seed=0, scores=10.0)
+    make_run(root, "1", seed=1, scores=20.0, algo=None)
+    make_run(root / "nested", "2", seed=2, scores=30.0)
+    make_run(root, "3", algo="iql", seed=0, scores=40.0)
+    make_run(root, "4", algo="iql", seed=1, scores=60.0)
+    make_run(root, "5", dataset="mujoco/walker2d/medium-v0", seed=0, seeds=2, scores=[50.0, 70.0])
+    (root / "0" / ".hydra").mkdir()  # Hydra's folder is never a run
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cell(rows, dataset: str, column: str) -> dict[str, str]:
+    (row,) = [r for r in rows if r["dataset"] == dataset and r["column"] == column]
+    return row
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_iqm_cuts_a_quarter_of_the_scores_from_each_end():
+    assert iqm([1.0, 2.0, 3.0, 4.0, 100.0, -50.0, 5.0, 6.0]) == pytest.approx(3.5)
+
+
+def test_iqm_of_fewer_than_four_scores_is_their_mean():
+    assert iqm([1.0, 2.0, 6.0]) == pytest.approx(3.0)
+
+
+def test_bootstrap_ci_of_three_seeds_spans_their_extremes():
+    # each extreme mean (all three resamples the same seed) has probability 1/27 > 2.5%
+    assert bootstrap_ci([10.0, 20.0, 30.0]) == (10.0, 30.0)
+
+
+def test_bootstrap_ci_of_many_seeds_matches_the_normal_approximation():
+    scores = np.random.default_rng(0).normal(50, 10, 400)
+    half_width = 1.96 * scores.std() / np.sqrt(scores.size)
+    low, high = bootstrap_ci(scores)
+    assert low == pytest.approx(scores.mean() - half_width, abs=0.1)
+    assert high == pytest.approx(scores.mean() + half_width, abs=0.1)
+
+
+def test_one_seed_has_no_bootstrap_ci():
+    assert all(math.isnan(x) for x in bootstrap_ci([42.0]))
+
+
+def test_the_stratified_bootstrap_resamples_within_each_dataset():
+    # a dataset of identical scores contributes no spread: only the other one varies
+    low, high = stratified_bootstrap_ci([[0.0, 0.0], [10.0, 10.0]], np.mean)
+    assert (low, high) == (5.0, 5.0)
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def test_runs_are_found_recursively_and_hydra_folders_are_skipped(sweep):
+    names = [p.name for p in find_run_dirs([sweep])]
+    assert sorted(names) == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_a_run_without_an_algo_key_is_dmg(sweep):
+    (run,) = [r for r in load_runs([sweep / "1"])]
+    assert run.algo == "dmg"
+
+
+def test_a_run_of_stacked_seeds_gives_one_record_per_seed(sweep):
+    runs = load_runs([sweep / "5"])
+    assert [(r.seed, r.score) for r in runs] == [(0, 50.0), (1, 70.0)]
+
+
+def test_the_final_score_is_the_last_eval_row(sweep):
+    (run,) = load_runs([sweep / "3"])
+    assert (run.steps, run.score) == (200, 40.0)
+
+
+def test_a_flagged_q_out_of_bounds_marks_the_seed_diverged(tmp_path):
+    make_run(tmp_path, "r", out_of_bounds=True)
+    assert load_runs([tmp_path])[0].diverged
+
+
+def test_a_non_finite_final_q_marks_the_seed_diverged(tmp_path):
+    make_run(tmp_path, "r", final_q=float("nan"))
+    assert load_runs([tmp_path])[0].diverged
+
+
+def test_a_finite_in_bounds_q_is_not_diverged(tmp_path):
+    make_run(tmp_path, "r", final_q=5.0)
+    assert not load_runs([tmp_path])[0].diverged
+
+
+# ---------------------------------------------------------------- the table
+
+
+def test_the_table_has_one_row_per_dataset_and_one_column_per_algorithm(sweep, tmp_path):
+    report = write_report([sweep], tmp_path / "out")
+    text = report.markdown.read_text()
+    assert "| dataset | dmg | iql | score reference |" in text
+    table = text.split("## Final normalised score")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| mujoco/")]
+    assert rows == ["| mujoco/hopper/medium-v0", "| mujoco/walker2d/medium-v0"]
+
+
+def test_cells_hold_the_mean_and_std_over_seeds(sweep, tmp_path):
+    rows = read_csv(write_report([sweep], tmp_path / "out").csv)
+    hopper_dmg = cell(rows, "mujoco/hopper/medium-v0", "dmg")
+    assert float(hopper_dmg["mean"]) == pytest.approx(20.0)
+    assert float(hopper_dmg["std"]) == pytest.approx(np.std([10.0, 20.0, 30.0]))
+    assert hopper_dmg["n_seeds"] == "3"
+    assert float(cell(rows, "mujoco/walker2d/medium-v0", "dmg")["mean"]) == pytest.approx(60.0)
+
+
+def test_cells_hold_the_95_percent_bootstrap_ci_of_the_mean(sweep, tmp_path):
+    rows = read_csv(write_report([sweep], tmp_path / "out").csv)
+    hopper_dmg = cell(rows, "mujoco/hopper/medium-v0", "dmg")
+    assert (float(hopper_dmg["ci95_low"]), float(hopper_dmg["ci95_high"])) == (10.0, 30.0)
+
+
+def test_the_markdown_cell_shows_mean_std_ci_and_linked_seed_scores(sweep, tmp_path):
+    text = write_report([sweep], tmp_path / "out").markdown.read_text()
+    assert "20.0 ± 8.2<br>[10.0, 30.0]<br><sub>[10.0](" in text
+
+
+def test_the_iqm_row_pools_every_seed_of_a_column_across_datasets(sweep, tmp_path):
+    rows = read_csv(write_report([sweep], tmp_path / "out").csv)
+    dmg = cell(rows, "IQM", "dmg")
+    # dmg's five seeds 10, 20, 30, 50, 70: one cut from each end -> mean(20, 30, 50)
+    assert float(dmg["mean"]) == pytest.approx(iqm([10, 20, 30, 50, 70]))
+    assert float(dmg["mean"]) == pytest.approx(100.0 / 3.0)
+    assert dmg["variant"] == "datasets=2"
+    assert cell(rows, "IQM", "iql")["variant"] == "datasets=1"
+
+
+def test_every_linked_number_points_to_an_existing_resolved_config(sweep, tmp_path):
+    out = tmp_path / "out"
+    text = write_report([sweep], out).markdown.read_text()
+    links = re.findall(r"\[[^\]]*\]\(([^)#]+\.yaml)\)", text)
+    assert len(links) >= 7  # every seed at least once
+    assert all((out / link).resolve().is_file() for link in links)
+    assert all(Path(link).name == "config.yaml" for link in links)
+
+
+def test_the_table_names_the_score_reference_of_each_dataset(sweep, tmp_path):
+    text = write_report([sweep], tmp_path / "out").markdown.read_text()
+    hopper_row = next(line for line in text.splitlines() if line.startswith("| mujoco/hopper"))
+    assert hopper_row.endswith(f"| {D4RL_TEXT} |")
+
+
+def test_an_unfinished_run_says_its_reference_was_not_resolved(tmp_path):
+    make_run(tmp_path / "runs", "r", finished=False)
+    (run,) = load_runs([tmp_path / "runs"])
+    assert run.score_reference == "data.score_reference=auto (run unfinished)"
+
+
+def test_a_swept_hyperparameter_makes_a_column_per_value(tmp_path):
+    for i, lam in enumerate((0.0, 0.5)):
+        make_run(tmp_path / "runs", f"r{i}", mixture_coef=lam)
+    rows = read_csv(write_report([tmp_path / "runs"], tmp_path / "out").csv)
+    assert [r["column"] for r in rows if r["dataset"] != "IQM"] == ["dmg (λ=0)", "dmg (λ=0.5)"]
+
+
+def test_seeds_and_devices_do_not_make_columns(tmp_path):
+    make_run(tmp_path / "runs", "a", seed=0, extra={"device": "cpu"})
+    make_run(tmp_path / "runs", "b", seed=1, extra={"device": "cuda"})
+    rows = read_csv(write_report([tmp_path / "runs"], tmp_path / "out").csv)
+    assert [r["column"] for r in rows if r["dataset"] != "IQM"] == ["dmg"]
+
+
+def test_diverged_seeds_are_marked_and_counted_in_their_cell(tmp_path):
+    make_run(tmp_path / "runs", "a", seed=0, scores=10.0)
+    make_run(tmp_path / "runs", "b", seed=1, scores=90.0, out_of_bounds=True)
+    report = write_report([tmp_path / "runs"], tmp_path / "out")
+    assert "[90.0†](" in report.markdown.read_text()
+    assert "1/2 diverged" in report.markdown.read_text()
+    assert read_csv(report.csv)[0]["diverged"] == "1"
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_a_learning_curve_is_drawn_per_dataset(sweep, tmp_path):
+    report = write_report([sweep], tmp_path / "out")
+    names = sorted(p.name for p in report.figures if p.name.startswith("curves_"))
+    assert names == ["curves_mujoco-hopper-medium-v0.png", "curves_mujoco-walker2d-medium-v0.png"]
+    assert all(p.stat().st_size > 0 for p in report.figures)
+
+
+def test_the_overestimation_plot_appears_only_when_the_runs_logged_the_diagnostic(tmp_path):
+    make_run(tmp_path / "runs", "a", dataset="mujoco/hopper/medium-v0", diagnostic=(120.0, 80.0))
+    make_run(tmp_path / "runs", "b", dataset="mujoco/walker2d/medium-v0")
+    report = write_report([tmp_path / "runs"], tmp_path / "out")
+    names = [p.name for p in report.figures if p.name.startswith("overestimation_")]
+    assert names == ["overestimation_mujoco-hopper-medium-v0.png"]
+    assert "No run of mujoco/walker2d/medium-v0 logged the diagnostic" in (
+        report.markdown.read_text()
+    )
+
+
+def test_a_lambda_sweep_gets_an_ablation_plot_and_table_with_diverged_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    for lam in (0.0, 0.5, 1.0):
+        for seed in (0, 1):
+            diverged = lam == 1.0 and seed == 1
+            make_run(
+                runs,
+                f"l{lam}_s{seed}",
+                seed=seed,
+                mixture_coef=lam,
+                final_q=float("inf") if diverged else 10 + 20 * lam,
+            )
+    report = write_report([runs], tmp_path / "out")
+    (plot,) = [p for p in report.figures if p.name.startswith("ablation_")]
+    assert plot.name == "ablation_mujoco-hopper-medium-v0_dmg_loss.mixture_coef.png"
+    text = report.markdown.read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| (0|0\.5|1) \| — \|", line)]
+    assert len(rows) == 3
+    assert rows[-1].split(" | ")[5] == "1/2"  # λ = 1: one of two seeds diverged
+    assert rows[0].split(" | ")[4] == "10"  # λ = 0: mean final Q
+
+
+def test_a_nu_sweep_is_drawn_separately_from_a_lambda_sweep(tmp_path):
+    runs = tmp_path / "runs"
+    for i, lam in enumerate((0.0, 0.5)):
+        make_run(runs, f"l{i}", mixture_coef=lam, penalty_coef=0.1)
+    for i, nu in enumerate((0.01, 1.0)):
+        make_run(runs, f"n{i}", mixture_coef=0.25, penalty_coef=nu)
+    report = write_report([runs], tmp_path / "out")
+    names = sorted(p.name for p in report.figures if p.name.startswith("ablation_"))
+    assert names == [
+        "ablation_mujoco-hopper-medium-v0_dmg_loss.mixture_coef.png",
+        "ablation_mujoco-hopper-medium-v0_dmg_loss.penalty_coef.png",
+    ]
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def test_the_recipe_writes_results_md_csv_and_figures_for_a_sweep_directory(sweep, tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "recipes/report.py", f"runs={sweep}", f"out={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "results.md").is_file() and (out / "results.csv").is_file()
+    assert "mujoco/hopper/medium-v0" in proc.stdout and "20.0 ± 8.2" in proc.stdout
+    assert not (out / ".hydra").exists()

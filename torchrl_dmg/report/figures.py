@@ -1,0 +1,220 @@
+"""Figures of a report: learning curves with CI bands, the overestimation diagnostic, and
+the ablations of the paper's Figures 1–2 (final score and final Q against λ or ν)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from torchrl_dmg.report.runs import SeedRun
+from torchrl_dmg.report.stats import bootstrap_ci
+from torchrl_dmg.report.tables import Cell, _fmt_value, short_key
+
+__all__ = [
+    "ABLATION_KEYS",
+    "Ablation",
+    "ablations",
+    "plot_ablation",
+    "plot_curves",
+    "plot_overestimation",
+    "slug",
+]
+
+# the swept hyperparameters of Figures 1 (λ) and 2 (ν); ν is drawn on a log axis
+ABLATION_KEYS = ("loss.mixture_coef", "loss.penalty_coef")
+LOG_X_KEYS = ("loss.penalty_coef",)
+CURVE_BOOTSTRAP_REPS = 2_000  # per eval step: a band, not a headline number
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a dataset id or label."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text).strip("-")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_band(
+    steps_list: Sequence[np.ndarray], values_list: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Union of steps; at each, the mean over the seeds that have it and the 95% bootstrap
+    CI of that mean (NaN where a single seed has it)."""
+    steps = np.unique(np.concatenate([np.asarray(s) for s in steps_list]))
+    mean = np.full(steps.shape, np.nan)
+    low, high = mean.copy(), mean.copy()
+    for i, step in enumerate(steps):
+        vals = np.array(
+            [v[s == step][0] for s, v in zip(steps_list, values_list, strict=True) if step in s]
+        )
+        vals = vals[np.isfinite(vals)]
+        if vals.size:
+            mean[i] = vals.mean()
+            low[i], high[i] = bootstrap_ci(vals, reps=CURVE_BOOTSTRAP_REPS, seed=i)
+    return steps, mean, low, high
+
+
+def _save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_curves(cells: Sequence[Cell], dataset: str, out: str | os.PathLike) -> Path:
+    """Learning curves of one dataset: per column, the mean normalised score over seeds
+    with its 95% bootstrap CI band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, cell in enumerate(c for c in cells if c.dataset == dataset):
+        steps, mean, low, high = _mean_band(
+            [r.curve_steps for r in cell.runs], [r.curve_scores for r in cell.runs]
+        )
+        color = f"C{i % 10}"
+        ax.plot(
+            steps,
+            mean,
+            color=color,
+            lw=2,
+            marker="o",
+            ms=3,
+            label=f"{cell.column} (n={len(cell.runs)})",
+        )
+        ax.fill_between(steps, low, high, color=color, alpha=0.18, lw=0)
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel("normalised score")
+    ax.set_title(f"{dataset}: mean over seeds, 95% bootstrap CI", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def has_overestimation(runs: Sequence[SeedRun]) -> bool:
+    """Whether any run logged the diagnostic (``q_data_mean`` and ``mc_return_mean``)."""
+    return any(r.diag_steps.size and np.isfinite(r.mc_return).any() for r in runs)
+
+
+def plot_overestimation(cells: Sequence[Cell], dataset: str, out: str | os.PathLike) -> Path:
+    """Mean Q over the diagnostic sample (solid) against the mean Monte-Carlo return of the
+    same transitions (dashed) over training, per column of one dataset."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, cell in enumerate(c for c in cells if c.dataset == dataset):
+        runs = [r for r in cell.runs if r.diag_steps.size]
+        if not runs:
+            continue
+        color = f"C{i % 10}"
+        steps, q, q_low, q_high = _mean_band([r.diag_steps for r in runs], [r.q_data for r in runs])
+        ax.plot(steps, q, color=color, lw=2, label=f"{cell.column}: Q(s, a)")
+        ax.fill_between(steps, q_low, q_high, color=color, alpha=0.15, lw=0)
+        mc_steps, mc, _, _ = _mean_band([r.diag_steps for r in runs], [r.mc_return for r in runs])
+        ax.plot(mc_steps, mc, color=color, lw=1.5, ls="--", label=f"{cell.column}: MC return")
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel("mean over the fixed sample")
+    ax.set_title(f"{dataset}: Q vs Monte-Carlo return (overestimation)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+class Ablation:
+    """Runs of one dataset and algorithm in which ``key`` (λ or ν) takes several values;
+    ``lines`` maps the other varied keys' values to ``{key value: [seeds]}``."""
+
+    def __init__(self, dataset: str, algo: str, key: str) -> None:
+        self.dataset, self.algo, self.key = dataset, algo, key
+        self.lines: dict[tuple, dict[float, list[SeedRun]]] = {}
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset} · {self.algo} · {short_key(self.key)}"
+
+
+def ablations(cells: Sequence[Cell]) -> list[Ablation]:
+    """One :class:`Ablation` per dataset, algorithm and :data:`ABLATION_KEYS` key that
+    varies there; each line (fixed other keys) needs at least two values of the key."""
+    out = []
+    groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    for cell in cells:
+        groups[(cell.dataset, cell.algo)].append(cell)
+    for (dataset, algo), group in groups.items():
+        for key in ABLATION_KEYS:
+            ablation = Ablation(dataset, algo, key)
+            lines: dict[tuple, dict[float, list[SeedRun]]] = defaultdict(lambda: defaultdict(list))
+            for cell in group:
+                variant = dict(cell.variant)
+                if key not in variant:
+                    continue
+                rest = tuple((k, v) for k, v in cell.variant if k != key)
+                lines[rest][float(variant[key])].extend(cell.runs)
+            ablation.lines = {rest: dict(vals) for rest, vals in lines.items() if len(vals) >= 2}
+            if ablation.lines:
+                out.append(ablation)
+    return out
+
+
+def plot_ablation(ablation: Ablation, out: str | os.PathLike) -> Path:
+    """Final score (left) and final Q (right) against the swept λ or ν: one dot per seed,
+    the mean of the non-diverged seeds as a line, diverged seeds as red crosses (a
+    non-finite Q drawn at the top edge, marked ∞)."""
+    plt = _pyplot()
+    fig, (ax_s, ax_q) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
+    symbol = short_key(ablation.key)
+    finite_q = [
+        r.final_q
+        for vals in ablation.lines.values()
+        for runs in vals.values()
+        for r in runs
+        if math.isfinite(r.final_q)
+    ]
+    q_top = max(finite_q) if finite_q else 1.0
+    for i, (rest, vals) in enumerate(sorted(ablation.lines.items(), key=lambda kv: repr(kv[0]))):
+        color = f"C{i % 10}"
+        label = ", ".join(f"{short_key(k)}={_fmt_value(v)}" for k, v in rest) or ablation.algo
+        xs = sorted(vals)
+        for ax, attr in ((ax_s, "score"), (ax_q, "final_q")):
+            means = []
+            for x in xs:
+                ok = [getattr(r, attr) for r in vals[x] if not r.diverged]
+                ok = [v for v in ok if math.isfinite(v)]
+                means.append(np.mean(ok) if ok else np.nan)
+                for r in vals[x]:
+                    y = getattr(r, attr)
+                    if r.diverged:
+                        shown = y if math.isfinite(y) else q_top
+                        ax.scatter([x], [shown], marker="x", color="red", s=45, zorder=3)
+                        if not math.isfinite(y):
+                            ax.annotate(
+                                "∞",
+                                (x, shown),
+                                color="red",
+                                fontsize=9,
+                                xytext=(4, 2),
+                                textcoords="offset points",
+                            )
+                    elif math.isfinite(y):
+                        ax.scatter([x], [y], color=color, s=18, alpha=0.6, zorder=2)
+            ax.plot(xs, means, color=color, lw=1.8, marker="o", label=label)
+    for ax, ylabel in ((ax_s, "final normalised score"), (ax_q, "final Q (mean over data)")):
+        ax.set_xlabel(f"{symbol} ({ablation.key})")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ablation.key in LOG_X_KEYS:
+            ax.set_xscale("log")
+    ax_s.scatter([], [], marker="x", color="red", label="diverged seed")
+    ax_s.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{ablation.dataset}, {ablation.algo}: sweep of {symbol}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out))

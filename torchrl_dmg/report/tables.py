@@ -1,0 +1,305 @@
+"""The paper's Table 2 layout from per-seed runs: datasets × algorithms, mean ± std over
+seeds with a 95% bootstrap CI, and an IQM across datasets per algorithm.
+
+A column is an algorithm plus, where runs of one dataset and algorithm differ in other
+config keys (a hyperparameter sweep), those keys' values: ``dmg (λ=0.5)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchrl_dmg.report.runs import SeedRun, varying_keys
+from torchrl_dmg.report.stats import SeedStats, iqm, stratified_bootstrap_ci, summarize
+
+__all__ = [
+    "ALGO_ORDER",
+    "Cell",
+    "ColumnIQM",
+    "build_cells",
+    "column_iqms",
+    "markdown_table",
+    "markdown_seed_table",
+    "short_key",
+    "write_csv",
+]
+
+ALGO_ORDER = ("dmg", "iql", "td3bc", "bc")
+
+# the spec's symbols for the hyperparameters a sweep usually varies
+SHORT_KEYS = {
+    "loss.mixture_coef": "λ",
+    "loss.penalty_coef": "ν",
+    "loss.expectile": "τ",
+    "loss.temperature": "α",
+    "loss.max_weight": "w_max",
+    "loss.gamma": "γ",
+}
+
+
+def short_key(key: str) -> str:
+    """The spec's symbol for a config key (``loss.mixture_coef`` -> ``λ``), else the key."""
+    return SHORT_KEYS.get(key, key)
+
+
+def _fmt_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass
+class Cell:
+    """The seeds of one dataset and one column (algorithm + variant)."""
+
+    dataset: str
+    algo: str
+    variant: tuple[tuple[str, Any], ...]
+    runs: list[SeedRun]
+    stats: SeedStats
+
+    @property
+    def column(self) -> str:
+        if not self.variant:
+            return self.algo
+        inner = ", ".join(f"{short_key(k)}={_fmt_value(v)}" for k, v in self.variant)
+        return f"{self.algo} ({inner})"
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.diverged for r in self.runs)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([r.score for r in self.runs], dtype=np.float64)
+
+
+@dataclass
+class ColumnIQM:
+    """The IQM of a column's final scores pooled over its datasets (runs × datasets), with
+    its stratified-bootstrap 95% CI."""
+
+    column: str
+    value: float
+    ci_low: float
+    ci_high: float
+    datasets: int
+    seeds: int
+
+
+def _sort_key(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, int | float) else (1, 0, repr(value))
+
+
+def build_cells(runs: Iterable[SeedRun], *, seed: int = 0) -> list[Cell]:
+    """Group seeds by dataset, algorithm and the config keys that vary among that
+    dataset's runs of that algorithm; one :class:`Cell` each, sorted by dataset, then
+    algorithm (:data:`ALGO_ORDER` first), then variant values."""
+    by_group: dict[tuple[str, str], list[SeedRun]] = defaultdict(list)
+    for run in runs:
+        by_group[(run.dataset, run.algo)].append(run)
+    cells = []
+    for (dataset, algo), group in by_group.items():
+        keys = varying_keys(group)
+        by_variant: dict[tuple, list[SeedRun]] = defaultdict(list)
+        for run in group:
+            by_variant[tuple((k, run.value(k)) for k in keys)].append(run)
+        for variant, members in by_variant.items():
+            members.sort(key=lambda r: (r.seed, str(r.run_dir)))
+            scores = [r.score for r in members]
+            cells.append(Cell(dataset, algo, variant, members, summarize(scores, seed=seed)))
+
+    def order(cell: Cell) -> tuple:
+        rank = ALGO_ORDER.index(cell.algo) if cell.algo in ALGO_ORDER else len(ALGO_ORDER)
+        return (cell.dataset, rank, cell.algo, [_sort_key(v) for _, v in cell.variant])
+
+    return sorted(cells, key=order)
+
+
+def columns(cells: Sequence[Cell]) -> list[str]:
+    """The columns in the order of :func:`build_cells`."""
+    seen: dict[str, None] = {}
+    ordered = sorted(
+        cells,
+        key=lambda c: (
+            ALGO_ORDER.index(c.algo) if c.algo in ALGO_ORDER else len(ALGO_ORDER),
+            c.algo,
+            [_sort_key(v) for _, v in c.variant],
+        ),
+    )
+    for cell in ordered:
+        seen.setdefault(cell.column)
+    return list(seen)
+
+
+def column_iqms(cells: Sequence[Cell], *, seed: int = 0) -> list[ColumnIQM]:
+    """Per column: IQM of the finite final scores of all its seeds on all its datasets,
+    with a stratified bootstrap (seeds resampled within each dataset)."""
+    out = []
+    for column in columns(cells):
+        groups = [c.scores[np.isfinite(c.scores)] for c in cells if c.column == column]
+        groups = [g for g in groups if g.size]
+        if not groups:
+            continue
+        low, high = stratified_bootstrap_ci(groups, iqm, seed=seed)
+        value = iqm(np.concatenate(groups))
+        out.append(
+            ColumnIQM(column, float(value), low, high, len(groups), sum(g.size for g in groups))
+        )
+    return out
+
+
+def _num(x: float, digits: int = 1) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _link(text: str, run: SeedRun, out_dir: Path) -> str:
+    return f"[{text}]({Path(os.path.relpath(run.config_path, out_dir)).as_posix()})"
+
+
+def _cell_markdown(cell: Cell, out_dir: Path) -> str:
+    s = cell.stats
+    text = f"{_num(s.mean)} ± {_num(s.std)}"
+    if s.n >= 2:
+        text += f"<br>[{_num(s.ci_low)}, {_num(s.ci_high)}]"
+    seeds = " ".join(
+        _link(f"{_num(r.score)}{'†' if r.diverged else ''}", r, out_dir) for r in cell.runs
+    )
+    text += f"<br><sub>{seeds}</sub>"
+    if cell.diverged:
+        text += f"<br><sub>{cell.diverged}/{len(cell.runs)} diverged</sub>"
+    return text
+
+
+def _references(cells: Iterable[Cell]) -> str:
+    refs = sorted({r.score_reference for c in cells for r in c.runs})
+    return "; ".join(refs)
+
+
+def markdown_table(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], out_dir: Path) -> str:
+    """Table 2: one row per dataset, one column per algorithm (+ variant), the score
+    reference of each row in the last column, then the IQM row."""
+    cols = columns(cells)
+    by_key = {(c.dataset, c.column): c for c in cells}
+    datasets = sorted({c.dataset for c in cells})
+    lines = [
+        "| dataset | " + " | ".join(cols) + " | score reference |",
+        "|---|" + "---|" * len(cols) + "---|",
+    ]
+    for dataset in datasets:
+        row = [
+            _cell_markdown(by_key[(dataset, col)], out_dir) if (dataset, col) in by_key else "—"
+            for col in cols
+        ]
+        refs = _references(c for c in cells if c.dataset == dataset)
+        lines.append(f"| {dataset} | " + " | ".join(row) + f" | {refs} |")
+    by_col = {q.column: q for q in iqms}
+    iqm_row = []
+    for col in cols:
+        q = by_col.get(col)
+        if q is None:
+            iqm_row.append("—")
+            continue
+        text = f"**{_num(q.value)}**"
+        if math.isfinite(q.ci_low):
+            text += f"<br>[{_num(q.ci_low)}, {_num(q.ci_high)}]"
+        iqm_row.append(
+            text + f"<br><sub>{_count(q.seeds, 'seed')}, {_count(q.datasets, 'dataset')}</sub>"
+        )
+    lines.append("| **IQM** (all datasets) | " + " | ".join(iqm_row) + " | |")
+    return "\n".join(lines)
+
+
+def markdown_seed_table(cells: Sequence[Cell], out_dir: Path) -> str:
+    """Every seed: its final score and final Q, each linked to the run's config."""
+    lines = [
+        "| dataset | column | seed | steps | final score | final Q | diverged | run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        for r in cell.runs:
+            q = "n/a" if r.final_q_key is None else _link(f"{r.final_q:.4g}", r, out_dir)
+            lines.append(
+                f"| {cell.dataset} | {cell.column} | {r.seed} | {r.steps} | "
+                f"{_link(_num(r.score), r, out_dir)} | {q} | {'yes' if r.diverged else 'no'} | "
+                f"{_link(r.run_dir.name, r, out_dir)} |"
+            )
+    return "\n".join(lines)
+
+
+CSV_FIELDS = (
+    "dataset",
+    "column",
+    "algo",
+    "variant",
+    "n_seeds",
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "diverged",
+    "seeds",
+    "scores",
+    "steps",
+    "score_reference",
+    "configs",
+)
+
+
+def write_csv(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], path: str | os.PathLike) -> Path:
+    """``results.csv``: one row per table cell, then one ``IQM`` row per column.
+    Config paths are relative to the CSV's directory; lists are ``;``-separated."""
+    path = Path(path)
+    out_dir = path.parent
+    rows = []
+    for c in cells:
+        rows.append(
+            {
+                "dataset": c.dataset,
+                "column": c.column,
+                "algo": c.algo,
+                "variant": ";".join(f"{k}={_fmt_value(v)}" for k, v in c.variant),
+                "n_seeds": c.stats.n,
+                "mean": c.stats.mean,
+                "std": c.stats.std,
+                "ci95_low": c.stats.ci_low,
+                "ci95_high": c.stats.ci_high,
+                "diverged": c.diverged,
+                "seeds": ";".join(str(r.seed) for r in c.runs),
+                "scores": ";".join(repr(r.score) for r in c.runs),
+                "steps": ";".join(str(r.steps) for r in c.runs),
+                "score_reference": _references([c]),
+                "configs": ";".join(
+                    Path(os.path.relpath(r.config_path, out_dir)).as_posix() for r in c.runs
+                ),
+            }
+        )
+    for q in iqms:
+        rows.append(
+            {
+                "dataset": "IQM",
+                "column": q.column,
+                "n_seeds": q.seeds,
+                "mean": q.value,
+                "ci95_low": q.ci_low,
+                "ci95_high": q.ci_high,
+                "variant": f"datasets={q.datasets}",
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

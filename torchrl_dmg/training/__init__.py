@@ -1,7 +1,8 @@
 """One update machinery, schedules, checkpoints and RNG state, the offline and online loops.
 
-The public pieces, by module: :mod:`~torchrl_dmg.training.updater` (``DMGUpdater``),
-:mod:`~torchrl_dmg.training.seed_stacking` (``SeedStackedDMGUpdater``),
+The public pieces, by module: :mod:`~torchrl_dmg.training.updater` (``ActorCriticUpdater``,
+``DMGUpdater``), :mod:`~torchrl_dmg.training.steps` (what an update of DMG, IQL, TD3+BC or
+BC is), :mod:`~torchrl_dmg.training.seed_stacking` (``SeedStackedUpdater``),
 :mod:`~torchrl_dmg.training.compile` (how a step is compiled or captured),
 :mod:`~torchrl_dmg.training.schedules`, :mod:`~torchrl_dmg.training.checkpoint`,
 :mod:`~torchrl_dmg.training.offline` and :mod:`~torchrl_dmg.training.online`.
@@ -19,13 +20,21 @@ from torchrl_dmg.training.checkpoint import (
 )
 from torchrl_dmg.training.offline import train_offline, value_bounds
 from torchrl_dmg.training.schedules import FinetuneSchedule
-from torchrl_dmg.training.seed_stacking import SeedStackedDMGUpdater, unstack_updater_state
-from torchrl_dmg.training.updater import DMGUpdater, UpdateMode
+from torchrl_dmg.training.seed_stacking import (
+    SeedStackedDMGUpdater,
+    SeedStackedUpdater,
+    unstack_updater_state,
+)
+from torchrl_dmg.training.steps import LossSteps, steps_for
+from torchrl_dmg.training.updater import ActorCriticUpdater, DMGUpdater, UpdateMode
 
 __all__ = [
+    "ActorCriticUpdater",
     "DMGUpdater",
+    "LossSteps",
     "FinetuneSchedule",
     "SeedStackedDMGUpdater",
+    "SeedStackedUpdater",
     "UpdateMode",
     "load_checkpoint",
     "offline_checkpoint_state",
@@ -36,6 +45,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "train_offline",
+    "steps_for",
     "unstack_updater_state",
     "value_bounds",
 ]

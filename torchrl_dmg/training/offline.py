@@ -8,11 +8,11 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from torchrl_dmg.training.updater import DMGUpdater
+from torchrl_dmg.training.updater import ActorCriticUpdater
 
 
 def train_offline(
-    updater: DMGUpdater,
+    updater: ActorCriticUpdater,
     buffer,
     *,
     start: int,
@@ -27,6 +27,7 @@ def train_offline(
     desc: str = "dmg",
     updates_per_call: int = 1,
     value_bounds: tuple[float, float] | None = None,
+    diagnostic: Callable[[], dict[str, float]] | None = None,
 ) -> int:
     """The offline loop of both recipes: sample, update, log every ``log_interval`` steps,
     ``evaluate(step) -> score`` every ``eval_interval`` and ``checkpoint(step)`` every
@@ -39,7 +40,12 @@ def train_offline(
 
     ``value_bounds`` (:func:`value_bounds`): the range any true value lies in. A logged Q
     estimate (any seed's batch mean) beyond it by more than a tenth of its width marks the
-    row ``q_out_of_bounds = 1`` and prints a warning (once): the critic is diverging."""
+    row ``q_out_of_bounds = 1`` and prints a warning (once): the critic is diverging.
+    Without a batch estimate (``state_action_value``) the diagnostic's ``q_data_mean`` is
+    checked.
+
+    ``diagnostic() -> dict`` (:class:`~torchrl_dmg.training.diagnostics.OverestimationDiagnostic`):
+    entries added to every logged row."""
     per_call = updates_per_call
     _check_updates_per_call(
         per_call,
@@ -69,8 +75,10 @@ def train_offline(
         if step % log_interval == 0:
             row = _train_row(metrics, updater.actor_lr, log_interval / max(train_time, 1e-9))
             train_time = 0.0
-            if value_bounds is not None and "state_action_value" in metrics:
-                q = metrics["state_action_value"].float()
+            if diagnostic is not None:
+                row.update(diagnostic())
+            q = _q_estimate(metrics, row)
+            if value_bounds is not None and q is not None:
                 row["q_out_of_bounds"] = float(_out_of_bounds(q, value_bounds))
                 if row["q_out_of_bounds"] and not warned:
                     warned = True
@@ -104,6 +112,14 @@ def _train_row(metrics: dict, actor_lr: float, updates_per_s: float) -> dict[str
     row["actor_lr"] = actor_lr
     row["updates_per_s"] = updates_per_s
     return row
+
+
+def _q_estimate(metrics: dict, row: dict[str, float]) -> torch.Tensor | None:
+    """The batch's Q estimate (every seed's), else the diagnostic's, else ``None``."""
+    if "state_action_value" in metrics:
+        return metrics["state_action_value"].float()
+    per_seed = [v for k, v in row.items() if k.startswith("q_data_mean")]
+    return torch.tensor(per_seed) if per_seed else None
 
 
 def _out_of_bounds(q: torch.Tensor, bounds: tuple[float, float]) -> bool:

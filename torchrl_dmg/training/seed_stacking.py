@@ -1,4 +1,5 @@
-"""``N`` DMG agents trained as one: stacked parameters, one vmapped update."""
+"""``N`` agents of any actor-critic loss trained as one: stacked parameters, one vmapped
+update."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives import LossModule
 
 from torchrl_dmg.modules import SeedStackedPolicy
-from torchrl_dmg.objectives import DMGLoss
-from torchrl_dmg.training.updater import DMGUpdater
+from torchrl_dmg.training.steps import loss_method, steps_for
+from torchrl_dmg.training.updater import ActorCriticUpdater, DMGUpdater
 
-__all__ = ["SeedStackedDMGUpdater", "unstack_updater_state"]
+__all__ = ["SeedStackedDMGUpdater", "SeedStackedUpdater", "unstack_updater_state"]
 
 
-class SeedStackedDMGUpdater(DMGUpdater):
-    """``N`` independent DMG agents trained in one process, one update for all of them.
+class SeedStackedUpdater(ActorCriticUpdater):
+    """``N`` independent agents of one loss (DMG, IQL, TD3+BC, BC) trained in one process,
+    one update for all of them.
 
     The agents' parameters, targets and coefficient buffers are stacked along a leading
     seed dimension (:attr:`stacked`, a TensorDict of batch size ``[N]``) and every loss
@@ -25,24 +28,24 @@ class SeedStackedDMGUpdater(DMGUpdater):
     agent trains on its own samples. Adam is element-wise, so one optimiser over the
     stacked tensors is ``N`` independent Adams; the summed loss only couples a seed's
     parameters to its own loss term. Modes, delay and schedules are those of
-    :class:`DMGUpdater`.
+    :class:`ActorCriticUpdater`.
 
     Args:
-        losses: ``N`` :class:`DMGLoss` of identical architecture, typically built under
-            different seeds. Their current parameters become the starting point; the
+        losses: ``N`` losses of one class and identical architecture, typically built
+            under different seeds. Their current parameters become the starting point; the
             first one is then only used as a stateless skeleton (its own parameters are
             not trained: read the agents from :attr:`stacked` or :meth:`agent_state`).
-        **kwargs: as for :class:`DMGUpdater`.
+        **kwargs: as for :class:`ActorCriticUpdater`.
     """
 
-    def __init__(self, losses: list[DMGLoss], **kwargs) -> None:
+    def __init__(self, losses: list[LossModule], **kwargs) -> None:
         if kwargs.get("skip_guards"):
             raise ValueError(
                 "skip_guards=True is for a single agent (seeds=1): the vmapped loss of stacked "
                 "seeds is compiled in frames shared across calls, whose guards must run."
             )
         if len(losses) < 1:
-            raise ValueError("SeedStackedDMGUpdater needs at least one loss.")
+            raise ValueError(f"{type(self).__name__} needs at least one loss.")
         states = [TensorDict.from_module(loss, as_module=False) for loss in losses]
         keys = set(states[0].keys(True, True))
         for i, state in enumerate(states[1:], 1):
@@ -54,7 +57,7 @@ class SeedStackedDMGUpdater(DMGUpdater):
                     "agents must share network sizes and loss settings."
                 )
         stacked = TensorDict.stack([s.detach() for s in states]).clone()
-        for name in ("actor", "qvalue", "value"):
+        for name in (kwargs.get("steps") or steps_for(losses[0])).networks:
             params = stacked.get(f"{name}_network_params")
             for key, value in list(params.items(True, True)):
                 source = getattr(losses[0], f"{name}_network_params").get(key)
@@ -73,11 +76,20 @@ class SeedStackedDMGUpdater(DMGUpdater):
                 f"A seed-stacked batch must have batch size [num_seeds={self.num_seeds}, B], "
                 f"got {list(batch.batch_size)}; sample with DeviceSampler(num_seeds=...)."
             )
-        skeleton, function = self.loss, getattr(self.loss, method)
+        skeleton, function = self.loss, loss_method(self.loss, method)
 
         def one_agent(state: TensorDictBase, batch: TensorDictBase, *args: torch.Tensor):
             with state.to_module(skeleton):
-                return function(batch, *args)
+                # TorchRL's losses cache views of their parameters (TD3BCLoss's detached
+                # critic): computed from this agent's, and not kept past the call
+                # (compiled code uses no cache)
+                if torch.compiler.is_compiling():
+                    return function(batch, *args)
+                skeleton._erase_cache()
+                try:
+                    return function(batch, *args)
+                finally:
+                    skeleton._erase_cache()
 
         in_dims = (0, 0) + (0,) * len(args)
         return torch.vmap(one_agent, in_dims, randomness="different")(self.stacked, batch, *args)
@@ -87,7 +99,7 @@ class SeedStackedDMGUpdater(DMGUpdater):
 
     @torch.no_grad()
     def update_targets(self) -> None:
-        for name in ("actor", "qvalue"):
+        for name in self.steps.targets:
             target = self.stacked.get(f"target_{name}_network_params")
             source = self.stacked.get(f"{name}_network_params")
             keys = list(source.keys(True, True))
@@ -120,10 +132,14 @@ class SeedStackedDMGUpdater(DMGUpdater):
         super().load_state_dict(state)
 
 
-def unstack_updater_state(state: dict[str, Any], index: int, loss: DMGLoss) -> dict[str, Any]:
-    """Agent ``index`` of a :class:`SeedStackedDMGUpdater` state, as a single-agent
-    :meth:`DMGUpdater.state_dict` (weights, targets and the agent's slice of every Adam
-    moment). ``loss`` (same architecture) receives the agent's weights on the way."""
+class SeedStackedDMGUpdater(SeedStackedUpdater, DMGUpdater):
+    """:class:`SeedStackedUpdater` of ``N`` :class:`~torchrl_dmg.objectives.DMGLoss` (arguments as for it)."""
+
+
+def unstack_updater_state(state: dict[str, Any], index: int, loss: LossModule) -> dict[str, Any]:
+    """Agent ``index`` of a :class:`SeedStackedUpdater` state, as a single-agent
+    :meth:`ActorCriticUpdater.state_dict` (weights, targets and the agent's slice of every
+    Adam moment). ``loss`` (same architecture) receives the agent's weights on the way."""
     stacked = state["stacked"]
     n = stacked.batch_size[0]
     if not 0 <= index < n:
@@ -144,7 +160,7 @@ def unstack_updater_state(state: dict[str, Any], index: int, loss: DMGLoss) -> d
         return {"state": per_param, "param_groups": optim_state["param_groups"]}
 
     single = {k: v for k, v in state.items() if k != "stacked"}
-    for name in ("optim_value", "optim_qvalue", "optim_actor"):
+    for name in [k for k in state if k.startswith("optim_")]:
         single[name] = agent_optim(state[name])
     single["loss"] = loss.state_dict()
     return single

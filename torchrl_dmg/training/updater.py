@@ -1,17 +1,19 @@
-"""The DMG update step (value, critic, delayed actor and Polyak targets), shared by the
-offline and fine-tuning recipes: eager, compiled or CUDA-graph captured, one or ``K``
-iterations per call."""
+"""One update machinery for any actor-critic loss (DMG, IQL, TD3+BC, BC): a critic step,
+a delayed actor step and Polyak targets, eager, compiled or CUDA-graph captured, one or
+``K`` iterations per call; shared by the offline and fine-tuning recipes. What differs
+between losses is in :mod:`torchrl_dmg.training.steps`."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.objectives import SoftUpdate
+from torchrl.objectives import LossModule, SoftUpdate
 
 from torchrl_dmg._compat import speed_up_tensordict_module_outputs
 from torchrl_dmg.modules import ParamsPolicy
@@ -22,16 +24,25 @@ from torchrl_dmg.training.compile import (
     captured,
     compile_step,
     default_backend,
-    optimizer_step,
     prepare_compile,
 )
+from torchrl_dmg.training.steps import (
+    CARRY_PREFIX,
+    TARGET_Q_KEY,
+    LossSteps,
+    loss_method,
+    steps_for,
+)
 
-__all__ = ["DMGUpdater", "UpdateMode"]
+__all__ = ["ActorCriticUpdater", "DMGUpdater", "UpdateMode"]
 
 
-class DMGUpdater:
-    """One DMG iteration: value step, critic step, then every ``policy_freq`` iterations
-    an actor step followed by a Polyak update of the actor and critic targets.
+class ActorCriticUpdater:
+    """One iteration of an actor-critic loss: its critic step, then every ``policy_freq``
+    iterations its actor step followed by a Polyak update of its targets. The steps of
+    each loss (:class:`DMGLoss`, TorchRL's ``IQLLoss``, ``TD3BCLoss``, ``BCLoss``) are
+    in :mod:`torchrl_dmg.training.steps`; for DMG: value step, critic step, then every
+    ``policy_freq`` iterations the actor step and the actor and critic targets.
 
     The value+critic step and the actor step are two separate functions, so that each
     can be compiled (``mode="compile"``) or captured (``mode="cudagraphs"``) without a
@@ -39,12 +50,13 @@ class DMGUpdater:
     frozen by compilation.
 
     Args:
-        loss: the :class:`DMGLoss`.
-        lr: Adam learning rate for all three networks (spec: 3e-4).
+        loss: the loss (:class:`DMGLoss`, ``IQLLoss``, ``TD3BCLoss`` or ``BCLoss``).
+        lr: Adam learning rate for every trained network (spec: 3e-4).
         tau: Polyak rate of the target update (spec: 0.005), via :class:`SoftUpdate`.
         policy_freq: critic steps per actor step (spec: 2).
         actor_cosine_steps: if given, the actor's learning rate follows a cosine
-            schedule over this many *actor* updates (spec, offline phase).
+            schedule over this many *actor* updates (spec, offline phase), PyTorch's
+            ``CosineAnnealingLR`` (η_min = 0; past its horizon it rises again).
         mode: ``"eager"``, ``"compile"`` (``torch.compile``) or ``"cudagraphs"``
             (``torch.compile`` + :class:`tensordict.nn.CudaGraphModule`, CUDA only).
         cudagraph_warmup: eager calls before a graph is captured (``"cudagraphs"`` only).
@@ -61,11 +73,13 @@ class DMGUpdater:
             (a cache no other updater shares), and the one thing that could change, the
             batch's keys, shapes, dtypes and devices, is checked here instead (a different
             batch is an error).
+        steps: the loss's :class:`~torchrl_dmg.training.steps.LossSteps`; default: those
+            of its class (:func:`~torchrl_dmg.training.steps.steps_for`).
     """
 
     def __init__(
         self,
-        loss: DMGLoss,
+        loss: LossModule,
         *,
         lr: float = 3e-4,
         tau: float = 0.005,
@@ -76,6 +90,7 @@ class DMGUpdater:
         compile_backend: str | None = None,
         skip_guards: bool = False,
         guard_warmup: int = 8,
+        steps: LossSteps | None = None,
     ) -> None:
         if policy_freq < 1:
             raise ValueError(f"policy_freq must be >= 1, got {policy_freq}.")
@@ -93,6 +108,7 @@ class DMGUpdater:
                 "no guards, and a CUDA-graph replay skips them already."
             )
         speed_up_tensordict_module_outputs()
+        self.steps = steps if steps is not None else steps_for(loss)
         self._cudagraph_warmup = cudagraph_warmup
         self._many_step = None  # built on the first update_many call
         self.loss = loss
@@ -102,12 +118,17 @@ class DMGUpdater:
         self.skip_guards = skip_guards
         self.guard_warmup = guard_warmup
         self._batch_signatures: dict[str, list] = {}  # per entry point: update, update_many
-        self.optim_value, self.optim_qvalue, self.optim_actor = (
-            adam(self.network_params(name), lr, device=device, mode=mode)
-            for name in ("value", "qvalue", "actor")
-        )
+        #: one Adam per trained network, also reachable as ``optim_<network>``
+        self.optimizers = {
+            name: adam(self.network_params(name), lr, device=device, mode=mode)
+            for name in self.steps.networks
+        }
+        for name, optimizer in self.optimizers.items():
+            setattr(self, f"optim_{name}", optimizer)
         self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optim_actor, T_max=actor_cosine_steps)
+            torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizers["actor"], T_max=actor_cosine_steps
+            )
             if actor_cosine_steps
             else None
         )
@@ -120,7 +141,8 @@ class DMGUpdater:
         """What gets compiled (``"compile"``, ``"cudagraphs"``): the whole critic step and the
         whole actor step (losses, backward, optimiser steps, target update), each its own
         graph; ``"cudagraphs"`` then captures each as a CUDA graph. The delay counter stays
-        in Python, so no branch lives inside a graph."""
+        in Python, so no branch lives inside a graph. A loss without a critic (BC) has no
+        critic step to compile."""
         self._critic_step = self.critic_step
         self._actor_step = self.actor_step
         if self.mode != "eager":
@@ -131,11 +153,17 @@ class DMGUpdater:
             # apart once guards are skipped). Without it, later updaters reuse the traced
             # graphs of earlier ones where the guards allow (much faster to build).
             private = self.skip_guards
-            self._critic_step = compile_step(self.critic_step, backend, private=private)
-            self._actor_step = compile_step(self.actor_step, backend, private=private)
+            # the loss's step functions themselves are the compiled frames (bound to this
+            # updater), so that the optimiser steps' graph breaks happen in them
+            if self.steps.critic is not None:
+                critic = types.MethodType(self.steps.critic, self)
+                self._critic_step = compile_step(critic, backend, private=private)
+            actor = types.MethodType(self.steps.actor, self)
+            self._actor_step = compile_step(actor, backend, private=private)
         self._compiled_steps = (self._critic_step, self._actor_step)
         if self.mode == "cudagraphs":
-            self._critic_step = self._captured(self._critic_step)
+            if self.steps.critic is not None:
+                self._critic_step = self._captured(self._critic_step)
             self._actor_step = self._captured(self._actor_step)
 
     def _captured(self, function: Callable) -> Callable:
@@ -144,61 +172,49 @@ class DMGUpdater:
 
     # -------------------------------------------------------- hooks (overridden per seed stack)
     def network_params(self, name: str) -> TensorDictBase:
-        """Trainable parameters of the ``"value"``, ``"qvalue"`` or ``"actor"`` network."""
+        """Trainable parameters of a network of the loss (``"value"``, ``"qvalue"``,
+        ``"actor"``)."""
         return getattr(self.loss, f"{name}_network_params")
 
     def loss_call(self, method: str, batch: TensorDictBase, *args: torch.Tensor):
-        """``loss.<method>(batch, *args)``. The updater calls the loss's compile-safe
-        objectives (``value_objective`` ...), which compile into whole graphs (see
-        ``DMGLoss``)."""
-        return getattr(self.loss, method)(batch, *args)
+        """``loss.<method>(batch, *args)``, without TorchRL's context-manager wrapper
+        (:func:`~torchrl_dmg.training.steps.loss_method`): the steps call the losses'
+        compile-safe bodies (``DMGLoss.value_objective`` ...), which compile into whole
+        graphs."""
+        return loss_method(self.loss, method)(batch, *args)
 
     def _make_target_updater(self):
-        return SoftUpdate(self.loss, tau=self.tau)
+        return SoftUpdate(self.loss, tau=self.tau) if self.steps.targets else None
 
     def update_targets(self) -> None:
-        """Polyak update of the actor and critic targets."""
-        self.target_updater.step()
+        """Polyak update of the targets (none for a loss without targets)."""
+        if self.target_updater is not None:
+            self.target_updater.step()
 
-    def _backward(self, method: str, batch: TensorDictBase, *args) -> tuple[torch.Tensor, dict]:
+    def backward(self, method: str, batch: TensorDictBase, *args) -> tuple[torch.Tensor, dict]:
+        """``loss.<method>(batch, *args)`` back-propagated; returns the detached loss and
+        the method's metadata."""
         loss, metadata = self.loss_call(method, batch, *args)
         loss.sum().backward()  # a scalar, or one loss per stacked seed (independent terms)
         return loss.detach(), metadata
 
-    #: ``min_i Q_θi'(s, a)``, passed from the critic step to the actor step of an iteration
-    TARGET_Q_KEY = "_target_min_q"
+    #: DMG's ``min_i Q_θi'(s, a)``, passed from the critic step to the actor step
+    TARGET_Q_KEY = TARGET_Q_KEY
 
     def critic_step(self, batch: TensorDict) -> TensorDict:
-        """Value step then critic step (in this order, as in the reference).
-
-        Besides the metrics, returns ``min_i Q_θi'(s, a)`` on the batch (``TARGET_Q_KEY``):
-        the target critics do not change until the actor step's Polyak update, so the actor
-        step of the same iteration reuses it instead of recomputing it. Inputs and outputs
-        are TensorDicts only: that is what a CUDA graph copies in and out at each replay.
-        """
-        target_q = self.loss_call("target_min_q", batch)
-        loss_value, md_value = self._backward("value_objective", batch, target_q)
-        optimizer_step(self.optim_value)
-        loss_qvalue, md_qvalue = self._backward("qvalue_objective", batch)
-        optimizer_step(self.optim_qvalue)
-        return TensorDict(
-            {
-                "loss_value": loss_value,
-                "loss_qvalue": loss_qvalue,
-                **md_value,
-                **md_qvalue,
-                self.TARGET_Q_KEY: target_q,
-            }
-        )
+        """The loss's critic step (for DMG: value step then critic step, as in the
+        reference). Entries whose key starts with ``CARRY_PREFIX`` are handed to the actor
+        step of the same iteration (DMG's ``min_i Q_θi'(s, a)``: the target critics do not
+        change until the actor step's Polyak update). Inputs and outputs are TensorDicts
+        only: that is what a CUDA graph copies in and out at each replay."""
+        if self.steps.critic is None:
+            return TensorDict()
+        return self.steps.critic(self, batch)
 
     def actor_step(self, batch: TensorDict) -> TensorDict:
-        """Actor step then the Polyak update of the targets; ``batch`` carries the critic
-        step's ``TARGET_Q_KEY``."""
-        target_q = batch.get(self.TARGET_Q_KEY)
-        loss_actor, md_actor = self._backward("actor_objective", batch, target_q)
-        optimizer_step(self.optim_actor)
-        self.update_targets()
-        return TensorDict({"loss_actor": loss_actor, **md_actor})
+        """The loss's actor step then the Polyak update of the targets; ``batch`` carries
+        the critic step's ``CARRY_PREFIX`` entries."""
+        return self.steps.actor(self, batch)
 
     def _dynamo_context(
         self, batch: TensorDictBase, entry: str = "update"
@@ -232,11 +248,11 @@ class DMGUpdater:
 
     def _update(self, batch: TensorDict) -> TensorDict:
         metrics = self._critic_step(batch)
-        target_q = metrics.pop(self.TARGET_Q_KEY)
+        carry = _pop_carry(metrics)
         self.num_updates += 1
         if self.num_updates % self.policy_freq == 0:
             # a shallow copy: the caller's batch is left as it was
-            metrics.update(self._actor_step(batch.copy().set(self.TARGET_Q_KEY, target_q)))
+            metrics.update(self._actor_step(batch.copy().update(carry)))
             if self.scheduler is not None:
                 self.scheduler.step()
         return metrics
@@ -258,20 +274,21 @@ class DMGUpdater:
         for k in range(batches.shape[0]):
             batch = batches[k]
             metrics = critic_step(batch)
-            target_q = metrics.pop(self.TARGET_Q_KEY)
+            carry = _pop_carry(metrics)
             critic.append(metrics)
             if (k + 1) % self.policy_freq == 0:
                 if lrs is not None:
                     self.set_actor_lr(lrs[len(actor)])
-                actor.append(actor_step(batch.set(self.TARGET_Q_KEY, target_q)))
+                actor.append(actor_step(batch.update(carry)))
         if lrs is not None:
             self.set_actor_lr(lrs[len(actor)])
-        return TensorDict({"critic": torch.stack(critic), "actor": torch.stack(actor)})
+        critic = torch.stack(critic) if critic[0].keys() else TensorDict(batch_size=[len(critic)])
+        return TensorDict({"critic": critic, "actor": torch.stack(actor)})
 
     def set_actor_lr(self, lr: float | torch.Tensor) -> None:
         """Set the actor's learning rate. A tensor lr (compiled modes) is written in place:
         it is what a compiled step or a CUDA graph reads."""
-        for group in self.optim_actor.param_groups:
+        for group in self.optimizers["actor"].param_groups:
             if not torch.is_tensor(group["lr"]):
                 group["lr"] = float(lr)
             elif torch.is_tensor(lr):
@@ -325,7 +342,7 @@ class DMGUpdater:
 
     def agents_in_loss(self) -> contextlib.AbstractContextManager:
         """A context in which ``self.loss`` holds the trained agent(s)' tensors: the loss
-        itself here, every stacked agent at once in :class:`SeedStackedDMGUpdater`."""
+        itself here, every stacked agent at once in :class:`SeedStackedUpdater`."""
         return contextlib.nullcontext()
 
     def set_coefficients(self, **coefficients: float | torch.Tensor) -> None:
@@ -335,28 +352,27 @@ class DMGUpdater:
             self.loss.set_coefficients(**coefficients)
 
     def policy(self):
-        """The deterministic actor with the trained parameters, for env rollouts."""
+        """The actor with the trained parameters, for env rollouts (a stochastic actor
+        acts deterministically under ``ExplorationType.DETERMINISTIC``, as evaluation
+        runs)."""
         return ParamsPolicy(self.loss.actor_network, self.network_params("actor"))
 
     @property
     def actor_lr(self) -> float:
-        return float(self.optim_actor.param_groups[0]["lr"])
+        return float(self.optimizers["actor"].param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "loss": self.loss.state_dict(),
-            "optim_value": self.optim_value.state_dict(),
-            "optim_qvalue": self.optim_qvalue.state_dict(),
-            "optim_actor": self.optim_actor.state_dict(),
+            **{f"optim_{name}": opt.state_dict() for name, opt in self.optimizers.items()},
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "num_updates": self.num_updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss.load_state_dict(state["loss"])
-        self.optim_value.load_state_dict(state["optim_value"])
-        self.optim_qvalue.load_state_dict(state["optim_qvalue"])
-        self.optim_actor.load_state_dict(state["optim_actor"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state[f"optim_{name}"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.num_updates = int(state["num_updates"])
@@ -367,7 +383,27 @@ class DMGUpdater:
         an eager run, a tensor from a compiled one. Compiled steps need a tensor (a float is
         baked into the compiled code, and a CUDA graph would replay it frozen while the
         cosine schedule moves on); eager steps take a float."""
-        for optimizer in (self.optim_value, self.optim_qvalue, self.optim_actor):
+        for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
                 lr = float(group["lr"])
                 group["lr"] = torch.tensor(lr, device=self.device) if self.mode != "eager" else lr
+
+
+def _pop_carry(metrics: TensorDict) -> dict[str, torch.Tensor]:
+    """The critic step's entries for the actor step (``CARRY_PREFIX``), out of ``metrics``."""
+    keys = [k for k in metrics.keys() if k.startswith(CARRY_PREFIX)]
+    return {k: metrics.pop(k) for k in keys}
+
+
+class DMGUpdater(ActorCriticUpdater):
+    """The :class:`ActorCriticUpdater` of a :class:`DMGLoss`: value step, critic step,
+    then every ``policy_freq`` iterations the actor step and the actor and critic targets
+    (arguments as for :class:`ActorCriticUpdater`)."""
+
+    def __init__(self, loss: DMGLoss, **kwargs) -> None:
+        if not isinstance(loss, DMGLoss):
+            raise TypeError(
+                f"DMGUpdater trains a DMGLoss, got {type(loss).__name__}; use "
+                "ActorCriticUpdater for other losses."
+            )
+        super().__init__(loss, **kwargs)

@@ -1,0 +1,201 @@
+"""The baselines (TorchRL's IQLLoss, TD3BCLoss, BCLoss) in the update machinery DMG uses:
+every CPU update mode, stacked seeds, K updates per call, the overestimation diagnostic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from torchrl_dmg.objectives.baselines import make_bc_loss, make_iql_loss, make_td3bc_loss
+from torchrl_dmg.training import ActorCriticUpdater, SeedStackedUpdater, steps_for
+from torchrl_dmg.training.diagnostics import OverestimationDiagnostic
+
+OBS, ACT, BATCH = 5, 2, 32
+LOW, HIGH = -torch.ones(ACT), torch.ones(ACT)
+BUILDERS = {"iql": make_iql_loss, "td3bc": make_td3bc_loss, "bc": make_bc_loss}
+POLICY_FREQ = {"iql": 1, "td3bc": 2, "bc": 1}
+MODES = ["eager", "compile"]
+
+
+def make_loss(algo: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return BUILDERS[algo](OBS, ACT, LOW, HIGH, num_cells=(16, 16))
+
+
+def make_batch(seed: int = 0, seeds: int | None = None) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    shape = [BATCH] if seeds is None else [seeds, BATCH]
+    return TensorDict(
+        {
+            "observation": torch.randn(*shape, OBS, generator=g),
+            "action": torch.rand(*shape, ACT, generator=g) * 2 - 1,
+            "next": {
+                "observation": torch.randn(*shape, OBS, generator=g),
+                "reward": torch.randn(*shape, 1, generator=g),
+                "terminated": torch.zeros(*shape, 1, dtype=torch.bool),
+                "done": torch.zeros(*shape, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=shape,
+    )
+
+
+def params_of(updater, name: str) -> TensorDict:
+    return updater.network_params(name).detach().clone()
+
+
+def target_of(updater, name: str) -> TensorDict:
+    key = f"target_{name}_network_params"
+    source = updater.stacked.get(key) if hasattr(updater, "stacked") else getattr(updater.loss, key)
+    return source.detach().clone()
+
+
+def moved(before: TensorDict, after: TensorDict) -> bool:
+    pairs = zip(before.values(True, True), after.values(True, True), strict=True)
+    return any(not torch.equal(a, b) for a, b in pairs)
+
+
+def no_gradients_left(updater) -> bool:
+    """Every optimiser step ends with zero_grad(set_to_none=True): a gradient left on any
+    tensor of the loss was computed for a network that its step does not train."""
+    tensors = [*updater.loss.parameters()]
+    if hasattr(updater, "stacked"):
+        tensors += list(updater.stacked.values(True, True))
+    return all(t.grad is None for t in tensors)
+
+
+def train_and_check(updater, batch, steps: int = 4) -> None:
+    algo = updater.steps.name
+    before = {n: params_of(updater, n) for n in updater.steps.networks}
+    targets = {n: target_of(updater, n) for n in updater.steps.targets}
+    for _ in range(steps):
+        metrics = updater.update(batch)
+        for key, value in metrics.items():
+            assert torch.isfinite(value).all(), (algo, key, value)
+        assert no_gradients_left(updater), algo
+    assert "loss_actor" in metrics.keys()
+    assert ("loss_qvalue" in metrics.keys()) == (algo != "bc")
+    for name, params in before.items():
+        assert moved(params, params_of(updater, name)), (algo, name)
+    for name, params in targets.items():
+        after = target_of(updater, name)
+        assert moved(params, after), (algo, name)  # Polyak-averaged ...
+        assert moved(after, params_of(updater, name))  # ... not copied
+        assert not any(t.requires_grad for t in after.values(True, True))
+
+
+def test_each_loss_has_its_networks_and_targets():
+    assert steps_for(make_loss("iql")).networks == ("value", "qvalue", "actor")
+    assert steps_for(make_loss("iql")).targets == ("qvalue",)
+    assert steps_for(make_loss("td3bc")).networks == ("qvalue", "actor")
+    assert steps_for(make_loss("td3bc")).targets == ("actor", "qvalue")
+    assert steps_for(make_loss("bc")).networks == ("actor",)
+    assert steps_for(make_loss("bc")).targets == ()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("algo", sorted(BUILDERS))
+def test_a_baseline_trains_a_few_steps(algo, mode):
+    updater = ActorCriticUpdater(make_loss(algo), mode=mode, policy_freq=POLICY_FREQ[algo])
+    train_and_check(updater, make_batch())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("algo", sorted(BUILDERS))
+def test_stacked_seeds_of_a_baseline_train_as_separate_agents(algo, mode):
+    updater = SeedStackedUpdater(
+        [make_loss(algo, seed) for seed in (0, 1)], mode=mode, policy_freq=POLICY_FREQ[algo]
+    )
+    train_and_check(updater, make_batch(seeds=2))
+    actor = updater.network_params("actor")
+    first = next(iter(actor.values(True, True)))
+    assert not torch.equal(first[0], first[1])
+
+
+def test_td3bc_actor_and_targets_wait_for_the_second_critic_step():
+    updater = ActorCriticUpdater(make_loss("td3bc"), policy_freq=2)
+    batch = make_batch()
+    actor, target = params_of(updater, "actor"), target_of(updater, "qvalue")
+    first = updater.update(batch)
+    assert "loss_actor" not in first.keys()
+    assert not moved(actor, params_of(updater, "actor"))
+    assert not moved(target, target_of(updater, "qvalue"))
+    assert "loss_actor" in updater.update(batch).keys()
+
+
+@pytest.mark.parametrize("algo", sorted(BUILDERS))
+def test_update_many_runs_k_iterations_of_a_baseline(algo):
+    updater = ActorCriticUpdater(make_loss(algo), policy_freq=POLICY_FREQ[algo])
+    batches = torch.stack([make_batch(seed) for seed in range(4)])
+    metrics = updater.update_many(batches)
+    assert updater.num_updates == 4
+    assert metrics["actor"].batch_size == torch.Size([4 // POLICY_FREQ[algo]])
+    assert metrics["critic"].batch_size == torch.Size([4])
+    assert ("loss_qvalue" in metrics["critic"].keys()) == (algo != "bc")
+
+
+@pytest.mark.parametrize("algo", sorted(BUILDERS))
+def test_a_baseline_checkpoint_restores_its_optimisers(algo):
+    a = ActorCriticUpdater(make_loss(algo), policy_freq=POLICY_FREQ[algo])
+    a.update(make_batch())
+    a.update(make_batch(1))
+    b = ActorCriticUpdater(make_loss(algo, seed=5), policy_freq=POLICY_FREQ[algo])
+    b.load_state_dict(a.state_dict())
+    assert set(a.state_dict()) == {f"optim_{n}" for n in a.steps.networks} | {
+        "loss",
+        "scheduler",
+        "num_updates",
+    }
+    for name in a.steps.networks:
+        assert not moved(params_of(a, name), params_of(b, name))
+
+
+@pytest.mark.parametrize("algo", sorted(BUILDERS))
+def test_the_stacked_policy_of_a_baseline_acts_within_the_bounds(algo):
+    updater = SeedStackedUpdater([make_loss(algo, seed) for seed in (0, 1)])
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        out = updater.policy()(TensorDict({"observation": torch.randn(4, OBS)}, [4]))
+    assert out["action"].shape == (4, ACT)
+    assert (out["action"].abs() <= 1).all()
+
+
+def diagnostic_sample(size: int = 16) -> TensorDict:
+    g = torch.Generator().manual_seed(3)
+    return TensorDict(
+        {
+            "observation": torch.randn(size, OBS, generator=g),
+            "action": torch.rand(size, ACT, generator=g) * 2 - 1,
+            "mc_return": torch.full((size, 1), 2.5),
+        },
+        [size],
+    )
+
+
+def test_the_diagnostic_is_the_min_over_critics_of_q_on_the_sample():
+    loss = make_loss("td3bc")
+    updater = ActorCriticUpdater(loss, policy_freq=2)
+    sample = diagnostic_sample()
+    row = OverestimationDiagnostic(updater, sample, seeds=[0])()
+    qs = []
+    for i in range(2):
+        with loss.qvalue_network_params[i].to_module(loss.qvalue_network):
+            qs.append(loss.qvalue_network(sample.clone())["state_action_value"])
+    expected = torch.stack(qs).min(0).values.mean()
+    assert row["q_data_mean"] == pytest.approx(float(expected), rel=1e-5)
+    assert row["mc_return_mean"] == pytest.approx(2.5)
+
+
+def test_the_diagnostic_of_stacked_seeds_is_logged_per_seed():
+    updater = SeedStackedUpdater([make_loss("iql", seed) for seed in (0, 1)], policy_freq=1)
+    row = OverestimationDiagnostic(updater, diagnostic_sample(), seeds=[4, 5])()
+    assert row["q_data_mean"] == pytest.approx((row["q_data_mean/s4"] + row["q_data_mean/s5"]) / 2)
+    assert row["q_data_mean/s4"] != row["q_data_mean/s5"]
+
+
+def test_behaviour_cloning_has_no_q_only_the_monte_carlo_return():
+    updater = ActorCriticUpdater(make_loss("bc"))
+    row = OverestimationDiagnostic(updater, diagnostic_sample(), seeds=[0])()
+    assert row == {"mc_return_mean": pytest.approx(2.5)}

@@ -1,0 +1,197 @@
+"""What one update of each actor-critic loss is: which networks get an optimiser, which
+keep Polyak targets, and the critic step and the (delayed) actor step as plain functions
+of the updater and a batch.
+
+:class:`~torchrl_dmg.training.updater.ActorCriticUpdater` builds, compiles, captures,
+repeats (``K`` per call) and seed-stacks these steps the same way for every loss, so
+DMG, IQL, TD3+BC and BC differ only here:
+
+=========  ==========================  =====================  ===========  =============
+loss       networks (one Adam each)    critic step            actor step   targets
+=========  ==========================  =====================  ===========  =============
+DMGLoss    value, qvalue, actor        V then Q (shared       DMG actor    actor, qvalue
+                                       ``min_i Q_θi'(s,a)``)
+IQLLoss    value, qvalue, actor        V (expectile τ) then   AWR (β)      qvalue
+                                       Q
+TD3BCLoss  qvalue, actor               Q (clipped noise)      TD3+BC (α)   actor, qvalue
+BCLoss     actor                       none                   MSE to a     none
+=========  ==========================  =====================  ===========  =============
+
+Each step is one function (the frame that ``torch.compile`` compiles, bound to the
+updater), with the optimiser steps called in it directly: they are kept out of graphs
+(:func:`~torchrl_dmg.training.compile.optimizer_step`), and a graph break in the compiled
+frame itself resumes in code of that frame (private to the updater with ``skip_guards``),
+not in a shared helper. An actor step ends with the updater's target update.
+
+TorchRL's losses are called through :func:`loss_method`: their public ``*_loss`` methods
+and ``forward`` are wrapped by TorchRL in exploration / recurrent-mode context managers
+that break ``torch.compile`` graphs; the steps call the bodies underneath, which is what
+those methods compute (none of them samples from the actor: IQL's actor loss only reads a
+log-probability, TD3+BC's actor is deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives import BCLoss, IQLLoss, LossModule, TD3BCLoss
+
+from torchrl_dmg.objectives import DMGLoss
+from torchrl_dmg.training.compile import optimizer_step
+
+if TYPE_CHECKING:
+    from torchrl_dmg.training.updater import ActorCriticUpdater
+
+__all__ = ["CARRY_PREFIX", "LossSteps", "loss_method", "steps_for"]
+
+#: critic-step outputs whose key starts with this are not metrics: they are handed to
+#: the actor step of the same iteration (DMG's ``min_i Q_θi'(s, a)``) and then dropped
+CARRY_PREFIX = "_"
+TARGET_Q_KEY = "_target_min_q"
+
+Step = Callable[["ActorCriticUpdater", TensorDictBase], TensorDict]
+
+
+def loss_method(loss: LossModule, name: str) -> Callable:
+    """``loss.<name>`` without TorchRL's context-manager wrapper (compile-safe)."""
+    function = getattr(type(loss), name)
+    return getattr(function, "__wrapped__", function).__get__(loss)
+
+
+@dataclass(frozen=True)
+class LossSteps:
+    """How an :class:`~torchrl_dmg.training.updater.ActorCriticUpdater` drives one loss.
+
+    Attributes:
+        name: the algorithm (``"dmg"``, ``"iql"``, ``"td3bc"``, ``"bc"``).
+        networks: the trained networks (``loss.<name>_network_params``), one Adam each.
+        targets: the networks whose ``target_<name>_network_params`` follow by Polyak
+            averaging after each actor step.
+        critic: the step run at every iteration, or ``None`` (no critic).
+        actor: the step run every ``policy_freq`` iterations; it ends with
+            ``updater.update_targets()``.
+    """
+
+    name: str
+    networks: tuple[str, ...]
+    targets: tuple[str, ...]
+    critic: Step | None
+    actor: Step
+
+
+def _scalars(metadata: dict) -> dict[str, torch.Tensor]:
+    """Metadata as detached means: what is logged (and copied out of a CUDA graph)."""
+    return {k: v.detach().float().mean() for k, v in metadata.items()}
+
+
+# ------------------------------------------------------------------------------ DMG
+def _dmg_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """Value step then critic step (the reference's order). Also returns
+    ``min_i Q_θi'(s, a)``: the targets do not change before the actor step's Polyak update,
+    so the actor step of the same iteration reuses it."""
+    target_q = u.loss_call("target_min_q", batch)
+    loss_value, md_value = u.backward("value_objective", batch, target_q)
+    optimizer_step(u.optimizers["value"])
+    loss_qvalue, md_qvalue = u.backward("qvalue_objective", batch)
+    optimizer_step(u.optimizers["qvalue"])
+    return TensorDict(
+        {
+            "loss_value": loss_value,
+            "loss_qvalue": loss_qvalue,
+            **md_value,
+            **md_qvalue,
+            TARGET_Q_KEY: target_q,
+        }
+    )
+
+
+def _dmg_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    loss_actor, md_actor = u.backward("actor_objective", batch, batch.get(TARGET_Q_KEY))
+    optimizer_step(u.optimizers["actor"])
+    u.update_targets()
+    return TensorDict({"loss_actor": loss_actor, **md_actor})
+
+
+# ------------------------------------------------------------------------------ IQL
+def _iql_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """Expectile value step (τ) then the critic's TD(0) step on ``r + γ V(s')``."""
+    loss_value, _ = u.backward("value_loss", batch)
+    optimizer_step(u.optimizers["value"])
+    loss_qvalue, _ = u.backward("qvalue_loss", batch)
+    optimizer_step(u.optimizers["qvalue"])
+    return TensorDict({"loss_value": loss_value, "loss_qvalue": loss_qvalue})
+
+
+def _iql_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """Advantage-weighted regression: ``-min(exp(β (Q' - V)), 100) log π(a|s)``."""
+    loss_actor, _ = u.backward("actor_loss", batch)
+    optimizer_step(u.optimizers["actor"])
+    u.update_targets()
+    return TensorDict({"loss_actor": loss_actor})
+
+
+# ------------------------------------------------------------------------------ TD3+BC
+def _td3bc_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """TD3's clipped double-Q step with target-policy smoothing."""
+    loss_qvalue, md = u.backward("qvalue_loss", batch)
+    optimizer_step(u.optimizers["qvalue"])
+    md = _scalars(md)
+    return TensorDict(
+        {
+            "loss_qvalue": loss_qvalue,
+            "state_action_value": md["pred_value"],
+            "target_value": md["target_value"],
+        }
+    )
+
+
+def _td3bc_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """``-α Q(s, π(s)) / mean|Q| + (π(s) - a)²``."""
+    loss_actor, md = u.backward("actor_loss", batch)
+    optimizer_step(u.optimizers["actor"])
+    u.update_targets()
+    md = _scalars(md)
+    return TensorDict(
+        {
+            "loss_actor": loss_actor,
+            "bc_loss": md["bc_loss"],
+            "actor_q": md["state_action_value_actor"],
+        }
+    )
+
+
+# ------------------------------------------------------------------------------ BC
+def _bc_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """Behaviour cloning: the actor's action regressed onto the dataset's (MSE)."""
+    loss = u.loss_call("forward", batch).get("loss_bc")
+    loss.sum().backward()
+    optimizer_step(u.optimizers["actor"])
+    u.update_targets()
+    return TensorDict({"loss_actor": loss.detach()})
+
+
+STEPS: dict[type, LossSteps] = {
+    DMGLoss: LossSteps(
+        "dmg", ("value", "qvalue", "actor"), ("actor", "qvalue"), _dmg_critic, _dmg_actor
+    ),
+    IQLLoss: LossSteps("iql", ("value", "qvalue", "actor"), ("qvalue",), _iql_critic, _iql_actor),
+    TD3BCLoss: LossSteps(
+        "td3bc", ("qvalue", "actor"), ("actor", "qvalue"), _td3bc_critic, _td3bc_actor
+    ),
+    BCLoss: LossSteps("bc", ("actor",), (), None, _bc_actor),
+}
+
+
+def steps_for(loss: LossModule) -> LossSteps:
+    """The :class:`LossSteps` of ``loss`` (by its class, subclasses included)."""
+    for cls in type(loss).__mro__:
+        if cls in STEPS:
+            return STEPS[cls]
+    raise TypeError(
+        f"No update steps are defined for {type(loss).__name__}; the updater drives "
+        f"{', '.join(c.__name__ for c in STEPS)} (pass steps=LossSteps(...) for another loss)."
+    )

@@ -1,6 +1,7 @@
-"""Offline DMG on a Minari dataset.
+"""Offline DMG (or a baseline: IQL, TD3+BC, BC) on a Minari dataset.
 
     python recipes/offline.py                                  # local PointMaze Medium (generated once)
+    python recipes/offline.py algo=iql                         # algo=dmg|iql|td3bc|bc, same harness
     python recipes/offline.py dataset=mujoco/hopper/medium-v0 family=locomotion steps=1000000
     python recipes/offline.py seeds=5                          # 5 seeds trained at once (vmapped)
     python recipes/offline.py resume=outputs/offline/<run dir>  # continue an interrupted run
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import hydra
 import torch
+from algos import algo_name, make_loss, prepare_rewards
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from utils import load_dataset, make_dmg_loss, make_updater, register_resolvers, save_config
+from utils import load_dataset, make_updater, register_resolvers, save_config
 
 from torchrl_dmg.data.offline import check_family
+from torchrl_dmg.data.returns import diagnostic_sample
 from torchrl_dmg.data.samplers import DeviceSampler
 from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps, summarize_seeds
 from torchrl_dmg.recording import MetricsLogger, write_json
@@ -34,6 +37,7 @@ from torchrl_dmg.training import (
     train_offline,
     value_bounds,
 )
+from torchrl_dmg.training.diagnostics import OverestimationDiagnostic
 
 register_resolvers()
 
@@ -65,6 +69,8 @@ def main(cfg: DictConfig) -> dict:
 
     # ---------------------------------------------------------------- data
     dataset = load_dataset(cfg)  # a local dataset this project makes: generated once
+    prepare_rewards(cfg, dataset)  # an algorithm's reward scale (IQL on Gym-MuJoCo)
+    algo = algo_name(cfg)
     # the whole dataset on the training device; [seeds, batch] draws when stacked
     sampler = DeviceSampler(
         dataset.data,
@@ -73,7 +79,7 @@ def main(cfg: DictConfig) -> dict:
         device=device,
     )
     print(
-        f"[dmg] dataset={cfg.dataset} transitions={len(sampler)} obs_dim={dataset.obs_dim} "
+        f"[dmg] algo={algo} dataset={cfg.dataset} transitions={len(sampler)} obs_dim={dataset.obs_dim} "
         f"action_dim={dataset.action_dim} seeds={seeds} device={device} run_dir={run_dir}"
     )
     print(f"[dmg] scores: {dataset.reference.describe()}")
@@ -82,7 +88,7 @@ def main(cfg: DictConfig) -> dict:
     losses = []
     for seed in seeds:  # each agent initialised from its own seed
         seed_everything(seed)
-        losses.append(make_dmg_loss(cfg, dataset, device))
+        losses.append(make_loss(cfg, dataset, device))
     seed_everything(cfg.seed)
     updater = make_updater(cfg, losses if stacked else losses[0], steps=cfg.steps)
     step = 0
@@ -101,6 +107,19 @@ def main(cfg: DictConfig) -> dict:
     )
     eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
     policy = updater.policy()
+    # overestimation: Q on fixed dataset transitions beside their Monte-Carlo returns
+    gamma, diag = float(cfg.loss.gamma), cfg.get("diagnostic") or {}  # older runs: none
+    diagnostic = OverestimationDiagnostic(
+        updater,
+        diagnostic_sample(
+            dataset.data,
+            gamma,
+            size=diag.get("size", 1024),
+            seed=diag.get("seed", 0),
+            drop_truncated_tails=diag.get("drop_truncated_tails", False),
+        ).to(device),
+        seeds,
+    )
 
     def run_eval(step: int) -> dict:
         per_seed = evaluate_agents(
@@ -143,7 +162,9 @@ def main(cfg: DictConfig) -> dict:
         eval_interval=cfg.eval.interval,
         progress=cfg.progress,
         updates_per_call=cfg.compile.get("updates_per_call", 1),
-        value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
+        value_bounds=value_bounds(dataset.data["next", "reward"], gamma),
+        diagnostic=diagnostic,
+        desc=algo,
     )
 
     # ---------------------------------------------------------------- final score
@@ -151,6 +172,7 @@ def main(cfg: DictConfig) -> dict:
     logger.log(step, "eval", result)
     checkpoint(step)
     summary = {
+        "algo": algo,
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
         "seeds": seeds,
@@ -166,7 +188,7 @@ def main(cfg: DictConfig) -> dict:
         [run_dir],
         run_dir / "scores.png",
         labels=[f"seeds {seeds[0]}-{seeds[-1]}" if stacked else f"seed {seeds[0]}"],
-        title=f"DMG offline, {cfg.dataset}",
+        title=f"{algo.upper()} offline, {cfg.dataset}",
         xlabel="gradient steps",
     )
     for seed in seeds:
@@ -175,13 +197,13 @@ def main(cfg: DictConfig) -> dict:
             f"normalized_score={result[f'normalized_score/s{seed}']:.1f} "
             f"± {result[f'normalized_score_std/s{seed}']:.1f} "
             f"(return {result[f'return_mean/s{seed}']:.1f}, {cfg.eval.episodes} episodes) "
-            f"config={run_dir / 'config.yaml'}"
+            f"algo={algo} config={run_dir / 'config.yaml'}"
         )
     if stacked:
         print(
             f"[dmg] FINAL dataset={cfg.dataset} seeds={seeds} steps={step} normalized_score "
             f"mean over seeds {result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
-            f"(std across seeds) config={run_dir / 'config.yaml'}"
+            f"(std across seeds) algo={algo} config={run_dir / 'config.yaml'}"
         )
     print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary

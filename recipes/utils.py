@@ -19,9 +19,10 @@ from torchrl_dmg.modules import make_dmg_networks
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.recording import MetricsLogger
 from torchrl_dmg.training import (
+    ActorCriticUpdater,
     DMGUpdater,
     FinetuneSchedule,
-    SeedStackedDMGUpdater,
+    SeedStackedUpdater,
     load_checkpoint,
     offline_checkpoint_state,
     save_checkpoint,
@@ -94,21 +95,32 @@ def make_dmg_loss(cfg, dataset, device: torch.device) -> DMGLoss:
     ).to(device)
 
 
-def make_updater(cfg, loss: DMGLoss | list[DMGLoss], *, steps: int | None) -> DMGUpdater:
-    """:class:`DMGUpdater` from a recipe config (``optim``, ``compile``); a list of losses
-    gives a :class:`SeedStackedDMGUpdater`. ``steps`` gradient steps give the actor's
-    cosine schedule (``optim.actor_cosine``); ``None``: constant lr."""
-    cosine = steps is not None and cfg.optim.actor_cosine
-    cls = SeedStackedDMGUpdater if isinstance(loss, list) else DMGUpdater
+def make_updater(cfg, loss, *, steps: int | None) -> ActorCriticUpdater:
+    """:class:`ActorCriticUpdater` of any loss from a recipe config (``optim``, ``compile``);
+    a list of losses gives a :class:`SeedStackedUpdater`. The actor's cosine schedule
+    (``optim.actor_cosine``) for a run of ``steps`` gradient steps: see
+    :func:`actor_cosine_steps`; ``steps=None``: constant lr."""
+    cls = SeedStackedUpdater if isinstance(loss, list) else ActorCriticUpdater
     return cls(
         loss,
         lr=cfg.optim.lr,
         tau=cfg.optim.tau,
         policy_freq=cfg.optim.policy_freq,
-        actor_cosine_steps=steps // cfg.optim.policy_freq if cosine else None,
+        actor_cosine_steps=actor_cosine_steps(cfg, steps),
         mode=cfg.compile.mode,
         skip_guards=bool(cfg.compile.get("skip_guards", False)),
     )
+
+
+def actor_cosine_steps(cfg, steps: int | None) -> int | None:
+    """The actor updates the actor's lr anneals over: ``optim.actor_cosine_horizon`` (the
+    authors': 500k, whatever the run's length), or with ``null`` the run's own
+    ``steps // policy_freq``; ``None`` (constant lr) when ``optim.actor_cosine`` is false
+    or ``steps`` is ``None``."""
+    if steps is None or not cfg.optim.get("actor_cosine", False):
+        return None
+    horizon = cfg.optim.get("actor_cosine_horizon", None)
+    return int(horizon) if horizon is not None else steps // cfg.optim.policy_freq
 
 
 def finetune_schedule(cfg: DictConfig) -> FinetuneSchedule:

@@ -1,0 +1,75 @@
+"""The ``algo=`` choice of the offline recipe: each algorithm's loss from its config group
+(config/algo/<algo>.yaml, specialised per family in config/algo_family/), and the data
+changes an algorithm's paper makes (IQL's reward scale)."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torchrl.objectives import LossModule
+from utils import make_dmg_loss
+
+from torchrl_dmg.data.offline import OfflineDataset
+from torchrl_dmg.data.rewards import scale_rewards
+from torchrl_dmg.objectives.baselines import make_bc_loss, make_iql_loss, make_td3bc_loss
+
+
+def algo_name(cfg: DictConfig) -> str:
+    """``cfg.algo``; a run made before the baselines existed is DMG."""
+    return str(cfg.get("algo", "dmg"))
+
+
+def _deactivate_vmap(cfg: DictConfig, device: torch.device) -> bool:
+    """Critics looped on CPU, vmapped on GPU (see :func:`utils.make_dmg_loss`)."""
+    vmap = cfg.network.get("vmap_critics", "auto")
+    return (device.type == "cpu") if vmap == "auto" else not vmap
+
+
+def _networks(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) -> dict:
+    low, high = dataset.action_bounds
+    kwargs = {"num_cells": tuple(cfg.network.num_cells), "device": device}
+    return {
+        "obs_dim": dataset.obs_dim,
+        "action_dim": dataset.action_dim,
+        "low": low,
+        "high": high,
+        **kwargs,
+    }
+
+
+def _iql(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) -> LossModule:
+    return make_iql_loss(
+        **_networks(cfg, dataset, device),
+        **dict(cfg.iql),
+        deactivate_vmap=_deactivate_vmap(cfg, device),
+    )
+
+
+def _td3bc(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) -> LossModule:
+    return make_td3bc_loss(
+        **_networks(cfg, dataset, device),
+        **dict(cfg.td3bc),
+        deactivate_vmap=_deactivate_vmap(cfg, device),
+    )
+
+
+def _bc(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) -> LossModule:
+    return make_bc_loss(**_networks(cfg, dataset, device))
+
+
+LOSSES = {"dmg": make_dmg_loss, "iql": _iql, "td3bc": _td3bc, "bc": _bc}
+
+
+def make_loss(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) -> LossModule:
+    """The loss of ``cfg.algo`` for ``dataset`` (networks of ``cfg.network``'s sizes)."""
+    algo = algo_name(cfg)
+    if algo not in LOSSES:
+        raise ValueError(f"algo={algo!r} is not one of {sorted(LOSSES)}.")
+    return LOSSES[algo](cfg, dataset, device)
+
+
+def prepare_rewards(cfg: DictConfig, dataset: OfflineDataset) -> None:
+    """``cfg.data.reward_scale`` applied to the dataset's rewards (printed when not 1)."""
+    factor = scale_rewards(dataset.data, cfg.data.get("reward_scale"))
+    if factor != 1.0:
+        print(f"[dmg] rewards x {factor:.4g} (data.reward_scale={cfg.data.reward_scale})")

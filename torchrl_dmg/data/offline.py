@@ -204,6 +204,12 @@ def observation_stats(data: TensorDict, eps: float = 1e-3) -> tuple[torch.Tensor
     return obs.mean(0), obs.std(0) + eps
 
 
+def is_antmaze(minari_dataset) -> bool:
+    """Whether a Minari dataset's env is an AntMaze (gymnasium-robotics' or D4RL's ant)."""
+    spec = getattr(minari_dataset.spec, "env_spec", None)
+    return spec is not None and "AntMaze" in str(spec.id)
+
+
 @dataclass
 class OfflineDataset:
     """A loaded offline dataset and what evaluating on it needs.
@@ -250,7 +256,9 @@ class OfflineDataset:
         """The :class:`~torchrl_dmg.data.scores.ScoreReference` scores are normalised with."""
         if self.score_reference is None:
             meta = self.minari_dataset.storage.metadata
-            self.score_reference = resolve_score_reference(self.dataset_id, meta, "auto")
+            self.score_reference = resolve_score_reference(
+                self.dataset_id, meta, "auto", success_task=is_antmaze(self.minari_dataset)
+            )
         return self.score_reference
 
     def normalized_score(self, returns: np.ndarray | torch.Tensor | float) -> np.ndarray:
@@ -264,8 +272,7 @@ class OfflineDataset:
         (an evaluation episode scores 100 when the ant reaches the goal within the time
         limit, else 0). Minari's ``D4RL/antmaze/*-v1`` evaluation env is continuing (reward
         1 on every step near the goal), so its normalised return is not that score."""
-        spec = getattr(self.minari_dataset.spec, "env_spec", None)
-        return spec is not None and "AntMaze" in str(spec.id)
+        return self.reference.is_success
 
     @property
     def has_reference_scores(self) -> bool:
@@ -313,6 +320,6 @@ def load_offline_dataset(
         reward_shift=float(reward_shift),
         minari_dataset=dataset,
         score_reference=resolve_score_reference(
-            dataset_id, dataset.storage.metadata, score_reference
+            dataset_id, dataset.storage.metadata, score_reference, is_antmaze(dataset)
         ),
     )

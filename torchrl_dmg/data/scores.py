@@ -9,10 +9,15 @@ The normalised score is ``100 · (R - R_min) / (R_max - R_min)`` (0: a random po
 - ``minari``: the dataset's own ``ref_min_score`` / ``ref_max_score`` metadata (Minari's
   reference policies for ``mujoco/*``, D4RL's numbers for the local locomotion data, the
   success scale for AntMaze and PointMaze).
+- ``success``: the success rate in percent, the paper's AntMaze score: an evaluation
+  episode scores 100 when it earns a positive (goal) reward within the time limit, else 0.
+  Minari's ``D4RL/antmaze/*-v1`` evaluation env is continuing (reward 1 on every step near
+  the goal), so there a normalised *return* is not the paper's score.
 - ``raw``: no reference: "scores" are the undiscounted returns themselves.
 
-``auto`` (the recipes' default) takes ``d4rl`` where it applies, else ``minari`` where the
-metadata has both scores, else ``raw``, and the run records which one it used.
+``auto`` (the recipes' default) takes ``success`` for AntMaze, else ``d4rl`` where it
+applies, else ``minari`` where the metadata has both scores, else ``raw``, and the run
+records which one it used.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
     "walker2d": (1.629008, 4592.3),
 }
 
-SCORE_REFERENCES = ("auto", "d4rl", "minari", "raw")
+SCORE_REFERENCES = ("auto", "d4rl", "minari", "success", "raw")
 
 _MUJOCO_ID = re.compile(r"^(local/)?mujoco/(?P<env>[^/]+)/")
 
@@ -64,6 +69,11 @@ class ScoreReference:
     def is_raw(self) -> bool:
         return self.name == "raw"
 
+    @property
+    def is_success(self) -> bool:
+        """Scores are 100 x per-episode success (0/1), not normalised returns."""
+        return self.name == "success"
+
     def normalize(self, returns: np.ndarray | float) -> np.ndarray:
         """``100 · (R - ref_min) / (ref_max - ref_min)``; the returns unchanged when raw."""
         returns = np.asarray(returns, dtype=np.float64)
@@ -75,6 +85,8 @@ class ScoreReference:
         """One line for logs and tables, e.g. ``d4rl: D4RL hopper (0 = -20.27, 100 = 3234)``."""
         if self.is_raw:
             return "raw: undiscounted returns (no reference returns for this dataset)"
+        if self.is_success:
+            return f"success: {self.source}"
         return f"{self.name}: {self.source} (0 = {self.ref_min:.6g}, 100 = {self.ref_max:.6g})"
 
     def as_dict(self) -> dict[str, object]:
@@ -97,7 +109,10 @@ def d4rl_env(dataset_id: str) -> str | None:
 
 
 def resolve_score_reference(
-    dataset_id: str, metadata: Mapping[str, object], choice: str = "auto"
+    dataset_id: str,
+    metadata: Mapping[str, object],
+    choice: str = "auto",
+    success_task: bool = False,
 ) -> ScoreReference:
     """The :class:`ScoreReference` for ``dataset_id`` under ``choice``.
 
@@ -106,9 +121,18 @@ def resolve_score_reference(
         metadata: the dataset's Minari metadata (``ref_min_score``, ``ref_max_score``).
         choice: ``auto`` (``d4rl``, else ``minari``, else ``raw``), ``d4rl``, ``minari``
             or ``raw``. Asking for a reference the dataset lacks is an error.
+        success_task: the dataset is AntMaze (scored by success with ``auto``).
     """
     if choice not in SCORE_REFERENCES:
         raise ValueError(f"score reference must be one of {SCORE_REFERENCES}, got {choice!r}.")
+    if choice == "success" or (choice == "auto" and success_task):
+        return ScoreReference(
+            "success",
+            0.0,
+            1.0,
+            "success rate in percent (100 for an episode that reaches the goal in the time "
+            "limit, else 0)",
+        )
     env = d4rl_env(dataset_id)
     ref_min, ref_max = metadata.get("ref_min_score"), metadata.get("ref_max_score")
     has_minari = ref_min is not None and ref_max is not None

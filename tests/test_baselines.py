@@ -1,5 +1,6 @@
 """The baselines (TorchRL's IQLLoss, TD3BCLoss, BCLoss) in the update machinery DMG uses:
-every CPU update mode, stacked seeds, K updates per call, the overestimation diagnostic."""
+every update mode (CUDA graphs where a GPU is present), stacked seeds, K updates per call,
+the overestimation diagnostic."""
 
 from __future__ import annotations
 
@@ -15,15 +16,19 @@ OBS, ACT, BATCH = 5, 2, 32
 LOW, HIGH = -torch.ones(ACT), torch.ones(ACT)
 BUILDERS = {"iql": make_iql_loss, "td3bc": make_td3bc_loss, "bc": make_bc_loss}
 POLICY_FREQ = {"iql": 1, "td3bc": 2, "bc": 1}
-MODES = ["eager", "compile"]
+MODES = ["eager", "compile"] + (["cudagraphs"] if torch.cuda.is_available() else [])
 
 
-def make_loss(algo: str, seed: int = 0):
+def device_for(mode: str) -> str:
+    return "cuda" if mode == "cudagraphs" else "cpu"
+
+
+def make_loss(algo: str, seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
-    return BUILDERS[algo](OBS, ACT, LOW, HIGH, num_cells=(16, 16))
+    return BUILDERS[algo](OBS, ACT, LOW, HIGH, num_cells=(16, 16), device=device)
 
 
-def make_batch(seed: int = 0, seeds: int | None = None) -> TensorDict:
+def make_batch(seed: int = 0, seeds: int | None = None, device: str = "cpu") -> TensorDict:
     g = torch.Generator().manual_seed(seed)
     shape = [BATCH] if seeds is None else [seeds, BATCH]
     return TensorDict(
@@ -38,7 +43,7 @@ def make_batch(seed: int = 0, seeds: int | None = None) -> TensorDict:
             },
         },
         batch_size=shape,
-    )
+    ).to(device)
 
 
 def params_of(updater, name: str) -> TensorDict:
@@ -97,17 +102,20 @@ def test_each_loss_has_its_networks_and_targets():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("algo", sorted(BUILDERS))
 def test_a_baseline_trains_a_few_steps(algo, mode):
-    updater = ActorCriticUpdater(make_loss(algo), mode=mode, policy_freq=POLICY_FREQ[algo])
-    train_and_check(updater, make_batch())
+    device = device_for(mode)
+    loss = make_loss(algo, device=device)
+    updater = ActorCriticUpdater(loss, mode=mode, policy_freq=POLICY_FREQ[algo])
+    train_and_check(updater, make_batch(device=device), steps=8 if mode == "cudagraphs" else 4)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("algo", sorted(BUILDERS))
 def test_stacked_seeds_of_a_baseline_train_as_separate_agents(algo, mode):
+    device = device_for(mode)
     updater = SeedStackedUpdater(
-        [make_loss(algo, seed) for seed in (0, 1)], mode=mode, policy_freq=POLICY_FREQ[algo]
+        [make_loss(algo, seed, device) for seed in (0, 1)], mode=mode, policy_freq=POLICY_FREQ[algo]
     )
-    train_and_check(updater, make_batch(seeds=2))
+    train_and_check(updater, make_batch(seeds=2, device=device))
     actor = updater.network_params("actor")
     first = next(iter(actor.values(True, True)))
     assert not torch.equal(first[0], first[1])

@@ -20,7 +20,6 @@ from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.recording import MetricsLogger
 from torchrl_dmg.training import (
     ActorCriticUpdater,
-    DMGUpdater,
     FinetuneSchedule,
     SeedStackedUpdater,
     load_checkpoint,
@@ -197,8 +196,8 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
 
 def make_online_updater(
     loss: DMGLoss, cfg: DictConfig, state: dict[str, Any] | None = None
-) -> DMGUpdater:
-    """The online :class:`DMGUpdater`: no cosine schedule (constant actor lr ``cfg.optim.lr``,
+) -> ActorCriticUpdater:
+    """The online updater: no cosine schedule (constant actor lr ``cfg.optim.lr``,
     spec), networks, targets and optimiser states loaded from ``state``. The actor lr is reset
     after loading: an offline optimiser state carries the end of its cosine schedule (~0)."""
     updater = make_updater(cfg, loss, steps=None)

@@ -291,3 +291,27 @@ def test_an_unknown_local_id_lists_the_ones_the_project_makes(tmp_path, monkeypa
     ):
         ensure_dataset("local/pointmaze/huge-v0", download=False)
     assert all(_generator_for(i, False) is not None for i in local_dataset_ids())
+
+
+def test_a_second_maker_of_the_same_dataset_waits_and_reuses_the_first_ones(tmp_path, monkeypatch):
+    import threading
+
+    import torchrl_dmg.datagen.registry as registry
+    from torchrl_dmg.data.local import dataset_lock
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    made = []
+    # the generators return at once when a complete copy exists: model that
+    monkeypatch.setattr(
+        registry,
+        "generator_for",
+        lambda dataset_id, progress: lambda: made.append(dataset_id) if not made else None,
+    )
+    second = threading.Thread(target=registry.make_if_missing, args=("local/pointmaze/umaze-v0",))
+    with dataset_lock("local/pointmaze/umaze-v0", notify=False):  # a first maker at work
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive()  # blocked on the lock, not building its own copy
+        made.append("first")
+    second.join()
+    assert made == ["first"]  # the second found the first one's dataset

@@ -18,6 +18,7 @@ generators run in a single thread anyway.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from minari.storage import get_dataset_path
 __all__ = [
     "InvalidDatasetIdError",
     "building_dataset",
+    "dataset_lock",
     "dataset_path",
     "datasets_root",
     "is_complete",
@@ -203,6 +205,32 @@ def _copy_namespace_metadata(tmp_root: Path, root: Path, dataset_id: str) -> Non
         elif not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(json.dumps({}))
+
+
+@contextmanager
+def dataset_lock(
+    dataset_id: str, root: str | os.PathLike | None = None, *, notify: bool = True
+) -> Iterator[None]:
+    """Hold an exclusive lock on making ``dataset_id`` (an ``flock`` on
+    ``<root>/.locks/<id>.lock``; hidden, so Minari's listing skips it). A second process
+    making the same dataset waits here (saying so once) and then finds the first one's
+    complete copy instead of building its own. The lock goes with the process: a killed
+    maker never leaves it held."""
+    validate_dataset_id(dataset_id)
+    base = Path(root) if root is not None else datasets_root()
+    path = base / ".locks" / (dataset_id.replace("/", "__") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if notify:
+                print(f"[data] waiting for another process making {dataset_id} ({path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

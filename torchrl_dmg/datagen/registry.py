@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from torchrl_dmg.data.local import validate_dataset_id
+from torchrl_dmg.data.local import dataset_lock, validate_dataset_id
 from torchrl_dmg.data.offline import DatasetUnavailableError, open_dataset
 from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset
 from torchrl_dmg.datagen.antmaze_random import generate_antmaze_dataset
@@ -97,7 +97,8 @@ def make_if_missing(dataset_id: str, *, progress: bool = True) -> None:
     validate_dataset_id(dataset_id)  # before any file system or network action
     generator = generator_for(dataset_id, progress)
     if generator is not None:
-        generator()
+        with dataset_lock(dataset_id):  # a second maker waits, then reuses the first's
+            generator()
     elif dataset_id.startswith("local/"):
         raise DatasetUnavailableError(
             f"unknown local dataset {dataset_id!r}: it is not stored locally and this project "

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from torchrl_dmg.checkpointing import restart_collection, seed_before_collector
 from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
 from torchrl_dmg.online import (
@@ -127,13 +128,13 @@ def main(cfg: DictConfig) -> dict:
     actor = RolloutActor(loss)  # the deterministic actor with the current weights
     env = make_online_env(dataset, device=device)
     policy = make_exploration_policy(actor, env.action_spec, noise=cfg.exploration.noise)
+    seed_before_collector(env, cfg.seed + step)  # a resume restarts the episode at `step`
     collector = make_collector(
         env,
         policy,
         total_frames=max(cfg.online_steps - step, 0),
         frames_per_batch=cfg.collector.frames_per_batch,
     )
-    collector.set_seed(cfg.seed + step)
 
     eval_env = make_env(
         dataset,
@@ -155,6 +156,8 @@ def main(cfg: DictConfig) -> dict:
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     logger.truncate_after(step if resume_state is not None else -1)
+    if resume_state is not None:  # last: nothing built above may shift the generators
+        set_rng_state(resume_state["rng"])
 
     def checkpoint(step: int, update_step: int) -> None:
         save_checkpoint(
@@ -217,6 +220,8 @@ def main(cfg: DictConfig) -> dict:
             bar.set_postfix(score=f"{last_score:.1f}")
         if crossed(step, frames, cfg.checkpoint_interval):
             checkpoint(step, update_step)
+            if step < cfg.online_steps:  # as a resume from this checkpoint would
+                restart_collection(collector, cfg.seed + step)
     bar.close()
     collector.shutdown()
 

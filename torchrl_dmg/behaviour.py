@@ -50,6 +50,7 @@ from torchrl.envs import DoubleToFloat, GymEnv, ParallelEnv, SerialEnv, Transfor
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
 
+from torchrl_dmg.checkpointing import restart_collection, seed_before_collector
 from torchrl_dmg.recording import atomic_write
 from torchrl_dmg.training import _optimizer_step, rng_state, set_rng_state
 
@@ -888,7 +889,6 @@ def train_sac(
         for path in (out_dir / "checkpoints").glob("step_*.pt"):
             if int(path.stem.split("_")[1]) > steps:
                 path.unlink()
-        set_rng_state(state["rng"])
         _sync_actor(actor, train_actor)
     else:
         store.truncate(0)
@@ -924,6 +924,8 @@ def train_sac(
             }
         )
 
+    # the episode restarts, seeded, at every state save (as a resume from it must)
+    seed_before_collector(env, seed * 1_000_003 + steps)
     collector = Collector(
         env,
         actor,
@@ -934,7 +936,8 @@ def train_sac(
         trust_policy=True,
         auto_register_policy_transforms=False,  # the actor is stateless
     )
-    collector.set_seed(seed * 1_000_003 + steps)
+    if state is not None:  # last: nothing built above may shift the generators
+        set_rng_state(state["rng"])
 
     pbar = None
     if progress:
@@ -1061,6 +1064,9 @@ def train_sac(
                         },
                     },
                 )
+                if steps < total_steps:  # as a resume from this state would
+                    store.mark_last_truncated()
+                    restart_collection(collector, seed * 1_000_003 + steps)
                 if pbar is not None:
                     pbar.set_postfix(
                         eval=f"{row['eval_return_mean']:.0f}", upd_s=row["updates_per_s"]

@@ -13,18 +13,22 @@ evaluations, logging, checkpoints -> final score. The machinery lives in torchrl
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
 import hydra
 import torch
+from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from runs import check_same_data, check_start_checkpoint, command_line, logged, resume_finetune
 from tqdm.auto import tqdm
 
-from torchrl_dmg.checkpointing import restart_collection, seed_before_collector
+from torchrl_dmg.checkpointing import previous_path, restart_collection, seed_before_collector
 from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.envs import evaluate_scores, make_env, max_episode_steps
+from torchrl_dmg.guards import FiniteGuard, StopRequest
 from torchrl_dmg.online import (
     FinetuneSchedule,
     RolloutActor,
@@ -57,22 +61,29 @@ from torchrl_dmg.training import (
 
 
 @hydra.main(config_path="config", config_name="finetune", version_base="1.3")
+@guarded("finetune")  # the schema check first; one-line failures; no stub run directories
 def main(cfg: DictConfig) -> dict:
     # ---------------------------------------------------------------- run directory
     resuming = bool(cfg.resume)
-    if resuming:
+    changed = True
+    if resuming:  # the run's own config; only online_steps= may change (checked before writing)
         run_dir = Path(cfg.resume)
-        saved = OmegaConf.load(run_dir / "config.yaml")
-        saved.online_steps = cfg.online_steps  # the only thing a resume may change: train longer
-        cfg = saved
+        cfg, changed = resume_finetune(cfg, command_line())
     else:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.checkpoint:  # an offline run of this dataset, holding checkpoint_seed's agent
+            check_start_checkpoint(cfg, command_line())
         # a checkpoint fixes dataset, data, network, loss (and its family's eval settings)
         cfg = with_offline_config(cfg, HydraConfig.get().overrides.task)
     check_config(cfg)
     if cfg.data.get("check_family", True):
         check_family(cfg.dataset, cfg.family)
-    save_config(cfg, run_dir)
+    if changed:
+        save_config(cfg, run_dir)
+    guard = FiniteGuard(
+        run_dir / "checkpoint.pt", interval=cfg.get("guard", {}).get("check_interval", 1)
+    )
+    stop = StopRequest(f"python recipes/finetune.py resume={run_dir}").install()
     device = resolve_device(cfg.device)
     torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))
     seed_everything(cfg.seed)
@@ -96,14 +107,26 @@ def main(cfg: DictConfig) -> dict:
     # ---------------------------------------------------------------- loss, updater, schedules
     loss = make_dmg_loss(cfg, dataset, device)
     resume_state = None
-    if resuming and (run_dir / "checkpoint.pt").exists():
-        resume_state = load_checkpoint(run_dir / "checkpoint.pt")
+    ckpt = run_dir / "checkpoint.pt"
+    if resuming and any(p.exists() for p in (ckpt, previous_path(ckpt))):
+        resume_state = load_checkpoint(ckpt)
+        check_same_data(resume_state, dataset, f"resume={run_dir}")
         start = resume_state["updater"]
     elif cfg.checkpoint:
+        check_same_data(load_checkpoint(cfg.checkpoint), dataset, f"checkpoint={cfg.checkpoint}")
         start = offline_start_state(cfg, loss)
         print(f"[dmg] starting from the offline checkpoint {cfg.checkpoint}")
     else:  # the offline phase, here (continues from run_dir/offline/checkpoint.pt on a resume)
-        start = run_offline_phase(cfg, loss, buffer, dataset, run_dir / "offline")
+        offline_dir = run_dir / "offline"
+        start = run_offline_phase(
+            cfg,
+            loss,
+            buffer,
+            dataset,
+            offline_dir,
+            guard=FiniteGuard(offline_dir / "checkpoint.pt", interval=guard.interval),
+            stop=stop,
+        )
     updater = make_online_updater(loss, cfg, start)  # constant actor lr online
     schedule = FinetuneSchedule.from_config(cfg)
     if cfg.gamma is not None:
@@ -204,6 +227,7 @@ def main(cfg: DictConfig) -> dict:
                 coefs = schedule.apply(loss, update_step)
             metrics = updater.update(buffer.sample())
             update_step += 1
+            guard(update_step, metrics)  # a NaN/inf loss or Q: stop now, name the step
         train_time += time.perf_counter() - t0
         step += frames
         bar.update(frames)
@@ -222,13 +246,18 @@ def main(cfg: DictConfig) -> dict:
             checkpoint(step, update_step)
             if step < cfg.online_steps:  # as a resume from this checkpoint would
                 restart_collection(collector, cfg.seed + step)
+        if step < cfg.online_steps:  # SIGTERM / Ctrl-C: checkpoint here, then stop
+            stop.check(
+                step, functools.partial(checkpoint, update_step=update_step), unit="online step"
+            )
     bar.close()
     collector.shutdown()
 
     # ---------------------------------------------------------------- final score
     result = run_eval()
-    logger.log(step, "eval", {**result, **coefs})
-    checkpoint(step, update_step)
+    if not logged(logger, step, "eval"):  # a resumed finished run has its final row
+        logger.log(step, "eval", {**result, **coefs})
+        checkpoint(step, update_step)
     summary = {
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
@@ -261,4 +290,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    preflight()  # an unwritable run directory: one line, before Hydra makes it
     main()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hydra
 import numpy as np
+from cli import guarded, preflight
 from omegaconf import DictConfig
 
 from torchrl_dmg.data.antmaze import ANTMAZE_VARIANTS, generate_antmaze_navigator_dataset
@@ -45,6 +46,7 @@ def _antmaze(cfg: DictConfig, variant: str) -> str:
 
 
 @hydra.main(version_base=None, config_path="config", config_name="make_dataset")
+@guarded("make_dataset")  # the schema check first; one-line failures
 def main(cfg: DictConfig) -> str:
     import minari
 
@@ -98,4 +100,5 @@ def main(cfg: DictConfig) -> str:
 
 
 if __name__ == "__main__":
+    preflight()  # an unwritable run directory: one line, before Hydra makes it
     main()

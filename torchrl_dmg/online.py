@@ -35,6 +35,7 @@ from torchrl.data.replay_buffers.samplers import RandomSampler
 from torchrl.envs import EnvBase, RewardSum, TransformedEnv
 from torchrl.modules import AdditiveGaussianModule
 
+from torchrl_dmg.checkpointing import previous_path
 from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, load_offline_dataset
 from torchrl_dmg.envs import make_env
 from torchrl_dmg.objectives import DMGLoss
@@ -385,6 +386,8 @@ def run_offline_phase(
     out_dir: str | os.PathLike,
     *,
     logger_backend: str = "csv",
+    guard=None,
+    stop=None,
 ) -> dict[str, Any]:
     """The offline phase when no checkpoint is given: ``cfg.offline_steps`` DMG updates on
     ``buffer`` (offline data only at this point) with the offline recipe's settings (cosine
@@ -399,7 +402,7 @@ def run_offline_phase(
     steps = int(cfg.offline_steps)
     updater = make_updater(cfg, loss, steps=steps)
     step = 0
-    if (out_dir / "checkpoint.pt").exists():
+    if any(p.exists() for p in (out_dir / "checkpoint.pt", previous_path(out_dir / "checkpoint.pt"))):
         state = load_checkpoint(out_dir / "checkpoint.pt")
         updater.load_state_dict(state["updater"])
         set_rng_state(state["rng"])
@@ -427,6 +430,8 @@ def run_offline_phase(
         progress=cfg.progress,
         desc="dmg offline",
         value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
+        guard=guard,  # NaN/inf stop and SIGTERM handling (torchrl_dmg.guards)
+        stop=stop,
     )
     checkpoint(step)
     return updater.state_dict()

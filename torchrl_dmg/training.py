@@ -9,7 +9,6 @@ import random
 import time
 import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -615,18 +614,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` atomically (:func:`~torchrl_dmg.recording.atomic_write`):
-    a crash never leaves a half-written file."""
-    from torchrl_dmg.recording import atomic_write
+    """Write ``state`` so that a good checkpoint always survives (load-tested, the previous
+    one kept, never a non-finite tensor): :func:`~torchrl_dmg.checkpointing.save_checkpoint_safely`."""
+    from torchrl_dmg.checkpointing import save_checkpoint_safely
 
-    atomic_write(path, lambda f: torch.save(state, f))
+    save_checkpoint_safely(path, state)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """A checkpoint, or the previous one when ``path`` is missing or corrupt
+    (:func:`~torchrl_dmg.checkpointing.load_checkpoint_safely`); tensors on ``map_location``."""
+    from torchrl_dmg.checkpointing import load_checkpoint_safely
+
+    state = load_checkpoint_safely(path)
+    return state if str(map_location) == "cpu" else _to_device(state, map_location)
+
+
+def _to_device(state: Any, device: str | torch.device) -> Any:
+    if torch.is_tensor(state) or isinstance(state, TensorDictBase):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to_device(v, device) for k, v in state.items()}
+    return state
 
 
 # ---------------------------------------------------------------- builders used by the recipes
@@ -717,6 +726,9 @@ def train_offline(
     desc: str = "dmg",
     updates_per_call: int = 1,
     value_bounds: tuple[float, float] | None = None,
+    guard=None,
+    stop=None,
+    stop_on_q_out_of_bounds: bool = False,
 ) -> int:
     """The offline loop of both recipes: sample, update, log every ``log_interval`` steps,
     ``evaluate(step) -> score`` every ``eval_interval`` and ``checkpoint(step)`` every
@@ -729,7 +741,12 @@ def train_offline(
 
     ``value_bounds`` (:func:`value_bounds`): the range any true value lies in. A logged Q
     estimate (any seed's batch mean) beyond it by more than a tenth of its width marks the
-    row ``q_out_of_bounds = 1`` and prints a warning (once): the critic is diverging."""
+    row ``q_out_of_bounds = 1`` and prints a warning (once): the critic is diverging; with
+    ``stop_on_q_out_of_bounds`` it stops the run (``guard.out_of_bounds``).
+
+    ``guard(step, metrics)`` (:class:`~torchrl_dmg.guards.FiniteGuard`) runs after every
+    update call; ``stop`` (:class:`~torchrl_dmg.guards.StopRequest`) is checked at every
+    iteration boundary (SIGTERM / SIGINT: checkpoint, then stop)."""
     from tqdm.auto import tqdm
 
     per_call = updates_per_call
@@ -764,6 +781,8 @@ def train_offline(
         train_time += time.perf_counter() - t0
         step += per_call
         bar.update(per_call)
+        if guard is not None:
+            guard(step, metrics)
         if step % log_interval == 0:
             # mean over seeds (and over the call's iterations)
             row = {k: v.float().mean().item() for k, v in metrics.items()}
@@ -776,6 +795,8 @@ def train_offline(
                 margin = 0.1 * (high - low)
                 out = bool(q.max() > high + margin or q.min() < low - margin)
                 row["q_out_of_bounds"] = float(out)
+                if out and stop_on_q_out_of_bounds and guard is not None:
+                    guard.out_of_bounds(step, q.min().item(), q.max().item(), value_bounds)
                 if out and not warned:
                     warned = True
                     bar.write(
@@ -790,6 +811,8 @@ def train_offline(
                 bar.set_postfix(score=f"{evaluate(step):.1f}")
             if checkpoint_interval and step % checkpoint_interval == 0:
                 checkpoint(step)
+            if stop is not None:
+                stop.check(step, checkpoint)
     bar.close()
     return step
 

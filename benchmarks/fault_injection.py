@@ -278,9 +278,11 @@ def run_trials(
     workdir: Path,
     minari_root: str,
     seed: int = 0,
+    points: Sequence[str] = POINTS,
     log=print,
 ) -> list[Trial]:
-    """``kills`` trials spread over ``recipes`` (round robin); returns their outcomes."""
+    """``kills`` trials spread over ``recipes`` (round robin) and kill ``points``; returns
+    their outcomes."""
     rng = random.Random(seed)
     env = environment(minari_root)
     references: dict[str, tuple[dict, list, float]] = {}
@@ -296,7 +298,7 @@ def run_trials(
     trials = []
     for i in range(kills):
         recipe = recipes[i % len(recipes)]
-        point = POINTS[(i // len(recipes)) % len(POINTS)]
+        point = points[(i // len(recipes)) % len(points)]
         ref_state, ref_rows, ref_time = references[recipe]
         run_dir = workdir / f"trial{i:02d}_{recipe}"
         nth = rng.randint(1, 3)

@@ -402,7 +402,8 @@ def run_offline_phase(
     steps = int(cfg.offline_steps)
     updater = make_updater(cfg, loss, steps=steps)
     step = 0
-    if any(p.exists() for p in (out_dir / "checkpoint.pt", previous_path(out_dir / "checkpoint.pt"))):
+    saved = out_dir / "checkpoint.pt"
+    if saved.exists() or previous_path(saved).exists():  # the previous one: a killed swap
         state = load_checkpoint(out_dir / "checkpoint.pt")
         updater.load_state_dict(state["updater"])
         set_rng_state(state["rng"])

@@ -28,6 +28,9 @@ def train_offline(
     updates_per_call: int = 1,
     value_bounds: tuple[float, float] | None = None,
     diagnostic: Callable[[], dict[str, float]] | None = None,
+    guard=None,
+    stop=None,
+    stop_on_q_out_of_bounds: bool = False,
 ) -> int:
     """The offline loop of both recipes: sample, update, log every ``log_interval`` steps,
     ``evaluate(step) -> score`` every ``eval_interval`` and ``checkpoint(step)`` every
@@ -42,7 +45,11 @@ def train_offline(
     estimate (any seed's batch mean) beyond it by more than a tenth of its width marks the
     row ``q_out_of_bounds = 1`` and prints a warning (once): the critic is diverging.
     Without a batch estimate (``state_action_value``) the diagnostic's ``q_data_mean`` is
-    checked.
+    checked. With ``stop_on_q_out_of_bounds`` it stops the run (``guard.out_of_bounds``).
+
+    ``guard(step, metrics)`` (:class:`~torchrl_dmg.training.guards.FiniteGuard`) runs after
+    every update call; ``stop`` (:class:`~torchrl_dmg.training.guards.StopRequest`) is
+    checked at every iteration boundary (SIGTERM / SIGINT: checkpoint, then stop).
 
     ``diagnostic() -> dict`` (:class:`~torchrl_dmg.training.diagnostics.OverestimationDiagnostic`):
     entries added to every logged row."""
@@ -72,6 +79,8 @@ def train_offline(
         train_time += time.perf_counter() - t0
         step += per_call
         bar.update(per_call)
+        if guard is not None:
+            guard(step, metrics)
         if step % log_interval == 0:
             row = _train_row(metrics, updater.actor_lr, log_interval / max(train_time, 1e-9))
             train_time = 0.0
@@ -80,6 +89,8 @@ def train_offline(
             q = _q_estimate(metrics, row)
             if value_bounds is not None and q is not None:
                 row["q_out_of_bounds"] = float(_out_of_bounds(q, value_bounds))
+                if row["q_out_of_bounds"] and stop_on_q_out_of_bounds and guard is not None:
+                    guard.out_of_bounds(step, q.min().item(), q.max().item(), value_bounds)
                 if row["q_out_of_bounds"] and not warned:
                     warned = True
                     bar.write(_divergence_warning(step, q, value_bounds))
@@ -89,6 +100,8 @@ def train_offline(
                 bar.set_postfix(score=f"{evaluate(step):.1f}")
             if checkpoint_interval and step % checkpoint_interval == 0:
                 checkpoint(step)
+            if stop is not None:
+                stop.check(step, checkpoint)
     bar.close()
     return step
 

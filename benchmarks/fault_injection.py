@@ -261,9 +261,8 @@ def rows(recipe: str, run_dir: Path) -> list[tuple]:
 
 def make_minari_root(root: Path) -> str:
     """A Minari root holding the tests' tiny PointMaze UMaze dataset."""
-    from torchrl_dmg.data.pointmaze import generate_pointmaze_dataset
-
     from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.datagen.pointmaze import generate_pointmaze_dataset
 
     if not (root / "local" / "pointmaze" / "umaze-v0").exists():
         with minari_datasets_path(root):

@@ -13,13 +13,16 @@ evaluations, logging, checkpoints -> final score. The machinery lives in torchrl
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
 import hydra
 import torch
+from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from runs import check_same_data, check_start_checkpoint, command_line, logged, resume_finetune
 from tqdm.auto import tqdm
 from utils import (
     check_config,
@@ -48,6 +51,13 @@ from torchrl_dmg.training import (
     seed_everything,
     set_rng_state,
 )
+from torchrl_dmg.training.checkpoint import (
+    load_offline_checkpoint,
+    previous_path,
+    restart_collection,
+    seed_before_collector,
+)
+from torchrl_dmg.training.guards import FiniteGuard, StopRequest
 from torchrl_dmg.training.online import (
     crossed,
     finished_episode_returns,
@@ -60,22 +70,29 @@ register_resolvers()
 
 
 @hydra.main(config_path="config", config_name="finetune", version_base="1.3")
+@guarded("finetune")  # the schema check first; one-line failures; no stub run directories
 def main(cfg: DictConfig) -> dict:
     # ---------------------------------------------------------------- run directory
     resuming = bool(cfg.resume)
-    if resuming:
+    changed = True
+    if resuming:  # the run's own config; only online_steps= may change (checked before writing)
         run_dir = Path(cfg.resume)
-        saved = OmegaConf.load(run_dir / "config.yaml")
-        saved.online_steps = cfg.online_steps  # the only thing a resume may change: train longer
-        cfg = saved
+        cfg, changed = resume_finetune(cfg, command_line())
     else:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.checkpoint:  # an offline run of this dataset, holding checkpoint_seed's agent
+            check_start_checkpoint(cfg, command_line())
         # a checkpoint fixes dataset, data, network, loss (and its family's eval settings)
         cfg = with_offline_config(cfg, HydraConfig.get().overrides.task)
     check_config(cfg)
     if cfg.data.get("check_family", True):
         check_family(cfg.dataset, cfg.family)
-    save_config(cfg, run_dir)
+    if changed:
+        save_config(cfg, run_dir)
+    guard = FiniteGuard(
+        run_dir / "checkpoint.pt", interval=(cfg.get("guard") or {}).get("check_interval", 1)
+    )
+    stop = StopRequest(f"python recipes/finetune.py resume={run_dir}").install()
     device = resolve_device(cfg.device)
     torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))
     seed_everything(cfg.seed)
@@ -99,14 +116,27 @@ def main(cfg: DictConfig) -> dict:
     # ---------------------------------------------------------------- loss, updater, schedules
     loss = make_dmg_loss(cfg, dataset, device)
     resume_state = None
-    if resuming and (run_dir / "checkpoint.pt").exists():
-        resume_state = load_checkpoint(run_dir / "checkpoint.pt")
+    ckpt = run_dir / "checkpoint.pt"
+    if resuming and any(p.exists() for p in (ckpt, previous_path(ckpt))):
+        resume_state = load_checkpoint(ckpt)
+        check_same_data(resume_state, dataset, f"resume={run_dir}")
         start = resume_state["updater"]
     elif cfg.checkpoint:
+        saved = load_offline_checkpoint(cfg.checkpoint)
+        check_same_data(saved, dataset, f"checkpoint={cfg.checkpoint}")
         start = offline_start_state(cfg, loss)
         print(f"[dmg] starting from the offline checkpoint {cfg.checkpoint}")
     else:  # the offline phase, here (continues from run_dir/offline/checkpoint.pt on a resume)
-        start = run_offline_phase(cfg, loss, buffer, dataset, run_dir / "offline")
+        offline_dir = run_dir / "offline"
+        start = run_offline_phase(
+            cfg,
+            loss,
+            buffer,
+            dataset,
+            offline_dir,
+            guard=FiniteGuard(offline_dir / "checkpoint.pt", interval=guard.interval),
+            stop=stop,
+        )
     updater = make_online_updater(loss, cfg, start)  # constant actor lr online
     schedule = finetune_schedule(cfg)
     if cfg.gamma is not None:
@@ -123,7 +153,6 @@ def main(cfg: DictConfig) -> dict:
             buffer.extend(resume_state["online_data"].to(device))
         step, update_step = int(resume_state["step"]), int(resume_state["update_step"])
         start_result = resume_state["start_eval"]
-        set_rng_state(resume_state["rng"])
         print(f"[dmg] resumed {run_dir} at online step {step} (the env starts a new episode)")
     coefs = schedule.apply(loss, update_step)
 
@@ -131,13 +160,13 @@ def main(cfg: DictConfig) -> dict:
     actor = RolloutActor(loss)  # the deterministic actor with the current weights
     env = make_online_env(dataset, device=device)
     policy = make_exploration_policy(actor, env.action_spec, noise=cfg.exploration.noise)
+    seed_before_collector(env, cfg.seed + step)  # a resume restarts the episode at `step`
     collector = make_collector(
         env,
         policy,
         total_frames=max(cfg.online_steps - step, 0),
         frames_per_batch=cfg.collector.frames_per_batch,
     )
-    collector.set_seed(cfg.seed + step)
 
     eval_env = make_env(
         dataset,
@@ -159,6 +188,8 @@ def main(cfg: DictConfig) -> dict:
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     logger.truncate_after(step if resume_state is not None else -1)
+    if resume_state is not None:  # last: nothing built above may shift the generators
+        set_rng_state(resume_state["rng"])
 
     def checkpoint(step: int, update_step: int) -> None:
         save_checkpoint(
@@ -205,6 +236,7 @@ def main(cfg: DictConfig) -> dict:
                 coefs = schedule.apply(loss, update_step)
             metrics = updater.update(buffer.sample())
             update_step += 1
+            guard(update_step, metrics)  # a NaN/inf loss or Q: stop now, name the step
         train_time += time.perf_counter() - t0
         step += frames
         bar.update(frames)
@@ -221,13 +253,20 @@ def main(cfg: DictConfig) -> dict:
             bar.set_postfix(score=f"{last_score:.1f}")
         if crossed(step, frames, cfg.checkpoint_interval):
             checkpoint(step, update_step)
+            if step < cfg.online_steps:  # as a resume from this checkpoint would
+                restart_collection(collector, cfg.seed + step)
+        if step < cfg.online_steps:  # SIGTERM / Ctrl-C: checkpoint here, then stop
+            stop.check(
+                step, functools.partial(checkpoint, update_step=update_step), unit="online step"
+            )
     bar.close()
     collector.shutdown()
 
     # ---------------------------------------------------------------- final score
     result = run_eval()
-    logger.log(step, "eval", {**result, **coefs})
-    checkpoint(step, update_step)
+    if not logged(logger, step, "eval"):  # a resumed finished run has its final row
+        logger.log(step, "eval", {**result, **coefs})
+        checkpoint(step, update_step)
     summary = {
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
@@ -261,4 +300,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    preflight()  # an unwritable run directory: one line, before Hydra makes it
     main()

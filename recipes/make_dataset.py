@@ -17,6 +17,7 @@ from __future__ import annotations
 import hydra
 import minari
 import numpy as np
+from cli import guarded, preflight
 from omegaconf import DictConfig
 
 from torchrl_dmg.data.local import InvalidDatasetIdError, validate_dataset_id
@@ -47,6 +48,7 @@ def _antmaze(cfg: DictConfig, variant: str) -> str:
 
 
 @hydra.main(version_base=None, config_path="config", config_name="make_dataset")
+@guarded("make_dataset")  # the schema check first; one-line failures
 def main(cfg: DictConfig) -> str:
 
     if cfg.dataset_id is not None:
@@ -99,4 +101,5 @@ def main(cfg: DictConfig) -> str:
 
 
 if __name__ == "__main__":
+    preflight()  # an unwritable run directory: one line, before Hydra makes it
     main()

@@ -17,8 +17,10 @@ from pathlib import Path
 import hydra
 import torch
 from algos import algo_name, make_loss, prepare_rewards
+from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from runs import check_same_data, command_line, logged, resume_offline
 from utils import load_dataset, make_updater, register_resolvers, save_config
 
 from torchrl_dmg.data.offline import check_family
@@ -28,7 +30,6 @@ from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps, summa
 from torchrl_dmg.recording import MetricsLogger, write_json
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
-    load_checkpoint,
     offline_checkpoint_state,
     resolve_device,
     save_checkpoint,
@@ -38,25 +39,24 @@ from torchrl_dmg.training import (
     value_bounds,
 )
 from torchrl_dmg.training.diagnostics import OverestimationDiagnostic
+from torchrl_dmg.training.guards import FiniteGuard, StopRequest
 
 register_resolvers()
 
 
 @hydra.main(config_path="config", config_name="offline", version_base="1.3")
+@guarded("offline")  # the schema check first; one-line failures; no stub run directories
 def main(cfg: DictConfig) -> dict:
     # ---------------------------------------------------------------- run directory
     resume_state = None
-    if cfg.resume:
+    if cfg.resume:  # the run's own config; only steps= may change (checked before any write)
         run_dir = Path(cfg.resume)
-        resume_state = load_checkpoint(run_dir / "checkpoint.pt")
-        saved = OmegaConf.create(resume_state["config"])
-        saved.steps = cfg.steps  # the only thing a resume may change: train longer
-        if "seeds" not in saved:  # checkpoints written before seed stacking existed
-            saved.seeds = 1
-        cfg = saved
+        cfg, resume_state, changed = resume_offline(cfg, command_line())
+        if changed:
+            save_config(cfg, run_dir)
     else:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    save_config(cfg, run_dir)
+        save_config(cfg, run_dir)
     device = resolve_device(cfg.device)
     torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))
     if cfg.seeds < 1:
@@ -93,6 +93,7 @@ def main(cfg: DictConfig) -> dict:
     updater = make_updater(cfg, losses if stacked else losses[0], steps=cfg.steps)
     step = 0
     if resume_state is not None:
+        check_same_data(resume_state, dataset, f"resume={run_dir}")
         updater.load_state_dict(resume_state["updater"])
         set_rng_state(resume_state["rng"])
         step = int(resume_state["step"])
@@ -149,28 +150,37 @@ def main(cfg: DictConfig) -> dict:
         return result["normalized_score"]
 
     # ---------------------------------------------------------------- training loop
-    step = train_offline(
-        updater,
-        sampler,
-        start=step,
-        steps=cfg.steps,
-        logger=logger,
-        log_interval=cfg.logger.log_interval,
-        checkpoint=checkpoint,
-        checkpoint_interval=cfg.checkpoint.interval,
-        evaluate=evaluate_and_log,
-        eval_interval=cfg.eval.interval,
-        progress=cfg.progress,
-        updates_per_call=cfg.compile.get("updates_per_call", 1),
-        value_bounds=value_bounds(dataset.data["next", "reward"], gamma),
-        diagnostic=diagnostic,
-        desc=algo,
-    )
+    guard_cfg = cfg.get("guard") or {}  # older runs: none
+    stop = StopRequest(f"python recipes/offline.py resume={run_dir}")
+    with stop:  # SIGTERM / Ctrl-C: checkpoint at the next iteration boundary, then stop
+        step = train_offline(
+            updater,
+            sampler,
+            start=step,
+            steps=cfg.steps,
+            logger=logger,
+            log_interval=cfg.logger.log_interval,
+            checkpoint=checkpoint,
+            checkpoint_interval=cfg.checkpoint.interval,
+            evaluate=evaluate_and_log,
+            eval_interval=cfg.eval.interval,
+            progress=cfg.progress,
+            updates_per_call=cfg.compile.get("updates_per_call", 1),
+            value_bounds=value_bounds(dataset.data["next", "reward"], gamma),
+            diagnostic=diagnostic,
+            desc=algo,
+            guard=FiniteGuard(
+                run_dir / "checkpoint.pt", interval=guard_cfg.get("check_interval", 1)
+            ),
+            stop=stop,
+            stop_on_q_out_of_bounds=bool(guard_cfg.get("stop_on_q_out_of_bounds", False)),
+        )
 
     # ---------------------------------------------------------------- final score
     result = run_eval(step)
-    logger.log(step, "eval", result)
-    checkpoint(step)
+    if not logged(logger, step, "eval"):  # a resumed finished run has its final row
+        logger.log(step, "eval", result)
+        checkpoint(step)
     summary = {
         "algo": algo,
         "dataset": cfg.dataset,
@@ -210,4 +220,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    preflight()  # an unwritable run directory: one line, before Hydra makes it
     main()

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import hydra
+from cli import guarded, preflight
 from omegaconf import DictConfig, OmegaConf
 
 from torchrl_dmg.datagen.behaviour import train_sac
@@ -34,6 +35,7 @@ from torchrl_dmg.datagen.behaviour_policy import (
 
 
 @hydra.main(config_path="config", config_name="train_behaviour", version_base="1.3")
+@guarded("train_behaviour")  # the schema check first; one-line failures
 def main(cfg: DictConfig) -> dict:
     env = env_short_name(str(cfg.env))  # a *-v5 id is accepted too; anything else: an error
     print(
@@ -118,4 +120,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    preflight()  # an unwritable run directory: one line, before Hydra makes it
     main()

@@ -29,7 +29,11 @@ from torchrl_dmg.training import (
     train_offline,
     value_bounds,
 )
-from torchrl_dmg.training.checkpoint import checkpoint_file, load_offline_checkpoint
+from torchrl_dmg.training.checkpoint import (
+    checkpoint_file,
+    load_offline_checkpoint,
+    previous_path,
+)
 from torchrl_dmg.training.checkpoint import offline_start_state as _offline_start_state
 
 ANTMAZE_PREFIX = "D4RL/antmaze/"
@@ -215,6 +219,8 @@ def run_offline_phase(
     out_dir: str | os.PathLike,
     *,
     logger_backend: str = "csv",
+    guard=None,
+    stop=None,
 ) -> dict[str, Any]:
     """The offline phase when no checkpoint is given: ``cfg.offline_steps`` DMG updates on
     ``buffer`` (offline data only at this point) with the offline recipe's settings (cosine
@@ -227,7 +233,8 @@ def run_offline_phase(
     steps = int(cfg.offline_steps)
     updater = make_updater(cfg, loss, steps=steps)
     step = 0
-    if (out_dir / "checkpoint.pt").exists():
+    saved = out_dir / "checkpoint.pt"
+    if saved.exists() or previous_path(saved).exists():  # the previous one: a killed swap
         state = load_checkpoint(out_dir / "checkpoint.pt")
         updater.load_state_dict(state["updater"])
         set_rng_state(state["rng"])
@@ -255,6 +262,8 @@ def run_offline_phase(
         progress=cfg.progress,
         desc="dmg offline",
         value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
+        guard=guard,  # NaN/inf stop and SIGTERM handling (torchrl_dmg.training.guards)
+        stop=stop,
     )
     checkpoint(step)
     return updater.state_dict()

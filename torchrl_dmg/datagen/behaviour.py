@@ -61,7 +61,12 @@ from torchrl_dmg.datagen.transitions import (
     store_rows,
 )
 from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue
-from torchrl_dmg.training.checkpoint import rng_state, set_rng_state
+from torchrl_dmg.training.checkpoint import (
+    restart_collection,
+    rng_state,
+    seed_before_collector,
+    set_rng_state,
+)
 
 __all__ = ["SACSettings", "train_sac"]  # SACSettings: re-exported, train_sac's options
 
@@ -219,8 +224,7 @@ class _SACRun:
         for path in (self.out_dir / "checkpoints").glob("step_*.pt"):
             if int(path.stem.split("_")[1]) > steps:
                 path.unlink()
-        set_rng_state(state["rng"])
-        _sync_actor(self.actor, self.train_actor)
+        _sync_actor(self.actor, self.train_actor)  # the RNG: restored in _collector, last
 
     def summary(self, session: dict[str, float]) -> dict[str, Any]:
         rows, out_dir = self.rows, self.out_dir
@@ -244,6 +248,8 @@ class _SACRun:
 
     def _collector(self) -> Collector:
         s = self.s
+        # the episode restarts, seeded, at every state save (as a resume from it must)
+        seed_before_collector(self.env, self.seed * 1_000_003 + self.steps)
         collector = Collector(
             self.env,
             self.actor,
@@ -254,7 +260,8 @@ class _SACRun:
             trust_policy=True,
             auto_register_policy_transforms=False,  # the actor is stateless
         )
-        collector.set_seed(self.seed * 1_000_003 + self.steps)
+        if self.state is not None:  # last: nothing built above may shift the generators
+            set_rng_state(self.state["rng"])
         return collector
 
     def _progress_bar(self):
@@ -380,6 +387,9 @@ class _SACRun:
                     pbar.update(n)
                 if self.steps % s.checkpoint_interval == 0 or self.steps >= self.total_steps:
                     row = self.checkpoint(session_start, window, last_losses)
+                    if self.steps < self.total_steps:  # as a resume from this state would
+                        self.store.mark_last_truncated()
+                        restart_collection(collector, self.seed * 1_000_003 + self.steps)
                     if pbar is not None:
                         pbar.set_postfix(
                             eval=f"{row['eval_return_mean']:.0f}", upd_s=row["updates_per_s"]

@@ -4,8 +4,9 @@ The public pieces, by module: :mod:`~torchrl_dmg.training.updater` (``ActorCriti
 ``DMGUpdater``), :mod:`~torchrl_dmg.training.steps` (what an update of DMG, IQL, TD3+BC or
 BC is), :mod:`~torchrl_dmg.training.seed_stacking` (``SeedStackedUpdater``),
 :mod:`~torchrl_dmg.training.compile` (how a step is compiled or captured),
-:mod:`~torchrl_dmg.training.schedules`, :mod:`~torchrl_dmg.training.checkpoint`,
-:mod:`~torchrl_dmg.training.offline` and :mod:`~torchrl_dmg.training.online`.
+:mod:`~torchrl_dmg.training.schedules`, :mod:`~torchrl_dmg.training.checkpoint` (seeding,
+RNG state, safe checkpoint files), :mod:`~torchrl_dmg.training.guards` (NaN/inf and SIGTERM
+stops), :mod:`~torchrl_dmg.training.offline` and :mod:`~torchrl_dmg.training.online`.
 """
 
 from torchrl_dmg.training.checkpoint import (

@@ -1,18 +1,30 @@
-"""Reproducibility and checkpoints: seeding, RNG state, atomic checkpoint files, the
-offline checkpoint's contents and where fine-tuning starts from one."""
+"""Reproducibility and checkpoints: seeding, RNG state, safe checkpoint files, the
+offline checkpoint's contents and where fine-tuning starts from one.
+
+* :func:`save_checkpoint` / :func:`load_checkpoint`: load-tested writes that keep the
+  previous checkpoint, never write a non-finite tensor, and fall back to the previous
+  file when the latest is missing or corrupt (:func:`save_checkpoint_safely`,
+  :func:`load_checkpoint_safely`);
+* :func:`restart_collection`: the online env restarts a seeded episode at every checkpoint,
+  in an uninterrupted run exactly as in a resumed one (an env's internal state is not
+  saved), so a killed and resumed run is bit-identical to an uninterrupted one.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
 
+from torchrl_dmg.errors import CheckpointWriteError, RunRefused, TrainingDiverged
 from torchrl_dmg.objectives import DMGLoss
-from torchrl_dmg.recording import atomic_write
 from torchrl_dmg.training.seed_stacking import unstack_updater_state
 from torchrl_dmg.training.updater import DMGUpdater
 
@@ -55,16 +67,24 @@ def resolve_device(device: str) -> torch.device:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` with ``torch.save`` atomically (:func:`~torchrl_dmg.recording.atomic_write`):
-    a crash never leaves a half-written file."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` so that a good checkpoint always survives (load-tested, the previous
+    one kept, never a non-finite tensor): :func:`save_checkpoint_safely`."""
+    save_checkpoint_safely(path, state)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """A checkpoint, or the previous one when ``path`` is missing or corrupt
+    (:func:`load_checkpoint_safely`); tensors on ``map_location``."""
+    state = load_checkpoint_safely(path)
+    return state if str(map_location) == "cpu" else _to_device(state, map_location)
+
+
+def _to_device(state: Any, device: str | torch.device) -> Any:
+    if torch.is_tensor(state) or isinstance(state, TensorDictBase):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to_device(v, device) for k, v in state.items()}
+    return state
 
 
 def offline_checkpoint_state(step: int, updater: DMGUpdater, config: dict, dataset) -> dict:
@@ -113,3 +133,176 @@ def offline_start_state(
             + ("." if seed is None else f" (got {seed}).")
         )
     return unstack_updater_state(state, seeds.index(seed), loss)
+
+
+# ---------------------------------------------------------------- exact resume of collection
+def restart_collection(collector: Any, seed: int) -> None:
+    """Start a new episode in ``collector``'s env, seeded with ``seed``, leaving the global
+    random generators as they were.
+
+    A resumed run cannot continue the episode that was running when its checkpoint was
+    written (the simulator's state is not in the checkpoint): it starts a new one from
+    ``seed``. An uninterrupted run calls this right after each checkpoint, so that both
+    runs collect the same transitions; the global RNG state (exploration noise, batch
+    sampling) is restored afterwards, as the resumed run restores it from the checkpoint.
+    """
+    state = rng_state()
+    collector.env.set_seed(seed)
+    collector.reset()
+    set_rng_state(state)
+
+
+def seed_before_collector(env: Any, seed: int) -> None:
+    """Seed ``env`` before a collector is built on it: the collector resets the env in its
+    constructor, and an unseeded first reset draws its start state from OS entropy (two
+    runs with one seed then differ from the first online step)."""
+    state = rng_state()
+    env.set_seed(seed)
+    set_rng_state(state)
+
+
+# ---------------------------------------------------------------- safe writes and reads
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the checkpoint that ``path`` replaced is kept: ``<name>.prev<suffix>``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """The names of the floating-point tensors in ``state`` (nested dicts, lists, tensors
+    and TensorDicts) holding a NaN or an infinity."""
+    bad: list[str] = []
+    if isinstance(state, TensorDictBase):
+        state = state.to_dict()
+    if torch.is_tensor(state):
+        if state.is_floating_point() and state.numel() and not torch.isfinite(state).all():
+            bad.append(prefix or "<tensor>")
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            bad += non_finite_tensors(value, f"{prefix}/{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            bad += non_finite_tensors(value, f"{prefix}[{i}]")
+    return bad
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted write of ``path`` left behind
+    (``.<name>.*.tmp`` beside it, as :func:`~torchrl_dmg.recording.atomic_write` names
+    them); returns what was deleted. Only one process writes a run directory."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def save_checkpoint_safely(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` so that a good checkpoint always survives.
+
+    * a state holding a NaN or an infinity is never written
+      (:class:`~torchrl_dmg.errors.TrainingDiverged`; the previous checkpoint stays);
+    * the new file is written beside ``path``, fsynced, and loaded back (a load test)
+      before it replaces anything;
+    * the checkpoint it replaces is kept as :func:`previous_path` until the next one is
+      whole, so a corrupt latest file still has a fallback (:func:`load_checkpoint_safely`);
+    * a failed write (disk full, quota) removes its partial file and raises
+      :class:`~torchrl_dmg.errors.CheckpointWriteError` in one line; stale temporaries of
+      an earlier, killed write are cleaned first.
+    """
+    path = Path(path)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise TrainingDiverged(
+            f"refusing to write {path}: {len(bad)} non-finite tensor(s) (first: {bad[0]}); "
+            f"the last good checkpoint is {_describe(path)}."
+        )
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.new.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        torch.load(tmp, map_location="cpu", weights_only=False, mmap=True)  # the load test
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path} ({_short(err)}; disk full?); nothing "
+            f"was lost: the last good checkpoint is {_describe(path)}. Free space, then "
+            "resume the run."
+        ) from err
+    if path.exists():
+        os.replace(path, previous_path(path))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load_checkpoint_safely(
+    path: str | os.PathLike, *, warn: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """``torch.load(path)``; when ``path`` is missing, truncated or not a checkpoint, the
+    previous checkpoint (:func:`previous_path`) with a one-line warning, or a one-line
+    :class:`~torchrl_dmg.errors.RunRefused` naming the file when there is none."""
+    path = Path(path)
+    try:
+        return _load(path)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        problem = "is missing" if not path.exists() else f"is unreadable ({_short(err)})"
+        previous = previous_path(path)
+        if previous.is_file():
+            try:
+                state = _load(previous)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError):
+                pass
+            else:
+                warn(
+                    f"[dmg] WARNING: {path} {problem}; using the previous checkpoint "
+                    f"{previous} (step {state.get('step', '?')})."
+                )
+                return state
+        raise RunRefused(
+            f"the checkpoint {path} {problem} (truncated or corrupt), and there is no "
+            "earlier checkpoint beside it to fall back to."
+        ) from err
+
+
+def _load(path: Path) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict):
+        raise ValueError(f"holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def _describe(path: Path) -> str:
+    """``path`` (or its previous copy) and its step, for an error message."""
+    for candidate in (path, previous_path(path)):
+        if candidate.is_file():
+            try:
+                step = torch.load(candidate, map_location="cpu", weights_only=False).get("step")
+            except Exception:  # noqa: BLE001 - a description must not fail
+                continue
+            return f"{candidate} (step {step})"
+    return "none (no checkpoint was written yet)"
+
+
+def _short(err: BaseException) -> str:
+    """The first line of ``err``, without torch's C++ source locations."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "PytorchStreamWriter failed" in str(err) or "enforce fail" in text:
+        text = "the file system refused the write"
+    return text[:160]
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -28,6 +28,9 @@ def train_offline(
     updates_per_call: int = 1,
     value_bounds: tuple[float, float] | None = None,
     diagnostic: Callable[[], dict[str, float]] | None = None,
+    guard=None,
+    stop=None,
+    stop_on_q_out_of_bounds: bool = False,
 ) -> int:
     """The offline loop of both recipes: sample, update, log every ``log_interval`` steps,
     ``evaluate(step) -> score`` every ``eval_interval`` and ``checkpoint(step)`` every
@@ -42,55 +45,72 @@ def train_offline(
     estimate (any seed's batch mean) beyond it by more than a tenth of its width marks the
     row ``q_out_of_bounds = 1`` and prints a warning (once): the critic is diverging.
     Without a batch estimate (``state_action_value``) the diagnostic's ``q_data_mean`` is
-    checked.
+    checked. With ``stop_on_q_out_of_bounds`` it stops the run (``guard.out_of_bounds``).
+
+    ``guard(step, metrics)`` (:class:`~torchrl_dmg.training.guards.FiniteGuard`) runs after
+    every update call; ``stop`` (:class:`~torchrl_dmg.training.guards.StopRequest`) is
+    checked at every iteration boundary (SIGTERM / SIGINT: checkpoint, then stop).
 
     ``diagnostic() -> dict`` (:class:`~torchrl_dmg.training.diagnostics.OverestimationDiagnostic`):
     entries added to every logged row."""
     per_call = updates_per_call
-    _check_updates_per_call(
-        per_call,
-        updater.policy_freq,
-        {
-            "steps": steps,
-            "the start step": start,
-            "log_interval": log_interval,
-            "eval_interval": eval_interval,
-            "checkpoint_interval": checkpoint_interval,
-        },
-    )
+    named = {"steps": steps, "the start step": start, "log_interval": log_interval}
+    named.update(eval_interval=eval_interval, checkpoint_interval=checkpoint_interval)
+    _check_updates_per_call(per_call, updater.policy_freq, named)
     step, train_time, warned = start, 0.0, False
     bar = tqdm(
         total=steps, initial=step, disable=not progress, desc=desc, unit="step", mininterval=1.0
     )
     while step < steps:
         t0 = time.perf_counter()
-        if per_call == 1:
-            metrics = updater.update(buffer.sample())
-        else:  # K iterations, one call (one CUDA graph replay); metrics averaged over them
-            many = updater.update_many(buffer.sample(per_call))
-            metrics = {**many["critic"].to_dict(), **many["actor"].to_dict()}
+        metrics = _update(updater, buffer, per_call)
         train_time += time.perf_counter() - t0
         step += per_call
         bar.update(per_call)
+        if guard is not None:
+            guard(step, metrics)
         if step % log_interval == 0:
             row = _train_row(metrics, updater.actor_lr, log_interval / max(train_time, 1e-9))
             train_time = 0.0
             if diagnostic is not None:
                 row.update(diagnostic())
-            q = _q_estimate(metrics, row)
-            if value_bounds is not None and q is not None:
-                row["q_out_of_bounds"] = float(_out_of_bounds(q, value_bounds))
-                if row["q_out_of_bounds"] and not warned:
-                    warned = True
-                    bar.write(_divergence_warning(step, q, value_bounds))
+            stopper = guard if stop_on_q_out_of_bounds else None
+            warned = _check_bounds(row, metrics, step, value_bounds, stopper, bar, warned)
             logger.log(step, "train", row)
         if step < steps:
             if evaluate is not None and eval_interval and step % eval_interval == 0:
                 bar.set_postfix(score=f"{evaluate(step):.1f}")
             if checkpoint_interval and step % checkpoint_interval == 0:
                 checkpoint(step)
+            if stop is not None:
+                stop.check(step, checkpoint)
     bar.close()
     return step
+
+
+def _check_bounds(row: dict, metrics: dict, step: int, bounds, stopper, bar, warned: bool) -> bool:
+    """Mark ``row["q_out_of_bounds"]`` when the Q estimate leaves ``bounds``: a warning the
+    first time (returns whether one was given), a stop with ``stopper.out_of_bounds``."""
+    q = _q_estimate(metrics, row)
+    if bounds is None or q is None:
+        return warned
+    row["q_out_of_bounds"] = float(_out_of_bounds(q, bounds))
+    if not row["q_out_of_bounds"]:
+        return warned
+    if stopper is not None:
+        stopper.out_of_bounds(step, q.min().item(), q.max().item(), bounds)
+    if not warned:
+        bar.write(_divergence_warning(step, q, bounds))
+    return True
+
+
+def _update(updater: ActorCriticUpdater, buffer, per_call: int) -> dict:
+    """One update call's metrics: ``per_call`` iterations (one CUDA graph replay when
+    ``K > 1``), their metrics averaged over them."""
+    if per_call == 1:
+        return updater.update(buffer.sample())
+    many = updater.update_many(buffer.sample(per_call))
+    return {**many["critic"].to_dict(), **many["actor"].to_dict()}
 
 
 def _check_updates_per_call(per_call: int, policy_freq: int, named: dict[str, int]) -> None:

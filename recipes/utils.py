@@ -15,6 +15,7 @@ from torchrl.data import TensorDictReplayBuffer
 
 from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, load_offline_dataset
 from torchrl_dmg.datagen.registry import make_if_missing
+from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.modules import make_dmg_networks
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.recording import MetricsLogger
@@ -272,10 +273,10 @@ def run_offline_phase(
 def check_config(cfg: DictConfig) -> None:
     """Fail early on fine-tuning settings that cannot work."""
     if int(cfg.utd) < 1:
-        raise ValueError(f"utd (gradient steps per env step) must be >= 1, got {cfg.utd}.")
+        raise RunRefused(f"utd (gradient steps per env step) must be >= 1, got {cfg.utd}.")
     if int(cfg.online_steps) < 0 or int(cfg.offline_steps) < 0:
-        raise ValueError("online_steps and offline_steps must be >= 0.")
+        raise RunRefused("online_steps and offline_steps must be >= 0.")
     if cfg.offline_fraction is not None and not 0.0 <= float(cfg.offline_fraction) <= 1.0:
-        raise ValueError(f"offline_fraction must be null or in [0, 1], got {cfg.offline_fraction}.")
+        raise RunRefused(f"offline_fraction must be null or in [0, 1], got {cfg.offline_fraction}.")
     if int(cfg.collector.frames_per_batch) < 1:
-        raise ValueError("collector.frames_per_batch must be >= 1.")
+        raise RunRefused("collector.frames_per_batch must be >= 1.")

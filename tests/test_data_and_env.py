@@ -315,3 +315,12 @@ def test_a_second_maker_of_the_same_dataset_waits_and_reuses_the_first_ones(tmp_
         made.append("first")
     second.join()
     assert made == ["first"]  # the second found the first one's dataset
+
+
+def test_a_wrong_family_is_one_line_without_a_traceback(tmp_path, minari_root):
+    from recipe_runner import run_recipe
+
+    proc = run_recipe("offline.py", tmp_path / "run", minari_root, "family=locomotion", check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "family=pointmaze" in proc.stderr.strip().splitlines()[-1]

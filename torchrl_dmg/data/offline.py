@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import dataset_path, is_complete, validate_dataset_id
 from torchrl_dmg.data.scores import ScoreReference, resolve_score_reference
+from torchrl_dmg.errors import RunRefused
 
 # Dataset id pattern -> the config family (recipes/config/family/) with the spec's settings
 # for it: a run whose family does not match fails early (data.check_family=false allows it).
@@ -52,7 +53,7 @@ def check_family(dataset_id: str, family: str) -> None:
     ``dataset_id`` (e.g. PointMaze settings on a locomotion dataset)."""
     expected = expected_family(dataset_id)
     if expected is not None and family != expected:
-        raise ValueError(
+        raise RunRefused(
             f"dataset={dataset_id} takes the spec's {expected!r} settings, but family={family}. "
             f"Pass family={expected} (or data.check_family=false to train with the "
             f"{family!r} settings anyway)."

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.training.updater import ActorCriticUpdater
 
 
@@ -115,11 +116,11 @@ def _update(updater: ActorCriticUpdater, buffer, per_call: int) -> dict:
 
 def _check_updates_per_call(per_call: int, policy_freq: int, named: dict[str, int]) -> None:
     if per_call < 1:
-        raise ValueError(f"updates_per_call must be >= 1, got {per_call}.")
+        raise RunRefused(f"updates_per_call must be >= 1, got {per_call}.")
     if per_call > 1:
         bad = {k: v for k, v in named.items() if v % per_call}
         if per_call % policy_freq or bad:
-            raise ValueError(
+            raise RunRefused(
                 f"updates_per_call={per_call} (iterations per call) must be a multiple of "
                 f"policy_freq ({policy_freq}) and divide the step counts; not "
                 f"multiples of it: {bad}. Choose another updates_per_call, or 1."

@@ -32,6 +32,7 @@ from torchrl_dmg.datagen.behaviour_policy import (
     goal_reaching_success,
     load_behaviour_actor,
 )
+from torchrl_dmg.training.guards import StopRequest
 
 
 @hydra.main(config_path="config", config_name="train_behaviour", version_base="1.3")
@@ -41,8 +42,17 @@ def main(cfg: DictConfig) -> dict:
     print(
         f"[behaviour] env={TASK_IDS[env]} steps={cfg.steps} seed={cfg.seed} out_dir={cfg.out_dir}"
     )
-    result = train_sac(
+    # SIGTERM / Ctrl-C: the trainer state is saved after the current batch, then one line
+    stop = StopRequest(f"the same command again (it continues {cfg.out_dir})")
+    with stop:
+        result = _train(cfg, env, stop)
+    return _report(cfg, env, result)
+
+
+def _train(cfg: DictConfig, env: str, stop: StopRequest) -> dict:
+    return train_sac(
         TASK_IDS[env],
+        stop=stop,
         total_steps=int(cfg.steps),
         out_dir=cfg.out_dir,
         seed=int(cfg.seed),
@@ -72,7 +82,9 @@ def main(cfg: DictConfig) -> dict:
         progress=bool(cfg.progress),
     )
 
-    # ---------------------------------------------------------------- best checkpoint
+
+def _report(cfg: DictConfig, env: str, result: dict) -> dict:
+    """Print and write the summary: the best checkpoint, its return and score."""
     summary = {
         "env": result["env"],
         "seed": int(cfg.seed),

@@ -418,3 +418,24 @@ def test_sync_actor_copies_trained_weights_into_a_separate_acting_actor():
     behaviour._sync_actor(acting, trained)
     for a, b in zip(acting.parameters(), trained.parameters(), strict=True):
         assert torch.equal(a, b) and a.requires_grad
+
+
+def test_sigterm_saves_the_trainer_state_after_the_batch_and_a_rerun_continues(tmp_path):
+    import signal
+
+    from torchrl_dmg.errors import RunInterrupted
+    from torchrl_dmg.training.guards import StopRequest
+
+    out_dir = tmp_path / "run"
+    stop = StopRequest("the same command again")
+    stop.signum = signal.SIGTERM  # as if SIGTERM arrived during the first batches
+    with pytest.raises(RunInterrupted, match="SIGTERM at step 100; checkpoint saved") as err:
+        train_sac("hopper", out_dir=out_dir, stop=stop, **TINY)
+    assert err.value.exit_code == 128 + signal.SIGTERM
+    state = torch.load(out_dir / "state.pt", weights_only=False)
+    assert state["steps"] == 100  # between checkpoints (300, 600): the batch boundary
+    assert not (out_dir / "checkpoints").exists() or not list((out_dir / "checkpoints").iterdir())
+    result = train_sac("hopper", out_dir=out_dir, resume=True, **TINY)
+    assert result["session_steps"] == 500 and result["steps"] == 600
+    assert [int(r["step"]) for r in _progress(out_dir)] == [300, 600]
+    np.testing.assert_array_equal(load_transitions(out_dir)["step"], np.arange(1, 601))

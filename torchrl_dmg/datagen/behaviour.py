@@ -67,6 +67,7 @@ from torchrl_dmg.training.checkpoint import (
     seed_before_collector,
     set_rng_state,
 )
+from torchrl_dmg.training.guards import StopRequest
 
 __all__ = ["SACSettings", "train_sac"]  # SACSettings: re-exported, train_sac's options
 
@@ -146,6 +147,7 @@ class _SACRun:
     and replay buffer, and the loop's bookkeeping."""
 
     def __init__(self, env_id: str, total_steps: int, out_dir: Path, s: SACSettings) -> None:
+        self.stop: StopRequest | None = None  # set by train_sac
         self.env_id, self.total_steps, self.out_dir, self.s = env_id, total_steps, out_dir, s
         self.device = torch.device(s.device)
         self.state = _load_state(out_dir, env_id, s.resume)
@@ -327,6 +329,12 @@ class _SACRun:
         atomic_torch_save(self.out_dir / "state.pt", self._state_file(wall))
         return row
 
+    def save_state(self, session_start: float) -> None:
+        """The trainer state alone (a stop between checkpoints): a resume continues from
+        ``self.steps``, where the transitions store already ends."""
+        wall = self.wall_before + time.perf_counter() - session_start
+        atomic_torch_save(self.out_dir / "state.pt", self._state_file(wall))
+
     def _actor_file(self, row: dict[str, Any]) -> dict[str, Any]:
         spec = self.action_spec
         return {
@@ -395,6 +403,8 @@ class _SACRun:
                             eval=f"{row['eval_return_mean']:.0f}", upd_s=row["updates_per_s"]
                         )
                     window = _Window()
+                elif self.stop is not None:
+                    self.stop.check(self.steps, lambda _: self.save_state(session_start))
         finally:
             collector.shutdown()
             if pbar is not None:
@@ -411,7 +421,12 @@ class _SACRun:
 
 
 def train_sac(
-    env_name: str, *, total_steps: int, out_dir: str | os.PathLike, **settings: Any
+    env_name: str,
+    *,
+    total_steps: int,
+    out_dir: str | os.PathLike,
+    stop: StopRequest | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train a SAC behaviour policy on a Gym-MuJoCo task (or the goal-reaching ant),
     checkpointing along the way.
@@ -421,6 +436,10 @@ def train_sac(
             ``antgoal``, ``antgoal-uniform``.
         total_steps: env steps of the whole run (a resumed run continues up to it).
         out_dir: the run directory (see the module docstring).
+        stop: an active :class:`~torchrl_dmg.training.guards.StopRequest`: on SIGTERM or
+            SIGINT the trainer state is saved after the current collector batch (no
+            evaluation) and :class:`~torchrl_dmg.errors.RunInterrupted` is raised; rerunning
+            the command resumes from there.
         **settings: the :class:`SACSettings` fields (seed, update_mode, device, ...).
 
     Returns:
@@ -432,4 +451,6 @@ def train_sac(
     env_id = resolve_env_name(env_name)
     s = SACSettings(**settings)
     check_settings(env_id, total_steps, s)
-    return _SACRun(env_id, total_steps, Path(out_dir), s).train()
+    run = _SACRun(env_id, total_steps, Path(out_dir), s)
+    run.stop = stop
+    return run.train()

@@ -57,17 +57,18 @@ def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
     return path
 
 
-def load_dataset(cfg: DictConfig) -> OfflineDataset:
+def load_dataset(cfg: DictConfig, progress: bool | None = None) -> OfflineDataset:
     """``cfg.dataset`` with ``cfg.data``'s preprocessing; a ``local/...`` id this project makes
-    is generated first when it is missing."""
-    make_if_missing(cfg.dataset, progress=cfg.progress)
+    is generated first when it is missing. ``progress``: default ``cfg.progress``."""
+    progress = cfg.progress if progress is None else progress
+    make_if_missing(cfg.dataset, progress=progress)
     return load_offline_dataset(
         cfg.dataset,
         obs_keys=cfg.data.obs_keys,
         normalize_obs=cfg.data.normalize_obs,
         reward_shift=cfg.data.reward_shift,
         download=cfg.data.download,
-        progress=cfg.progress,
+        progress=progress,
         score_reference=cfg.data.get("score_reference", "auto"),
     )
 
@@ -176,16 +177,7 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
     available fails early, naming the local AntMaze dataset this project makes instead
     (``local/antmaze/<variant>-v1``, generated on first use like any local dataset)."""
     try:
-        make_if_missing(cfg.dataset, progress=progress)
-        return load_offline_dataset(
-            cfg.dataset,
-            obs_keys=cfg.data.obs_keys,
-            normalize_obs=cfg.data.normalize_obs,
-            reward_shift=cfg.data.reward_shift,
-            download=cfg.data.download,
-            progress=progress,
-            score_reference=cfg.data.get("score_reference", "auto"),
-        )
+        return load_dataset(cfg, progress)
     except DatasetUnavailableError as err:
         if str(cfg.dataset).startswith(ANTMAZE_PREFIX):
             variant = str(cfg.dataset).removeprefix(ANTMAZE_PREFIX).rsplit("-v", 1)[0]

@@ -29,17 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fault_injection import make_minari_root  # noqa: E402
+from fault_injection import TINY_DMG, make_minari_root  # noqa: E402
 
-TINY = (
-    "dataset=local/pointmaze/umaze-v0",
-    "family=pointmaze",
-    "network.num_cells=[32,32]",
-    "batch_size=32",
-    "eval.episodes=2",
-    "eval.max_steps=30",
-    "progress=false",
-)
+#: the fault-injection benchmark's tiny settings, without its device (cases override it)
+TINY = tuple(o for o in TINY_DMG if not o.startswith("device="))
 
 
 @dataclass

@@ -10,7 +10,8 @@ from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torchrl.data.tensor_specs import Bounded, Composite, TensorSpec
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, _vmap_func
+from torchrl.objectives.utils import ValueEstimators, _vmap_func, dispatch_value_estimator
+from torchrl.objectives.value import TD0Estimator
 
 from torchrl_dmg.objectives.in_sample import (
     IN_SAMPLE_ESTIMATORS,
@@ -170,8 +171,11 @@ class DMGLoss(LossModule):
 
     tensor_keys: _AcceptedKeys
     default_keys = _AcceptedKeys
-    #: λ, ν and γ: ``loss.mixture_coef = 0.5`` writes the buffer in place
-    _schedulable_buffers = frozenset({"mixture_coef", "penalty_coef", "gamma"})
+    #: λ and ν: ``loss.mixture_coef = 0.5`` writes the buffer in place (γ: :attr:`gamma`)
+    _schedulable_buffers = frozenset({"mixture_coef", "penalty_coef"})
+    #: the key under which the critic step hands its mixed next-state value to the
+    #: estimator (never read from or written to a user's batch)
+    NEXT_VALUE_KEY = "_dmg_next_value"
     default_value_estimator = ValueEstimators.TD0
     out_keys = [  # the three losses, then each one's diagnostics
         *("loss_value", "loss_qvalue", "loss_actor", "state_value"),
@@ -266,7 +270,8 @@ class DMGLoss(LossModule):
         # code and captured CUDA graphs read the current value instead of a constant.
         self.register_coeff_buffer("mixture_coef", float(mixture_coef), device=device)
         self.register_coeff_buffer("penalty_coef", float(penalty_coef), device=device)
-        self.register_coeff_buffer("gamma", float(gamma), device=device)
+        # γ lives in the TD(0) value estimator (TorchRL's convention), a buffer too
+        self.make_value_estimator(ValueEstimators.TD0, gamma=float(gamma), device=device)
         self._make_vmap()
 
     def _resolve_bounds(self, action_spec, bounds):
@@ -295,7 +300,19 @@ class DMGLoss(LossModule):
 
     # ------------------------------------------------------------------ keys
     def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(**self._estimator_keys())
         self._set_in_keys()
+
+    def _estimator_keys(self) -> dict[str, NestedKey]:
+        # the target bootstraps on ``terminated`` only (a truncation is no end): the
+        # estimator's ``done`` is pointed at ``terminated`` too, so it reads no other flag
+        return {
+            "value": self.NEXT_VALUE_KEY,
+            "reward": self.tensor_keys.reward,
+            "done": self.tensor_keys.terminated,
+            "terminated": self.tensor_keys.terminated,
+        }
 
     def _set_in_keys(self) -> None:
         obs_keys = {
@@ -347,20 +364,53 @@ class DMGLoss(LossModule):
                 getattr(self, name).copy_(torch.as_tensor(value))
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
-        """Set the discount the TorchRL way (``loss.make_value_estimator(gamma=0.99)``).
+        """Build the critic's target estimator the TorchRL way: a
+        :class:`~torchrl.objectives.value.TD0Estimator` (``loss.make_value_estimator(gamma=0.99)``).
 
         DMG's target is a one-step (TD(0)) target by construction, so only
-        ``ValueEstimators.TD0`` is accepted; ``gamma`` is stored in a buffer.
+        ``ValueEstimators.TD0`` is accepted. The estimator gets no value network: the
+        critic step hands it the mixed next-state value
+        ``λ min_i Q_θi'(s', ã') + (1 - λ) V(s')``. Once built, a new ``gamma`` is
+        written into the estimator's buffer in place, so that compiled code and CUDA
+        graphs that read it see the change.
         """
-        if value_type not in (None, ValueEstimators.TD0):
+        if value_type not in (None, ValueEstimators.TD0, TD0Estimator):
             raise NotImplementedError(
                 f"DMGLoss uses a one-step target; value estimator {value_type} is not supported."
             )
-        unknown = set(hyperparams) - {"gamma"}
+        unknown = set(hyperparams) - {"gamma", "device"}
         if unknown:
             raise TypeError(f"Unexpected hyperparameters {sorted(unknown)}; only 'gamma' is used.")
-        if "gamma" in hyperparams:
-            self.set_coefficients(gamma=hyperparams["gamma"])
+        if self._value_estimator is not None:
+            if "gamma" in hyperparams:
+                self.set_coefficients(gamma=hyperparams["gamma"])
+            return self
+        dispatch_value_estimator(
+            self,
+            ValueEstimators.TD0,
+            supported=(ValueEstimators.TD0,),
+            tensor_keys=self._estimator_keys(),
+            value_network=None,
+            gamma=float(hyperparams.get("gamma", 0.99)),
+            device=hyperparams.get("device"),
+        )
+        return self
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """The discount γ: the value estimator's buffer (assign a float to set it in place)."""
+        return self._value_estimator.gamma
+
+    @gamma.setter
+    def gamma(self, value: float | torch.Tensor) -> None:
+        self.set_coefficients(gamma=value)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before γ moved into the value estimator hold it as ``gamma``
+        old = state_dict.pop(prefix + "gamma", None)
+        if old is not None:
+            state_dict.setdefault(prefix + "_value_estimator.gamma", old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------ networks
     def _qvalues(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
@@ -433,11 +483,14 @@ class DMGLoss(LossModule):
             next_td = next_td.set(self.tensor_keys.action, next_action)
             next_q = self._qvalues(next_td, self.target_qvalue_network_params).min(0).values
             next_v = self._state_value(tensordict.get("next"))
-            reward = _require(tensordict, ("next", self.tensor_keys.reward)).squeeze(-1)
-            terminated = _require(tensordict, ("next", self.tensor_keys.terminated))
-            not_terminated = (~terminated.bool()).squeeze(-1)
+            # read here for their clear missing-key error; the estimator reads them again
+            reward = _require(tensordict, ("next", self.tensor_keys.reward))
+            _require(tensordict, ("next", self.tensor_keys.terminated))
             mixed = self.mixture_coef * next_q + (1.0 - self.mixture_coef) * next_v
-            target = reward + self.gamma * not_terminated.to(reward.dtype) * mixed
+            # TD(0): r + γ (1 - terminated) · mixed, by the TorchRL estimator
+            target = self._value_estimator.value_estimate(
+                tensordict, next_value=mixed.view_as(reward)
+            ).view_as(mixed)
         pred = self._qvalues(tensordict, self.qvalue_network_params)
         loss = (pred - target.unsqueeze(0)).pow(2).sum(0)
         loss = self._reduce_loss(loss, tensordict)

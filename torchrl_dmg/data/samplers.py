@@ -16,6 +16,16 @@ class DeviceSampler:
     generator), so sampling never waits on the host and can live inside a compiled
     function or a captured CUDA graph. With ``num_seeds=N`` every draw is ``[N, B]``:
     one independent batch per stacked agent (:class:`SeedStackedDMGUpdater`).
+
+    Why not TorchRL's ``TensorDictReplayBuffer`` (``LazyTensorStorage`` on the same device,
+    ``RandomSampler``), which draws the same uniform batches: measured side by side in one
+    process (``benchmarks/sampler_speed.py``, CPU, one thread, 400k transitions,
+    ``benchmarks/results/sampler_speed_cpu_2026-11-30.json``), the buffer took 1.5× as long
+    per ``[256]`` batch, 1.7× per seed-stacked ``[5, 256]`` draw and 1.5× per ``[8, 256]``
+    ``update_many`` draw. Either is a small share of an iteration on a CPU (a GPU
+    comparison is still to be run: ``--devices cuda``), but the buffer is not as fast,
+    so this sampler stays; fine-tuning, whose data grow, uses TorchRL's buffer
+    (:func:`make_finetune_buffer`).
     """
 
     def __init__(

@@ -10,9 +10,9 @@ from tensordict.nn import TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torchrl.data.tensor_specs import Bounded, Composite, TensorSpec
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, _vmap_func, dispatch_value_estimator
-from torchrl.objectives.value import TD0Estimator
+from torchrl.objectives.utils import ValueEstimators, _vmap_func
 
+from torchrl_dmg.objectives.coefficients import ScheduledCoefficients
 from torchrl_dmg.objectives.in_sample import (
     IN_SAMPLE_ESTIMATORS,
     InSampleEstimator,
@@ -32,7 +32,7 @@ def _require(tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor:
     return value
 
 
-class DMGLoss(LossModule):
+class DMGLoss(ScheduledCoefficients, LossModule):
     r"""Doubly Mild Generalization (DMG) loss.
 
     Implements "Doubly Mild Generalization for Offline Reinforcement Learning"
@@ -173,9 +173,6 @@ class DMGLoss(LossModule):
     default_keys = _AcceptedKeys
     #: λ and ν: ``loss.mixture_coef = 0.5`` writes the buffer in place (γ: :attr:`gamma`)
     _schedulable_buffers = frozenset({"mixture_coef", "penalty_coef"})
-    #: the key under which the critic step hands its mixed next-state value to the
-    #: estimator (never read from or written to a user's batch)
-    NEXT_VALUE_KEY = "_dmg_next_value"
     default_value_estimator = ValueEstimators.TD0
     out_keys = [  # the three losses, then each one's diagnostics
         *("loss_value", "loss_qvalue", "loss_actor", "state_value"),
@@ -304,16 +301,6 @@ class DMGLoss(LossModule):
             self._value_estimator.set_keys(**self._estimator_keys())
         self._set_in_keys()
 
-    def _estimator_keys(self) -> dict[str, NestedKey]:
-        # the target bootstraps on ``terminated`` only (a truncation is no end): the
-        # estimator's ``done`` is pointed at ``terminated`` too, so it reads no other flag
-        return {
-            "value": self.NEXT_VALUE_KEY,
-            "reward": self.tensor_keys.reward,
-            "done": self.tensor_keys.terminated,
-            "terminated": self.tensor_keys.terminated,
-        }
-
     def _set_in_keys(self) -> None:
         obs_keys = {
             *self.actor_network.in_keys,
@@ -338,79 +325,6 @@ class DMGLoss(LossModule):
     @in_keys.setter
     def in_keys(self, values) -> None:
         self._in_keys = values
-
-    # ------------------------------------------------------------ coefficients
-    @torch.no_grad()
-    def set_coefficients(
-        self,
-        *,
-        mixture_coef: float | torch.Tensor | None = None,
-        penalty_coef: float | torch.Tensor | None = None,
-        gamma: float | torch.Tensor | None = None,
-    ) -> None:
-        """Change λ (``mixture_coef``), ν (``penalty_coef``) or γ in place.
-
-        In-place so that compiled functions and CUDA graphs that captured these
-        buffers see the new values without recompiling or re-capturing. A float can also
-        be assigned (``loss.mixture_coef = 0.5``); a tensor value (one per stacked seed,
-        say) is copied in with broadcasting.
-        """
-        for name, value in (
-            ("mixture_coef", mixture_coef),
-            ("penalty_coef", penalty_coef),
-            ("gamma", gamma),
-        ):
-            if value is not None:
-                getattr(self, name).copy_(torch.as_tensor(value))
-
-    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
-        """Build the critic's target estimator the TorchRL way: a
-        :class:`~torchrl.objectives.value.TD0Estimator` (``loss.make_value_estimator(gamma=0.99)``).
-
-        DMG's target is a one-step (TD(0)) target by construction, so only
-        ``ValueEstimators.TD0`` is accepted. The estimator gets no value network: the
-        critic step hands it the mixed next-state value
-        ``λ min_i Q_θi'(s', ã') + (1 - λ) V(s')``. Once built, a new ``gamma`` is
-        written into the estimator's buffer in place, so that compiled code and CUDA
-        graphs that read it see the change.
-        """
-        if value_type not in (None, ValueEstimators.TD0, TD0Estimator):
-            raise NotImplementedError(
-                f"DMGLoss uses a one-step target; value estimator {value_type} is not supported."
-            )
-        unknown = set(hyperparams) - {"gamma", "device"}
-        if unknown:
-            raise TypeError(f"Unexpected hyperparameters {sorted(unknown)}; only 'gamma' is used.")
-        if self._value_estimator is not None:
-            if "gamma" in hyperparams:
-                self.set_coefficients(gamma=hyperparams["gamma"])
-            return self
-        dispatch_value_estimator(
-            self,
-            ValueEstimators.TD0,
-            supported=(ValueEstimators.TD0,),
-            tensor_keys=self._estimator_keys(),
-            value_network=None,
-            gamma=float(hyperparams.get("gamma", 0.99)),
-            device=hyperparams.get("device"),
-        )
-        return self
-
-    @property
-    def gamma(self) -> torch.Tensor:
-        """The discount γ: the value estimator's buffer (assign a float to set it in place)."""
-        return self._value_estimator.gamma
-
-    @gamma.setter
-    def gamma(self, value: float | torch.Tensor) -> None:
-        self.set_coefficients(gamma=value)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before γ moved into the value estimator hold it as ``gamma``
-        old = state_dict.pop(prefix + "gamma", None)
-        if old is not None:
-            state_dict.setdefault(prefix + "_value_estimator.gamma", old)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------ networks
     def _qvalues(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Feed the recipes bad inputs and write the table of what they answer (docs/reliability.md).
+"""Feed the recipes bad inputs and write the table of what they answer (docs/bad_inputs.md).
 
 Every case runs a recipe as a user would (a subprocess, a scratch working directory, the
 tests' tiny PointMaze dataset in a scratch Minari store), records the exit code and the
@@ -6,7 +6,7 @@ one line printed, and checks that nothing was lost: the existing runs and datase
 byte-for-byte unchanged (or, where the case is meant to continue a run, that its previous
 checkpoint still loads), and no stub run directory was left under ``outputs/``.
 
-    python benchmarks/bad_inputs.py                      # writes docs/reliability.md
+    python benchmarks/bad_inputs.py                      # writes docs/bad_inputs.md
     python benchmarks/bad_inputs.py --out /tmp/table.md
 """
 
@@ -223,7 +223,7 @@ def last_line(output: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bad_inputs.md")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="bad_inputs_"))).resolve()

@@ -191,4 +191,4 @@ def check_same_data(state: dict[str, Any], dataset: Any, source: str) -> None:
 def logged(logger: Any, step: int, kind: str) -> bool:
     """Whether ``logger`` (a :class:`~torchrl_dmg.recording.MetricsLogger`) holds a
     ``kind`` row at ``step`` (resuming a finished run must not log its final row twice)."""
-    return any(int(float(r["step"])) == step and r["kind"] == kind for r in logger.rows)
+    return logger.has_row(step, kind)

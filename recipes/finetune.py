@@ -13,8 +13,6 @@ evaluations, logging, checkpoints -> final score. The machinery lives in torchrl
 
 from __future__ import annotations
 
-import functools
-import time
 from pathlib import Path
 
 import hydra
@@ -22,8 +20,7 @@ import torch
 from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from runs import check_same_data, check_start_checkpoint, command_line, logged, resume_finetune
-from tqdm.auto import tqdm
+from runs import check_same_data, check_start_checkpoint, command_line, resume_finetune
 from utils import (
     check_config,
     finetune_schedule,
@@ -54,16 +51,14 @@ from torchrl_dmg.training import (
 from torchrl_dmg.training.checkpoint import (
     load_offline_checkpoint,
     previous_path,
-    restart_collection,
     seed_before_collector,
 )
 from torchrl_dmg.training.guards import FiniteGuard, StopRequest
 from torchrl_dmg.training.online import (
-    crossed,
-    finished_episode_returns,
+    OnlineState,
     make_collector,
     online_data,
-    to_transitions,
+    train_online,
 )
 
 register_resolvers()
@@ -141,8 +136,7 @@ def main(cfg: DictConfig) -> dict:
     schedule = finetune_schedule(cfg)
     if cfg.gamma is not None:
         loss.set_coefficients(gamma=cfg.gamma)
-    step = update_step = 0  # online env steps; online gradient steps (the schedules' t)
-    start_result = None
+    state = OnlineState()  # online env steps, online gradient steps (the schedules' t)
     if resume_state is not None:
         if int(resume_state["num_offline"]) != num_offline:
             raise RuntimeError(
@@ -151,20 +145,19 @@ def main(cfg: DictConfig) -> dict:
             )
         if resume_state["online_data"].numel():
             buffer.extend(resume_state["online_data"].to(device))
-        step, update_step = int(resume_state["step"]), int(resume_state["update_step"])
-        start_result = resume_state["start_eval"]
-        print(f"[dmg] resumed {run_dir} at online step {step} (the env starts a new episode)")
-    coefs = schedule.apply(loss, update_step)
+        state.step, state.update_step = int(resume_state["step"]), int(resume_state["update_step"])
+        state.start_eval = resume_state["start_eval"]
+        print(f"[dmg] resumed {run_dir} at online step {state.step} (the env starts a new episode)")
 
     # ---------------------------------------------------------------- online env, exploring actor
     actor = RolloutActor(loss)  # the deterministic actor with the current weights
     env = make_online_env(dataset, device=device)
     policy = make_exploration_policy(actor, env.action_spec, noise=cfg.exploration.noise)
-    seed_before_collector(env, cfg.seed + step)  # a resume restarts the episode at `step`
+    seed_before_collector(env, cfg.seed + state.step)  # a resume restarts the episode at `step`
     collector = make_collector(
         env,
         policy,
-        total_frames=max(cfg.online_steps - step, 0),
+        total_frames=max(cfg.online_steps - state.step, 0),
         frames_per_batch=cfg.collector.frames_per_batch,
     )
 
@@ -187,21 +180,21 @@ def main(cfg: DictConfig) -> dict:
         project=cfg.logger.project,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    logger.truncate_after(step if resume_state is not None else -1)
+    logger.truncate_after(state.step if resume_state is not None else -1)
     if resume_state is not None:  # last: nothing built above may shift the generators
         set_rng_state(resume_state["rng"])
 
-    def checkpoint(step: int, update_step: int) -> None:
+    def checkpoint(state: OnlineState) -> None:
         save_checkpoint(
             run_dir / "checkpoint.pt",
             {
-                "step": step,
-                "update_step": update_step,
+                "step": state.step,
+                "update_step": state.update_step,
                 "updater": updater.state_dict(),
                 "online_data": online_data(buffer, num_offline),
                 "num_offline": num_offline,
-                "schedule": {"t": update_step, **schedule.coefficients(update_step)},
-                "start_eval": start_result,
+                "schedule": {"t": state.update_step, **schedule.coefficients(state.update_step)},
+                "start_eval": state.start_eval,
                 "rng": rng_state(),
                 "config": OmegaConf.to_container(cfg, resolve=True),
                 "obs_loc": dataset.obs_loc,
@@ -211,69 +204,38 @@ def main(cfg: DictConfig) -> dict:
         )
 
     # ---------------------------------------------------------------- online loop
-    if start_result is None:  # the offline policy's score, before any online step
-        start_result = run_eval()
-        logger.log(0, "eval", {**start_result, **coefs})
-    last_score = start_result["normalized_score"] if step == 0 else float("nan")
-    bar = tqdm(
-        total=cfg.online_steps,
-        initial=min(step, cfg.online_steps),
-        disable=not cfg.progress,
+    result = train_online(
+        updater,
+        buffer,
+        collector,
+        state,
+        steps=cfg.online_steps,
+        logger=logger,
+        log_interval=cfg.logger.log_interval,
+        evaluate=run_eval,
+        eval_interval=cfg.eval.interval,
+        checkpoint=checkpoint,
+        checkpoint_interval=cfg.checkpoint_interval,
+        seed=cfg.seed,
+        utd=cfg.utd,
+        schedule=schedule,
+        reward_shift=dataset.reward_shift,
+        device=device,
+        progress=cfg.progress,
         desc="dmg online",
-        unit="step",
-        mininterval=1.0,
+        guard=guard,  # NaN/inf stop (torchrl_dmg.training.guards)
+        stop=stop,  # SIGTERM / Ctrl-C: checkpoint, then stop
     )
-    bar.set_postfix(score=f"{last_score:.1f}")
-    train_time = 0.0
-    for batch in collector:
-        frames = batch.numel()
-        buffer.extend(to_transitions(batch, reward_shift=dataset.reward_shift, device=device))
-        for episode_return in finished_episode_returns(batch):
-            logger.log(step + frames, "online", {"episode_return": episode_return})
-        t0 = time.perf_counter()
-        for _ in range(cfg.utd * frames):
-            if schedule.changes_at(update_step):
-                coefs = schedule.apply(loss, update_step)
-            metrics = updater.update(buffer.sample())
-            update_step += 1
-            guard(update_step, metrics)  # a NaN/inf loss or Q: stop now, name the step
-        train_time += time.perf_counter() - t0
-        step += frames
-        bar.update(frames)
-        if crossed(step, frames, cfg.logger.log_interval):
-            row = {k: v.item() for k, v in metrics.items()}
-            row.update(coefs, actor_lr=updater.actor_lr, buffer_size=len(buffer))
-            row["updates_per_s"] = cfg.utd * cfg.logger.log_interval / max(train_time, 1e-9)
-            train_time = 0.0
-            logger.log(step, "train", row)
-        if crossed(step, frames, cfg.eval.interval) and step < cfg.online_steps:
-            result = run_eval()
-            last_score = result["normalized_score"]
-            logger.log(step, "eval", {**result, **coefs})
-            bar.set_postfix(score=f"{last_score:.1f}")
-        if crossed(step, frames, cfg.checkpoint_interval):
-            checkpoint(step, update_step)
-            if step < cfg.online_steps:  # as a resume from this checkpoint would
-                restart_collection(collector, cfg.seed + step)
-        if step < cfg.online_steps:  # SIGTERM / Ctrl-C: checkpoint here, then stop
-            stop.check(
-                step, functools.partial(checkpoint, update_step=update_step), unit="online step"
-            )
-    bar.close()
-    collector.shutdown()
 
     # ---------------------------------------------------------------- final score
-    result = run_eval()
-    if not logged(logger, step, "eval"):  # a resumed finished run has its final row
-        logger.log(step, "eval", {**result, **coefs})
-        checkpoint(step, update_step)
+    step, coefs, start_result = state.step, state.coefs, state.start_eval
     summary = {
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
         "family": cfg.family,
         "offline_checkpoint": cfg.checkpoint,
         "online_steps": int(step),
-        "update_steps": int(update_step),
+        "update_steps": int(state.update_step),
         "start_normalized_score": start_result["normalized_score"],
         "config": str(run_dir / "config.yaml"),
         "plot": str(run_dir / "scores.png"),

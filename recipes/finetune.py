@@ -1,14 +1,17 @@
-"""Offline-to-online DMG fine-tuning on a Minari dataset (spec: "Offline-to-online fine-tuning").
+"""Offline-to-online DMG (or IQL) fine-tuning on a Minari dataset (spec: "Offline-to-online
+fine-tuning"; IQL for the paper's Table 4).
 
     python recipes/finetune.py                      # D4RL/antmaze/umaze-v1, paper budget (1M + 1M)
     python recipes/finetune.py dataset=local/pointmaze/medium-v0 family=pointmaze budget=demo
     python recipes/finetune.py checkpoint=outputs/offline/<run dir> budget=demo   # from an offline run
     python recipes/finetune.py resume=outputs/finetune/<run dir>      # continue an interrupted run
+    python recipes/finetune.py algo=iql checkpoint=outputs/offline/<an algo=iql run>  # IQL
 
 Reads top to bottom: config -> data (every offline transition, room for the online ones, one
 buffer) -> networks and loss -> the offline start (a checkpoint, or an offline phase run here)
--> online loop: one env step with the exploring actor, `utd` updates with the λ/ν schedules,
-evaluations, logging, checkpoints -> final score. The machinery lives in torchrl_dmg.training.online.
+-> online loop: one env step with the exploring actor, `utd` updates with the λ/ν schedules
+(DMG's), evaluations, logging, checkpoints -> final score. The loop is
+torchrl_dmg.training.online.train_online.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from algos import algo_name, exploration_policy, make_loss, prepare_rewards, set_discount
 from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +29,6 @@ from utils import (
     check_config,
     finetune_schedule,
     load_finetune_dataset,
-    make_dmg_loss,
     make_online_updater,
     offline_start_state,
     register_resolvers,
@@ -37,7 +40,7 @@ from utils import (
 from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.data.samplers import make_finetune_buffer
 from torchrl_dmg.envs import evaluate_scores, make_env, make_online_env, max_episode_steps
-from torchrl_dmg.modules import RolloutActor, make_exploration_policy
+from torchrl_dmg.modules import RolloutActor
 from torchrl_dmg.recording import MetricsLogger, write_json
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
@@ -94,6 +97,8 @@ def main(cfg: DictConfig) -> dict:
 
     # ---------------------------------------------------------------- data: offline + online, one buffer
     dataset = load_finetune_dataset(cfg, progress=cfg.progress)
+    reward_scale = prepare_rewards(cfg, dataset)  # an algorithm's reward scale (IQL's), online too
+    algo = algo_name(cfg)
     buffer = make_finetune_buffer(
         dataset.data,
         online_capacity=cfg.online_steps,
@@ -103,13 +108,13 @@ def main(cfg: DictConfig) -> dict:
     )
     num_offline = len(buffer)
     print(
-        f"[dmg] dataset={cfg.dataset} offline_transitions={num_offline} online_steps="
+        f"[dmg] algo={algo} dataset={cfg.dataset} offline_transitions={num_offline} online_steps="
         f"{cfg.online_steps} obs_dim={dataset.obs_dim} action_dim={dataset.action_dim} "
         f"seed={cfg.seed} device={device} run_dir={run_dir}"
     )
 
     # ---------------------------------------------------------------- loss, updater, schedules
-    loss = make_dmg_loss(cfg, dataset, device)
+    loss = make_loss(cfg, dataset, device)
     resume_state = None
     ckpt = run_dir / "checkpoint.pt"
     if resuming and any(p.exists() for p in (ckpt, previous_path(ckpt))):
@@ -133,9 +138,9 @@ def main(cfg: DictConfig) -> dict:
             stop=stop,
         )
     updater = make_online_updater(loss, cfg, start)  # constant actor lr online
-    schedule = finetune_schedule(cfg)
+    schedule = finetune_schedule(cfg) if algo == "dmg" else None  # the λ/ν schedule is DMG's
     if cfg.gamma is not None:
-        loss.set_coefficients(gamma=cfg.gamma)
+        set_discount(loss, cfg.gamma)
     state = OnlineState()  # online env steps, online gradient steps (the schedules' t)
     if resume_state is not None:
         if int(resume_state["num_offline"]) != num_offline:
@@ -150,9 +155,9 @@ def main(cfg: DictConfig) -> dict:
         print(f"[dmg] resumed {run_dir} at online step {state.step} (the env starts a new episode)")
 
     # ---------------------------------------------------------------- online env, exploring actor
-    actor = RolloutActor(loss)  # the deterministic actor with the current weights
+    actor = RolloutActor(loss)  # the actor with the current weights (deterministic in evaluation)
     env = make_online_env(dataset, device=device)
-    policy = make_exploration_policy(actor, env.action_spec, noise=cfg.exploration.noise)
+    policy = exploration_policy(algo, actor, env.action_spec, cfg.exploration.noise)
     seed_before_collector(env, cfg.seed + state.step)  # a resume restarts the episode at `step`
     collector = make_collector(
         env,
@@ -184,6 +189,9 @@ def main(cfg: DictConfig) -> dict:
     if resume_state is not None:  # last: nothing built above may shift the generators
         set_rng_state(resume_state["rng"])
 
+    def coefficients(t: int) -> dict[str, float]:
+        return schedule.coefficients(t) if schedule is not None else {}
+
     def checkpoint(state: OnlineState) -> None:
         save_checkpoint(
             run_dir / "checkpoint.pt",
@@ -193,7 +201,7 @@ def main(cfg: DictConfig) -> dict:
                 "updater": updater.state_dict(),
                 "online_data": online_data(buffer, num_offline),
                 "num_offline": num_offline,
-                "schedule": {"t": state.update_step, **schedule.coefficients(state.update_step)},
+                "schedule": {"t": state.update_step, **coefficients(state.update_step)},
                 "start_eval": state.start_eval,
                 "rng": rng_state(),
                 "config": OmegaConf.to_container(cfg, resolve=True),
@@ -220,9 +228,10 @@ def main(cfg: DictConfig) -> dict:
         utd=cfg.utd,
         schedule=schedule,
         reward_shift=dataset.reward_shift,
+        reward_scale=reward_scale,
         device=device,
         progress=cfg.progress,
-        desc="dmg online",
+        desc=f"{algo} online",
         guard=guard,  # NaN/inf stop (torchrl_dmg.training.guards)
         stop=stop,  # SIGTERM / Ctrl-C: checkpoint, then stop
     )
@@ -230,6 +239,7 @@ def main(cfg: DictConfig) -> dict:
     # ---------------------------------------------------------------- final score
     step, coefs, start_result = state.step, state.coefs, state.start_eval
     summary = {
+        "algo": algo,
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
         "family": cfg.family,
@@ -248,14 +258,14 @@ def main(cfg: DictConfig) -> dict:
         [run_dir],
         run_dir / "scores.png",
         labels=[f"seed {cfg.seed}"],
-        title=f"DMG fine-tuning, {cfg.dataset}",
+        title=f"{algo.upper()} fine-tuning, {cfg.dataset}",
         xlabel="online env steps",
     )
     print(
         f"[dmg] FINAL dataset={cfg.dataset} seed={cfg.seed} online_steps={step} "
         f"normalized_score={result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
         f"(return {result['return_mean']:.1f}, {cfg.eval.episodes} episodes; "
-        f"start {start_result['normalized_score']:.1f}) config={run_dir / 'config.yaml'}"
+        f"start {start_result['normalized_score']:.1f}) algo={algo} config={run_dir / 'config.yaml'}"
     )
     print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary

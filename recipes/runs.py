@@ -141,8 +141,9 @@ def _other_recipe(run_dir: Path, recipe: str) -> RunRefused:
 
 
 def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """``finetune.py checkpoint=``: an offline checkpoint that loads, of the dataset given
-    on the command line (if one is), holding the agent ``checkpoint_seed`` names."""
+    """``finetune.py checkpoint=``: an offline checkpoint that loads, of the algorithm asked
+    for (``algo``) and of the dataset given on the command line (if one is), holding the
+    agent ``checkpoint_seed`` names."""
     path = checkpoint_in(Path(cfg.checkpoint))
     if not path.exists() and not previous_path(path).exists():
         raise RunRefused(
@@ -158,6 +159,12 @@ def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
             "one (a recipes/offline.py run, or <fine-tuning run>/offline)"
         )
     saved = state["config"]
+    asked, trained = str(cfg.get("algo", "dmg")), str(saved.get("algo", "dmg"))
+    if asked != trained:
+        raise RunRefused(
+            f"checkpoint={cfg.checkpoint} is an offline {trained} run, not algo={asked}; "
+            f"fine-tune it with algo={trained}, or start from an offline {asked} run"
+        )
     if "dataset" in override_keys(overrides) and cfg.dataset != saved["dataset"]:
         raise RunRefused(
             f"checkpoint={cfg.checkpoint} was trained on {saved['dataset']}, not "

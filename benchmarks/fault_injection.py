@@ -1,8 +1,9 @@
 """Kill -9 the recipes at random points and check that every resume is exact.
 
-For each recipe (offline DMG, fine-tuning with its offline phase, SAC behaviour training) a
-tiny run on CPU with a fixed seed is made once without interruption (the reference). Then,
-per trial, the same command is killed with SIGKILL at a random point:
+For each recipe (offline DMG, fine-tuning with its offline phase, SAC behaviour training; on
+request ``finetune_iql``: IQL fine-tuning with its offline phase) a tiny run on CPU with a
+fixed seed is made once without interruption (the reference). Then, per trial, the same
+command is killed with SIGKILL at a random point:
 
 * ``time``: after a random delay (during updates, evaluations, logging ...);
 * ``eval``: inside the n-th evaluation;
@@ -19,6 +20,7 @@ each exactly once (wall-clock columns aside). Prints a table.
 
     python benchmarks/fault_injection.py --kills 24      # ~10 min on 2 CPU cores
     python benchmarks/fault_injection.py --kills 2 --recipes offline finetune
+    python benchmarks/fault_injection.py --kills 4 --recipes finetune_iql
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ TINY_DMG = (
     "progress=false",
     "device=cpu",
 )
+COMMANDS_FINETUNE_ARGS = (
+    *TINY_DMG,
+    "offline_steps=100",
+    "online_steps=150",
+    "checkpoint_interval=50",
+    "eval.interval=75",
+    "logger.log_interval=25",
+    "schedule.interval=40",
+)
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "offline": (
         "offline.py",
@@ -62,17 +73,10 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
             "logger.log_interval=25",
         ),
     ),
-    "finetune": (
+    "finetune": ("finetune.py", COMMANDS_FINETUNE_ARGS),
+    "finetune_iql": (  # IQL fine-tuning (its offline phase too): stochastic exploration
         "finetune.py",
-        (
-            *TINY_DMG,
-            "offline_steps=100",
-            "online_steps=150",
-            "checkpoint_interval=50",
-            "eval.interval=75",
-            "logger.log_interval=25",
-            "schedule.interval=40",
-        ),
+        ("algo=iql", *COMMANDS_FINETUNE_ARGS),
     ),
     "behaviour": (
         "train_behaviour.py",
@@ -340,7 +344,7 @@ def run_trials(
 
 
 HEADER = (
-    f"{'#':>3} {'recipe':<9} {'kill point':<11} {'when':<14} {'kills':>5} "
+    f"{'#':>3} {'recipe':<12} {'kill point':<11} {'when':<14} {'kills':>5} "
     f"{'identical params':<17} {'rows once':<9} note"
 )
 
@@ -349,7 +353,7 @@ def format_row(i: int, t: Trial) -> str:
     when = t.detail + ("".join(" " + e for e in t.extra))
     ident = f"yes ({t.tensors} tensors)" if t.identical else "NO"
     return (
-        f"{i:>3} {t.recipe:<9} {t.point:<11} {when:<14} {t.kills:>5} {ident:<17} "
+        f"{i:>3} {t.recipe:<12} {t.point:<11} {when:<14} {t.kills:>5} {ident:<17} "
         f"{'yes' if t.rows_once else 'NO':<9} {t.note}"
     )
 

@@ -1,17 +1,25 @@
-"""The ``algo=`` choice of the offline recipe: each algorithm's loss from its config group
-(config/algo/<algo>.yaml, specialised per family in config/algo_family/), and the data
-changes an algorithm's paper makes (IQL's reward scale)."""
+"""The ``algo=`` choice of the recipes: each algorithm's loss from its config group
+(config/algo/<algo>.yaml, specialised per family in config/algo_family/), the data
+changes an algorithm's paper makes (IQL's reward scale), and how it acts and discounts
+when fine-tuned (dmg and iql, the paper's Table 4)."""
 
 from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
+from tensordict.nn import TensorDictModuleBase
+from torchrl.data import Bounded
 from torchrl.objectives import LossModule
 from utils import make_dmg_loss
 
 from torchrl_dmg.data.offline import OfflineDataset
 from torchrl_dmg.data.rewards import scale_rewards
+from torchrl_dmg.modules import make_exploration_policy
+from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.objectives.baselines import make_bc_loss, make_iql_loss, make_td3bc_loss
+
+#: the algorithms recipes/finetune.py fine-tunes (the paper's Table 4: IQL and DMG)
+FINETUNE_ALGOS = ("dmg", "iql")
 
 
 def algo_name(cfg: DictConfig) -> str:
@@ -68,8 +76,32 @@ def make_loss(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) ->
     return LOSSES[algo](cfg, dataset, device)
 
 
-def prepare_rewards(cfg: DictConfig, dataset: OfflineDataset) -> None:
-    """``cfg.data.reward_scale`` applied to the dataset's rewards (printed when not 1)."""
+def prepare_rewards(cfg: DictConfig, dataset: OfflineDataset) -> float:
+    """``cfg.data.reward_scale`` applied to the dataset's rewards (printed when not 1);
+    returns the factor (fine-tuning applies it to the online rewards too)."""
     factor = scale_rewards(dataset.data, cfg.data.get("reward_scale"))
     if factor != 1.0:
         print(f"[dmg] rewards x {factor:.4g} (data.reward_scale={cfg.data.reward_scale})")
+    return factor
+
+
+def exploration_policy(
+    algo: str, actor: TensorDictModuleBase, action_spec: Bounded, noise: float
+) -> TensorDictModuleBase:
+    """How ``algo``'s ``actor`` acts while fine-tuning. DMG's deterministic actor gets
+    Gaussian noise (``noise · max_action``, clipped; spec); IQL's stochastic actor samples
+    its actions, as IQL's fine-tuning does. Both act deterministically under
+    ``ExplorationType.DETERMINISTIC`` (evaluation)."""
+    if algo == "iql":
+        return actor  # a TanhNormal: samples under the collector's RANDOM exploration
+    return make_exploration_policy(actor, action_spec, noise=noise)
+
+
+def set_discount(loss: LossModule, gamma: float) -> None:
+    """γ of ``loss``, in place (after its state is loaded, which carries the offline γ):
+    DMG's buffer, or the value estimator's of a TorchRL loss (IQL's ``r + γ V(s')``)."""
+    if isinstance(loss, DMGLoss):
+        loss.set_coefficients(gamma=gamma)
+    else:
+        with torch.no_grad():
+            loss.value_estimator.gamma.fill_(gamma)

@@ -1,34 +1,34 @@
-"""Offline-to-online DMG fine-tuning on a Minari dataset (spec: "Offline-to-online fine-tuning").
+"""Offline-to-online DMG (or IQL) fine-tuning on a Minari dataset (spec: "Offline-to-online
+fine-tuning"; IQL for the paper's Table 4).
 
     python recipes/finetune.py                      # D4RL/antmaze/umaze-v1, paper budget (1M + 1M)
     python recipes/finetune.py dataset=local/pointmaze/medium-v0 family=pointmaze budget=demo
     python recipes/finetune.py checkpoint=outputs/offline/<run dir> budget=demo   # from an offline run
     python recipes/finetune.py resume=outputs/finetune/<run dir>      # continue an interrupted run
+    python recipes/finetune.py algo=iql checkpoint=outputs/offline/<an algo=iql run>  # IQL
 
 Reads top to bottom: config -> data (every offline transition, room for the online ones, one
 buffer) -> networks and loss -> the offline start (a checkpoint, or an offline phase run here)
--> online loop: one env step with the exploring actor, `utd` updates with the λ/ν schedules,
-evaluations, logging, checkpoints -> final score. The machinery lives in torchrl_dmg.training.online.
+-> online loop: one env step with the exploring actor, `utd` updates with the λ/ν schedules
+(DMG's), evaluations, logging, checkpoints -> final score. The loop is
+torchrl_dmg.training.online.train_online.
 """
 
 from __future__ import annotations
 
-import functools
-import time
 from pathlib import Path
 
 import hydra
 import torch
+from algos import algo_name, exploration_policy, make_loss, prepare_rewards, set_discount
 from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from runs import check_same_data, check_start_checkpoint, command_line, logged, resume_finetune
-from tqdm.auto import tqdm
+from runs import check_same_data, check_start_checkpoint, command_line, resume_finetune
 from utils import (
     check_config,
     finetune_schedule,
     load_finetune_dataset,
-    make_dmg_loss,
     make_online_updater,
     offline_start_state,
     register_resolvers,
@@ -40,7 +40,7 @@ from utils import (
 from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.data.samplers import make_finetune_buffer
 from torchrl_dmg.envs import evaluate_scores, make_env, make_online_env, max_episode_steps
-from torchrl_dmg.modules import RolloutActor, make_exploration_policy
+from torchrl_dmg.modules import RolloutActor
 from torchrl_dmg.recording import MetricsLogger, write_json
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
@@ -54,16 +54,14 @@ from torchrl_dmg.training import (
 from torchrl_dmg.training.checkpoint import (
     load_offline_checkpoint,
     previous_path,
-    restart_collection,
     seed_before_collector,
 )
 from torchrl_dmg.training.guards import FiniteGuard, StopRequest
 from torchrl_dmg.training.online import (
-    crossed,
-    finished_episode_returns,
+    OnlineState,
     make_collector,
     online_data,
-    to_transitions,
+    train_online,
 )
 
 register_resolvers()
@@ -99,6 +97,8 @@ def main(cfg: DictConfig) -> dict:
 
     # ---------------------------------------------------------------- data: offline + online, one buffer
     dataset = load_finetune_dataset(cfg, progress=cfg.progress)
+    reward_scale = prepare_rewards(cfg, dataset)  # an algorithm's reward scale (IQL's), online too
+    algo = algo_name(cfg)
     buffer = make_finetune_buffer(
         dataset.data,
         online_capacity=cfg.online_steps,
@@ -108,13 +108,13 @@ def main(cfg: DictConfig) -> dict:
     )
     num_offline = len(buffer)
     print(
-        f"[dmg] dataset={cfg.dataset} offline_transitions={num_offline} online_steps="
+        f"[dmg] algo={algo} dataset={cfg.dataset} offline_transitions={num_offline} online_steps="
         f"{cfg.online_steps} obs_dim={dataset.obs_dim} action_dim={dataset.action_dim} "
         f"seed={cfg.seed} device={device} run_dir={run_dir}"
     )
 
     # ---------------------------------------------------------------- loss, updater, schedules
-    loss = make_dmg_loss(cfg, dataset, device)
+    loss = make_loss(cfg, dataset, device)
     resume_state = None
     ckpt = run_dir / "checkpoint.pt"
     if resuming and any(p.exists() for p in (ckpt, previous_path(ckpt))):
@@ -138,11 +138,10 @@ def main(cfg: DictConfig) -> dict:
             stop=stop,
         )
     updater = make_online_updater(loss, cfg, start)  # constant actor lr online
-    schedule = finetune_schedule(cfg)
+    schedule = finetune_schedule(cfg) if algo == "dmg" else None  # the λ/ν schedule is DMG's
     if cfg.gamma is not None:
-        loss.set_coefficients(gamma=cfg.gamma)
-    step = update_step = 0  # online env steps; online gradient steps (the schedules' t)
-    start_result = None
+        set_discount(loss, cfg.gamma)
+    state = OnlineState()  # online env steps, online gradient steps (the schedules' t)
     if resume_state is not None:
         if int(resume_state["num_offline"]) != num_offline:
             raise RuntimeError(
@@ -151,20 +150,19 @@ def main(cfg: DictConfig) -> dict:
             )
         if resume_state["online_data"].numel():
             buffer.extend(resume_state["online_data"].to(device))
-        step, update_step = int(resume_state["step"]), int(resume_state["update_step"])
-        start_result = resume_state["start_eval"]
-        print(f"[dmg] resumed {run_dir} at online step {step} (the env starts a new episode)")
-    coefs = schedule.apply(loss, update_step)
+        state.step, state.update_step = int(resume_state["step"]), int(resume_state["update_step"])
+        state.start_eval = resume_state["start_eval"]
+        print(f"[dmg] resumed {run_dir} at online step {state.step} (the env starts a new episode)")
 
     # ---------------------------------------------------------------- online env, exploring actor
-    actor = RolloutActor(loss)  # the deterministic actor with the current weights
+    actor = RolloutActor(loss)  # the actor with the current weights (deterministic in evaluation)
     env = make_online_env(dataset, device=device)
-    policy = make_exploration_policy(actor, env.action_spec, noise=cfg.exploration.noise)
-    seed_before_collector(env, cfg.seed + step)  # a resume restarts the episode at `step`
+    policy = exploration_policy(algo, actor, env.action_spec, cfg.exploration.noise)
+    seed_before_collector(env, cfg.seed + state.step)  # a resume restarts the episode at `step`
     collector = make_collector(
         env,
         policy,
-        total_frames=max(cfg.online_steps - step, 0),
+        total_frames=max(cfg.online_steps - state.step, 0),
         frames_per_batch=cfg.collector.frames_per_batch,
     )
 
@@ -187,21 +185,24 @@ def main(cfg: DictConfig) -> dict:
         project=cfg.logger.project,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    logger.truncate_after(step if resume_state is not None else -1)
+    logger.truncate_after(state.step if resume_state is not None else -1)
     if resume_state is not None:  # last: nothing built above may shift the generators
         set_rng_state(resume_state["rng"])
 
-    def checkpoint(step: int, update_step: int) -> None:
+    def coefficients(t: int) -> dict[str, float]:
+        return schedule.coefficients(t) if schedule is not None else {}
+
+    def checkpoint(state: OnlineState) -> None:
         save_checkpoint(
             run_dir / "checkpoint.pt",
             {
-                "step": step,
-                "update_step": update_step,
+                "step": state.step,
+                "update_step": state.update_step,
                 "updater": updater.state_dict(),
                 "online_data": online_data(buffer, num_offline),
                 "num_offline": num_offline,
-                "schedule": {"t": update_step, **schedule.coefficients(update_step)},
-                "start_eval": start_result,
+                "schedule": {"t": state.update_step, **coefficients(state.update_step)},
+                "start_eval": state.start_eval,
                 "rng": rng_state(),
                 "config": OmegaConf.to_container(cfg, resolve=True),
                 "obs_loc": dataset.obs_loc,
@@ -211,69 +212,40 @@ def main(cfg: DictConfig) -> dict:
         )
 
     # ---------------------------------------------------------------- online loop
-    if start_result is None:  # the offline policy's score, before any online step
-        start_result = run_eval()
-        logger.log(0, "eval", {**start_result, **coefs})
-    last_score = start_result["normalized_score"] if step == 0 else float("nan")
-    bar = tqdm(
-        total=cfg.online_steps,
-        initial=min(step, cfg.online_steps),
-        disable=not cfg.progress,
-        desc="dmg online",
-        unit="step",
-        mininterval=1.0,
+    result = train_online(
+        updater,
+        buffer,
+        collector,
+        state,
+        steps=cfg.online_steps,
+        logger=logger,
+        log_interval=cfg.logger.log_interval,
+        evaluate=run_eval,
+        eval_interval=cfg.eval.interval,
+        checkpoint=checkpoint,
+        checkpoint_interval=cfg.checkpoint_interval,
+        seed=cfg.seed,
+        utd=cfg.utd,
+        schedule=schedule,
+        reward_shift=dataset.reward_shift,
+        reward_scale=reward_scale,
+        device=device,
+        progress=cfg.progress,
+        desc=f"{algo} online",
+        guard=guard,  # NaN/inf stop (torchrl_dmg.training.guards)
+        stop=stop,  # SIGTERM / Ctrl-C: checkpoint, then stop
     )
-    bar.set_postfix(score=f"{last_score:.1f}")
-    train_time = 0.0
-    for batch in collector:
-        frames = batch.numel()
-        buffer.extend(to_transitions(batch, reward_shift=dataset.reward_shift, device=device))
-        for episode_return in finished_episode_returns(batch):
-            logger.log(step + frames, "online", {"episode_return": episode_return})
-        t0 = time.perf_counter()
-        for _ in range(cfg.utd * frames):
-            if schedule.changes_at(update_step):
-                coefs = schedule.apply(loss, update_step)
-            metrics = updater.update(buffer.sample())
-            update_step += 1
-            guard(update_step, metrics)  # a NaN/inf loss or Q: stop now, name the step
-        train_time += time.perf_counter() - t0
-        step += frames
-        bar.update(frames)
-        if crossed(step, frames, cfg.logger.log_interval):
-            row = {k: v.item() for k, v in metrics.items()}
-            row.update(coefs, actor_lr=updater.actor_lr, buffer_size=len(buffer))
-            row["updates_per_s"] = cfg.utd * cfg.logger.log_interval / max(train_time, 1e-9)
-            train_time = 0.0
-            logger.log(step, "train", row)
-        if crossed(step, frames, cfg.eval.interval) and step < cfg.online_steps:
-            result = run_eval()
-            last_score = result["normalized_score"]
-            logger.log(step, "eval", {**result, **coefs})
-            bar.set_postfix(score=f"{last_score:.1f}")
-        if crossed(step, frames, cfg.checkpoint_interval):
-            checkpoint(step, update_step)
-            if step < cfg.online_steps:  # as a resume from this checkpoint would
-                restart_collection(collector, cfg.seed + step)
-        if step < cfg.online_steps:  # SIGTERM / Ctrl-C: checkpoint here, then stop
-            stop.check(
-                step, functools.partial(checkpoint, update_step=update_step), unit="online step"
-            )
-    bar.close()
-    collector.shutdown()
 
     # ---------------------------------------------------------------- final score
-    result = run_eval()
-    if not logged(logger, step, "eval"):  # a resumed finished run has its final row
-        logger.log(step, "eval", {**result, **coefs})
-        checkpoint(step, update_step)
+    step, coefs, start_result = state.step, state.coefs, state.start_eval
     summary = {
+        "algo": algo,
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
         "family": cfg.family,
         "offline_checkpoint": cfg.checkpoint,
         "online_steps": int(step),
-        "update_steps": int(update_step),
+        "update_steps": int(state.update_step),
         "start_normalized_score": start_result["normalized_score"],
         "config": str(run_dir / "config.yaml"),
         "plot": str(run_dir / "scores.png"),
@@ -286,14 +258,14 @@ def main(cfg: DictConfig) -> dict:
         [run_dir],
         run_dir / "scores.png",
         labels=[f"seed {cfg.seed}"],
-        title=f"DMG fine-tuning, {cfg.dataset}",
+        title=f"{algo.upper()} fine-tuning, {cfg.dataset}",
         xlabel="online env steps",
     )
     print(
         f"[dmg] FINAL dataset={cfg.dataset} seed={cfg.seed} online_steps={step} "
         f"normalized_score={result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
         f"(return {result['return_mean']:.1f}, {cfg.eval.episodes} episodes; "
-        f"start {start_result['normalized_score']:.1f}) config={run_dir / 'config.yaml'}"
+        f"start {start_result['normalized_score']:.1f}) algo={algo} config={run_dir / 'config.yaml'}"
     )
     print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary

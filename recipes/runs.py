@@ -141,8 +141,9 @@ def _other_recipe(run_dir: Path, recipe: str) -> RunRefused:
 
 
 def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """``finetune.py checkpoint=``: an offline checkpoint that loads, of the dataset given
-    on the command line (if one is), holding the agent ``checkpoint_seed`` names."""
+    """``finetune.py checkpoint=``: an offline checkpoint that loads, of the algorithm asked
+    for (``algo``) and of the dataset given on the command line (if one is), holding the
+    agent ``checkpoint_seed`` names."""
     path = checkpoint_in(Path(cfg.checkpoint))
     if not path.exists() and not previous_path(path).exists():
         raise RunRefused(
@@ -158,6 +159,12 @@ def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
             "one (a recipes/offline.py run, or <fine-tuning run>/offline)"
         )
     saved = state["config"]
+    asked, trained = str(cfg.get("algo", "dmg")), str(saved.get("algo", "dmg"))
+    if asked != trained:
+        raise RunRefused(
+            f"checkpoint={cfg.checkpoint} is an offline {trained} run, not algo={asked}; "
+            f"fine-tune it with algo={trained}, or start from an offline {asked} run"
+        )
     if "dataset" in override_keys(overrides) and cfg.dataset != saved["dataset"]:
         raise RunRefused(
             f"checkpoint={cfg.checkpoint} was trained on {saved['dataset']}, not "
@@ -191,4 +198,4 @@ def check_same_data(state: dict[str, Any], dataset: Any, source: str) -> None:
 def logged(logger: Any, step: int, kind: str) -> bool:
     """Whether ``logger`` (a :class:`~torchrl_dmg.recording.MetricsLogger`) holds a
     ``kind`` row at ``step`` (resuming a finished run must not log its final row twice)."""
-    return any(int(float(r["step"])) == step and r["kind"] == kind for r in logger.rows)
+    return logger.has_row(step, kind)

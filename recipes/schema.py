@@ -227,9 +227,17 @@ def vmap_critics_problem(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "is not allowed"
 
 
-#: the baselines' hyperparameters (config/algo/*.yaml, config/algo_family/*.yaml)
-BASELINES = (
-    _f("algo", str, "dmg", choices=("dmg", "iql", "td3bc", "bc")),
+def finetune_algo_problem(value: str) -> str | None:
+    """``dmg`` or ``iql`` (algos.FINETUNE_ALGOS); TD3+BC and BC are offline baselines."""
+    if value in ("dmg", "iql"):
+        return None
+    if value in ("td3bc", "bc"):
+        return "is an offline baseline only (fine-tuning compares dmg and iql, the paper's Table 4)"
+    return "is not allowed"
+
+
+#: the algorithms and the iql/td3bc settings (config/algo/*.yaml, config/algo_family/*.yaml)
+ALGO_SETTINGS = (
     _f(
         "iql.expectile",
         float,
@@ -247,6 +255,12 @@ BASELINES = (
     _f("td3bc.noise_clip", float, 0.5, low=0, meaning="c, TD3+BC's target noise clip"),
     _f("td3bc.gamma", float, 0.99, low=0, high=1, high_open=True, meaning="TD3+BC's γ"),
     _f("data.reward_scale", str, "iql", choices=("iql",), nullable=True),
+)
+
+#: the offline baselines' settings
+BASELINES = (
+    _f("algo", str, "dmg", choices=("dmg", "iql", "td3bc", "bc")),
+    *ALGO_SETTINGS,
     _f("diagnostic.size", int, 1024, low=1, meaning="dataset transitions of the Q diagnostic"),
     _f("diagnostic.seed", int, 0, low=0, high=2**31 - 1),
     _f("diagnostic.drop_truncated_tails", bool, False),
@@ -322,6 +336,14 @@ OFFLINE = (
 
 FINETUNE = (
     *COMMON,
+    Field(
+        "algo",
+        str,
+        example="iql",
+        check=finetune_algo_problem,
+        allowed_text=lambda: "dmg or iql",
+    ),
+    *ALGO_SETTINGS,
     _f("budget", str, "demo", choices=("demo", "paper")),
     _f("offline_steps", int, 20000, low=0, meaning="offline phase steps (no checkpoint=)"),
     _f("online_steps", int, 20000, low=1, meaning="online env steps"),

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torchrl.data import TensorDictReplayBuffer
+from torchrl.objectives import LossModule
 
 from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, load_offline_dataset
 from torchrl_dmg.datagen.registry import make_if_missing
@@ -38,8 +39,10 @@ from torchrl_dmg.training.checkpoint import (
 from torchrl_dmg.training.checkpoint import offline_start_state as _offline_start_state
 
 ANTMAZE_PREFIX = "D4RL/antmaze/"
-# What an offline checkpoint fixes for the online phase: the data pipeline and the networks.
+# What an offline checkpoint fixes for the online phase: the data pipeline and the networks
+# (and a baseline's own settings, config/algo/<algo>.yaml's group).
 OFFLINE_CONFIG_KEYS = ("dataset", "family", "data", "network", "loss")
+ALGO_CONFIG_KEYS = ("iql", "td3bc")
 
 
 def register_resolvers() -> None:
@@ -141,7 +144,7 @@ def finetune_schedule(cfg: DictConfig) -> FinetuneSchedule:
     )
 
 
-def offline_start_state(cfg: DictConfig, loss: DMGLoss) -> dict[str, Any]:
+def offline_start_state(cfg: DictConfig, loss: LossModule) -> dict[str, Any]:
     """The updater state to fine-tune from: ``cfg.checkpoint``'s (the agent of seed
     ``cfg.checkpoint_seed`` for a seed-stacked offline run, see
     :func:`torchrl_dmg.training.offline_start_state`)."""
@@ -150,7 +153,9 @@ def offline_start_state(cfg: DictConfig, loss: DMGLoss) -> dict[str, Any]:
 
 def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """``cfg`` with the dataset, data, network and loss settings of ``cfg.checkpoint``'s run
-    (the weights only fit those), or unchanged when no checkpoint is given. The evaluation
+    (the weights only fit those) and its algorithm's (``iql:``; the algorithm itself is
+    checked by ``runs.check_start_checkpoint``), or unchanged when no checkpoint is given.
+    The evaluation
     settings also follow the checkpoint's family (10 PointMaze episodes, not the 100 of the
     default AntMaze family), except the ``eval.*`` keys given in ``overrides`` (the
     command line's)."""
@@ -162,6 +167,9 @@ def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictC
         if key in saved:
             if key == "dataset" and saved.dataset != cfg.dataset:
                 print(f"[dmg] using the checkpoint's dataset {saved.dataset} (not {cfg.dataset})")
+            cfg[key] = saved[key]
+    for key in ALGO_CONFIG_KEYS:
+        if key in saved and key in cfg:
             cfg[key] = saved[key]
     keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
     given = {k.removeprefix("eval.") for k in keys if k.startswith("eval.")}
@@ -192,7 +200,7 @@ def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineD
 
 
 def make_online_updater(
-    loss: DMGLoss, cfg: DictConfig, state: dict[str, Any] | None = None
+    loss: LossModule, cfg: DictConfig, state: dict[str, Any] | None = None
 ) -> ActorCriticUpdater:
     """The online updater: no cosine schedule (constant actor lr ``cfg.optim.lr``,
     spec), networks, targets and optimiser states loaded from ``state``. The actor lr is reset
@@ -206,7 +214,7 @@ def make_online_updater(
 
 def run_offline_phase(
     cfg: DictConfig,
-    loss: DMGLoss,
+    loss: LossModule,
     buffer: TensorDictReplayBuffer,
     dataset: OfflineDataset,
     out_dir: str | os.PathLike,
@@ -215,11 +223,12 @@ def run_offline_phase(
     guard=None,
     stop=None,
 ) -> dict[str, Any]:
-    """The offline phase when no checkpoint is given: ``cfg.offline_steps`` DMG updates on
-    ``buffer`` (offline data only at this point) with the offline recipe's settings (cosine
-    actor lr). Writes ``out_dir/metrics.csv`` and an offline-recipe-style ``out_dir/checkpoint.pt``
-    (every ``cfg.checkpoint_interval`` steps and at the end; usable later as ``checkpoint=``),
-    and continues from that checkpoint when one exists. Returns ``DMGUpdater.state_dict()``.
+    """The offline phase when no checkpoint is given: ``cfg.offline_steps`` updates of
+    ``loss`` (DMG's, or ``cfg.algo``'s) on ``buffer`` (offline data only at this point) with
+    the offline recipe's settings (cosine actor lr). Writes ``out_dir/metrics.csv`` and an
+    offline-recipe-style ``out_dir/checkpoint.pt`` (every ``cfg.checkpoint_interval`` steps
+    and at the end; usable later as ``checkpoint=``), and continues from that checkpoint
+    when one exists. Returns the updater's ``state_dict()``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +262,7 @@ def run_offline_phase(
         checkpoint=checkpoint,
         checkpoint_interval=cfg.checkpoint_interval,
         progress=cfg.progress,
-        desc="dmg offline",
+        desc=f"{cfg.get('algo', 'dmg')} offline",
         value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
         guard=guard,  # NaN/inf stop and SIGTERM handling (torchrl_dmg.training.guards)
         stop=stop,

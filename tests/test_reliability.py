@@ -125,7 +125,11 @@ def test_every_config_key_has_a_schema_field():
             for a in ("dmg", "iql", "td3bc", "bc")
             for f in ("pointmaze", "antmaze", "locomotion")
         ],
-        "finetune": [("budget=demo",), ("budget=paper", "family=locomotion")],
+        "finetune": [
+            ("budget=demo",),
+            ("budget=paper", "family=locomotion"),
+            *[("algo=iql", f"family={f}") for f in ("pointmaze", "antmaze", "locomotion")],
+        ],
         "train_behaviour": [()],
         "make_dataset": [()],
     }

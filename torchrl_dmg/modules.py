@@ -224,8 +224,9 @@ class SeedStackedPolicy(ParamsPolicy):
 
 
 class RolloutActor(ParamsPolicy):
-    """The deterministic actor π_φ of a DMG ``loss`` with the weights being trained (see
-    :class:`ParamsPolicy`)."""
+    """The actor of ``loss`` with the weights being trained (see :class:`ParamsPolicy`):
+    DMG's deterministic π_φ; IQL's TanhNormal samples under ``ExplorationType.RANDOM``
+    (collectors) and acts with its deterministic action under ``DETERMINISTIC``."""
 
     def __init__(self, loss) -> None:
         super().__init__(loss.actor_network, loss.actor_network_params)

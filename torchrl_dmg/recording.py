@@ -84,6 +84,11 @@ class MetricsLogger:
             writer.writerows(self.rows)
         os.replace(tmp, self.path)
 
+    def has_row(self, step: int, kind: str) -> bool:
+        """Whether a ``kind`` row was logged at ``step`` (resuming a finished run must not
+        log its final row twice)."""
+        return any(int(float(r["step"])) == step and r["kind"] == kind for r in self.rows)
+
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step`` (resuming from a checkpoint taken at ``step``)."""
         self.rows = [r for r in self.rows if int(float(r["step"])) <= step]

@@ -6,7 +6,8 @@ BC is), :mod:`~torchrl_dmg.training.seed_stacking` (``SeedStackedUpdater``),
 :mod:`~torchrl_dmg.training.compile` (how a step is compiled or captured),
 :mod:`~torchrl_dmg.training.schedules`, :mod:`~torchrl_dmg.training.checkpoint` (seeding,
 RNG state, safe checkpoint files), :mod:`~torchrl_dmg.training.guards` (NaN/inf and SIGTERM
-stops), :mod:`~torchrl_dmg.training.offline` and :mod:`~torchrl_dmg.training.online`.
+stops), :mod:`~torchrl_dmg.training.offline` (``train_offline``) and
+:mod:`~torchrl_dmg.training.online` (``train_online``).
 """
 
 from torchrl_dmg.training.checkpoint import (
@@ -20,6 +21,7 @@ from torchrl_dmg.training.checkpoint import (
     set_rng_state,
 )
 from torchrl_dmg.training.offline import train_offline, value_bounds
+from torchrl_dmg.training.online import OnlineState, train_online
 from torchrl_dmg.training.schedules import FinetuneSchedule
 from torchrl_dmg.training.seed_stacking import (
     SeedStackedDMGUpdater,
@@ -34,6 +36,7 @@ __all__ = [
     "DMGUpdater",
     "LossSteps",
     "FinetuneSchedule",
+    "OnlineState",
     "SeedStackedDMGUpdater",
     "SeedStackedUpdater",
     "UpdateMode",
@@ -46,6 +49,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "train_offline",
+    "train_online",
     "steps_for",
     "unstack_updater_state",
     "value_bounds",

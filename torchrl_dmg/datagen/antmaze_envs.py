@@ -13,9 +13,8 @@ from torchrl_dmg.data.local import publish_dataset
 from torchrl_dmg.datagen.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
 from torchrl_dmg.datagen.maze import (
     MazeGrid,
-    base_maze_map,
+    fixed_task_kwargs,
     maze_entry,
-    maze_map_with_cells,
 )
 
 #: maze name -> (env id, reset cell, goal cell, episode limit). The envs are D4RL's ant in
@@ -47,13 +46,7 @@ def antmaze_env_kwargs(maze: str, max_episode_steps: int | None = None) -> dict[
     """``gym.make`` keyword arguments of the data-collection (and online) env: fixed reset and
     goal cells, sparse reward, continuing task, the goal never moves."""
     _, start, goal, horizon = antmaze_entry(maze)
-    return {
-        "maze_map": maze_map_with_cells(base_maze_map(maze), goal=goal, reset=start),
-        "reward_type": "sparse",
-        "continuing_task": True,
-        "reset_target": False,
-        "max_episode_steps": int(max_episode_steps or horizon),
-    }
+    return fixed_task_kwargs(maze, start, goal, max_episode_steps or horizon)
 
 
 def antmaze_eval_env_kwargs(maze: str) -> dict[str, Any]:

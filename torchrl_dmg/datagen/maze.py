@@ -229,6 +229,19 @@ def maze_map_with_cells(
     return out
 
 
+def fixed_task_kwargs(maze: str, start: Cell, goal: Cell, max_episode_steps: int) -> dict:
+    """``gym.make`` keyword arguments of a gymnasium-robotics maze task with one start and
+    one goal cell: sparse reward, continuing task, the goal never moves (JSON-serialisable
+    values only, so that they can be recorded as a dataset's env spec)."""
+    return {
+        "maze_map": maze_map_with_cells(base_maze_map(maze), goal=goal, reset=start),
+        "reward_type": "sparse",
+        "continuing_task": True,
+        "reset_target": False,
+        "max_episode_steps": int(max_episode_steps),
+    }
+
+
 def register_maze_envs() -> None:
     """Register gymnasium-robotics' envs (PointMaze, AntMaze) with gymnasium."""
     gym.register_envs(gymnasium_robotics)

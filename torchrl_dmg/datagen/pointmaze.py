@@ -48,9 +48,8 @@ from torchrl_dmg.datagen.maze import (
     DEFAULT_KP,
     GOAL_RADIUS,
     WaypointController,
-    base_maze_map,
+    fixed_task_kwargs,
     maze_entry,
-    maze_map_with_cells,
     register_maze_envs,
 )
 
@@ -112,13 +111,7 @@ def pointmaze_eval_env_kwargs(maze: str) -> dict[str, Any]:
     environment recorded as the datasets' ``eval_env_spec`` (JSON-serialisable values only).
     """
     _, start, goal, horizon = _maze_entry(maze)
-    return {
-        "maze_map": maze_map_with_cells(base_maze_map(maze), goal=goal, reset=start),
-        "reward_type": "sparse",
-        "continuing_task": True,
-        "reset_target": False,
-        "max_episode_steps": horizon,
-    }
+    return fixed_task_kwargs(maze, start, goal, horizon)
 
 
 def make_pointmaze_eval_env(maze: str, **kwargs: Any) -> gym.Env:

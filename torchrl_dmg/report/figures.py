@@ -91,13 +91,8 @@ def plot_curves(cells: Sequence[Cell], dataset: str, out: str | os.PathLike) -> 
             label=f"{cell.column} (n={len(cell.runs)})",
         )
         ax.fill_between(steps, low, high, color=color, alpha=0.18, lw=0)
-    ax.set_xlabel("gradient steps")
-    ax.set_ylabel("normalised score")
-    ax.set_title(f"{dataset}: mean over seeds, 95% bootstrap CI", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return _save(fig, Path(out))
+    title = f"{dataset}: mean over seeds, 95% bootstrap CI"
+    return _finish_curve_plot(fig, ax, "normalised score", title, out)
 
 
 def has_overestimation(runs: Sequence[SeedRun]) -> bool:
@@ -120,9 +115,15 @@ def plot_overestimation(cells: Sequence[Cell], dataset: str, out: str | os.PathL
         ax.fill_between(steps, q_low, q_high, color=color, alpha=0.15, lw=0)
         mc_steps, mc, _, _ = _mean_band([r.diag_steps for r in runs], [r.mc_return for r in runs])
         ax.plot(mc_steps, mc, color=color, lw=1.5, ls="--", label=f"{cell.column}: MC return")
+    title = f"{dataset}: Q vs Monte-Carlo return (overestimation)"
+    return _finish_curve_plot(fig, ax, "mean over the fixed sample", title, out)
+
+
+def _finish_curve_plot(fig, ax, ylabel: str, title: str, out: str | os.PathLike) -> Path:
+    """Labels, grid and legend of a plot against gradient steps, then the file."""
     ax.set_xlabel("gradient steps")
-    ax.set_ylabel("mean over the fixed sample")
-    ax.set_title(f"{dataset}: Q vs Monte-Carlo return (overestimation)", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -53,7 +53,12 @@ from torchrl_dmg.datagen.behaviour_policy import (
     resolve_env_name,
     write_progress,
 )
-from torchrl_dmg.datagen.sac import SACSettings, SACUpdater, check_settings
+from torchrl_dmg.datagen.sac import (
+    SACSettings,
+    check_settings,
+    load_updater_state,
+    make_sac_updater,
+)
 from torchrl_dmg.datagen.transitions import (
     TransitionStore,
     mirrored_rows,
@@ -190,18 +195,7 @@ class _SACRun:
             self.train_actor.load_state_dict(self.actor.state_dict())
             self.train_actor.to(device)
         qvalue = make_sac_qvalue(obs_dim, act_dim, self.num_cells).to(device)
-        self.updater = SACUpdater(
-            self.train_actor,
-            qvalue,
-            spec.to(device),
-            lr=s.lr,
-            gamma=s.gamma,
-            tau=s.tau,
-            mode=s.update_mode,
-            vmap_critics=s.vmap_critics,
-            alpha_init=s.alpha_init,
-            fixed_alpha=s.fixed_alpha,
-        )
+        self.updater = make_sac_updater(self.train_actor, qvalue, spec.to(device), s)
 
     def to_replay(self, rows: dict[str, np.ndarray]) -> None:
         self.replay.extend(replay_entries(rows).to(self.device))
@@ -216,7 +210,7 @@ class _SACRun:
             return
         self.steps = steps = int(state["steps"])
         self.wall_before = float(state["wall_s"])
-        self.updater.load_state_dict(state["updater"])
+        load_updater_state(self.updater, state["updater"])
         self.store.truncate(steps)  # transitions after the state are redone
         self.store.mark_last_truncated()  # the episode running at the state ends there
         if steps:

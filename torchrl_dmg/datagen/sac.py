@@ -18,16 +18,103 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
 
 from torchrl_dmg.training.compile import (
+    UpdateMode,
     captured,
     compile_step,
     leaves,
     optimizer_step,
     prepare_compile,
 )
+from torchrl_dmg.training.updater import ActorCriticUpdater
 
-__all__ = ["UPDATE_MODES", "SACSettings", "SACUpdater", "check_settings"]
+__all__ = [
+    "UPDATE_MODES",
+    "SACSettings",
+    "SACUpdater",
+    "check_settings",
+    "load_updater_state",
+    "make_sac_updater",
+]
 
-UPDATE_MODES = ("eager", "compile", "compile-inductor", "cudagraphs")
+#: ``SACSettings.update_mode`` -> the updater's mode and ``torch.compile`` backend
+UPDATE_MODES: dict[str, tuple[UpdateMode, str | None]] = {
+    "eager": ("eager", None),
+    "compile": ("compile", "aot_eager"),
+    "compile-inductor": ("compile", "inductor"),
+    "cudagraphs": ("cudagraphs", "inductor"),
+}
+
+
+def make_sac_updater(
+    actor: ProbabilisticActor,
+    qvalue: ValueOperator,
+    action_spec: Bounded,
+    s: SACSettings,
+    *,
+    cudagraph_warmup: int = 5,
+) -> ActorCriticUpdater:
+    """TorchRL's :class:`~torchrl.objectives.SACLoss` (double Q, Polyak critic targets,
+    entropy target ``-act_dim``) in the project's :class:`ActorCriticUpdater`: one update
+    per call (``policy_freq=1``), the SAC steps of :mod:`torchrl_dmg.training.steps`."""
+    mode, backend = UPDATE_MODES[s.update_mode]
+    vmap_critics = s.vmap_critics
+    if vmap_critics is None:
+        # Measured on one CPU thread: vmapped critics are faster in eager (fewer Python
+        # calls), two plain matmuls faster once compiled (the vmapped linear layers
+        # become slower batched matmuls). On a GPU fewer kernels win.
+        vmap_critics = mode in ("eager", "cudagraphs")
+    loss = SACLoss(
+        actor,
+        qvalue,
+        num_qvalue_nets=2,
+        loss_function="l2",
+        alpha_init=s.alpha_init,
+        fixed_alpha=s.fixed_alpha,
+        action_spec=action_spec,
+        target_entropy="auto",  # -act_dim
+        delay_actor=False,
+        delay_qvalue=True,
+        deactivate_vmap=not vmap_critics,
+    )
+    loss.make_value_estimator(gamma=s.gamma)
+    _ = loss.target_entropy  # registers its buffer now, outside any compiled code
+    return ActorCriticUpdater(
+        loss,
+        lr=s.lr,
+        tau=s.tau,
+        policy_freq=1,
+        mode=mode,
+        compile_backend=backend,
+        cudagraph_warmup=cudagraph_warmup,
+    )
+
+
+def load_updater_state(updater: ActorCriticUpdater, state: dict[str, Any]) -> None:
+    """Load a saved updater state, also one of the earlier ``SACUpdater`` (one grouped
+    optimiser, ``"optimizer"``), converted to the updater's one Adam per network."""
+    if "optimizer" in state:
+        state = {**state, **_split_group_state(state.pop("optimizer"), updater)}
+    updater.load_state_dict(state)
+
+
+def _split_group_state(group: dict[str, Any], updater: ActorCriticUpdater) -> dict[str, Any]:
+    """TorchRL's ``GroupOptimizer`` state (its optimisers' groups in order, parameters
+    numbered across all of them) as one state per optimiser, each numbered from 0."""
+    names = updater.steps.networks
+    if len(group["param_groups"]) != len(names):
+        raise ValueError(
+            f"This state.pt was written by an older version with "
+            f"{len(group['param_groups'])} optimiser groups, but this run trains {names}; "
+            "resume it with the settings (fixed_alpha) it was started with."
+        )
+    out = {}
+    for name, param_group in zip(names, group["param_groups"], strict=True):
+        ids = param_group["params"]
+        out[f"optim_{name}"] = {
+            "state": {i: group["state"][j] for i, j in enumerate(ids) if j in group["state"]},
+            "param_groups": [{**param_group, "params": list(range(len(ids)))}],
+        }
+    return out
 
 
 class SACUpdater:
@@ -311,7 +398,9 @@ def _check_batching(total_steps: int, s: SACSettings) -> None:
     if fpb % s.num_envs:
         raise ValueError(f"frames_per_batch ({fpb}) must be a multiple of num_envs ({s.num_envs}).")
     if s.update_mode not in UPDATE_MODES:
-        raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {s.update_mode!r}.")
+        raise ValueError(
+            f"update_mode must be one of {tuple(UPDATE_MODES)}, got {s.update_mode!r}."
+        )
     device = torch.device(s.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device} was asked for, but torch sees no CUDA device.")

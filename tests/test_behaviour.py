@@ -16,7 +16,7 @@ from torchrl_dmg.datagen.behaviour_policy import (
     d4rl_normalized_score,
     load_behaviour_actor,
 )
-from torchrl_dmg.datagen.sac import SACUpdater
+from torchrl_dmg.datagen.sac import SACSettings, make_sac_updater
 from torchrl_dmg.datagen.transitions import TransitionStore, load_transitions
 from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue
 
@@ -211,15 +211,12 @@ def test_compiled_update_matches_eager():
     results = {}
     for mode in ("eager", "compile"):
         torch.manual_seed(0)
-        updater = SACUpdater(
+        updater = make_sac_updater(
             make_sac_actor(11, 3, spec, (16, 16)),
             make_sac_qvalue(11, 3, (16, 16)),
             spec,
-            lr=1e-3,
-            gamma=0.99,
-            tau=0.005,
-            mode=mode,
-            vmap_critics=True,  # the same critic layout in both modes
+            # vmap_critics: the same critic layout in both modes
+            SACSettings(lr=1e-3, gamma=0.99, tau=0.005, update_mode=mode, vmap_critics=True),
         )
         losses = []
         for i, batch in enumerate(batches):
@@ -297,18 +294,15 @@ def test_warm_start_trains_critics_only_until_the_actor_is_released(tiny_run, tm
     assert any(not torch.equal(at_600[k], v) for k, v in init_weights.items())
 
 
-def _tiny_sac_updater(**kwargs):
+def _tiny_sac_updater(mode: str, **kwargs):
     from torchrl.data import Bounded
 
     spec = Bounded(-1.0, 1.0, shape=(3,))
-    return SACUpdater(
+    return make_sac_updater(
         make_sac_actor(11, 3, spec, (16, 16)),
         make_sac_qvalue(11, 3, (16, 16)),
         spec,
-        gamma=0.99,
-        tau=0.005,
-        vmap_critics=None,
-        **kwargs,
+        SACSettings(gamma=0.99, tau=0.005, vmap_critics=None, update_mode=mode, **kwargs),
     )
 
 

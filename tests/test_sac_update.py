@@ -167,29 +167,3 @@ def test_an_old_sac_updater_state_resumes_bit_identically():
     old_losses = _run(old, batches[30:], freeze=0, seed=2)
     new_losses = _run(new, batches[30:], freeze=0, seed=2)
     _assert_same_run(old, new, old_losses, new_losses)
-
-
-def test_the_frozen_copy_is_the_old_sac_updater():
-    """(Removed with SACUpdater.) The reference above computes what SACUpdater computed."""
-    from torchrl_dmg.datagen.sac import SACUpdater
-
-    batches = _batches(100)
-    torch.manual_seed(0)
-    frozen = _OldSACStep(lr=1e-3)
-    torch.manual_seed(0)
-    original = SACUpdater(
-        make_sac_actor(11, 3, SPEC, (16, 16)),
-        make_sac_qvalue(11, 3, (16, 16)),
-        SPEC,
-        lr=1e-3,
-        gamma=0.99,
-        tau=0.005,
-        mode="eager",
-        vmap_critics=None,
-    )
-    frozen_losses = _run(frozen, batches, freeze=20)
-    original_losses = _run(original, batches, freeze=20)
-    for key, value in frozen.state_dict()["loss"].items():
-        assert torch.equal(original.loss.state_dict()[key], value), key
-    for a, b in zip(frozen_losses, original_losses, strict=True):
-        assert torch.equal(a["loss_qvalue"], b["loss_qvalue"])

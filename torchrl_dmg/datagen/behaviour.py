@@ -20,10 +20,11 @@ medium checkpoint. :func:`train_sac` reproduces such a run with stock TorchRL pi
   continues an interrupted run (the replay buffer is rebuilt from the transitions).
 
 Speed (one CPU thread): the update is SACLoss's forward, one backward of the summed
-losses and one step of the grouped Adam optimisers, as in TorchRL's SAC example. By
-default the loss forward runs under ``torch.compile`` with the ``aot_eager`` backend,
-which removes TensorDict's per-op Python overhead but runs the ATen kernels eagerly;
-on CPU this beats both eager and the inductor backend (see :func:`train_sac`).
+losses and a step of each network's fused Adam, as in TorchRL's SAC example, run by the
+project's :class:`~torchrl_dmg.training.updater.ActorCriticUpdater`
+(:func:`~torchrl_dmg.datagen.sac.make_sac_updater`). By default the whole step runs under
+``torch.compile`` with the ``aot_eager`` backend, which removes TensorDict's per-op Python
+overhead but runs the ATen kernels eagerly.
 """
 
 from __future__ import annotations

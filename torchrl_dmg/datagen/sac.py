@@ -1,7 +1,7 @@
-"""The SAC of the behaviour-policy trainer: its settings, checked early, and its update: TorchRL's :class:`~torchrl.objectives.SACLoss`,
-grouped fused Adam and :class:`~torchrl.objectives.SoftUpdate`, run eagerly, with the loss
-compiled, or (CUDA) as one compiled step replayed as a CUDA graph, with the compile helpers
-of :mod:`torchrl_dmg.training.compile`."""
+"""The SAC of the behaviour-policy trainer: its settings, checked early, and its updater:
+TorchRL's :class:`~torchrl.objectives.SACLoss` driven by the project's one update machinery,
+:class:`~torchrl_dmg.training.updater.ActorCriticUpdater` (the SAC steps are in
+:mod:`torchrl_dmg.training.steps`), eager, compiled or (CUDA) replayed as CUDA graphs."""
 
 from __future__ import annotations
 
@@ -12,25 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor, ValueOperator
-from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
+from torchrl.objectives import SACLoss
 
-from torchrl_dmg.training.compile import (
-    UpdateMode,
-    captured,
-    compile_step,
-    leaves,
-    optimizer_step,
-    prepare_compile,
-)
+from torchrl_dmg.training.compile import UpdateMode
 from torchrl_dmg.training.updater import ActorCriticUpdater
 
 __all__ = [
     "UPDATE_MODES",
     "SACSettings",
-    "SACUpdater",
     "check_settings",
     "load_updater_state",
     "make_sac_updater",
@@ -117,128 +108,6 @@ def _split_group_state(group: dict[str, Any], updater: ActorCriticUpdater) -> di
     return out
 
 
-class SACUpdater:
-    """SACLoss + grouped Adam + SoftUpdate; :meth:`update` is one UTD-1 gradient step.
-
-    ``mode="cudagraphs"`` (CUDA only): the whole step (loss, backward, Adam, target
-    update) is compiled with inductor and replayed as one CUDA graph
-    (:class:`tensordict.nn.CudaGraphModule`), as in TorchRL's SAC example; the optimiser is
-    capturable. The other modes compile (or not) the loss forward only.
-    """
-
-    def __init__(
-        self,
-        actor: ProbabilisticActor,
-        qvalue: ValueOperator,
-        action_spec: Bounded,
-        *,
-        lr: float,
-        gamma: float,
-        tau: float,
-        mode: str,
-        vmap_critics: bool | None,
-        alpha_init: float = 1.0,
-        fixed_alpha: bool = False,
-        cudagraph_warmup: int = 5,
-    ) -> None:
-        if mode not in UPDATE_MODES:
-            raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {mode!r}.")
-        device = next(iter(actor.parameters())).device
-        graphs = mode == "cudagraphs"
-        if graphs and device.type != "cuda":
-            raise ValueError(
-                f"update_mode='cudagraphs' needs device='cuda' (the networks are on {device}); "
-                "use update_mode='compile' on CPU."
-            )
-        if vmap_critics is None:
-            # Measured on one CPU thread: vmapped critics are faster in eager (fewer Python
-            # calls), two plain matmuls faster once compiled (the vmapped linear layers
-            # become slower batched matmuls). On a GPU fewer kernels win.
-            vmap_critics = mode in ("eager", "cudagraphs")
-        self.loss = SACLoss(
-            actor,
-            qvalue,
-            num_qvalue_nets=2,
-            loss_function="l2",
-            alpha_init=alpha_init,
-            fixed_alpha=fixed_alpha,
-            action_spec=action_spec,
-            target_entropy="auto",  # -act_dim
-            delay_actor=False,
-            delay_qvalue=True,
-            deactivate_vmap=not vmap_critics,
-        )
-        self.loss.make_value_estimator(gamma=gamma)
-        _ = self.loss.target_entropy  # registers its buffer now, outside any compiled code
-        self.target_updater = SoftUpdate(self.loss, tau=tau)
-        kwargs = {"fused": True, **({"capturable": True} if graphs else {})}
-        self.optimizer = group_optimizers(
-            torch.optim.Adam(leaves(self.loss.actor_network_params), lr=lr, **kwargs),
-            torch.optim.Adam(leaves(self.loss.qvalue_network_params), lr=lr, **kwargs),
-            *([] if fixed_alpha else [torch.optim.Adam([self.loss.log_alpha], lr=lr, **kwargs)]),
-        )
-        self.mode = mode
-        self.num_updates = 0
-        self._loss_fn = self.loss
-        self._step_fn = self._step
-        self._critic_step_fn = self._critic_step
-        if mode != "eager":
-            prepare_compile()  # no recompile per call under vmap
-        if mode in ("compile", "compile-inductor"):
-            backend = "aot_eager" if mode == "compile" else "inductor"
-            self._loss_fn = torch.compile(self.loss, backend=backend)
-        elif graphs:
-            # two graphs, no Python branch inside either: the full step, and the step
-            # that leaves the actor as it is (a warm-started actor's critic warm-up)
-            self._step_fn, self._critic_step_fn = (
-                captured(compile_step(fn, "inductor"), cudagraph_warmup)
-                for fn in (self._step, self._critic_step)
-            )
-
-    def _step(self, batch: TensorDictBase) -> TensorDictBase:
-        losses = self._loss_fn(batch)
-        (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
-        optimizer_step(self.optimizer)
-        _target_step(self.target_updater)
-        return losses.detach()
-
-    def _critic_step(self, batch: TensorDictBase) -> TensorDictBase:
-        # the critic's TD target is computed without gradient, so only the critics get
-        # gradients and Adam skips the actor and alpha. Alpha stays too: with the actor
-        # held, its loss would push it one way for the whole warm-up (x20 in 10k steps).
-        losses = self._loss_fn(batch)
-        losses["loss_qvalue"].backward()
-        optimizer_step(self.optimizer)
-        _target_step(self.target_updater)
-        return losses.detach()
-
-    def update(self, batch: TensorDictBase, train_actor: bool = True) -> TensorDictBase:
-        """One gradient step; ``train_actor=False`` updates the critics and their targets
-        and leaves the actor and alpha as they are."""
-        losses = (self._step_fn if train_actor else self._critic_step_fn)(batch)
-        self.num_updates += 1
-        return losses
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
-
-
-@torch.compiler.disable
-def _target_step(target_updater: SoftUpdate) -> None:
-    """The Polyak update, outside torch.compile (captured by a CUDA graph like any eager
-    CUDA work)."""
-    target_updater.step()
-
-
 @dataclass(frozen=True)
 class SACSettings:
     """Every option of :func:`train_sac` besides the task, its length and the run directory.
@@ -258,11 +127,12 @@ class SACSettings:
 
     Attributes:
         env_name: ``hopper``/``halfcheetah``/``walker2d`` or their ``*-v5`` ids.
-        update_mode: ``"compile"`` (default; ``torch.compile`` of the loss with the
-            ``aot_eager`` backend), ``"eager"``, ``"compile-inductor"`` (slower than
-            ``aot_eager`` on CPU, kept for comparison), or ``"cudagraphs"`` (CUDA only:
-            the whole update compiled and replayed as a CUDA graph). Compiling costs
-            ~10-60 s once.
+        update_mode: ``"compile"`` (default; ``torch.compile`` of the update step with
+            the ``aot_eager`` backend), ``"eager"``, ``"compile-inductor"`` (the inductor
+            backend; slower than ``aot_eager`` on CPU, kept for comparison), or
+            ``"cudagraphs"`` (CUDA only: the step compiled with inductor and replayed as a
+            CUDA graph), as :class:`~torchrl_dmg.training.updater.ActorCriticUpdater`
+            runs every loss. Compiling costs ~10-60 s once.
         vmap_critics: vmap the two critics (SACLoss's default) or loop over them; ``None``
             picks the faster one for ``update_mode``.
         updates_per_step: gradient steps per env step (the update-to-data ratio): after

@@ -14,7 +14,8 @@ medium checkpoint. :func:`train_sac` reproduces such a run with stock TorchRL pi
   every ``checkpoint_interval`` env steps (:func:`~torchrl_dmg.datagen.behaviour_policy.load_behaviour_actor`,
   :func:`~torchrl_dmg.datagen.behaviour_policy.act`);
 * ``out_dir/transitions/``: every transition collected, in collection order, with the
-  env step it was collected at (:func:`~torchrl_dmg.datagen.transitions.load_transitions`);
+  env step it was collected at, in a TorchRL :class:`~torchrl.data.LazyMemmapStorage`
+  (:func:`~torchrl_dmg.datagen.transitions.load_transitions`);
 * ``out_dir/progress.csv``: one row per checkpoint;
 * ``out_dir/state.pt``: the full trainer state, so that ``train_sac(..., resume=True)``
   continues an interrupted run (the replay buffer is rebuilt from the transitions).
@@ -166,7 +167,9 @@ class _SACRun:
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
         self._build_networks()
-        self.store = TransitionStore(out_dir / "transitions", self.obs_dim, self.act_dim)
+        self.store = TransitionStore(
+            out_dir / "transitions", self.obs_dim, self.act_dim, capacity=total_steps
+        )
         self.capacity = min(s.buffer_size, total_steps)
         # batches are drawn sample_chunk at a time, the size given at each sample() call
         storage = LazyTensorStorage(

@@ -91,12 +91,28 @@ def _write_legacy(root, rows: dict) -> None:
 
 def test_the_old_raw_binary_format_reads_the_same_with_a_deprecation(tmp_path):
     """A run directory of the old format still yields the same transitions (so the same
-    medium-replay dataset); resuming on it is refused in one line."""
+    medium-replay dataset)."""
     rows = _rows(1, 7)
     _write_legacy(tmp_path / "old" / "transitions", rows)
     TransitionStore(tmp_path / "new" / "transitions", 2, 1, capacity=7).append(rows)
     with pytest.warns(DeprecationWarning, match="old raw-binary"):
         old = load_transitions(tmp_path / "old", max_step=5)
     _assert_same(old, load_transitions(tmp_path / "new", max_step=5))
-    with pytest.raises(ValueError, match="old raw-binary format.*start a new out_dir"):
-        TransitionStore(tmp_path / "old" / "transitions", 2, 1)
+
+
+def test_opening_an_old_format_log_to_write_converts_it_in_place(tmp_path):
+    """A resumed run of the old format goes on in TorchRL's storage, rows unchanged."""
+    root = tmp_path / "transitions"
+    _write_legacy(root, _rows(1, 7))
+    with pytest.warns(DeprecationWarning):
+        store = TransitionStore(root, obs_dim=2, act_dim=1, capacity=10)
+    assert len(store) == 7 and store.capacity == 10
+    assert not list(root.glob("*.bin"))
+    store.truncate(5)
+    store.append(_rows(6, 3))
+    first_five = {k: v[:5] for k, v in _rows(1, 7).items()}
+    _assert_same(load_transitions(tmp_path), _merge(first_five, _rows(6, 3)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["transitions"]
+    _write_legacy(tmp_path / "other", _rows(1, 2))
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="another shape"):
+        TransitionStore(tmp_path / "other", obs_dim=3, act_dim=1)

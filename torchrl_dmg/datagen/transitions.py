@@ -31,6 +31,9 @@ class TransitionStore:
     ``capacity`` rows preallocated, sparse on disk; ``storage_metadata.json`` holds the
     length). Reopened with ``LazyMemmapStorage.loads``.
 
+    A log of the earlier raw-binary format (``<field>.bin``, ``meta.json`` with a count) is
+    converted on opening (the same rows, then swapped in as a grown store is).
+
     Crash safety: rows are written into the memory maps (and fsynced) first, then the
     length, atomically; a crash mid-append leaves rows past the length, overwritten by the
     next append. TorchRL's own ``dumps`` is not used after each append: it rewrites
@@ -53,9 +56,15 @@ class TransitionStore:
             "truncated": (torch.bool, ()),
             "step": (torch.int64, ()),
         }
-        _refuse_legacy(self.root)
         _finish_growth(self.root)
-        if (self.root / LENGTH_FILE).is_file():
+        if _is_legacy(self.root):  # converted once, in place
+            rows = _read_legacy(self.root, None)
+            saved = {k: tuple(v.shape[1:]) for k, v in rows.items()}
+            if saved != {k: shape for k, (_, shape) in self.fields.items()}:
+                raise ValueError(f"{self.root} holds transitions of another shape: {saved}.")
+            data = self._as_tensordict(rows) if len(rows["step"]) else None
+            self.storage = _swap_in(self.root, data, max(capacity, len(rows["step"])))
+        elif (self.root / LENGTH_FILE).is_file():
             self.storage = _open_storage(self.root)
             first = self.storage.get(slice(0, 1))
             saved = {k: (v.dtype, tuple(v.shape[1:])) for k, v in first.items()}
@@ -87,16 +96,19 @@ class TransitionStore:
                 f"{self.root} holds at most {self.capacity} transitions (the capacity it was "
                 f"opened with); {count + n} asked for: open it with capacity >= {count + n}."
             )
-        data = TensorDict(
+        self.storage.set(torch.arange(count, count + n), self._as_tensordict(rows))
+        _fsync(self.root)  # the rows reach the disk before the length does
+        self._write_length(count + n)
+
+    def _as_tensordict(self, rows: dict[str, np.ndarray]) -> TensorDict:
+        n = len(rows["step"])
+        return TensorDict(
             {
                 name: torch.as_tensor(np.asarray(rows[name])).to(dtype).reshape(n, *shape)
                 for name, (dtype, shape) in self.fields.items()
             },
             batch_size=[n],
         )
-        self.storage.set(torch.arange(count, count + n), data)
-        _fsync(self.root)  # the rows reach the disk before the length does
-        self._write_length(count + n)
 
     def truncate(self, count: int) -> None:
         """Keep the first ``count`` rows (a resume drops what came after its state)."""
@@ -142,19 +154,24 @@ def _fsync(root: Path) -> None:
 
 
 def _grow(root: Path, storage: LazyMemmapStorage, capacity: int) -> LazyMemmapStorage:
-    """The store copied into one of ``capacity`` rows, then swapped in (``<root>.grow`` is
-    built whole, then renamed; :func:`_finish_growth` completes an interrupted swap)."""
+    """The store copied into one of ``capacity`` rows (:func:`_swap_in`)."""
+    count = len(storage)
+    return _swap_in(root, storage.get(slice(0, count)) if count else None, capacity)
+
+
+def _swap_in(root: Path, data: TensorDictBase | None, capacity: int) -> LazyMemmapStorage:
+    """A storage of ``capacity`` rows holding ``data`` in place of ``root``'s: built whole
+    in ``<root>.grow``, then renamed (:func:`_finish_growth` completes an interrupted swap)."""
     grow, old = _growth_dirs(root)
     shutil.rmtree(grow, ignore_errors=True)
-    count = len(storage)
-    if count == 0:  # nothing to keep
+    if data is None:  # nothing to keep
         shutil.rmtree(root)
         root.mkdir()
         return LazyMemmapStorage(capacity, scratch_dir=root, existsok=True)
-    bigger = LazyMemmapStorage(capacity, scratch_dir=grow, existsok=True)
-    bigger.set(torch.arange(count), storage.get(slice(0, count)))
+    new = LazyMemmapStorage(capacity, scratch_dir=grow, existsok=True)
+    new.set(torch.arange(data.shape[0]), data)
     _fsync(grow)
-    _write_length_file(grow, count)
+    _write_length_file(grow, data.shape[0])
     root.rename(old)
     grow.rename(root)
     shutil.rmtree(old)
@@ -188,20 +205,12 @@ def _is_legacy(root: Path) -> bool:
     return (root / "observation.bin").is_file()
 
 
-def _refuse_legacy(root: Path) -> None:
-    if _is_legacy(root):
-        raise ValueError(
-            f"{root} holds transitions in the old raw-binary format (*.bin, before TorchRL's "
-            "LazyMemmapStorage): load_transitions still reads it, but a run cannot resume "
-            "on it; start a new out_dir."
-        )
-
-
 def _read_legacy(root: Path, max_step: int | None) -> dict[str, np.ndarray]:
     """Deprecated: the raw-binary store of earlier versions, read-only."""
     warnings.warn(
         f"{root} is in the old raw-binary transitions format; reading it is deprecated "
-        "(a new train_sac run writes TorchRL's LazyMemmapStorage).",
+        "(train_sac writes TorchRL's LazyMemmapStorage, and converts this log when it "
+        "resumes its run).",
         DeprecationWarning,
         stacklevel=3,
     )

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -440,12 +445,6 @@ def test_a_kill_9_between_the_rows_and_their_length_resumes_bit_identically(tiny
     """SIGKILL right after the 4th batch's rows reach the transition log and before its
     length does (state.pt is at step 300); the rerun with resume ends with the uninterrupted
     run's transitions, each once, and its parameters and optimiser states, bit for bit."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-
     ref_dir, _ = tiny_run
     out_dir = tmp_path / "killed"
     script = (

@@ -42,9 +42,8 @@ class ActorCriticUpdater:
     """One iteration of an actor-critic loss: its critic step, then every ``policy_freq``
     iterations its actor step followed by a Polyak update of its targets. The steps of
     each loss (:class:`DMGLoss`, TorchRL's ``IQLLoss``, ``TD3BCLoss``, ``BCLoss``,
-    ``SACLoss``) are
-    in :mod:`torchrl_dmg.training.steps`; for DMG: value step, critic step, then every
-    ``policy_freq`` iterations the actor step and the actor and critic targets.
+    ``SACLoss``) are in :mod:`torchrl_dmg.training.steps`; for DMG: value step, critic step,
+    then every ``policy_freq`` iterations the actor step and the actor and critic targets.
 
     The value+critic step and the actor step are two separate functions, so that each
     can be compiled (``mode="compile"``) or captured (``mode="cudagraphs"``) without a
@@ -267,9 +266,9 @@ class ActorCriticUpdater:
             return self._update(batch)
 
     def _update_critics(self, batch: TensorDict) -> TensorDict:
-        step = self._critic_only_step or self._critic_step
         if self.steps.critic_only is None and self.steps.critic is None:
             raise ValueError(f"{self.steps.name} has no critic to train without its actor.")
+        step = self._critic_step if self._critic_only_step is None else self._critic_only_step
         metrics = step(batch)
         _pop_carry(metrics)
         self.num_updates += 1

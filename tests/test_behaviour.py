@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ from torchrl_dmg.datagen.behaviour_policy import (
     d4rl_normalized_score,
     load_behaviour_actor,
 )
-from torchrl_dmg.datagen.sac import SACUpdater
+from torchrl_dmg.datagen.sac import SACSettings, make_sac_updater
 from torchrl_dmg.datagen.transitions import TransitionStore, load_transitions
 from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue
 
@@ -171,8 +176,9 @@ def test_transition_store_survives_a_torn_append(tmp_path):
         }
 
     store.append(rows(1, 3))
-    with open(tmp_path / "t" / "reward.bin", "ab") as f:  # a crash mid-append
-        f.write(b"\x00" * 6)
+    with open(tmp_path / "t" / "reward.memmap", "r+b") as f:  # a crash mid-append:
+        f.seek(3 * 4)  # rows 4 and 5 written, the length not
+        f.write(np.array([9.0, 9.0], np.float32).tobytes())
     store = TransitionStore(tmp_path / "t", obs_dim=2, act_dim=1)
     assert len(store) == 3
     store.append(rows(4, 2))
@@ -211,15 +217,12 @@ def test_compiled_update_matches_eager():
     results = {}
     for mode in ("eager", "compile"):
         torch.manual_seed(0)
-        updater = SACUpdater(
+        updater = make_sac_updater(
             make_sac_actor(11, 3, spec, (16, 16)),
             make_sac_qvalue(11, 3, (16, 16)),
             spec,
-            lr=1e-3,
-            gamma=0.99,
-            tau=0.005,
-            mode=mode,
-            vmap_critics=True,  # the same critic layout in both modes
+            # vmap_critics: the same critic layout in both modes
+            SACSettings(lr=1e-3, gamma=0.99, tau=0.005, update_mode=mode, vmap_critics=True),
         )
         losses = []
         for i, batch in enumerate(batches):
@@ -297,18 +300,15 @@ def test_warm_start_trains_critics_only_until_the_actor_is_released(tiny_run, tm
     assert any(not torch.equal(at_600[k], v) for k, v in init_weights.items())
 
 
-def _tiny_sac_updater(**kwargs):
+def _tiny_sac_updater(mode: str, **kwargs):
     from torchrl.data import Bounded
 
     spec = Bounded(-1.0, 1.0, shape=(3,))
-    return SACUpdater(
+    return make_sac_updater(
         make_sac_actor(11, 3, spec, (16, 16)),
         make_sac_qvalue(11, 3, (16, 16)),
         spec,
-        gamma=0.99,
-        tau=0.005,
-        vmap_critics=None,
-        **kwargs,
+        SACSettings(gamma=0.99, tau=0.005, vmap_critics=None, update_mode=mode, **kwargs),
     )
 
 
@@ -439,3 +439,39 @@ def test_sigterm_saves_the_trainer_state_after_the_batch_and_a_rerun_continues(t
     assert result["session_steps"] == 500 and result["steps"] == 600
     assert [int(r["step"]) for r in _progress(out_dir)] == [300, 600]
     np.testing.assert_array_equal(load_transitions(out_dir)["step"], np.arange(1, 601))
+
+
+def test_a_kill_9_between_the_rows_and_their_length_resumes_bit_identically(tiny_run, tmp_path):
+    """SIGKILL right after the 4th batch's rows reach the transition log and before its
+    length does (state.pt is at step 300); the rerun with resume ends with the uninterrupted
+    run's transitions, each once, and its parameters and optimiser states, bit for bit."""
+    ref_dir, _ = tiny_run
+    out_dir = tmp_path / "killed"
+    script = (
+        "import os, signal\n"
+        "from torchrl_dmg.datagen import behaviour, transitions\n"
+        "write, calls = transitions._write_length_file, []\n"
+        "def killing(root, count):\n"
+        "    calls.append(count)\n"
+        "    if len(calls) == 4:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    write(root, count)\n"
+        "transitions._write_length_file = killing\n"
+        f"behaviour.train_sac('hopper', out_dir={str(out_dir)!r}, seed=0, **{TINY!r})\n"
+    )
+    root = Path(__file__).resolve().parents[1]  # this checkout's package first
+    proc = subprocess.run([sys.executable, "-c", script], env=os.environ.copy(), cwd=root)
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(out_dir / "state.pt", weights_only=False)["steps"] == 300
+    train_sac("hopper", out_dir=out_dir, seed=0, resume=True, **TINY)
+    ref, got = load_transitions(ref_dir), load_transitions(out_dir)
+    for key, value in ref.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    ref_state = torch.load(ref_dir / "state.pt", weights_only=False)["updater"]
+    state = torch.load(out_dir / "state.pt", weights_only=False)["updater"]
+    for key, value in ref_state["loss"].items():
+        assert torch.equal(state["loss"][key], value), key
+    for name in ("optim_actor", "optim_qvalue", "optim_log_alpha"):
+        for index, moments in ref_state[name]["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(state[name]["state"][index][key], value), (name, key)

@@ -14,16 +14,18 @@ medium checkpoint. :func:`train_sac` reproduces such a run with stock TorchRL pi
   every ``checkpoint_interval`` env steps (:func:`~torchrl_dmg.datagen.behaviour_policy.load_behaviour_actor`,
   :func:`~torchrl_dmg.datagen.behaviour_policy.act`);
 * ``out_dir/transitions/``: every transition collected, in collection order, with the
-  env step it was collected at (:func:`~torchrl_dmg.datagen.transitions.load_transitions`);
+  env step it was collected at, in a TorchRL :class:`~torchrl.data.LazyMemmapStorage`
+  (:func:`~torchrl_dmg.datagen.transitions.load_transitions`);
 * ``out_dir/progress.csv``: one row per checkpoint;
 * ``out_dir/state.pt``: the full trainer state, so that ``train_sac(..., resume=True)``
   continues an interrupted run (the replay buffer is rebuilt from the transitions).
 
 Speed (one CPU thread): the update is SACLoss's forward, one backward of the summed
-losses and one step of the grouped Adam optimisers, as in TorchRL's SAC example. By
-default the loss forward runs under ``torch.compile`` with the ``aot_eager`` backend,
-which removes TensorDict's per-op Python overhead but runs the ATen kernels eagerly;
-on CPU this beats both eager and the inductor backend (see :func:`train_sac`).
+losses and a step of each network's fused Adam, as in TorchRL's SAC example, run by the
+project's :class:`~torchrl_dmg.training.updater.ActorCriticUpdater`
+(:func:`~torchrl_dmg.datagen.sac.make_sac_updater`). By default the whole step runs under
+``torch.compile`` with the ``aot_eager`` backend, which removes TensorDict's per-op Python
+overhead but runs the ATen kernels eagerly.
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ from torchrl_dmg.datagen.behaviour_policy import (
     resolve_env_name,
     write_progress,
 )
-from torchrl_dmg.datagen.sac import SACSettings, SACUpdater, check_settings
+from torchrl_dmg.datagen.sac import (
+    SACSettings,
+    check_settings,
+    load_updater_state,
+    make_sac_updater,
+)
 from torchrl_dmg.datagen.transitions import (
     TransitionStore,
     mirrored_rows,
@@ -160,7 +167,9 @@ class _SACRun:
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
         self._build_networks()
-        self.store = TransitionStore(out_dir / "transitions", self.obs_dim, self.act_dim)
+        self.store = TransitionStore(
+            out_dir / "transitions", self.obs_dim, self.act_dim, capacity=total_steps
+        )
         self.capacity = min(s.buffer_size, total_steps)
         # batches are drawn sample_chunk at a time, the size given at each sample() call
         storage = LazyTensorStorage(
@@ -190,18 +199,7 @@ class _SACRun:
             self.train_actor.load_state_dict(self.actor.state_dict())
             self.train_actor.to(device)
         qvalue = make_sac_qvalue(obs_dim, act_dim, self.num_cells).to(device)
-        self.updater = SACUpdater(
-            self.train_actor,
-            qvalue,
-            spec.to(device),
-            lr=s.lr,
-            gamma=s.gamma,
-            tau=s.tau,
-            mode=s.update_mode,
-            vmap_critics=s.vmap_critics,
-            alpha_init=s.alpha_init,
-            fixed_alpha=s.fixed_alpha,
-        )
+        self.updater = make_sac_updater(self.train_actor, qvalue, spec.to(device), s)
 
     def to_replay(self, rows: dict[str, np.ndarray]) -> None:
         self.replay.extend(replay_entries(rows).to(self.device))
@@ -216,7 +214,7 @@ class _SACRun:
             return
         self.steps = steps = int(state["steps"])
         self.wall_before = float(state["wall_s"])
-        self.updater.load_state_dict(state["updater"])
+        load_updater_state(self.updater, state["updater"])
         self.store.truncate(steps)  # transitions after the state are redone
         self.store.mark_last_truncated()  # the episode running at the state ends there
         if steps:

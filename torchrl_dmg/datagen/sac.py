@@ -1,7 +1,7 @@
-"""The SAC of the behaviour-policy trainer: its settings, checked early, and its update: TorchRL's :class:`~torchrl.objectives.SACLoss`,
-grouped fused Adam and :class:`~torchrl.objectives.SoftUpdate`, run eagerly, with the loss
-compiled, or (CUDA) as one compiled step replayed as a CUDA graph, with the compile helpers
-of :mod:`torchrl_dmg.training.compile`."""
+"""The SAC of the behaviour-policy trainer: its settings, checked early, and its updater:
+TorchRL's :class:`~torchrl.objectives.SACLoss` driven by the project's one update machinery,
+:class:`~torchrl_dmg.training.updater.ActorCriticUpdater` (the SAC steps are in
+:mod:`torchrl_dmg.training.steps`), eager, compiled or (CUDA) replayed as CUDA graphs."""
 
 from __future__ import annotations
 
@@ -12,144 +12,100 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDictBase
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor, ValueOperator
-from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
+from torchrl.objectives import SACLoss
 
-from torchrl_dmg.training.compile import (
-    captured,
-    compile_step,
-    leaves,
-    optimizer_step,
-    prepare_compile,
-)
+from torchrl_dmg.training.compile import UpdateMode
+from torchrl_dmg.training.updater import ActorCriticUpdater
 
-__all__ = ["UPDATE_MODES", "SACSettings", "SACUpdater", "check_settings"]
+__all__ = [
+    "UPDATE_MODES",
+    "SACSettings",
+    "check_settings",
+    "load_updater_state",
+    "make_sac_updater",
+]
 
-UPDATE_MODES = ("eager", "compile", "compile-inductor", "cudagraphs")
+#: ``SACSettings.update_mode`` -> the updater's mode and ``torch.compile`` backend
+UPDATE_MODES: dict[str, tuple[UpdateMode, str | None]] = {
+    "eager": ("eager", None),
+    "compile": ("compile", "aot_eager"),
+    "compile-inductor": ("compile", "inductor"),
+    "cudagraphs": ("cudagraphs", "inductor"),
+}
 
 
-class SACUpdater:
-    """SACLoss + grouped Adam + SoftUpdate; :meth:`update` is one UTD-1 gradient step.
+def make_sac_updater(
+    actor: ProbabilisticActor,
+    qvalue: ValueOperator,
+    action_spec: Bounded,
+    s: SACSettings,
+    *,
+    cudagraph_warmup: int = 5,
+) -> ActorCriticUpdater:
+    """TorchRL's :class:`~torchrl.objectives.SACLoss` (double Q, Polyak critic targets,
+    entropy target ``-act_dim``) in the project's :class:`ActorCriticUpdater`: one update
+    per call (``policy_freq=1``), the SAC steps of :mod:`torchrl_dmg.training.steps`."""
+    mode, backend = UPDATE_MODES[s.update_mode]
+    vmap_critics = s.vmap_critics
+    if vmap_critics is None:
+        # Measured on one CPU thread: vmapped critics are faster in eager (fewer Python
+        # calls), two plain matmuls faster once compiled (the vmapped linear layers
+        # become slower batched matmuls). On a GPU fewer kernels win.
+        vmap_critics = mode in ("eager", "cudagraphs")
+    loss = SACLoss(
+        actor,
+        qvalue,
+        num_qvalue_nets=2,
+        loss_function="l2",
+        alpha_init=s.alpha_init,
+        fixed_alpha=s.fixed_alpha,
+        action_spec=action_spec,
+        target_entropy="auto",  # -act_dim
+        delay_actor=False,
+        delay_qvalue=True,
+        deactivate_vmap=not vmap_critics,
+    )
+    loss.make_value_estimator(gamma=s.gamma)
+    _ = loss.target_entropy  # registers its buffer now, outside any compiled code
+    return ActorCriticUpdater(
+        loss,
+        lr=s.lr,
+        tau=s.tau,
+        policy_freq=1,
+        mode=mode,
+        compile_backend=backend,
+        cudagraph_warmup=cudagraph_warmup,
+    )
 
-    ``mode="cudagraphs"`` (CUDA only): the whole step (loss, backward, Adam, target
-    update) is compiled with inductor and replayed as one CUDA graph
-    (:class:`tensordict.nn.CudaGraphModule`), as in TorchRL's SAC example; the optimiser is
-    capturable. The other modes compile (or not) the loss forward only.
-    """
 
-    def __init__(
-        self,
-        actor: ProbabilisticActor,
-        qvalue: ValueOperator,
-        action_spec: Bounded,
-        *,
-        lr: float,
-        gamma: float,
-        tau: float,
-        mode: str,
-        vmap_critics: bool | None,
-        alpha_init: float = 1.0,
-        fixed_alpha: bool = False,
-        cudagraph_warmup: int = 5,
-    ) -> None:
-        if mode not in UPDATE_MODES:
-            raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {mode!r}.")
-        device = next(iter(actor.parameters())).device
-        graphs = mode == "cudagraphs"
-        if graphs and device.type != "cuda":
-            raise ValueError(
-                f"update_mode='cudagraphs' needs device='cuda' (the networks are on {device}); "
-                "use update_mode='compile' on CPU."
-            )
-        if vmap_critics is None:
-            # Measured on one CPU thread: vmapped critics are faster in eager (fewer Python
-            # calls), two plain matmuls faster once compiled (the vmapped linear layers
-            # become slower batched matmuls). On a GPU fewer kernels win.
-            vmap_critics = mode in ("eager", "cudagraphs")
-        self.loss = SACLoss(
-            actor,
-            qvalue,
-            num_qvalue_nets=2,
-            loss_function="l2",
-            alpha_init=alpha_init,
-            fixed_alpha=fixed_alpha,
-            action_spec=action_spec,
-            target_entropy="auto",  # -act_dim
-            delay_actor=False,
-            delay_qvalue=True,
-            deactivate_vmap=not vmap_critics,
+def load_updater_state(updater: ActorCriticUpdater, state: dict[str, Any]) -> None:
+    """Load a saved updater state, also one of the earlier ``SACUpdater`` (one grouped
+    optimiser, ``"optimizer"``), converted to the updater's one Adam per network."""
+    if "optimizer" in state:
+        state = {**state, **_split_group_state(state.pop("optimizer"), updater)}
+    updater.load_state_dict(state)
+
+
+def _split_group_state(group: dict[str, Any], updater: ActorCriticUpdater) -> dict[str, Any]:
+    """TorchRL's ``GroupOptimizer`` state (its optimisers' groups in order, parameters
+    numbered across all of them) as one state per optimiser, each numbered from 0."""
+    names = updater.steps.networks
+    if len(group["param_groups"]) != len(names):
+        raise ValueError(
+            f"This state.pt was written by an older version with "
+            f"{len(group['param_groups'])} optimiser groups, but this run trains {names}; "
+            "resume it with the settings (fixed_alpha) it was started with."
         )
-        self.loss.make_value_estimator(gamma=gamma)
-        _ = self.loss.target_entropy  # registers its buffer now, outside any compiled code
-        self.target_updater = SoftUpdate(self.loss, tau=tau)
-        kwargs = {"fused": True, **({"capturable": True} if graphs else {})}
-        self.optimizer = group_optimizers(
-            torch.optim.Adam(leaves(self.loss.actor_network_params), lr=lr, **kwargs),
-            torch.optim.Adam(leaves(self.loss.qvalue_network_params), lr=lr, **kwargs),
-            *([] if fixed_alpha else [torch.optim.Adam([self.loss.log_alpha], lr=lr, **kwargs)]),
-        )
-        self.mode = mode
-        self.num_updates = 0
-        self._loss_fn = self.loss
-        self._step_fn = self._step
-        self._critic_step_fn = self._critic_step
-        if mode != "eager":
-            prepare_compile()  # no recompile per call under vmap
-        if mode in ("compile", "compile-inductor"):
-            backend = "aot_eager" if mode == "compile" else "inductor"
-            self._loss_fn = torch.compile(self.loss, backend=backend)
-        elif graphs:
-            # two graphs, no Python branch inside either: the full step, and the step
-            # that leaves the actor as it is (a warm-started actor's critic warm-up)
-            self._step_fn, self._critic_step_fn = (
-                captured(compile_step(fn, "inductor"), cudagraph_warmup)
-                for fn in (self._step, self._critic_step)
-            )
-
-    def _step(self, batch: TensorDictBase) -> TensorDictBase:
-        losses = self._loss_fn(batch)
-        (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
-        optimizer_step(self.optimizer)
-        _target_step(self.target_updater)
-        return losses.detach()
-
-    def _critic_step(self, batch: TensorDictBase) -> TensorDictBase:
-        # the critic's TD target is computed without gradient, so only the critics get
-        # gradients and Adam skips the actor and alpha. Alpha stays too: with the actor
-        # held, its loss would push it one way for the whole warm-up (x20 in 10k steps).
-        losses = self._loss_fn(batch)
-        losses["loss_qvalue"].backward()
-        optimizer_step(self.optimizer)
-        _target_step(self.target_updater)
-        return losses.detach()
-
-    def update(self, batch: TensorDictBase, train_actor: bool = True) -> TensorDictBase:
-        """One gradient step; ``train_actor=False`` updates the critics and their targets
-        and leaves the actor and alpha as they are."""
-        losses = (self._step_fn if train_actor else self._critic_step_fn)(batch)
-        self.num_updates += 1
-        return losses
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
+    out = {}
+    for name, param_group in zip(names, group["param_groups"], strict=True):
+        ids = param_group["params"]
+        out[f"optim_{name}"] = {
+            "state": {i: group["state"][j] for i, j in enumerate(ids) if j in group["state"]},
+            "param_groups": [{**param_group, "params": list(range(len(ids)))}],
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
-
-
-@torch.compiler.disable
-def _target_step(target_updater: SoftUpdate) -> None:
-    """The Polyak update, outside torch.compile (captured by a CUDA graph like any eager
-    CUDA work)."""
-    target_updater.step()
+    return out
 
 
 @dataclass(frozen=True)
@@ -171,11 +127,12 @@ class SACSettings:
 
     Attributes:
         env_name: ``hopper``/``halfcheetah``/``walker2d`` or their ``*-v5`` ids.
-        update_mode: ``"compile"`` (default; ``torch.compile`` of the loss with the
-            ``aot_eager`` backend), ``"eager"``, ``"compile-inductor"`` (slower than
-            ``aot_eager`` on CPU, kept for comparison), or ``"cudagraphs"`` (CUDA only:
-            the whole update compiled and replayed as a CUDA graph). Compiling costs
-            ~10-60 s once.
+        update_mode: ``"compile"`` (default; ``torch.compile`` of the update step with
+            the ``aot_eager`` backend), ``"eager"``, ``"compile-inductor"`` (the inductor
+            backend; slower than ``aot_eager`` on CPU, kept for comparison), or
+            ``"cudagraphs"`` (CUDA only: the step compiled with inductor and replayed as a
+            CUDA graph), as :class:`~torchrl_dmg.training.updater.ActorCriticUpdater`
+            runs every loss. Compiling costs ~10-60 s once.
         vmap_critics: vmap the two critics (SACLoss's default) or loop over them; ``None``
             picks the faster one for ``update_mode``.
         updates_per_step: gradient steps per env step (the update-to-data ratio): after
@@ -311,7 +268,9 @@ def _check_batching(total_steps: int, s: SACSettings) -> None:
     if fpb % s.num_envs:
         raise ValueError(f"frames_per_batch ({fpb}) must be a multiple of num_envs ({s.num_envs}).")
     if s.update_mode not in UPDATE_MODES:
-        raise ValueError(f"update_mode must be one of {UPDATE_MODES}, got {s.update_mode!r}.")
+        raise ValueError(
+            f"update_mode must be one of {tuple(UPDATE_MODES)}, got {s.update_mode!r}."
+        )
     device = torch.device(s.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device} was asked for, but torch sees no CUDA device.")

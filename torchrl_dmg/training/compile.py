@@ -1,7 +1,7 @@
 """How an update step is compiled: ``torch.compile`` backends, CUDA-graph capture, the
 optimiser step kept out of graphs, and private code objects for guard-free steps.
 
-Shared by every updater (:mod:`torchrl_dmg.training.updater`, the SAC behaviour trainer).
+Used by :mod:`torchrl_dmg.training.updater`, the one update machinery of every loss.
 """
 
 from __future__ import annotations

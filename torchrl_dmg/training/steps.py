@@ -4,7 +4,7 @@ of the updater and a batch.
 
 :class:`~torchrl_dmg.training.updater.ActorCriticUpdater` builds, compiles, captures,
 repeats (``K`` per call) and seed-stacks these steps the same way for every loss, so
-DMG, IQL, TD3+BC and BC differ only here:
+DMG, IQL, TD3+BC, BC and SAC differ only here:
 
 =========  ==========================  =====================  ===========  =============
 loss       networks (one Adam each)    critic step            actor step   targets
@@ -15,6 +15,9 @@ IQLLoss    value, qvalue, actor        V (expectile τ) then   AWR (β)      qva
                                        Q
 TD3BCLoss  qvalue, actor               Q (clipped noise)      TD3+BC (α)   actor, qvalue
 BCLoss     actor                       none                   MSE to a     none
+SACLoss    actor, qvalue, log_alpha    none (critic-only      Q, actor     qvalue
+           (no log_alpha: fixed α)     warm-up: Q alone)      and α in one
+                                                              backward
 =========  ==========================  =====================  ===========  =============
 
 Each step is one function (the frame that ``torch.compile`` compiles, bound to the
@@ -27,18 +30,19 @@ TorchRL's losses are called through :func:`loss_method`: their public ``*_loss``
 and ``forward`` are wrapped by TorchRL in exploration / recurrent-mode context managers
 that break ``torch.compile`` graphs; the steps call the bodies underneath, which is what
 those methods compute (none of them samples from the actor: IQL's actor loss only reads a
-log-probability, TD3+BC's actor is deterministic).
+log-probability, TD3+BC's actor is deterministic; SAC's ``forward`` is wrapped by
+``dispatch`` alone, and its actor loss sets its own random exploration inside).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.objectives import BCLoss, IQLLoss, LossModule, TD3BCLoss
+from torchrl.objectives import BCLoss, IQLLoss, LossModule, SACLoss, TD3BCLoss
 
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.training.compile import optimizer_step
@@ -67,13 +71,17 @@ class LossSteps:
     """How an :class:`~torchrl_dmg.training.updater.ActorCriticUpdater` drives one loss.
 
     Attributes:
-        name: the algorithm (``"dmg"``, ``"iql"``, ``"td3bc"``, ``"bc"``).
-        networks: the trained networks (``loss.<name>_network_params``), one Adam each.
+        name: the algorithm (``"dmg"``, ``"iql"``, ``"td3bc"``, ``"bc"``, ``"sac"``).
+        networks: the trained networks (``loss.<name>_network_params``, or a parameter
+            of the loss itself such as SAC's ``log_alpha``), one Adam each.
         targets: the networks whose ``target_<name>_network_params`` follow by Polyak
             averaging after each actor step.
         critic: the step run at every iteration, or ``None`` (no critic).
         actor: the step run every ``policy_freq`` iterations; it ends with
             ``updater.update_targets()``.
+        critic_only: the iteration that trains the critics and leaves the actor as it
+            is (``updater.update(batch, train_actor=False)``: a warm-started actor's
+            critic warm-up); ``None``: the critic step alone.
     """
 
     name: str
@@ -81,6 +89,7 @@ class LossSteps:
     targets: tuple[str, ...]
     critic: Step | None
     actor: Step
+    critic_only: Step | None = None
 
 
 def _scalars(metadata: dict) -> dict[str, torch.Tensor]:
@@ -174,6 +183,40 @@ def _bc_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     return TensorDict({"loss_actor": loss.detach()})
 
 
+# ------------------------------------------------------------------------------ SAC
+def _sac_step(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """SAC's whole iteration, as TorchRL's SAC example: one backward of
+    ``loss_actor + loss_qvalue + loss_alpha`` (each reaches its own network only: the
+    actor's loss reads detached critics, the TD target is computed without gradient), the
+    optimiser steps, then the Polyak update of the critics' targets."""
+    losses = u.loss_call("forward", batch)
+    (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
+    for name in u.steps.networks:
+        optimizer_step(u.optimizers[name])
+    u.update_targets()
+    return losses.detach()
+
+
+def _sac_critic_only(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
+    """The critics' step alone (the same forward, only ``loss_qvalue`` back-propagated),
+    then their targets. α stays too: with the actor held, its loss would push it one way
+    for the whole warm-up (x20 in 10k steps)."""
+    losses = u.loss_call("forward", batch)
+    losses["loss_qvalue"].backward()
+    optimizer_step(u.optimizers["qvalue"])
+    u.update_targets()
+    return losses.detach()
+
+
+SAC_STEPS = LossSteps(
+    "sac",
+    ("actor", "qvalue", "log_alpha"),
+    ("qvalue",),
+    None,
+    _sac_step,
+    critic_only=_sac_critic_only,
+)
+
 STEPS: dict[type, LossSteps] = {
     DMGLoss: LossSteps(
         "dmg", ("value", "qvalue", "actor"), ("actor", "qvalue"), _dmg_critic, _dmg_actor
@@ -183,14 +226,19 @@ STEPS: dict[type, LossSteps] = {
         "td3bc", ("qvalue", "actor"), ("actor", "qvalue"), _td3bc_critic, _td3bc_actor
     ),
     BCLoss: LossSteps("bc", ("actor",), (), None, _bc_actor),
+    SACLoss: SAC_STEPS,
 }
 
 
 def steps_for(loss: LossModule) -> LossSteps:
-    """The :class:`LossSteps` of ``loss`` (by its class, subclasses included)."""
+    """The :class:`LossSteps` of ``loss`` (by its class, subclasses included); a SAC with
+    a fixed α trains no ``log_alpha``."""
     for cls in type(loss).__mro__:
         if cls in STEPS:
-            return STEPS[cls]
+            steps = STEPS[cls]
+            if steps is SAC_STEPS and loss.fixed_alpha:
+                steps = replace(steps, networks=("actor", "qvalue"))
+            return steps
     raise TypeError(
         f"No update steps are defined for {type(loss).__name__}; the updater drives "
         f"{', '.join(c.__name__ for c in STEPS)} (pass steps=LossSteps(...) for another loss)."

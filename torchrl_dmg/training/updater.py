@@ -1,7 +1,8 @@
-"""One update machinery for any actor-critic loss (DMG, IQL, TD3+BC, BC): a critic step,
-a delayed actor step and Polyak targets, eager, compiled or CUDA-graph captured, one or
-``K`` iterations per call; shared by the offline and fine-tuning recipes. What differs
-between losses is in :mod:`torchrl_dmg.training.steps`."""
+"""One update machinery for any actor-critic loss (DMG, IQL, TD3+BC, BC, SAC): a critic
+step, a delayed actor step and Polyak targets, eager, compiled or CUDA-graph captured, one or
+``K`` iterations per call; shared by the offline and fine-tuning recipes and the SAC
+behaviour-policy trainer. What differs between losses is in
+:mod:`torchrl_dmg.training.steps`."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ __all__ = ["ActorCriticUpdater", "DMGUpdater", "UpdateMode"]
 class ActorCriticUpdater:
     """One iteration of an actor-critic loss: its critic step, then every ``policy_freq``
     iterations its actor step followed by a Polyak update of its targets. The steps of
-    each loss (:class:`DMGLoss`, TorchRL's ``IQLLoss``, ``TD3BCLoss``, ``BCLoss``) are
-    in :mod:`torchrl_dmg.training.steps`; for DMG: value step, critic step, then every
-    ``policy_freq`` iterations the actor step and the actor and critic targets.
+    each loss (:class:`DMGLoss`, TorchRL's ``IQLLoss``, ``TD3BCLoss``, ``BCLoss``,
+    ``SACLoss``) are in :mod:`torchrl_dmg.training.steps`; for DMG: value step, critic step,
+    then every ``policy_freq`` iterations the actor step and the actor and critic targets.
 
     The value+critic step and the actor step are two separate functions, so that each
     can be compiled (``mode="compile"``) or captured (``mode="cudagraphs"``) without a
@@ -50,7 +51,8 @@ class ActorCriticUpdater:
     frozen by compilation.
 
     Args:
-        loss: the loss (:class:`DMGLoss`, ``IQLLoss``, ``TD3BCLoss`` or ``BCLoss``).
+        loss: the loss (:class:`DMGLoss`, ``IQLLoss``, ``TD3BCLoss``, ``BCLoss`` or
+            ``SACLoss``).
         lr: Adam learning rate for every trained network (spec: 3e-4).
         tau: Polyak rate of the target update (spec: 0.005), via :class:`SoftUpdate`.
         policy_freq: critic steps per actor step (spec: 2).
@@ -142,9 +144,14 @@ class ActorCriticUpdater:
         whole actor step (losses, backward, optimiser steps, target update), each its own
         graph; ``"cudagraphs"`` then captures each as a CUDA graph. The delay counter stays
         in Python, so no branch lives inside a graph. A loss without a critic (BC) has no
-        critic step to compile."""
+        critic step to compile. A loss with a ``critic_only`` step (SAC) gets it compiled
+        and captured the same way, a third graph."""
         self._critic_step = self.critic_step
         self._actor_step = self.actor_step
+        critic_only = self.steps.critic_only
+        self._critic_only_step = (
+            None if critic_only is None else types.MethodType(critic_only, self)
+        )
         if self.mode != "eager":
             prepare_compile()
             backend = compile_backend or default_backend(self.device)
@@ -160,11 +167,17 @@ class ActorCriticUpdater:
                 self._critic_step = compile_step(critic, backend, private=private)
             actor = types.MethodType(self.steps.actor, self)
             self._actor_step = compile_step(actor, backend, private=private)
+            if critic_only is not None:
+                self._critic_only_step = compile_step(
+                    self._critic_only_step, backend, private=private
+                )
         self._compiled_steps = (self._critic_step, self._actor_step)
         if self.mode == "cudagraphs":
             if self.steps.critic is not None:
                 self._critic_step = self._captured(self._critic_step)
             self._actor_step = self._captured(self._actor_step)
+            if critic_only is not None:
+                self._critic_only_step = self._captured(self._critic_only_step)
 
     def _captured(self, function: Callable) -> Callable:
         """``function`` (TensorDicts in and out) replayed as a CUDA graph after warm-up."""
@@ -173,8 +186,10 @@ class ActorCriticUpdater:
     # -------------------------------------------------------- hooks (overridden per seed stack)
     def network_params(self, name: str) -> TensorDictBase:
         """Trainable parameters of a network of the loss (``"value"``, ``"qvalue"``,
-        ``"actor"``)."""
-        return getattr(self.loss, f"{name}_network_params")
+        ``"actor"``), or a parameter of the loss itself (SAC's ``"log_alpha"``) as a
+        one-entry TensorDict."""
+        params = getattr(self.loss, f"{name}_network_params", None)
+        return TensorDict({name: getattr(self.loss, name)}) if params is None else params
 
     def loss_call(self, method: str, batch: TensorDictBase, *args: torch.Tensor):
         """``loss.<method>(batch, *args)``, without TorchRL's context-manager wrapper
@@ -241,10 +256,23 @@ class ActorCriticUpdater:
             stack.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
         return stack
 
-    def update(self, batch: TensorDict) -> TensorDict:
-        """One iteration on ``batch``; returns detached metrics (actor ones on actor steps)."""
+    def update(self, batch: TensorDict, train_actor: bool = True) -> TensorDict:
+        """One iteration on ``batch``; returns detached metrics (actor ones on actor steps).
+        ``train_actor=False``: the critics alone (the loss's ``critic_only`` step, or its
+        critic step), the actor held; it counts as an iteration."""
         with self._dynamo_context(batch):
+            if not train_actor:
+                return self._update_critics(batch)
             return self._update(batch)
+
+    def _update_critics(self, batch: TensorDict) -> TensorDict:
+        if self.steps.critic_only is None and self.steps.critic is None:
+            raise ValueError(f"{self.steps.name} has no critic to train without its actor.")
+        step = self._critic_step if self._critic_only_step is None else self._critic_only_step
+        metrics = step(batch)
+        _pop_carry(metrics)
+        self.num_updates += 1
+        return metrics
 
     def _update(self, batch: TensorDict) -> TensorDict:
         metrics = self._critic_step(batch)

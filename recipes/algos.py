@@ -18,9 +18,6 @@ from torchrl_dmg.modules import make_exploration_policy
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.objectives.baselines import make_bc_loss, make_iql_loss, make_td3bc_loss
 
-#: the algorithms recipes/finetune.py fine-tunes (the paper's Table 4: IQL and DMG)
-FINETUNE_ALGOS = ("dmg", "iql")
-
 
 def algo_name(cfg: DictConfig) -> str:
     """``cfg.algo``; a run made before the baselines existed is DMG."""

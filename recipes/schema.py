@@ -227,9 +227,13 @@ def vmap_critics_problem(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "is not allowed"
 
 
+#: the algorithms recipes/finetune.py fine-tunes (the paper's Table 4: IQL and DMG)
+FINETUNE_ALGOS = ("dmg", "iql")
+
+
 def finetune_algo_problem(value: str) -> str | None:
-    """``dmg`` or ``iql`` (algos.FINETUNE_ALGOS); TD3+BC and BC are offline baselines."""
-    if value in ("dmg", "iql"):
+    """One of :data:`FINETUNE_ALGOS`; TD3+BC and BC are offline baselines."""
+    if value in FINETUNE_ALGOS:
         return None
     if value in ("td3bc", "bc"):
         return "is an offline baseline only (fine-tuning compares dmg and iql, the paper's Table 4)"

@@ -2,6 +2,7 @@
 
     python recipes/report.py runs=outputs/multirun/<date>/<time> out=docs/results
     python recipes/report.py 'runs=[outputs/offline/<run a>,outputs/offline/<run b>]' out=report
+    python recipes/report.py runs=results out=docs intro=results/README.md  # docs/results.md
 
 Finds every run directory (``config.yaml`` + ``metrics.csv``) under ``runs`` and writes
 ``results.md`` (Table 2 layout: datasets × algorithms, mean ± std over seeds, 95% bootstrap
@@ -13,16 +14,33 @@ The machinery is :mod:`torchrl_dmg.report`.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, ListConfig
 
-from torchrl_dmg.report.results import print_summary, write_report
+from torchrl_dmg.report.results import print_summary, read_intro, write_report
+
+
+def refuse(message: str) -> None:
+    """A refused input: one line on stderr, exit 2 (as the other recipes)."""
+    print(f"[report] error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 @hydra.main(config_path="config", config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     runs = list(cfg.runs) if isinstance(cfg.runs, ListConfig) else [cfg.runs]
-    report = write_report(runs, cfg.out, title=cfg.title, seed=cfg.bootstrap_seed)
+    intro = None
+    if cfg.intro:
+        if not Path(cfg.intro).is_file():
+            refuse(f"intro={cfg.intro} is not a file; give a Markdown file, or leave intro out")
+        intro = read_intro(cfg.intro, cfg.out)
+    try:
+        report = write_report(runs, cfg.out, title=cfg.title, seed=cfg.bootstrap_seed, intro=intro)
+    except FileNotFoundError as err:  # no run under runs=
+        refuse(str(err))
     print_summary(report)
     print(
         f"[report] {len(report.runs)} seeds -> {report.markdown}, {report.csv}, "

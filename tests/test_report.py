@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from torchrl_dmg.report.results import write_report
+from torchrl_dmg.report.results import read_intro, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
 from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 
@@ -337,3 +337,48 @@ def test_the_recipe_writes_results_md_csv_and_figures_for_a_sweep_directory(swee
     assert (out / "results.md").is_file() and (out / "results.csv").is_file()
     assert "mujoco/hopper/medium-v0" in proc.stdout and "20.0 ± 8.2" in proc.stdout
     assert not (out / ".hydra").exists()
+
+
+def test_an_intro_file_goes_under_the_title_before_the_tables(sweep, tmp_path):
+    report = write_report([sweep], tmp_path / "out", title="T", intro="Notes on *these* runs.\n")
+    lines = report.markdown.read_text().splitlines()
+    assert lines[0] == "# T"
+    notes = lines.index("Notes on *these* runs.")
+    assert notes < lines.index("## Final normalised score (the paper's Table 2 layout)")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["intro=nope.md"], "[report] error: intro=nope.md is not a file"),
+        ([], "[report] error: no run with an eval row under"),
+    ],
+)
+def test_a_missing_intro_or_no_runs_is_one_line_and_exit_2(tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "recipes/report.py", f"runs={empty}", f"out={out}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())  # nothing written (Hydra makes the folder)
+
+
+def test_the_intro_links_are_rewritten_to_resolve_from_the_report(tmp_path):
+    notes = tmp_path / "results" / "README.md"
+    notes.parent.mkdir()
+    notes.write_text(
+        'See [a study](study/README.md), ![fig](study/f.png "t"), '
+        "[web](https://x.org/a), [here](#table) and [root](/abs.md).\n"
+    )
+    text = read_intro(notes, tmp_path / "docs")
+    assert text == (
+        'See [a study](../results/study/README.md), ![fig](../results/study/f.png "t"), '
+        "[web](https://x.org/a), [here](#table) and [root](/abs.md).\n"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from torchrl_dmg.report.tables import (
     write_csv,
 )
 
-__all__ = ["Report", "print_summary", "write_report"]
+__all__ = ["Report", "print_summary", "read_intro", "write_report"]
 
 
 @dataclass
@@ -46,6 +47,24 @@ class Report:
 
 def _rel(path: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(path, out_dir)).as_posix()
+
+
+# a Markdown link or image target: ](target) or ](target "title")
+_LINK = re.compile(r"\]\((?P<target>[^)\s]+)(?P<rest>[^)]*)\)")
+
+
+def read_intro(path: str | os.PathLike, out_dir: str | os.PathLike) -> str:
+    """The Markdown of ``path`` with its relative links rewritten to resolve from
+    ``out_dir`` (where the report will be), so one notes file reads right in both places."""
+    path, out_dir = Path(path), Path(out_dir)
+
+    def rebase(match: re.Match) -> str:
+        target = match["target"]
+        if re.match(r"^([a-z][a-z0-9+.-]*:|#|/)", target):  # URL, anchor, absolute
+            return match[0]
+        return f"]({_rel(path.parent / target, out_dir)}{match['rest']})"
+
+    return _LINK.sub(rebase, path.read_text())
 
 
 def _ablation_table(ablation, out_dir: Path) -> str:
@@ -85,6 +104,7 @@ def write_report(
     *,
     title: str = "Results",
     seed: int = 0,
+    intro: str | None = None,
 ) -> Report:
     """Read every run at or below ``paths`` and write ``out_dir/results.md``,
     ``out_dir/results.csv`` and the figures (``out_dir/figures/*.png``).
@@ -94,21 +114,23 @@ def write_report(
         out_dir: where the report goes (links in it are relative to it).
         title: the Markdown title.
         seed: seed of the bootstrap generators (the same runs give the same report).
+        intro: Markdown placed under the title, before any table (hand-written notes on
+            the runs; every number below it stays generated).
     """
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(paths)
     if not runs:
         raise FileNotFoundError(
             f"no run with an eval row under {', '.join(map(str, paths))} (a run directory "
             "holds config.yaml and metrics.csv)"
         )
+    out_dir.mkdir(parents=True, exist_ok=True)
     cells = build_cells(runs, seed=seed)
     iqms = column_iqms(cells, seed=seed)
     csv_path = write_csv(cells, iqms, out_dir / "results.csv")
     figures: list[Path] = []
-    md = _score_section(title, paths, runs, cells, iqms, out_dir, csv_path)
+    md = _score_section(title, paths, runs, cells, iqms, out_dir, csv_path, intro)
     md += _curves_section(cells, out_dir, figures)
     md += _overestimation_section(cells, runs, out_dir, figures)
     md += _ablation_section(cells, out_dir, figures)
@@ -118,8 +140,10 @@ def write_report(
     return Report(md_path, csv_path, figures, cells, runs)
 
 
-def _score_section(title, paths, runs, cells, iqms, out_dir: Path, csv_path: Path) -> list[str]:
-    """The title, where the runs came from, and the Table 2 layout with its legend."""
+def _score_section(
+    title, paths, runs, cells, iqms, out_dir: Path, csv_path: Path, intro: str | None
+) -> list[str]:
+    """The title, where the runs came from, the notes, and the Table 2 layout with its legend."""
     n_runs = len({r.run_dir for r in runs})
     unfinished = sum(not r.finished for r in runs)
     md = [f"# {title}", ""]
@@ -132,6 +156,8 @@ def _score_section(title, paths, runs, cells, iqms, out_dir: Path, csv_path: Pat
             else ""
         )
     )
+    if intro and intro.strip():
+        md += ["", intro.strip()]
     md += ["", "## Final normalised score (the paper's Table 2 layout)", ""]
     md.append(markdown_table(cells, iqms, out_dir))
     md += [

@@ -4,6 +4,7 @@ device-resident sampler and the stacked policy used for evaluation."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -233,3 +234,14 @@ def test_stacked_update_many_equals_as_many_stacked_updates(mode):
     for i in (0, 1):
         assert_same_state(one.agent_state(i), many.agent_state(i), **tol)
     assert one.actor_lr == pytest.approx(many.actor_lr, rel=1e-5)
+
+
+def test_a_stacked_update_does_not_warn_that_no_target_updater_is_associated(monkeypatch):
+    import torchrl.objectives.common
+
+    monkeypatch.setattr(torchrl.objectives.common, "rl_warnings", lambda: True)  # conftest: off
+    stacked = SeedStackedDMGUpdater([make_loss(0), make_loss(1)], mode="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # TorchRL's TARGET_NET_WARNING is a UserWarning
+        for step in range(2):
+            stacked.update(torch.stack([make_batch(seed=step)] * 2))

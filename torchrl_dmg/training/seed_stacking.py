@@ -95,6 +95,10 @@ class SeedStackedUpdater(ActorCriticUpdater):
         return torch.vmap(one_agent, in_dims, randomness="different")(self.stacked, batch, *args)
 
     def _make_target_updater(self):
+        # update_targets below is this loss's target updater (on the stacked tensors); tell
+        # TorchRL so, as SoftUpdate's constructor does, or every read of a target warns
+        for name in self.loss._has_update_associated:
+            self.loss._has_update_associated[name] = True
         return None
 
     @torch.no_grad()

@@ -382,3 +382,13 @@ def test_the_intro_links_are_rewritten_to_resolve_from_the_report(tmp_path):
         'See [a study](../results/study/README.md), ![fig](../results/study/f.png "t"), '
         "[web](https://x.org/a), [here](#table) and [root](/abs.md).\n"
     )
+
+
+def test_a_fine_tuning_run_is_a_column_of_its_own_not_a_variant(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "offline", scores=[40.0, 50.0], seeds=2)
+    make_run(runs, "online", scores=70.0, extra={"online_steps": 200, "checkpoint_seed": 0})
+    report = write_report([runs], tmp_path / "out")
+    assert {c.algo for c in report.cells} == {"dmg", "dmg+online"}
+    online = next(c for c in report.cells if c.algo == "dmg+online")
+    assert online.variant == () and online.stats.mean == 70.0

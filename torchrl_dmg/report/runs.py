@@ -7,7 +7,8 @@ stacked agents holds N seeds: its eval rows carry ``normalized_score/s<seed>`` p
 its train rows are means over the seeds.
 
 Each seed becomes one :class:`SeedRun`: dataset, algorithm (``algo`` in the config;
-``dmg`` when absent, as in every run made before the baselines), final score, final Q,
+``dmg`` when absent, as in every run made before the baselines; ``<algo>+online`` for a
+``recipes/finetune.py`` run, whose score is after its online steps), final score, final Q,
 whether it diverged, its learning curve and, when the run logged them, its overestimation
 diagnostic (``q_data_mean`` beside ``mc_return_mean``).
 """
@@ -29,6 +30,7 @@ import yaml
 __all__ = [
     "DEFAULT_ALGO",
     "IGNORED_KEYS",
+    "ONLINE_SUFFIX",
     "SeedRun",
     "find_run_dirs",
     "flatten",
@@ -37,6 +39,9 @@ __all__ = [
 ]
 
 DEFAULT_ALGO = "dmg"
+#: suffix of the algorithm of a fine-tuning run (``recipes/finetune.py``: its config has
+#: ``online_steps``): a column of its own, never a variant of the offline runs
+ONLINE_SUFFIX = "+online"
 
 # Config keys that differ between runs without making them different experiments: seeds,
 # where and how fast a run computes, how it logs. Any other key that differs between runs
@@ -162,9 +167,10 @@ def load_seed_runs(run_dir: str | os.PathLike) -> list[SeedRun]:
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) or {}
     flat = flatten(config)
-    flat["algo"] = algo = str(
-        config.get("algo", DEFAULT_ALGO)
-    )  # missing: a run made before baselines
+    algo = str(config.get("algo", DEFAULT_ALGO))  # missing: a run made before baselines
+    if "online_steps" in config:
+        algo += ONLINE_SUFFIX
+    flat["algo"] = algo
     rows = _read_rows(run_dir / "metrics.csv")
     rows.sort(key=lambda r: int(float(r["step"])))
     evals = [r for r in rows if r.get("kind") == "eval"]

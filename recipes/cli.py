@@ -39,7 +39,12 @@ def debug() -> bool:
 
 
 def tag(recipe: str) -> str:
-    return {"train_behaviour": "[behaviour]", "make_dataset": "[make_dataset]"}.get(recipe, "[dmg]")
+    tags = {
+        "train_behaviour": "[behaviour]",
+        "make_dataset": "[make_dataset]",
+        "report": "[report]",
+    }
+    return tags.get(recipe, "[dmg]")
 
 
 def only_hydra_files(run_dir: Path) -> bool:

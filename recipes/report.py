@@ -14,33 +14,23 @@ The machinery is :mod:`torchrl_dmg.report`.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
+from cli import guarded
 from omegaconf import DictConfig, ListConfig
 
+from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.report.results import print_summary, read_intro, write_report
 
 
-def refuse(message: str) -> None:
-    """A refused input: one line on stderr, exit 2 (as the other recipes)."""
-    print(f"[report] error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 @hydra.main(config_path="config", config_name="report", version_base="1.3")
+@guarded("report")  # the schema check first (an intro that is not a file); one-line failures
 def main(cfg: DictConfig) -> None:
     runs = list(cfg.runs) if isinstance(cfg.runs, ListConfig) else [cfg.runs]
-    intro = None
-    if cfg.intro:
-        if not Path(cfg.intro).is_file():
-            refuse(f"intro={cfg.intro} is not a file; give a Markdown file, or leave intro out")
-        intro = read_intro(cfg.intro, cfg.out)
+    intro = read_intro(cfg.intro, cfg.out) if cfg.intro else None
     try:
         report = write_report(runs, cfg.out, title=cfg.title, seed=cfg.bootstrap_seed, intro=intro)
     except FileNotFoundError as err:  # no run under runs=
-        refuse(str(err))
+        raise RunRefused(str(err)) from err
     print_summary(report)
     print(
         f"[report] {len(report.runs)} seeds -> {report.markdown}, {report.csv}, "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -452,11 +453,24 @@ MAKE_DATASET = (
     _f("progress", bool, True),
 )
 
+
+def file_problem(value: str) -> str | None:
+    return None if Path(value).is_file() else "is not a file"
+
+
+REPORT = (
+    _f("out", str, "report"),
+    _f("title", str, "Results"),
+    _f("intro", str, "results/README.md", nullable=True, check=file_problem),
+    _f("bootstrap_seed", int, 0, low=0, high=2**32 - 1),
+)
+
 SCHEMAS: dict[str, tuple[Field, ...]] = {
     "offline": OFFLINE,
     "finetune": FINETUNE,
     "train_behaviour": BEHAVIOUR,
     "make_dataset": MAKE_DATASET,
+    "report": REPORT,
 }
 
 

@@ -62,11 +62,14 @@ def main(cfg: DictConfig) -> str:
         dataset = minari.load_dataset(dataset_id)
         episodes = list(dataset.iterate_episodes())
         reached = np.array([ep.rewards.max() > 0 for ep in episodes])
+        params = dataset.storage.metadata.get("generator_params", {})
+        flips = params.get("episodes_ended_flipped")
+        flipped = "" if flips is None else f", {flips} ended by a flip"
         print(
             f"[make_dataset] {dataset_id}: {dataset.total_episodes} episodes, "
             f"{dataset.total_steps} steps; {reached.mean() * 100:.0f}% of the episodes reach "
             f"the evaluation goal, {sum(ep.rewards.sum() for ep in episodes):.0f} steps "
-            f"there, at {dataset.storage.data_path}"
+            f"there{flipped}, at {dataset.storage.data_path}"
         )
         return dataset_id
     if env not in LOCOMOTION_ENVS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -413,6 +414,7 @@ def test_make_dataset_recipe_for_antmaze(policy_dir, tmp_path):
         base=(),
     )
     assert "[make_dataset] local/antmaze/umaze-diverse-v1: 1 episodes, 30 steps" in proc.stdout
+    assert re.search(r"steps there, [01] ended by a flip, at ", proc.stdout), proc.stdout
     bad = run_recipe(
         "make_dataset.py",
         tmp_path / "bad",

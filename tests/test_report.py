@@ -248,6 +248,56 @@ def test_a_swept_hyperparameter_makes_a_column_per_value(tmp_path):
     assert [r["column"] for r in rows if r["dataset"] != "IQM"] == ["dmg (λ=0)", "dmg (λ=0.5)"]
 
 
+def table_header(markdown: str) -> list[str]:
+    """The column names of the Table 2 layout in a results.md."""
+    line = next(line for line in markdown.splitlines() if line.startswith("| dataset |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_a_lambda_and_nu_sweep_are_stood_for_by_their_crossing_in_the_table(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "default", seed=0, seeds=3, scores=[70.0, 80.0, 90.0])  # λ 0.25, ν 0.1
+    for lam in (0.0, 0.5):
+        make_run(runs, f"l{lam}", seed=3, seeds=2, mixture_coef=lam, scores=[5.0, 5.0])
+    for nu in (0.01, 1.0):
+        make_run(runs, f"n{nu}", seed=3, seeds=2, penalty_coef=nu, scores=[5.0, 5.0])
+    make_run(runs, "iql", algo="iql", seeds=3, scores=[60.0, 60.0, 60.0])
+    make_run(runs, "other", dataset="mujoco/walker2d/medium-v0", seeds=2, scores=[10.0, 30.0])
+    report = write_report([runs], tmp_path / "out")
+    text = report.markdown.read_text()
+    assert table_header(text) == ["dataset", "dmg", "iql", "score reference"]
+    hopper = next(line for line in text.splitlines() if line.startswith("| mujoco/hopper"))
+    assert hopper.split(" | ")[1].startswith("80.0 ± 8.2")  # the crossing's 3 seeds only
+    iqm_row = next(line for line in text.splitlines() if line.startswith("| **IQM**"))
+    assert "5 seeds, 2 datasets" in iqm_row.split(" | ")[1]
+    assert "4 more settings are in the ablation section" in text
+    assert "`dmg` on mujoco/hopper/medium-v0 at λ=0.25, ν=0.1" in text
+    columns = {r["column"] for r in read_csv(report.csv) if r["dataset"] != "IQM"}
+    assert {"dmg (λ=0, ν=0.1)", "dmg (λ=0.25, ν=0.01)", "dmg (λ=0.25, ν=0.1)"} <= columns
+
+
+def test_a_sweep_with_no_single_stand_in_keeps_a_column_per_setting(tmp_path):
+    for i, lam in enumerate((0.0, 0.5)):
+        make_run(tmp_path / "runs", f"r{i}", mixture_coef=lam)
+    text = write_report([tmp_path / "runs"], tmp_path / "out").markdown.read_text()
+    assert table_header(text) == ["dataset", "dmg (λ=0)", "dmg (λ=0.5)", "score reference"]
+    assert "more settings are in the ablation section" not in text
+
+
+def test_a_sweep_stand_in_is_chosen_apart_for_each_setting_of_other_keys(tmp_path):
+    runs = tmp_path / "runs"
+    for ln in (False, True):
+        make_run(runs, f"d{ln}", seeds=3, scores=[50.0] * 3, extra={"network": {"ln": ln}})
+        make_run(runs, f"l{ln}", seed=5, mixture_coef=1.0, extra={"network": {"ln": ln}})
+    text = write_report([runs], tmp_path / "out").markdown.read_text()
+    assert table_header(text) == [
+        "dataset",
+        "dmg (network.ln=False)",
+        "dmg (network.ln=True)",
+        "score reference",
+    ]
+
+
 def test_seeds_and_devices_do_not_make_columns(tmp_path):
     make_run(tmp_path / "runs", "a", seed=0, extra={"device": "cpu"})
     make_run(tmp_path / "runs", "b", seed=1, extra={"device": "cuda"})

@@ -13,7 +13,7 @@ import numpy as np
 
 from torchrl_dmg.report.runs import SeedRun
 from torchrl_dmg.report.stats import bootstrap_ci
-from torchrl_dmg.report.tables import Cell, _fmt_value, short_key
+from torchrl_dmg.report.tables import ABLATION_KEYS, Cell, _fmt_value, short_key
 
 __all__ = [
     "ABLATION_KEYS",
@@ -25,8 +25,7 @@ __all__ = [
     "slug",
 ]
 
-# the swept hyperparameters of Figures 1 (λ) and 2 (ν); ν is drawn on a log axis
-ABLATION_KEYS = ("loss.mixture_coef", "loss.penalty_coef")
+# ν is drawn on a log axis
 LOG_X_KEYS = ("loss.penalty_coef",)
 CURVE_BOOTSTRAP_REPS = 2_000  # per eval step: a band, not a headline number
 

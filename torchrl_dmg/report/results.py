@@ -20,6 +20,7 @@ from torchrl_dmg.report.figures import (
 from torchrl_dmg.report.runs import SeedRun, load_runs
 from torchrl_dmg.report.stats import BOOTSTRAP_REPS
 from torchrl_dmg.report.tables import (
+    ABLATION_KEYS,
     Cell,
     _link,
     _num,
@@ -28,6 +29,7 @@ from torchrl_dmg.report.tables import (
     markdown_seed_table,
     markdown_table,
     short_key,
+    table_cells,
     write_csv,
 )
 
@@ -130,7 +132,7 @@ def write_report(
     iqms = column_iqms(cells, seed=seed)
     csv_path = write_csv(cells, iqms, out_dir / "results.csv")
     figures: list[Path] = []
-    md = _score_section(title, paths, runs, cells, iqms, out_dir, csv_path, intro)
+    md = _score_section(title, paths, runs, cells, out_dir, csv_path, intro, seed)
     md += _curves_section(cells, out_dir, figures)
     md += _overestimation_section(cells, runs, out_dir, figures)
     md += _ablation_section(cells, out_dir, figures)
@@ -141,7 +143,7 @@ def write_report(
 
 
 def _score_section(
-    title, paths, runs, cells, iqms, out_dir: Path, csv_path: Path, intro: str | None
+    title, paths, runs, cells, out_dir: Path, csv_path: Path, intro: str | None, seed: int
 ) -> list[str]:
     """The title, where the runs came from, the notes, and the Table 2 layout with its legend."""
     n_runs = len({r.run_dir for r in runs})
@@ -159,7 +161,8 @@ def _score_section(
     if intro and intro.strip():
         md += ["", intro.strip()]
     md += ["", "## Final normalised score (the paper's Table 2 layout)", ""]
-    md.append(markdown_table(cells, iqms, out_dir))
+    table, folded = table_cells(cells)
+    md.append(markdown_table(table, column_iqms(table, seed=seed), out_dir))
     md += [
         "",
         "Each cell: mean ± std over seeds (std with ddof=0, as the recipes' summaries), the "
@@ -173,10 +176,33 @@ def _score_section(
         "scores are normalised with. Algorithm `dmg` includes runs that predate the `algo` "
         "key.",
         "",
-        f"Also as CSV: [{csv_path.name}]({csv_path.name}).",
+        f"Also as CSV, with a column for every setting: [{csv_path.name}]({csv_path.name}).",
         "",
     ]
+    if folded:
+        md[-2:-2] = [_folded_note(table, folded), ""]
     return md
+
+
+def _folded_note(table: list[Cell], folded: list[Cell]) -> str:
+    """Which setting of each λ/ν sweep stands for it in the table."""
+    swept = {(c.dataset, c.algo) for c in folded}
+    standing = []
+    for cell in table:  # a stand-in has lost its swept keys from its column
+        variant = dict(cell.variant)
+        if (cell.dataset, cell.algo) not in swept or any(k in variant for k in ABLATION_KEYS):
+            continue
+        values = ", ".join(
+            f"{short_key(k)}={cell.runs[0].value(k)}"
+            for k in ABLATION_KEYS
+            if cell.runs[0].value(k) is not None
+        )
+        standing.append(f"`{cell.column}` on {cell.dataset} at {values}")
+    return (
+        f"λ/ν sweeps: {len(folded)} more settings are in the ablation section below; in the "
+        "table one setting stands for each sweep (the one where a λ and a ν sweep cross, "
+        "else the one with the most seeds): " + "; ".join(standing) + "."
+    )
 
 
 def _curves_section(cells, out_dir: Path, figures: list[Path]) -> list[str]:

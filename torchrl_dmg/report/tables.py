@@ -2,7 +2,9 @@
 seeds with a 95% bootstrap CI, and an IQM across datasets per algorithm.
 
 A column is an algorithm plus, where runs of one dataset and algorithm differ in other
-config keys (a hyperparameter sweep), those keys' values: ``dmg (λ=0.5)``.
+config keys (a hyperparameter sweep), those keys' values: ``dmg (λ=0.5)``. A sweep of λ or
+ν (:data:`ABLATION_KEYS`) has a section of its own; in the table one of its settings
+stands for it (:func:`table_cells`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from torchrl_dmg.report.runs import SeedRun, varying_keys
 from torchrl_dmg.report.stats import SeedStats, iqm, stratified_bootstrap_ci, summarize
 
 __all__ = [
+    "ABLATION_KEYS",
     "ALGO_ORDER",
     "Cell",
     "ColumnIQM",
@@ -30,10 +33,14 @@ __all__ = [
     "markdown_table",
     "markdown_seed_table",
     "short_key",
+    "table_cells",
     "write_csv",
 ]
 
 ALGO_ORDER = ("dmg", "iql", "td3bc", "bc")
+
+# the swept hyperparameters of the paper's Figures 1 (λ) and 2 (ν)
+ABLATION_KEYS = ("loss.mixture_coef", "loss.penalty_coef")
 
 # the spec's symbols for the hyperparameters a sweep usually varies
 SHORT_KEYS = {
@@ -137,6 +144,58 @@ def columns(cells: Sequence[Cell]) -> list[str]:
     for cell in ordered:
         seen.setdefault(cell.column)
     return list(seen)
+
+
+def table_cells(cells: Sequence[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """The cells of the Table 2 layout, and those it leaves to the ablation section.
+
+    Where runs of one dataset and algorithm sweep λ or ν (:data:`ABLATION_KEYS` taking two
+    or more values), one setting of the sweep stands for it: the one on the most sweep
+    lines (where a λ sweep and a ν sweep cross), then the one with the most seeds. Its
+    column drops the swept keys (``dmg``, not ``dmg (λ=0.25, ν=0.1)``), so it lines up
+    with the algorithm's runs on other datasets. Where no single setting stands out (a tie),
+    every setting keeps its own column. Settings that differ in other keys are kept apart.
+    """
+    groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+    for cell in cells:
+        groups[(cell.dataset, cell.algo)].append(cell)
+    index = {id(c): i for i, c in enumerate(cells)}  # keep build_cells' order
+    kept: list[tuple[int, Cell]] = []
+    folded: list[Cell] = []
+    for group in groups.values():
+        swept = [
+            k
+            for k in ABLATION_KEYS
+            if len({dict(c.variant)[k] for c in group if k in dict(c.variant)}) >= 2
+        ]
+        parts: dict[tuple, list[Cell]] = defaultdict(list)
+        for cell in group:
+            parts[tuple((k, v) for k, v in cell.variant if k not in swept)].append(cell)
+        for rest, part in parts.items():
+            if len(part) < 2:
+                kept += [(index[id(c)], c) for c in part]
+                continue
+            ranks = {id(c): _sweep_rank(c, part, swept) for c in part}
+            ranked = sorted(part, key=lambda c: ranks[id(c)], reverse=True)
+            if ranks[id(ranked[0])] == ranks[id(ranked[1])]:
+                kept += [(index[id(c)], c) for c in part]
+                continue
+            kept.append((index[id(ranked[0])], replace(ranked[0], variant=rest)))
+            folded += ranked[1:]
+    return [c for _, c in sorted(kept, key=lambda pair: pair[0])], folded
+
+
+def _sweep_rank(cell: Cell, part: Sequence[Cell], swept: Sequence[str]) -> tuple[int, int]:
+    """How many sweep lines run through ``cell`` (a line: the cells of ``part`` that share
+    every swept value but one, two or more of them), then its number of seeds."""
+    values = dict(cell.variant)
+    lines = 0
+    for key in swept:
+        on_line = [
+            o for o in part if all(dict(o.variant)[j] == values[j] for j in swept if j != key)
+        ]
+        lines += len(on_line) >= 2
+    return lines, cell.stats.n
 
 
 def column_iqms(cells: Sequence[Cell], *, seed: int = 0) -> list[ColumnIQM]:

@@ -135,7 +135,9 @@ def discard_stub(run_dir: Path, *, failed: bool) -> None:
 def preflight(argv: list[str] | None = None) -> None:
     """Before Hydra makes the run directory: refuse, in one line (exit 2), a
     ``hydra.run.dir=`` / ``out_dir=`` that cannot be written (Hydra's own error is a
-    traceback)."""
+    traceback); and put this folder on ``PYTHONPATH`` for the jobs of a sweep
+    (:func:`export_recipes_path`)."""
+    export_recipes_path()
     argv = sys.argv[1:] if argv is None else argv
     targets = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "out_dir="))]
     for target in targets or ["outputs"]:
@@ -148,6 +150,18 @@ def preflight(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def export_recipes_path() -> None:
+    """Prepend this folder to ``PYTHONPATH`` (once). A launcher that runs each job in a
+    fresh interpreter (Hydra's submitit: local processes or SLURM jobs, which inherit the
+    environment) unpickles the recipe's task there, and the task refers to the recipes'
+    sibling modules (``cli``, ``runs``, ``utils`` ...) by name: without this folder on that
+    interpreter's path every job fails with ``No module named 'runs'``."""
+    here = str(Path(__file__).resolve().parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
 
 
 def unwritable(path: Path) -> str | None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from torchrl_dmg.report.figures import shared_mc_return
 from torchrl_dmg.report.results import read_intro, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
 from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
@@ -333,6 +334,15 @@ def test_the_overestimation_plot_appears_only_when_the_runs_logged_the_diagnosti
     assert "No run of mujoco/walker2d/medium-v0 logged the diagnostic" in (
         report.markdown.read_text()
     )
+
+
+def test_columns_that_share_the_data_s_mc_return_get_one_line_for_it(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "a", diagnostic=(120.0, 80.0))
+    make_run(runs, "b", algo="iql", diagnostic=(90.0, 80.0))
+    assert shared_mc_return(load_runs([runs])) == 80.0
+    make_run(runs, "c", algo="td3bc", diagnostic=(90.0, 70.0))  # another γ or sample
+    assert shared_mc_return(load_runs([runs])) is None
 
 
 def test_a_lambda_sweep_gets_an_ablation_plot_and_table_with_diverged_seeds(tmp_path):

@@ -22,6 +22,7 @@ __all__ = [
     "plot_ablation",
     "plot_curves",
     "plot_overestimation",
+    "shared_mc_return",
     "slug",
 ]
 
@@ -103,28 +104,53 @@ def plot_overestimation(cells: Sequence[Cell], dataset: str, out: str | os.PathL
     """Mean Q over the diagnostic sample (solid) against the mean Monte-Carlo return of the
     same transitions (dashed) over training, per column of one dataset."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for i, cell in enumerate(c for c in cells if c.dataset == dataset):
-        runs = [r for r in cell.runs if r.diag_steps.size]
-        if not runs:
-            continue
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+    drawn = [
+        (cell, [r for r in cell.runs if r.diag_steps.size])
+        for cell in cells
+        if cell.dataset == dataset
+    ]
+    drawn = [(cell, runs) for cell, runs in drawn if runs]
+    shared = shared_mc_return([r for _, runs in drawn for r in runs])
+    for i, (cell, runs) in enumerate(drawn):
         color = f"C{i % 10}"
         steps, q, q_low, q_high = _mean_band([r.diag_steps for r in runs], [r.q_data for r in runs])
         ax.plot(steps, q, color=color, lw=2, label=f"{cell.column}: Q(s, a)")
         ax.fill_between(steps, q_low, q_high, color=color, alpha=0.15, lw=0)
-        mc_steps, mc, _, _ = _mean_band([r.diag_steps for r in runs], [r.mc_return for r in runs])
-        ax.plot(mc_steps, mc, color=color, lw=1.5, ls="--", label=f"{cell.column}: MC return")
+        if shared is None:
+            mc_steps, mc, _, _ = _mean_band(
+                [r.diag_steps for r in runs], [r.mc_return for r in runs]
+            )
+            ax.plot(mc_steps, mc, color=color, lw=1.5, ls="--", label=f"{cell.column}: MC return")
+    if shared is not None:  # one sample, one γ: one line for every column
+        ax.axhline(shared, color="black", lw=1.5, ls="--", label="MC return of the data")
     title = f"{dataset}: Q vs Monte-Carlo return (overestimation)"
-    return _finish_curve_plot(fig, ax, "mean over the fixed sample", title, out)
+    return _finish_curve_plot(fig, ax, "mean over the fixed sample", title, out, outside=True)
 
 
-def _finish_curve_plot(fig, ax, ylabel: str, title: str, out: str | os.PathLike) -> Path:
-    """Labels, grid and legend of a plot against gradient steps, then the file."""
+def shared_mc_return(runs: Sequence[SeedRun]) -> float | None:
+    """The Monte-Carlo return every one of ``runs`` logged (the same fixed sample and γ
+    give the same number throughout), else ``None`` (each column draws its own)."""
+    values = np.concatenate([np.asarray(r.mc_return, dtype=np.float64) for r in runs])
+    values = values[np.isfinite(values)]
+    if not values.size or not np.allclose(values, values[0], rtol=1e-6, atol=1e-9):
+        return None
+    return float(values[0])
+
+
+def _finish_curve_plot(
+    fig, ax, ylabel: str, title: str, out: str | os.PathLike, *, outside: bool = False
+) -> Path:
+    """Labels, grid and legend of a plot against gradient steps (``outside``: the legend
+    right of the axes, for many lines), then the file."""
     ax.set_xlabel("gradient steps")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return _save(fig, Path(out))
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from torchrl_dmg.report.runs import SeedRun
 from torchrl_dmg.report.stats import bootstrap_ci
-from torchrl_dmg.report.tables import ABLATION_KEYS, Cell, _fmt_value, short_key
+from torchrl_dmg.report.tables import ABLATION_KEYS, Cell, _fmt_value, short_key, sweep_lines
 
 __all__ = [
     "ABLATION_KEYS",
@@ -178,14 +178,11 @@ def ablations(cells: Sequence[Cell]) -> list[Ablation]:
     for (dataset, algo), group in groups.items():
         for key in ABLATION_KEYS:
             ablation = Ablation(dataset, algo, key)
-            lines: dict[tuple, dict[float, list[SeedRun]]] = defaultdict(lambda: defaultdict(list))
-            for cell in group:
-                variant = dict(cell.variant)
-                if key not in variant:
-                    continue
-                rest = tuple((k, v) for k, v in cell.variant if k != key)
-                lines[rest][float(variant[key])].extend(cell.runs)
-            ablation.lines = {rest: dict(vals) for rest, vals in lines.items() if len(vals) >= 2}
+            for rest, line in sweep_lines(group, key).items():
+                values: dict[float, list[SeedRun]] = defaultdict(list)
+                for cell in line:
+                    values[float(dict(cell.variant)[key])].extend(cell.runs)
+                ablation.lines[rest] = dict(values)
             if ablation.lines:
                 out.append(ablation)
     return out

@@ -161,7 +161,7 @@ def _score_section(
     if intro and intro.strip():
         md += ["", intro.strip()]
     md += ["", "## Final normalised score (the paper's Table 2 layout)", ""]
-    table, folded = table_cells(cells)
+    table, folded, stand_ins = table_cells(cells)
     md.append(markdown_table(table, column_iqms(table, seed=seed), out_dir))
     md += [
         "",
@@ -180,24 +180,21 @@ def _score_section(
         "",
     ]
     if folded:
-        md[-2:-2] = [_folded_note(table, folded), ""]
+        md[-2:-2] = [_folded_note(folded, stand_ins), ""]
     return md
 
 
-def _folded_note(table: list[Cell], folded: list[Cell]) -> str:
+def _folded_note(folded: list[Cell], stand_ins: list[tuple[Cell, Cell]]) -> str:
     """Which setting of each λ/ν sweep stands for it in the table."""
-    swept = {(c.dataset, c.algo) for c in folded}
-    standing = []
-    for cell in table:  # a stand-in has lost its swept keys from its column
-        variant = dict(cell.variant)
-        if (cell.dataset, cell.algo) not in swept or any(k in variant for k in ABLATION_KEYS):
-            continue
-        values = ", ".join(
-            f"{short_key(k)}={cell.runs[0].value(k)}"
+    standing = [
+        f"`{cell.column}` on {cell.dataset} at "
+        + ", ".join(
+            f"{short_key(k)}={setting.runs[0].value(k)}"
             for k in ABLATION_KEYS
-            if cell.runs[0].value(k) is not None
+            if setting.runs[0].value(k) is not None
         )
-        standing.append(f"`{cell.column}` on {cell.dataset} at {values}")
+        for cell, setting in stand_ins
+    ]
     return (
         f"λ/ν sweeps: {len(folded)} more settings are in the ablation section below; in the "
         "table one setting stands for each sweep (the one where a λ and a ν sweep cross, "

@@ -33,6 +33,7 @@ __all__ = [
     "markdown_table",
     "markdown_seed_table",
     "short_key",
+    "sweep_lines",
     "table_cells",
     "write_csv",
 ]
@@ -146,11 +147,25 @@ def columns(cells: Sequence[Cell]) -> list[str]:
     return list(seen)
 
 
-def table_cells(cells: Sequence[Cell]) -> tuple[list[Cell], list[Cell]]:
-    """The cells of the Table 2 layout, and those it leaves to the ablation section.
+def sweep_lines(group: Sequence[Cell], key: str) -> dict[tuple, list[Cell]]:
+    """The lines of a sweep of ``key`` among ``group`` (cells of one dataset and
+    algorithm): cells that share every other variant value, keyed by those values; only
+    lines on which ``key`` takes two or more values."""
+    lines: dict[tuple, list[Cell]] = defaultdict(list)
+    for cell in group:
+        if key in dict(cell.variant):
+            lines[tuple((k, v) for k, v in cell.variant if k != key)].append(cell)
+    return {
+        rest: line for rest, line in lines.items() if len({dict(c.variant)[key] for c in line}) >= 2
+    }
 
-    Where runs of one dataset and algorithm sweep λ or ν (:data:`ABLATION_KEYS` taking two
-    or more values), one setting of the sweep stands for it: the one on the most sweep
+
+def table_cells(cells: Sequence[Cell]) -> tuple[list[Cell], list[Cell], list[tuple[Cell, Cell]]]:
+    """The cells of the Table 2 layout, those it leaves to the ablation section, and the
+    stand-ins: ``(table cell, the setting it stands for)``.
+
+    Where runs of one dataset and algorithm sweep λ or ν (:data:`ABLATION_KEYS`,
+    :func:`sweep_lines`), one setting of the sweep stands for it: the one on the most sweep
     lines (where a λ sweep and a ν sweep cross), then the one with the most seeds. Its
     column drops the swept keys (``dmg``, not ``dmg (λ=0.25, ν=0.1)``), so it lines up
     with the algorithm's runs on other datasets. Where no single setting stands out (a tie),
@@ -162,40 +177,27 @@ def table_cells(cells: Sequence[Cell]) -> tuple[list[Cell], list[Cell]]:
     index = {id(c): i for i, c in enumerate(cells)}  # keep build_cells' order
     kept: list[tuple[int, Cell]] = []
     folded: list[Cell] = []
+    stand_ins: list[tuple[Cell, Cell]] = []
     for group in groups.values():
-        swept = [
-            k
-            for k in ABLATION_KEYS
-            if len({dict(c.variant)[k] for c in group if k in dict(c.variant)}) >= 2
-        ]
+        swept = [k for k in ABLATION_KEYS if sweep_lines(group, k)]
         parts: dict[tuple, list[Cell]] = defaultdict(list)
         for cell in group:
             parts[tuple((k, v) for k, v in cell.variant if k not in swept)].append(cell)
         for rest, part in parts.items():
-            if len(part) < 2:
-                kept += [(index[id(c)], c) for c in part]
-                continue
-            ranks = {id(c): _sweep_rank(c, part, swept) for c in part}
+            # within a part the other keys agree: a line of the part is a line of the sweep
+            on_lines = [
+                {id(c) for line in sweep_lines(part, k).values() for c in line} for k in swept
+            ]
+            ranks = {id(c): (sum(id(c) in on for on in on_lines), c.stats.n) for c in part}
             ranked = sorted(part, key=lambda c: ranks[id(c)], reverse=True)
-            if ranks[id(ranked[0])] == ranks[id(ranked[1])]:
+            if len(part) < 2 or ranks[id(ranked[0])] == ranks[id(ranked[1])]:
                 kept += [(index[id(c)], c) for c in part]
                 continue
-            kept.append((index[id(ranked[0])], replace(ranked[0], variant=rest)))
+            stand_in = replace(ranked[0], variant=rest)
+            kept.append((index[id(ranked[0])], stand_in))
+            stand_ins.append((stand_in, ranked[0]))
             folded += ranked[1:]
-    return [c for _, c in sorted(kept, key=lambda pair: pair[0])], folded
-
-
-def _sweep_rank(cell: Cell, part: Sequence[Cell], swept: Sequence[str]) -> tuple[int, int]:
-    """How many sweep lines run through ``cell`` (a line: the cells of ``part`` that share
-    every swept value but one, two or more of them), then its number of seeds."""
-    values = dict(cell.variant)
-    lines = 0
-    for key in swept:
-        on_line = [
-            o for o in part if all(dict(o.variant)[j] == values[j] for j in swept if j != key)
-        ]
-        lines += len(on_line) >= 2
-    return lines, cell.stats.n
+    return [c for _, c in sorted(kept, key=lambda pair: pair[0])], folded, stand_ins
 
 
 def column_iqms(cells: Sequence[Cell], *, seed: int = 0) -> list[ColumnIQM]:

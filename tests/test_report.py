@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 import yaml
 
+from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.report.figures import shared_mc_return
 from torchrl_dmg.report.results import read_intro, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
 from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
+from torchrl_dmg.report.tables import build_cells
 
 REPO = Path(__file__).resolve().parents[1]
 D4RL_TEXT = "d4rl: D4RL hopper (0 = -20.2723, 100 = 3234.3)"
@@ -428,6 +431,32 @@ def test_a_missing_intro_or_no_runs_is_one_line_and_exit_2(tmp_path, args, messa
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()  # nothing written; Hydra's empty folder removed
+
+
+def test_a_seed_in_two_run_directories_is_refused_naming_both(tmp_path):
+    make_run(tmp_path, "a", seed=0, seeds=2, scores=[10.0, 20.0])
+    make_run(tmp_path, "copy", seed=1, scores=20.0)  # seed 1 again, same settings
+    make_run(tmp_path, "other", seed=1, scores=30.0, penalty_coef=1.0)  # another variant
+    with pytest.raises(RunRefused, match=r"seed 1 of dmg on mujoco/hopper/medium-v0.*a\b.*copy"):
+        build_cells(load_runs([tmp_path]))
+    shutil.rmtree(tmp_path / "copy")
+    assert [c.stats.n for c in build_cells(load_runs([tmp_path]))] == [2, 1]
+
+
+def test_the_recipe_refuses_a_copied_run_in_one_line_and_writes_nothing(sweep, tmp_path):
+    shutil.copytree(sweep / "3", sweep / "3_copy")
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "recipes/report.py", f"runs={sweep}", f"out={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert err.startswith("[report] error: seed 0 of iql") and len(err.splitlines()) == 1
+    assert "3_copy" in err and not out.exists()
 
 
 def test_the_intro_links_are_rewritten_to_resolve_from_the_report(tmp_path):

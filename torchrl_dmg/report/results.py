@@ -127,8 +127,8 @@ def write_report(
             f"no run with an eval row under {', '.join(map(str, paths))} (a run directory "
             "holds config.yaml and metrics.csv)"
         )
+    cells = build_cells(runs, seed=seed)  # refuses a seed counted twice: nothing written
     out_dir.mkdir(parents=True, exist_ok=True)
-    cells = build_cells(runs, seed=seed)
     iqms = column_iqms(cells, seed=seed)
     csv_path = write_csv(cells, iqms, out_dir / "results.csv")
     figures: list[Path] = []

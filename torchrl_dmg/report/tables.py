@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.report.runs import SeedRun, varying_keys
 from torchrl_dmg.report.stats import SeedStats, iqm, stratified_bootstrap_ci, summarize
 
@@ -106,10 +107,26 @@ def _sort_key(value: Any) -> tuple:
     return (0, value, "") if isinstance(value, int | float) else (1, 0, repr(value))
 
 
+def _refuse_repeated_seeds(members: Sequence[SeedRun]) -> None:
+    """One seed of one experiment counted twice (a copied or rerun run directory) would
+    narrow its CI and tilt its mean: refuse, naming both directories."""
+    for a, b in zip(members, members[1:]):  # sorted by seed
+        if a.seed == b.seed:
+            raise RunRefused(
+                f"seed {a.seed} of {a.algo} on {a.dataset} is in two runs with the same "
+                f"settings, {a.run_dir} and {b.run_dir} (a copy or a rerun?): pass runs= "
+                "without one of them"
+            )
+
+
 def build_cells(runs: Iterable[SeedRun], *, seed: int = 0) -> list[Cell]:
     """Group seeds by dataset, algorithm and the config keys that vary among that
     dataset's runs of that algorithm; one :class:`Cell` each, sorted by dataset, then
-    algorithm (:data:`ALGO_ORDER` first), then variant values."""
+    algorithm (:data:`ALGO_ORDER` first), then variant values.
+
+    Raises:
+        RunRefused: one seed of one cell comes from two run directories.
+    """
     by_group: dict[tuple[str, str], list[SeedRun]] = defaultdict(list)
     for run in runs:
         by_group[(run.dataset, run.algo)].append(run)
@@ -121,6 +138,7 @@ def build_cells(runs: Iterable[SeedRun], *, seed: int = 0) -> list[Cell]:
             by_variant[tuple((k, run.value(k)) for k in keys)].append(run)
         for variant, members in by_variant.items():
             members.sort(key=lambda r: (r.seed, str(r.run_dir)))
+            _refuse_repeated_seeds(members)
             scores = [r.score for r in members]
             cells.append(Cell(dataset, algo, variant, members, summarize(scores, seed=seed)))
 

@@ -2,14 +2,15 @@
 
     python recipes/report.py runs=outputs/multirun/<date>/<time> out=docs/results
     python recipes/report.py 'runs=[outputs/offline/<run a>,outputs/offline/<run b>]' out=report
-    python recipes/report.py runs=results out=docs intro=results/README.md  # docs/results.md
+    python recipes/report.py runs=results out=docs intro=results/README.md studies=true  # docs/results.md
 
 Finds every run directory (``config.yaml`` + ``metrics.csv``) under ``runs`` and writes
 ``results.md`` (Table 2 layout: datasets × algorithms, mean ± std over seeds, 95% bootstrap
 CIs, IQM across datasets; every number linked to its run's config), ``results.csv``, and
 ``figures/``: learning curves per dataset, the overestimation diagnostic where the runs
 logged it, and the λ / ν ablations of the paper's Figures 1–2 where the runs sweep them.
-The machinery is :mod:`torchrl_dmg.report`.
+``studies=true`` writes one such section per folder under ``runs`` (a study), so that runs
+are compared only within their study. The machinery is :mod:`torchrl_dmg.report`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ def main(cfg: DictConfig) -> None:
     runs = list(cfg.runs) if isinstance(cfg.runs, ListConfig) else [cfg.runs]
     intro = read_intro(cfg.intro, cfg.out) if cfg.intro else None
     try:
-        report = write_report(runs, cfg.out, title=cfg.title, seed=cfg.bootstrap_seed, intro=intro)
+        report = write_report(
+            runs,
+            cfg.out,
+            title=cfg.title,
+            seed=cfg.bootstrap_seed,
+            intro=intro,
+            studies=cfg.studies,
+        )
     except FileNotFoundError as err:  # no run under runs=
         raise RunRefused(str(err)) from err
     print_summary(report)

@@ -463,6 +463,7 @@ REPORT = (
     _f("title", str, "Results"),
     _f("intro", str, "results/README.md", nullable=True, check=file_problem),
     _f("bootstrap_seed", int, 0, low=0, high=2**32 - 1),
+    _f("studies", bool, True),
 )
 
 SCHEMAS: dict[str, tuple[Field, ...]] = {

@@ -17,7 +17,7 @@ import yaml
 
 from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.report.figures import shared_mc_return
-from torchrl_dmg.report.results import read_intro, write_report
+from torchrl_dmg.report.results import read_intro, study_groups, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
 from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
 from torchrl_dmg.report.tables import build_cells
@@ -278,6 +278,55 @@ def test_a_lambda_and_nu_sweep_are_stood_for_by_their_crossing_in_the_table(tmp_
     assert "`dmg` on mujoco/hopper/medium-v0 at λ=0.25, ν=0.1" in text
     columns = {r["column"] for r in read_csv(report.csv) if r["dataset"] != "IQM"}
     assert {"dmg (λ=0, ν=0.1)", "dmg (λ=0.25, ν=0.01)", "dmg (λ=0.25, ν=0.1)"} <= columns
+
+
+def test_studies_are_the_folders_directly_under_the_runs_path(tmp_path):
+    make_run(tmp_path / "results" / "b_study" / "runs", "r0", seed=0)
+    make_run(tmp_path / "results" / "a_study" / "deep" / "sweep", "r1", seed=1)
+    lone = make_run(tmp_path / "elsewhere", "lone", seed=2)
+    paths = [tmp_path / "results", lone]
+    groups = study_groups(paths, load_runs(paths))
+    assert [(name, [r.seed for r in runs]) for name, runs in groups] == [
+        ("a_study", [1]),
+        ("b_study", [0]),
+        ("lone", [2]),
+    ]
+
+
+def test_with_studies_each_study_has_its_own_table_and_a_sweep_spans_studies(tmp_path):
+    results = tmp_path / "results"
+    # study "budget": dmg and iql at 200 steps; study "long": dmg at 400 steps
+    make_run(results / "budget", "dmg", seeds=3, scores=[70.0, 80.0, 90.0])
+    make_run(results / "budget", "iql", algo="iql", seeds=3, scores=[60.0, 60.0, 60.0])
+    make_run(results / "long", "dmg", seeds=2, scores=[95.0, 97.0], extra={"steps": 400})
+    # study "sweep": λ = 0, 0.5 at 200 steps; its crossing point (λ 0.25) is budget's dmg
+    for lam in (0.0, 0.5):
+        make_run(results / "sweep", f"l{lam}", seed=3, seeds=2, mixture_coef=lam, scores=[5.0, 5.0])
+    report = write_report([results], tmp_path / "out", studies=True)
+    text = report.markdown.read_text()
+    sections = re.split(r"^## ", text, flags=re.M)
+    by_name = {s.splitlines()[0]: s for s in sections[1:]}
+    assert list(by_name) == [
+        "How to read the tables",
+        "budget",
+        "long",
+        "sweep",
+        "Ablations (the paper's Figures 1–2)",
+        "Every seed",
+    ]
+    # within a study, no column for a setting of another study (no "steps=" split)
+    assert table_header(by_name["budget"]) == ["dataset", "dmg", "iql", "score reference"]
+    assert table_header(by_name["long"]) == ["dataset", "dmg", "score reference"]
+    assert "96.0 ± 1.0" in by_name["long"] and "80.0 ± 8.2" in by_name["budget"]
+    assert table_header(by_name["sweep"])[1:3] == ["dmg (λ=0)", "dmg (λ=0.5)"]
+    # the λ ablation has all three values: the crossing from "budget" included
+    ablation = by_name["Ablations (the paper's Figures 1–2)"]
+    assert all(f"| {x} |" in ablation for x in ("0", "0.25", "0.5"))
+    assert (tmp_path / "out" / "figures" / "long" / "curves_mujoco-hopper-medium-v0.png").is_file()
+    rows = read_csv(report.csv)
+    assert {r["study"] for r in rows} == {"budget", "long", "sweep"}
+    (long_dmg,) = [r for r in rows if r["study"] == "long" and r["dataset"] != "IQM"]
+    assert (long_dmg["column"], long_dmg["variant"]) == ("dmg", "")  # no steps= split
 
 
 def test_a_sweep_with_no_single_stand_in_keeps_a_column_per_setting(tmp_path):

@@ -26,14 +26,15 @@ from torchrl_dmg.report.tables import (
     _num,
     build_cells,
     column_iqms,
+    csv_rows,
     markdown_seed_table,
     markdown_table,
     short_key,
     table_cells,
-    write_csv,
+    write_csv_rows,
 )
 
-__all__ = ["Report", "print_summary", "read_intro", "write_report"]
+__all__ = ["Report", "print_summary", "read_intro", "study_groups", "write_report"]
 
 
 @dataclass
@@ -100,6 +101,23 @@ def _ablation_table(ablation, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def study_groups(
+    paths: Iterable[str | os.PathLike], runs: Iterable[SeedRun]
+) -> list[tuple[str, list[SeedRun]]]:
+    """Runs grouped by study, in name order: a study is a folder directly under one of
+    ``paths`` (``results/<date>_<name>/...``); a run directory given itself as a path is a
+    study of its own name."""
+    roots = [Path(p).resolve() for p in paths]
+    groups: dict[str, list[SeedRun]] = {}
+    for run in runs:
+        for root in roots:
+            if run.run_dir == root or root in run.run_dir.parents:
+                rel = run.run_dir.relative_to(root).parts
+                groups.setdefault(rel[0] if rel else root.name, []).append(run)
+                break
+    return sorted(groups.items())
+
+
 def write_report(
     paths: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -107,6 +125,7 @@ def write_report(
     title: str = "Results",
     seed: int = 0,
     intro: str | None = None,
+    studies: bool = False,
 ) -> Report:
     """Read every run at or below ``paths`` and write ``out_dir/results.md``,
     ``out_dir/results.csv`` and the figures (``out_dir/figures/*.png``).
@@ -118,6 +137,11 @@ def write_report(
         seed: seed of the bootstrap generators (the same runs give the same report).
         intro: Markdown placed under the title, before any table (hand-written notes on
             the runs; every number below it stays generated).
+        studies: one section per study (:func:`study_groups`: each folder directly under
+            ``paths``), each with its own table, curves and overestimation plot, so that
+            only runs of one study are compared (figures in ``figures/<study>/``); the
+            λ/ν ablations stay over every run, as a sweep's crossing point may come from
+            another study. Otherwise one table of every run.
     """
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
@@ -128,30 +152,58 @@ def write_report(
             "holds config.yaml and metrics.csv)"
         )
     cells = build_cells(runs, seed=seed)  # refuses a seed counted twice: nothing written
+    sections = (
+        [(name, build_cells(group, seed=seed)) for name, group in study_groups(paths, runs)]
+        if studies
+        else [("", cells)]
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    iqms = column_iqms(cells, seed=seed)
-    csv_path = write_csv(cells, iqms, out_dir / "results.csv")
+    csv_path = out_dir / "results.csv"
     figures: list[Path] = []
-    md = _score_section(title, paths, runs, cells, out_dir, csv_path, intro, seed)
-    md += _curves_section(cells, out_dir, figures)
-    md += _overestimation_section(cells, runs, out_dir, figures)
-    md += _ablation_section(cells, out_dir, figures)
-    md += ["## Every seed", "", markdown_seed_table(cells, out_dir), ""]
+    md = _header(title, paths, runs, intro, len(sections) if studies else 0)
+    rows = []
+    for name, study_cells in sections:
+        table, folded, stand_ins = table_cells(study_cells)
+        iqms = column_iqms(table, seed=seed)
+        rows += csv_rows(study_cells, column_iqms(study_cells, seed=seed), out_dir, study=name)
+        level = "###" if studies else "##"
+        fig_dir = out_dir / "figures" / slug(name) if studies else out_dir / "figures"
+        if studies:
+            md += [f"## {name}", ""]
+        md += [f"{level} Final normalised score (the paper's Table 2 layout)", ""]
+        md += [markdown_table(table, iqms, out_dir), ""]
+        if folded:
+            md += [_folded_note(folded, stand_ins), ""]
+        if not studies:
+            md += _legend(csv_path)
+        md += _curves_section(study_cells, out_dir, fig_dir, figures, level)
+        md += _overestimation_section(study_cells, out_dir, fig_dir, figures, level)
+        if not studies:
+            md += _ablation_section(study_cells, out_dir, fig_dir, figures, level)
+    if studies:  # a sweep may span studies (its crossing point run in another one)
+        md += _ablation_section(cells, out_dir, out_dir / "figures", figures, "##")
+    write_csv_rows(rows, csv_path)
+    every = [c for _, study_cells in sections for c in study_cells]
+    md += ["## Every seed", "", markdown_seed_table(every, out_dir), ""]
     md_path = out_dir / "results.md"
     md_path.write_text("\n".join(md))
-    return Report(md_path, csv_path, figures, cells, runs)
+    return Report(md_path, csv_path, figures, every, runs)
 
 
-def _score_section(
-    title, paths, runs, cells, out_dir: Path, csv_path: Path, intro: str | None, seed: int
-) -> list[str]:
-    """The title, where the runs came from, the notes, and the Table 2 layout with its legend."""
+def _header(title, paths, runs, intro: str | None, n_studies: int) -> list[str]:
+    """The title, where the runs came from, the notes; with studies, how to read the tables."""
     n_runs = len({r.run_dir for r in runs})
     unfinished = sum(not r.finished for r in runs)
     md = [f"# {title}", ""]
     md.append(
         f"Generated by `recipes/report.py` from {n_runs} run directories ({len(runs)} seeds) "
-        f"under {', '.join(f'`{p}`' for p in paths)}."
+        f"under {', '.join(f'`{p}`' for p in paths)}"
+        + (
+            f", one section per study (a folder under it): algorithms and settings are "
+            f"compared only within a study ({n_studies} studies)."
+            if n_studies
+            else "."
+        )
         + (
             f" {unfinished} seeds belong to unfinished runs (last eval row used)."
             if unfinished
@@ -160,11 +212,15 @@ def _score_section(
     )
     if intro and intro.strip():
         md += ["", intro.strip()]
-    md += ["", "## Final normalised score (the paper's Table 2 layout)", ""]
-    table, folded, stand_ins = table_cells(cells)
-    md.append(markdown_table(table, column_iqms(table, seed=seed), out_dir))
-    md += [
-        "",
+    md.append("")
+    if n_studies:
+        md += ["## How to read the tables", "", *_legend(Path("results.csv"))]
+    return md
+
+
+def _legend(csv_path: Path) -> list[str]:
+    """What a table cell holds, and where the CSV is."""
+    return [
         "Each cell: mean ± std over seeds (std with ddof=0, as the recipes' summaries), the "
         f"95% percentile-bootstrap CI of the mean ({BOOTSTRAP_REPS:,} resamples of the seeds; "
         "none for one seed), then every seed's final score linked to its run's resolved "
@@ -179,9 +235,6 @@ def _score_section(
         f"Also as CSV, with a column for every setting: [{csv_path.name}]({csv_path.name}).",
         "",
     ]
-    if folded:
-        md[-2:-2] = [_folded_note(folded, stand_ins), ""]
-    return md
 
 
 def _folded_note(folded: list[Cell], stand_ins: list[tuple[Cell, Cell]]) -> str:
@@ -202,22 +255,23 @@ def _folded_note(folded: list[Cell], stand_ins: list[tuple[Cell, Cell]]) -> str:
     )
 
 
-def _curves_section(cells, out_dir: Path, figures: list[Path]) -> list[str]:
-    md = ["## Learning curves", ""]
+def _curves_section(cells, out_dir: Path, fig_dir: Path, figures: list[Path], level: str):
+    md = [f"{level} Learning curves", ""]
     for dataset in sorted({c.dataset for c in cells}):
-        path = plot_curves(cells, dataset, out_dir / "figures" / f"curves_{slug(dataset)}.png")
+        path = plot_curves(cells, dataset, fig_dir / f"curves_{slug(dataset)}.png")
         figures.append(path)
         md += [f"![learning curves, {dataset}]({_rel(path, out_dir)})", ""]
     return md
 
 
-def _overestimation_section(cells, runs, out_dir: Path, figures: list[Path]) -> list[str]:
-    md = ["## Overestimation: Q against the Monte-Carlo return", ""]
+def _overestimation_section(cells, out_dir: Path, fig_dir: Path, figures: list[Path], level: str):
+    md = [f"{level} Overestimation: Q against the Monte-Carlo return", ""]
+    runs = [r for c in cells for r in c.runs]
     datasets = sorted({c.dataset for c in cells})
     logged = [d for d in datasets if has_overestimation([r for r in runs if r.dataset == d])]
     for dataset in logged:
         path = plot_overestimation(
-            cells, dataset, out_dir / "figures" / f"overestimation_{slug(dataset)}.png"
+            cells, dataset, fig_dir / f"overestimation_{slug(dataset)}.png"
         )
         figures.append(path)
         md += [f"![overestimation, {dataset}]({_rel(path, out_dir)})", ""]
@@ -231,12 +285,13 @@ def _overestimation_section(cells, runs, out_dir: Path, figures: list[Path]) -> 
     return md
 
 
-def _ablation_section(cells, out_dir: Path, figures: list[Path]) -> list[str]:
-    md = ["## Ablations (the paper's Figures 1–2)", ""]
+def _ablation_section(cells, out_dir: Path, fig_dir: Path, figures: list[Path], level: str):
+    """The λ/ν ablation plots and tables."""
     found = ablations(cells)
+    md = [f"{level} Ablations (the paper's Figures 1–2)", ""]
     for ablation in found:
         name = f"ablation_{slug(ablation.dataset)}_{ablation.algo}_{slug(ablation.key)}.png"
-        path = plot_ablation(ablation, out_dir / "figures" / name)
+        path = plot_ablation(ablation, fig_dir / name)
         figures.append(path)
         refs = "; ".join(
             sorted(
@@ -249,7 +304,7 @@ def _ablation_section(cells, out_dir: Path, figures: list[Path]) -> list[str]:
             )
         )
         md += [
-            f"### {ablation.name}",
+            f"{level}# {ablation.name}",
             "",
             f"![{ablation.name}]({_rel(path, out_dir)})",
             "",

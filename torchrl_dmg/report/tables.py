@@ -36,7 +36,9 @@ __all__ = [
     "short_key",
     "sweep_lines",
     "table_cells",
+    "csv_rows",
     "write_csv",
+    "write_csv_rows",
 ]
 
 ALGO_ORDER = ("dmg", "iql", "td3bc", "bc")
@@ -318,6 +320,7 @@ def markdown_seed_table(cells: Sequence[Cell], out_dir: Path) -> str:
 
 
 CSV_FIELDS = (
+    "study",
     "dataset",
     "column",
     "algo",
@@ -336,15 +339,17 @@ CSV_FIELDS = (
 )
 
 
-def write_csv(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], path: str | os.PathLike) -> Path:
-    """``results.csv``: one row per table cell, then one ``IQM`` row per column.
-    Config paths are relative to the CSV's directory; lists are ``;``-separated."""
-    path = Path(path)
-    out_dir = path.parent
+def csv_rows(
+    cells: Sequence[Cell], iqms: Sequence[ColumnIQM], out_dir: Path, *, study: str = ""
+) -> list[dict[str, Any]]:
+    """The ``results.csv`` rows of one table: one per cell, then one ``IQM`` row per column
+    (``study``: the study the table belongs to, empty for a report of one table). Config
+    paths are relative to ``out_dir``; lists are ``;``-separated."""
     rows = []
     for c in cells:
         rows.append(
             {
+                "study": study,
                 "dataset": c.dataset,
                 "column": c.column,
                 "algo": c.algo,
@@ -367,6 +372,7 @@ def write_csv(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], path: str | os.P
     for q in iqms:
         rows.append(
             {
+                "study": study,
                 "dataset": "IQM",
                 "column": q.column,
                 "n_seeds": q.seeds,
@@ -376,6 +382,18 @@ def write_csv(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], path: str | os.P
                 "variant": f"datasets={q.datasets}",
             }
         )
+    return rows
+
+
+def write_csv(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], path: str | os.PathLike) -> Path:
+    """``results.csv`` of one table (:func:`csv_rows`)."""
+    path = Path(path)
+    return write_csv_rows(csv_rows(cells, iqms, path.parent), path)
+
+
+def write_csv_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Rows of :func:`csv_rows` (of one table or several) as ``results.csv``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)

@@ -46,7 +46,7 @@ ALGO_ORDER = ("dmg", "iql", "td3bc", "bc")
 # the swept hyperparameters of the paper's Figures 1 (λ) and 2 (ν)
 ABLATION_KEYS = ("loss.mixture_coef", "loss.penalty_coef")
 
-# the spec's symbols for the hyperparameters a sweep usually varies
+# the spec's symbols (or short names) for the hyperparameters a sweep usually varies
 SHORT_KEYS = {
     "loss.mixture_coef": "λ",
     "loss.penalty_coef": "ν",
@@ -54,6 +54,8 @@ SHORT_KEYS = {
     "loss.temperature": "α",
     "loss.max_weight": "w_max",
     "loss.gamma": "γ",
+    "optim.actor_cosine": "actor cosine",
+    "optim.actor_cosine_horizon": "cosine horizon",
 }
 
 

@@ -436,15 +436,19 @@ def test_a_nu_sweep_is_drawn_separately_from_a_lambda_sweep(tmp_path):
 # ---------------------------------------------------------------- the recipe
 
 
-def test_the_recipe_writes_results_md_csv_and_figures_for_a_sweep_directory(sweep, tmp_path):
-    out = tmp_path / "report"
-    proc = subprocess.run(
-        [sys.executable, "recipes/report.py", f"runs={sweep}", f"out={out}"],
+def run_report(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "recipes/report.py", *overrides],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_the_recipe_writes_results_md_csv_and_figures_for_a_sweep_directory(sweep, tmp_path):
+    out = tmp_path / "report"
+    proc = run_report(f"runs={sweep}", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "results.md").is_file() and (out / "results.csv").is_file()
     assert "mujoco/hopper/medium-v0" in proc.stdout and "20.0 ± 8.2" in proc.stdout
@@ -470,13 +474,7 @@ def test_a_missing_intro_or_no_runs_is_one_line_and_exit_2(tmp_path, args, messa
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "report"
-    proc = subprocess.run(
-        [sys.executable, "recipes/report.py", f"runs={empty}", f"out={out}", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_report(f"runs={empty}", f"out={out}", *args)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()  # nothing written; Hydra's empty folder removed
@@ -495,13 +493,7 @@ def test_a_seed_in_two_run_directories_is_refused_naming_both(tmp_path):
 def test_the_recipe_refuses_a_copied_run_in_one_line_and_writes_nothing(sweep, tmp_path):
     shutil.copytree(sweep / "3", sweep / "3_copy")
     out = tmp_path / "report"
-    proc = subprocess.run(
-        [sys.executable, "recipes/report.py", f"runs={sweep}", f"out={out}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_report(f"runs={sweep}", f"out={out}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip()
     assert err.startswith("[report] error: seed 0 of iql") and len(err.splitlines()) == 1

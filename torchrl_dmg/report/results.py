@@ -270,9 +270,7 @@ def _overestimation_section(cells, out_dir: Path, fig_dir: Path, figures: list[P
     datasets = sorted({c.dataset for c in cells})
     logged = [d for d in datasets if has_overestimation([r for r in runs if r.dataset == d])]
     for dataset in logged:
-        path = plot_overestimation(
-            cells, dataset, fig_dir / f"overestimation_{slug(dataset)}.png"
-        )
+        path = plot_overestimation(cells, dataset, fig_dir / f"overestimation_{slug(dataset)}.png")
         figures.append(path)
         md += [f"![overestimation, {dataset}]({_rel(path, out_dir)})", ""]
     missing = [d for d in datasets if d not in logged]

@@ -10,6 +10,7 @@ stands for it (:func:`table_cells`).
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 from collections import defaultdict
@@ -114,7 +115,7 @@ def _sort_key(value: Any) -> tuple:
 def _refuse_repeated_seeds(members: Sequence[SeedRun]) -> None:
     """One seed of one experiment counted twice (a copied or rerun run directory) would
     narrow its CI and tilt its mean: refuse, naming both directories."""
-    for a, b in zip(members, members[1:]):  # sorted by seed
+    for a, b in itertools.pairwise(members):  # sorted by seed
         if a.seed == b.seed:
             raise RunRefused(
                 f"seed {a.seed} of {a.algo} on {a.dataset} is in two runs with the same "

@@ -302,6 +302,10 @@ def test_with_studies_each_study_has_its_own_table_and_a_sweep_spans_studies(tmp
     # study "sweep": λ = 0, 0.5 at 200 steps; its crossing point (λ 0.25) is budget's dmg
     for lam in (0.0, 0.5):
         make_run(results / "sweep", f"l{lam}", seed=3, seeds=2, mixture_coef=lam, scores=[5.0, 5.0])
+    # a rerun of budget's dmg (same settings, seed 0) in a study of its own
+    make_run(results / "rerun", "dmg", seeds=1, scores=[75.0])
+    with pytest.raises(RunRefused, match="seed 0 of dmg"):  # in one table: counted twice
+        write_report([results], tmp_path / "one_table")
     report = write_report([results], tmp_path / "out", studies=True)
     text = report.markdown.read_text()
     sections = re.split(r"^## ", text, flags=re.M)
@@ -310,6 +314,7 @@ def test_with_studies_each_study_has_its_own_table_and_a_sweep_spans_studies(tmp
         "How to read the tables",
         "budget",
         "long",
+        "rerun",
         "sweep",
         "Ablations (the paper's Figures 1–2)",
         "Every seed",
@@ -324,7 +329,7 @@ def test_with_studies_each_study_has_its_own_table_and_a_sweep_spans_studies(tmp
     assert all(f"| {x} |" in ablation for x in ("0", "0.25", "0.5"))
     assert (tmp_path / "out" / "figures" / "long" / "curves_mujoco-hopper-medium-v0.png").is_file()
     rows = read_csv(report.csv)
-    assert {r["study"] for r in rows} == {"budget", "long", "sweep"}
+    assert {r["study"] for r in rows} == {"budget", "long", "rerun", "sweep"}
     (long_dmg,) = [r for r in rows if r["study"] == "long" and r["dataset"] != "IQM"]
     assert (long_dmg["column"], long_dmg["variant"]) == ("dmg", "")  # no steps= split
 

@@ -151,12 +151,14 @@ def write_report(
             f"no run with an eval row under {', '.join(map(str, paths))} (a run directory "
             "holds config.yaml and metrics.csv)"
         )
-    cells = build_cells(runs, seed=seed)  # refuses a seed counted twice: nothing written
-    sections = (
-        [(name, build_cells(group, seed=seed)) for name, group in study_groups(paths, runs)]
-        if studies
-        else [("", cells)]
-    )
+    # a seed counted twice in one table is refused here, before anything is written; with
+    # studies, within each study (a rerun in another study is that study's own run)
+    if studies:
+        sections = [(n, build_cells(g, seed=seed)) for n, g in study_groups(paths, runs)]
+        cells = build_cells(runs, seed=seed, refuse_repeats=False)  # ablations span studies
+    else:
+        cells = build_cells(runs, seed=seed)
+        sections = [("", cells)]
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "results.csv"
     figures: list[Path] = []

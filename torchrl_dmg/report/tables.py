@@ -124,13 +124,16 @@ def _refuse_repeated_seeds(members: Sequence[SeedRun]) -> None:
             )
 
 
-def build_cells(runs: Iterable[SeedRun], *, seed: int = 0) -> list[Cell]:
+def build_cells(
+    runs: Iterable[SeedRun], *, seed: int = 0, refuse_repeats: bool = True
+) -> list[Cell]:
     """Group seeds by dataset, algorithm and the config keys that vary among that
     dataset's runs of that algorithm; one :class:`Cell` each, sorted by dataset, then
     algorithm (:data:`ALGO_ORDER` first), then variant values.
 
     Raises:
-        RunRefused: one seed of one cell comes from two run directories.
+        RunRefused: one seed of one cell comes from two run directories (unless
+            ``refuse_repeats`` is false: reruns in separate studies, pooled for ablations).
     """
     by_group: dict[tuple[str, str], list[SeedRun]] = defaultdict(list)
     for run in runs:
@@ -143,7 +146,8 @@ def build_cells(runs: Iterable[SeedRun], *, seed: int = 0) -> list[Cell]:
             by_variant[tuple((k, run.value(k)) for k in keys)].append(run)
         for variant, members in by_variant.items():
             members.sort(key=lambda r: (r.seed, str(r.run_dir)))
-            _refuse_repeated_seeds(members)
+            if refuse_repeats:
+                _refuse_repeated_seeds(members)
             scores = [r.score for r in members]
             cells.append(Cell(dataset, algo, variant, members, summarize(scores, seed=seed)))
 

@@ -31,7 +31,7 @@ from torchrl_dmg.report.tables import (
     markdown_table,
     short_key,
     table_cells,
-    write_csv_rows,
+    write_csv,
 )
 
 __all__ = ["Report", "print_summary", "read_intro", "study_groups", "write_report"]
@@ -177,14 +177,14 @@ def write_report(
         if folded:
             md += [_folded_note(folded, stand_ins), ""]
         if not studies:
-            md += _legend(csv_path)
+            md += _legend(csv_path.name)
         md += _curves_section(study_cells, out_dir, fig_dir, figures, level)
         md += _overestimation_section(study_cells, out_dir, fig_dir, figures, level)
         if not studies:
             md += _ablation_section(study_cells, out_dir, fig_dir, figures, level)
     if studies:  # a sweep may span studies (its crossing point run in another one)
         md += _ablation_section(cells, out_dir, out_dir / "figures", figures, "##")
-    write_csv_rows(rows, csv_path)
+    write_csv(rows, csv_path)
     every = [c for _, study_cells in sections for c in study_cells]
     md += ["## Every seed", "", markdown_seed_table(every, out_dir), ""]
     md_path = out_dir / "results.md"
@@ -216,11 +216,11 @@ def _header(title, paths, runs, intro: str | None, n_studies: int) -> list[str]:
         md += ["", intro.strip()]
     md.append("")
     if n_studies:
-        md += ["## How to read the tables", "", *_legend(Path("results.csv"))]
+        md += ["## How to read the tables", "", *_legend("results.csv")]
     return md
 
 
-def _legend(csv_path: Path) -> list[str]:
+def _legend(csv_name: str) -> list[str]:
     """What a table cell holds, and where the CSV is."""
     return [
         "Each cell: mean ± std over seeds (std with ddof=0, as the recipes' summaries), the "
@@ -234,7 +234,7 @@ def _legend(csv_path: Path) -> list[str]:
         "scores are normalised with. Algorithm `dmg` includes runs that predate the `algo` "
         "key.",
         "",
-        f"Also as CSV, with a column for every setting: [{csv_path.name}]({csv_path.name}).",
+        f"Also as CSV, with a column for every setting: [{csv_name}]({csv_name}).",
         "",
     ]
 

@@ -39,7 +39,6 @@ __all__ = [
     "table_cells",
     "csv_rows",
     "write_csv",
-    "write_csv_rows",
 ]
 
 ALGO_ORDER = ("dmg", "iql", "td3bc", "bc")
@@ -392,13 +391,7 @@ def csv_rows(
     return rows
 
 
-def write_csv(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], path: str | os.PathLike) -> Path:
-    """``results.csv`` of one table (:func:`csv_rows`)."""
-    path = Path(path)
-    return write_csv_rows(csv_rows(cells, iqms, path.parent), path)
-
-
-def write_csv_rows(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Rows of :func:`csv_rows` (of one table or several) as ``results.csv``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

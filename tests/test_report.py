@@ -420,8 +420,30 @@ def test_a_lambda_sweep_gets_an_ablation_plot_and_table_with_diverged_seeds(tmp_
     text = report.markdown.read_text()
     rows = [line for line in text.splitlines() if re.match(r"\| (0|0\.5|1) \| — \|", line)]
     assert len(rows) == 3
-    assert rows[-1].split(" | ")[5] == "1/2"  # λ = 1: one of two seeds diverged
+    assert rows[-1].split(" | ")[7] == "1/2"  # λ = 1: one of two seeds diverged
     assert rows[0].split(" | ")[4] == "10"  # λ = 0: mean final Q
+    assert rows[0].split(" | ")[5:7] == ["—", "—"]  # no diagnostic logged: no MC return
+
+
+def test_the_ablation_says_from_which_step_each_seed_s_q_is_above_the_mc_return(tmp_path):
+    """The fabricated diagnostic logs Q/2 at step 100 and Q at step 200 against a constant
+    Monte-Carlo return of 80: Q = 60 stays below; Q = 120 passes at 200; Q = 200 at 100."""
+    runs = tmp_path / "runs"
+    for lam, seed, q in ((0.0, 0, 60.0), (0.0, 1, 120.0), (1.0, 0, 200.0), (1.0, 1, 170.0)):
+        make_run(runs, f"l{lam}_s{seed}", seed=seed, mixture_coef=lam, diagnostic=(q, 80.0))
+    passes = {
+        r.seed + 10 * r.value("loss.mixture_coef"): r.q_passes_mc_at() for r in load_runs([runs])
+    }
+    assert passes == {0: None, 1: 200, 10: 100, 11: 100}
+    report = write_report([runs], tmp_path / "out")
+    text = report.markdown.read_text()
+    rows = {
+        line.split(" | ")[0]: line.split(" | ")
+        for line in text.splitlines()
+        if re.match(r"\| (0|1) \| — \|", line)
+    }
+    assert rows["| 0"][4:7] == ["90", "80", "never 0.2k"]  # mean Q, MC return, per seed
+    assert rows["| 1"][4:7] == ["185", "80", "0.1k 0.1k"]
 
 
 def test_a_nu_sweep_is_drawn_separately_from_a_lambda_sweep(tmp_path):

@@ -191,7 +191,8 @@ def ablations(cells: Sequence[Cell]) -> list[Ablation]:
 def plot_ablation(ablation: Ablation, out: str | os.PathLike) -> Path:
     """Final score (left) and final Q (right) against the swept λ or ν: one dot per seed,
     the mean of the non-diverged seeds as a line, diverged seeds as red crosses (a
-    non-finite Q drawn at the top edge, marked ∞)."""
+    non-finite Q drawn at the top edge, marked ∞); on the Q panel the data's Monte-Carlo
+    return as a dashed line where every run logged the same one."""
     plt = _pyplot()
     fig, (ax_s, ax_q) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
     symbol = short_key(ablation.key)
@@ -236,6 +237,12 @@ def plot_ablation(ablation: Ablation, out: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
         if ablation.key in LOG_X_KEYS:
             ax.set_xscale("log")
+    every = [r for vals in ablation.lines.values() for runs in vals.values() for r in runs]
+    logged = [r for r in every if r.diag_steps.size]
+    mc = shared_mc_return(logged) if logged else None
+    if mc is not None:  # where the critics leave the data's returns
+        ax_q.axhline(mc, color="black", lw=1.2, ls="--", label="MC return of the data")
+        ax_q.legend(fontsize=8, loc="best")
     ax_s.scatter([], [], marker="x", color="red", label="diverged seed")
     ax_s.legend(fontsize=8, loc="best")
     fig.suptitle(f"{ablation.dataset}, {ablation.algo}: sweep of {symbol}", fontsize=10)

@@ -73,8 +73,8 @@ def read_intro(path: str | os.PathLike, out_dir: str | os.PathLike) -> str:
 def _ablation_table(ablation, out_dir: Path) -> str:
     lines = [
         f"| {short_key(ablation.key)} | other settings | seeds | final score (mean ± std) "
-        "| final Q (mean) | diverged | seeds (score / Q) |",
-        "|---|---|---|---|---|---|---|",
+        "| final Q (mean) | MC return | Q above it from step | diverged | seeds (score / Q) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for rest, vals in sorted(ablation.lines.items(), key=lambda kv: repr(kv[0])):
         other = ", ".join(f"{short_key(k)}={v}" for k, v in rest) or "—"
@@ -89,6 +89,9 @@ def _ablation_table(ablation, out_dir: Path) -> str:
                 else math.nan
             )
             mean_q = sum(qs) / len(qs) if qs else math.nan
+            mc = [float(r.mc_return[-1]) for r in runs if r.diag_steps.size]
+            mc = [v for v in mc if math.isfinite(v)]
+            mean_mc = f"{sum(mc) / len(mc):.4g}" if mc else "—"
             div = sum(r.diverged for r in runs)
             per_seed = " ".join(
                 _link(f"{_num(r.score)} / {r.final_q:.3g}{'†' if r.diverged else ''}", r, out_dir)
@@ -96,9 +99,19 @@ def _ablation_table(ablation, out_dir: Path) -> str:
             )
             lines.append(
                 f"| {x:g} | {other} | {len(runs)} | {_num(mean_s)} ± {_num(std_s)} | "
-                f"{mean_q:.4g} | {div}/{len(runs)} | {per_seed} |"
+                f"{mean_q:.4g} | {mean_mc} | {_passes(runs)} | {div}/{len(runs)} | {per_seed} |"
             )
     return "\n".join(lines)
+
+
+def _passes(runs: list[SeedRun]) -> str:
+    """Each seed's first step with its mean Q above the data's Monte-Carlo return
+    (:meth:`SeedRun.q_passes_mc_at`): ``12k 15k never``; ``—`` without the diagnostic."""
+    logged = [r for r in runs if r.diag_steps.size]
+    if not logged:
+        return "—"
+    steps = [r.q_passes_mc_at() for r in logged]
+    return " ".join("never" if s is None else f"{s / 1000:g}k" for s in steps)
 
 
 def study_groups(
@@ -312,7 +325,11 @@ def _ablation_section(cells, out_dir: Path, fig_dir: Path, figures: list[Path], 
             "",
             f"Score reference: {refs}. Final Q: the last logged `q_data_mean` where the run "
             "logged the diagnostic, else the critic's mean Q on training batches "
-            "(`state_action_value`, the mean over stacked seeds); † diverged.",
+            "(`state_action_value`, the mean over stacked seeds); † diverged. MC return: the "
+            "discounted Monte-Carlo return of the diagnostic's fixed sample of transitions; "
+            "*Q above it from step*: each seed's first logged step at which its mean Q over "
+            "that sample is above it (where the critic leaves the data's returns), *never* "
+            "if it stays below (the dashed line on the Q panel).",
             "",
         ]
     if not found:

@@ -108,6 +108,14 @@ class SeedRun:
         """A config value by dotted key (``loss.mixture_coef``)."""
         return self.config.get(key, default)
 
+    def q_passes_mc_at(self) -> int | None:
+        """The first diagnostic step at which the mean Q over the fixed sample is above the
+        same transitions' Monte-Carlo return (where the critic leaves the data's returns);
+        ``None`` if it never is, or the run did not log the diagnostic."""
+        q, mc = np.asarray(self.q_data, float), np.asarray(self.mc_return, float)
+        above = np.isfinite(q) & np.isfinite(mc) & (q > mc)
+        return int(self.diag_steps[above.argmax()]) if above.any() else None
+
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config as ``{"dotted.key": value}`` (lists stay values)."""

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from torchrl_dmg.errors import RunRefused
-from torchrl_dmg.report.figures import shared_mc_return
+from torchrl_dmg.report.figures import ablations, line_labels, shared_mc_return
 from torchrl_dmg.report.results import read_intro, study_groups, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
 from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
@@ -425,6 +425,22 @@ def test_a_lambda_sweep_gets_an_ablation_plot_and_table_with_diverged_seeds(tmp_
     assert rows[0].split(" | ")[5:7] == ["—", "—"]  # no diagnostic logged: no MC return
 
 
+def test_a_run_copied_into_a_second_study_counts_once_in_the_ablation(tmp_path):
+    """A study may show another study's run beside its own (a copy of its files); the λ/ν
+    ablation pools every study, so the copy must not count twice there. A rerun with other
+    numbers is a run of its own and stays."""
+    results = tmp_path / "results"
+    for lam in (0.0, 0.5):
+        make_run(results / "sweep", f"l{lam}", seeds=2, mixture_coef=lam, scores=[10.0, 30.0])
+    shutil.copytree(results / "sweep" / "l0.0", results / "other" / "copy_of_l0")
+    make_run(results / "other", "rerun_l0.5", seed=1, mixture_coef=0.5, scores=[50.0])
+    text = write_report([results], tmp_path / "out", studies=True).markdown.read_text()
+    ablation = text.split("## Ablations")[1].split("## Every seed")[0]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in ablation.splitlines()}
+    assert rows["| 0"][2:4] == ["2", "20.0 ± 10.0"]  # the copy once: seeds 0, 1
+    assert rows["| 0.5"][2] == "3"  # seeds 0, 1 and the rerun of seed 1
+
+
 def test_the_ablation_says_from_which_step_each_seed_s_q_is_above_the_mc_return(tmp_path):
     """The fabricated diagnostic logs Q/2 at step 100 and Q at step 200 against a constant
     Monte-Carlo return of 80: Q = 60 stays below; Q = 120 passes at 200; Q = 200 at 100."""
@@ -444,6 +460,23 @@ def test_the_ablation_says_from_which_step_each_seed_s_q_is_above_the_mc_return(
     }
     assert rows["| 0"][4:7] == ["90", "80", "never 0.2k"]  # mean Q, MC return, per seed
     assert rows["| 1"][4:7] == ["185", "80", "0.1k 0.1k"]
+
+
+def test_ablation_lines_are_labelled_by_what_differs_between_them(tmp_path):
+    """Two ν sweeps at different budgets that share a setting another run does not have
+    (policy_freq 2 against 1): each line names its steps, not the setting both share."""
+    runs = tmp_path / "runs"
+    shared = {"optim": {"policy_freq": 2}}
+    for steps in (100, 300):
+        for i, nu in enumerate((0.01, 1.0)):
+            make_run(runs, f"s{steps}_n{i}", penalty_coef=nu, extra={"steps": steps, **shared})
+    make_run(runs, "other_pf", penalty_coef=0.5, extra={"optim": {"policy_freq": 1}})
+    (ablation,) = [
+        a for a in ablations(build_cells(load_runs([runs]))) if a.key == "loss.penalty_coef"
+    ]
+    assert sorted(line_labels(ablation).values()) == ["steps=100", "steps=300"]
+    text = write_report([runs], tmp_path / "out").markdown.read_text()
+    assert "| 0.01 | steps=300 | 1 |" in text
 
 
 def test_a_nu_sweep_is_drawn_separately_from_a_lambda_sweep(tmp_path):

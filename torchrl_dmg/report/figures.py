@@ -17,6 +17,7 @@ from torchrl_dmg.report.tables import ABLATION_KEYS, Cell, _fmt_value, short_key
 
 __all__ = [
     "ABLATION_KEYS",
+    "line_labels",
     "Ablation",
     "ablations",
     "plot_ablation",
@@ -188,6 +189,21 @@ def ablations(cells: Sequence[Cell]) -> list[Ablation]:
     return out
 
 
+def line_labels(ablation: Ablation) -> dict[tuple, str]:
+    """Each line's label: the other of λ and ν, and the settings whose values differ between
+    the lines (``λ=0.25, steps=30000``); settings all lines share are left out (each seed
+    links its full config). ``""`` for a line with no other setting."""
+    rests = list(ablation.lines)
+    keys = dict.fromkeys(k for rest in rests for k, _ in rest)
+    shown = [k for k in keys if k in ABLATION_KEYS or len({dict(r).get(k) for r in rests}) > 1]
+    return {
+        rest: ", ".join(
+            f"{short_key(k)}={_fmt_value(dict(rest)[k])}" for k in shown if k in dict(rest)
+        )
+        for rest in rests
+    }
+
+
 def plot_ablation(ablation: Ablation, out: str | os.PathLike) -> Path:
     """Final score (left) and final Q (right) against the swept λ or ν: one dot per seed,
     the mean of the non-diverged seeds as a line, diverged seeds as red crosses (a
@@ -204,9 +220,10 @@ def plot_ablation(ablation: Ablation, out: str | os.PathLike) -> Path:
         if math.isfinite(r.final_q)
     ]
     q_top = max(finite_q) if finite_q else 1.0
+    labels = line_labels(ablation)
     for i, (rest, vals) in enumerate(sorted(ablation.lines.items(), key=lambda kv: repr(kv[0]))):
         color = f"C{i % 10}"
-        label = ", ".join(f"{short_key(k)}={_fmt_value(v)}" for k, v in rest) or ablation.algo
+        label = labels[rest] or ablation.algo
         xs = sorted(vals)
         for ax, attr in ((ax_s, "score"), (ax_q, "final_q")):
             means = []

@@ -12,6 +12,7 @@ from pathlib import Path
 from torchrl_dmg.report.figures import (
     ablations,
     has_overestimation,
+    line_labels,
     plot_ablation,
     plot_curves,
     plot_overestimation,
@@ -76,8 +77,9 @@ def _ablation_table(ablation, out_dir: Path) -> str:
         "| final Q (mean) | MC return | Q above it from step | diverged | seeds (score / Q) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    labels = line_labels(ablation)
     for rest, vals in sorted(ablation.lines.items(), key=lambda kv: repr(kv[0])):
-        other = ", ".join(f"{short_key(k)}={v}" for k, v in rest) or "—"
+        other = labels[rest] or "—"
         for x in sorted(vals):
             runs = vals[x]
             scores = [r.score for r in runs if math.isfinite(r.score)]

@@ -119,8 +119,29 @@ def _refuse_repeated_seeds(members: Sequence[SeedRun]) -> None:
             raise RunRefused(
                 f"seed {a.seed} of {a.algo} on {a.dataset} is in two runs with the same "
                 f"settings, {a.run_dir} and {b.run_dir} (a copy or a rerun?): pass runs= "
-                "without one of them"
+                "without one of them, or studies=true if they are in separate studies "
+                "(folders under runs=)"
             )
+
+
+def _same_run(a: SeedRun, b: SeedRun) -> bool:
+    """The same seed with the same learning curve and final Q: one run's files in two places
+    (a study that shows another's run beside its own), or a bit-identical rerun."""
+    return (
+        a.seed == b.seed
+        and np.array_equal(a.curve_steps, b.curve_steps)
+        and np.array_equal(a.curve_scores, b.curve_scores, equal_nan=True)
+        and (a.final_q == b.final_q or (math.isnan(a.final_q) and math.isnan(b.final_q)))
+    )
+
+
+def _drop_copies(members: list[SeedRun]) -> list[SeedRun]:
+    """``members`` (sorted by seed) without the copies of a run already in it."""
+    kept: list[SeedRun] = []
+    for run in members:
+        if not any(_same_run(k, run) for k in kept):
+            kept.append(run)
+    return kept
 
 
 def build_cells(
@@ -132,7 +153,8 @@ def build_cells(
 
     Raises:
         RunRefused: one seed of one cell comes from two run directories (unless
-            ``refuse_repeats`` is false: reruns in separate studies, pooled for ablations).
+            ``refuse_repeats`` is false: reruns in separate studies, pooled for ablations;
+            then a run copied into two studies counts once).
     """
     by_group: dict[tuple[str, str], list[SeedRun]] = defaultdict(list)
     for run in runs:
@@ -147,6 +169,8 @@ def build_cells(
             members.sort(key=lambda r: (r.seed, str(r.run_dir)))
             if refuse_repeats:
                 _refuse_repeated_seeds(members)
+            else:  # pooled over studies: a run shown in two studies counts once
+                members = _drop_copies(members)
             scores = [r.score for r in members]
             cells.append(Cell(dataset, algo, variant, members, summarize(scores, seed=seed)))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrl_dmg.report.runs import SeedRun
+from torchrl_dmg.report.runs import SeedRun, _canonical
 from torchrl_dmg.report.stats import bootstrap_ci
 from torchrl_dmg.report.tables import ABLATION_KEYS, Cell, _fmt_value, short_key, sweep_lines
 
@@ -131,7 +131,10 @@ def plot_overestimation(cells: Sequence[Cell], dataset: str, out: str | os.PathL
 
 def shared_mc_return(runs: Sequence[SeedRun]) -> float | None:
     """The Monte-Carlo return every one of ``runs`` logged (the same fixed sample and γ
-    give the same number throughout), else ``None`` (each column draws its own)."""
+    give the same number throughout), else ``None`` (each column draws its own; none
+    logged it)."""
+    if not runs:
+        return None
     values = np.concatenate([np.asarray(r.mc_return, dtype=np.float64) for r in runs])
     values = values[np.isfinite(values)]
     if not values.size or not np.allclose(values, values[0], rtol=1e-6, atol=1e-9):
@@ -195,7 +198,11 @@ def line_labels(ablation: Ablation) -> dict[tuple, str]:
     links its full config). ``""`` for a line with no other setting."""
     rests = list(ablation.lines)
     keys = dict.fromkeys(k for rest in rests for k, _ in rest)
-    shown = [k for k in keys if k in ABLATION_KEYS or len({dict(r).get(k) for r in rests}) > 1]
+    shown = [
+        k
+        for k in keys
+        if k in ABLATION_KEYS or len({_canonical(dict(r).get(k)) for r in rests}) > 1
+    ]
     return {
         rest: ", ".join(
             f"{short_key(k)}={_fmt_value(dict(rest)[k])}" for k in shown if k in dict(rest)
@@ -255,8 +262,7 @@ def plot_ablation(ablation: Ablation, out: str | os.PathLike) -> Path:
         if ablation.key in LOG_X_KEYS:
             ax.set_xscale("log")
     every = [r for vals in ablation.lines.values() for runs in vals.values() for r in runs]
-    logged = [r for r in every if r.diag_steps.size]
-    mc = shared_mc_return(logged) if logged else None
+    mc = shared_mc_return([r for r in every if r.diag_steps.size])
     if mc is not None:  # where the critics leave the data's returns
         ax_q.axhline(mc, color="black", lw=1.2, ls="--", label="MC return of the data")
         ax_q.legend(fontsize=8, loc="best")

@@ -479,6 +479,22 @@ def test_ablation_lines_are_labelled_by_what_differs_between_them(tmp_path):
     assert "| 0.01 | steps=300 | 1 |" in text
 
 
+def test_a_column_leaves_out_a_setting_that_has_no_effect_and_words_a_null_one(tmp_path):
+    """The cosine study's arms: a constant actor lr has no cosine horizon to show, and a
+    null horizon (the run's length) is said in words, not ``None``."""
+    runs = tmp_path / "runs"
+    arms = {"const": (False, 500000), "paper": (True, 500000), "run": (True, None)}
+    for name, (cosine, horizon) in arms.items():
+        optim = {"actor_cosine": cosine, "actor_cosine_horizon": horizon}
+        make_run(runs, name, extra={"optim": optim})
+    columns = sorted(c.column for c in build_cells(load_runs([runs])))
+    assert columns == [
+        "dmg (actor cosine=False)",
+        "dmg (actor cosine=True, cosine horizon=500000)",
+        "dmg (actor cosine=True, cosine horizon=run length)",
+    ]
+
+
 def test_a_nu_sweep_is_drawn_separately_from_a_lambda_sweep(tmp_path):
     runs = tmp_path / "runs"
     for i, lam in enumerate((0.0, 0.5)):

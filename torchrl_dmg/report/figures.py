@@ -13,7 +13,13 @@ import numpy as np
 
 from torchrl_dmg.report.runs import SeedRun, _canonical
 from torchrl_dmg.report.stats import bootstrap_ci
-from torchrl_dmg.report.tables import ABLATION_KEYS, Cell, _fmt_value, short_key, sweep_lines
+from torchrl_dmg.report.tables import (
+    ABLATION_KEYS,
+    Cell,
+    settings_label,
+    short_key,
+    sweep_lines,
+)
 
 __all__ = [
     "ABLATION_KEYS",
@@ -98,7 +104,7 @@ def plot_curves(cells: Sequence[Cell], dataset: str, out: str | os.PathLike) -> 
 
 def has_overestimation(runs: Sequence[SeedRun]) -> bool:
     """Whether any run logged the diagnostic (``q_data_mean`` and ``mc_return_mean``)."""
-    return any(r.diag_steps.size and np.isfinite(r.mc_return).any() for r in runs)
+    return any(r.has_diagnostic and np.isfinite(r.mc_return).any() for r in runs)
 
 
 def plot_overestimation(cells: Sequence[Cell], dataset: str, out: str | os.PathLike) -> Path:
@@ -107,7 +113,7 @@ def plot_overestimation(cells: Sequence[Cell], dataset: str, out: str | os.PathL
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     drawn = [
-        (cell, [r for r in cell.runs if r.diag_steps.size])
+        (cell, [r for r in cell.runs if r.has_diagnostic])
         for cell in cells
         if cell.dataset == dataset
     ]
@@ -204,10 +210,7 @@ def line_labels(ablation: Ablation) -> dict[tuple, str]:
         if k in ABLATION_KEYS or len({_canonical(dict(r).get(k)) for r in rests}) > 1
     ]
     return {
-        rest: ", ".join(
-            f"{short_key(k)}={_fmt_value(dict(rest)[k])}" for k in shown if k in dict(rest)
-        )
-        for rest in rests
+        rest: settings_label([(k, v) for k, v in rest if k in shown], dict(rest)) for rest in rests
     }
 
 
@@ -262,7 +265,7 @@ def plot_ablation(ablation: Ablation, out: str | os.PathLike) -> Path:
         if ablation.key in LOG_X_KEYS:
             ax.set_xscale("log")
     every = [r for vals in ablation.lines.values() for runs in vals.values() for r in runs]
-    mc = shared_mc_return([r for r in every if r.diag_steps.size])
+    mc = shared_mc_return([r for r in every if r.has_diagnostic])
     if mc is not None:  # where the critics leave the data's returns
         ax_q.axhline(mc, color="black", lw=1.2, ls="--", label="MC return of the data")
         ax_q.legend(fontsize=8, loc="best")

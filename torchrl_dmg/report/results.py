@@ -91,7 +91,7 @@ def _ablation_table(ablation, out_dir: Path) -> str:
                 else math.nan
             )
             mean_q = sum(qs) / len(qs) if qs else math.nan
-            mc = [float(r.mc_return[-1]) for r in runs if r.diag_steps.size]
+            mc = [float(r.mc_return[-1]) for r in runs if r.has_diagnostic]
             mc = [v for v in mc if math.isfinite(v)]
             mean_mc = f"{sum(mc) / len(mc):.4g}" if mc else "—"
             div = sum(r.diverged for r in runs)
@@ -109,7 +109,7 @@ def _ablation_table(ablation, out_dir: Path) -> str:
 def _passes(runs: list[SeedRun]) -> str:
     """Each seed's first step with its mean Q above the data's Monte-Carlo return
     (:meth:`SeedRun.q_passes_mc_at`): ``12k 15k never``; ``—`` without the diagnostic."""
-    logged = [r for r in runs if r.diag_steps.size]
+    logged = [r for r in runs if r.has_diagnostic]
     if not logged:
         return "—"
     steps = [r.q_passes_mc_at() for r in logged]

@@ -108,6 +108,11 @@ class SeedRun:
         """A config value by dotted key (``loss.mixture_coef``)."""
         return self.config.get(key, default)
 
+    @property
+    def has_diagnostic(self) -> bool:
+        """Whether the run logged the overestimation diagnostic (``q_data_mean``)."""
+        return self.diag_steps.size > 0
+
     def q_passes_mc_at(self) -> int | None:
         """The first diagnostic step at which the mean Q over the fixed sample is above the
         same transitions' Monte-Carlo return (where the critic leaves the data's returns);

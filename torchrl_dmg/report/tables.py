@@ -14,7 +14,7 @@ import itertools
 import math
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "column_iqms",
     "markdown_table",
     "markdown_seed_table",
+    "settings_label",
     "short_key",
     "sweep_lines",
     "table_cells",
@@ -64,8 +65,40 @@ def short_key(key: str) -> str:
     return SHORT_KEYS.get(key, key)
 
 
+#: settings that have no effect while another setting has the given value: labels leave
+#: them out (a constant actor lr has no cosine horizon)
+INERT_SETTINGS: dict[str, tuple[str, Any]] = {
+    "optim.actor_cosine_horizon": ("optim.actor_cosine", False),
+}
+
+#: words for setting values whose printed form says little
+VALUE_WORDS: dict[str, dict[Any, str]] = {
+    "optim.actor_cosine_horizon": {None: "run length"},
+}
+
+
 def _fmt_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_label(
+    pairs: Sequence[tuple[str, Any]], others: Mapping[str, Any] | None = None
+) -> str:
+    """``λ=0.25, actor cosine=False``: each setting by its symbol (:func:`short_key`),
+    leaving out those that have no effect given the others (:data:`INERT_SETTINGS`, read
+    from ``pairs`` and then ``others``, e.g. the run's whole config)."""
+    settings = {**(others or {}), **dict(pairs)}
+    shown = []
+    for key, value in pairs:
+        inert = INERT_SETTINGS.get(key)
+        if inert is not None and inert[0] in settings and settings[inert[0]] == inert[1]:
+            continue
+        try:
+            word = VALUE_WORDS.get(key, {}).get(value)
+        except TypeError:  # an unhashable value (a list) has no word
+            word = None
+        shown.append(f"{short_key(key)}={word if word is not None else _fmt_value(value)}")
+    return ", ".join(shown)
 
 
 @dataclass
@@ -82,7 +115,7 @@ class Cell:
     def column(self) -> str:
         if not self.variant:
             return self.algo
-        inner = ", ".join(f"{short_key(k)}={_fmt_value(v)}" for k, v in self.variant)
+        inner = settings_label(self.variant, self.runs[0].config if self.runs else None)
         return f"{self.algo} ({inner})"
 
     @property

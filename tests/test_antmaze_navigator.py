@@ -326,6 +326,23 @@ def test_play_variant_starts_and_commands_from_the_play_cells(nav_root, monkeypa
     assert starts <= set(PLAY_CELLS["medium"]) and len(starts) > 1
 
 
+def test_the_navigator_sends_the_ant_on_or_holds_its_goal(policy_dir, monkeypatch):
+    """The datasets' rule sends the ant to the next play cell on arrival; ``hold_goal``
+    (D4RL's generator, measured by benchmarks/navigator_goal_rule.py) keeps the episode's
+    first goal. Every step counts as an arrival here."""
+    from torchrl_dmg.datagen import antmaze, navigator
+
+    monkeypatch.setattr(navigator, "GOAL_REACHED_RADIUS", 1e9)
+    actor = navigator.load_ant_policy(navigator.ant_policy_path(policy_dir))[0]
+    grid = MazeGrid(base_maze_map("medium"), 4.0)
+    for hold in (False, True):
+        (ep,) = antmaze._navigate_episodes("medium", "play", [12], 0, 0, actor, 0.2, hold_goal=hold)
+        goals = np.stack(ep["commanded_goal"])
+        assert all(grid.xy_to_cell(g) in PLAY_CELLS["medium"] for g in goals)
+        changes = int((np.abs(np.diff(goals, axis=0)).sum(axis=1) > 0).sum())
+        assert changes == (0 if hold else len(goals) - 1)
+
+
 def test_navigator_dataset_is_deterministic_and_reused(nav_root, policy_dir, tmp_path):
     import minari
 

@@ -95,11 +95,14 @@ def _navigate_episodes(
     first_episode: int,
     actor,
     noise: float,
+    hold_goal: bool = False,
 ) -> list[dict[str, Any]]:
     """Episodes ``first_episode, ...`` of the given lengths, stepped side by side. An
     episode whose ant ends a step on its back (:func:`~torchrl_dmg.datagen.antgoal.is_flipped`,
     from which it cannot get up) stops there (``"flipped": True``): the rest would be
-    the ant lying still."""
+    the ant lying still. On reaching its commanded goal the ant is sent to the next one
+    (the datasets' rule), or with ``hold_goal`` keeps that goal to the episode's end
+    (D4RL's generator: one target per episode; ``benchmarks/navigator_goal_rule.py``)."""
     keys = ("observation", "achieved_goal", "desired_goal")
     ants = [NavigatedAnt(maze, task, max(lengths)) for _ in lengths]
     try:
@@ -123,7 +126,7 @@ def _navigate_episodes(
                 break
             actions = noisy_actions(actor, [ants[j] for j in live], noise)
             for j, action in zip(live, actions, strict=True):
-                obs, reward, _, _, info = ants[j].step(action)
+                obs, reward, _, _, info = ants[j].step(action, recommand=not hold_goal)
                 ep = episodes[j]
                 for k in keys:
                     ep["observations"][k].append(np.asarray(obs[k], dtype=np.float64))

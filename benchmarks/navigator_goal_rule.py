@@ -1,0 +1,65 @@
+"""What D4RL's one-target-per-episode rule would change in the local AntMaze data.
+
+The local navigator datasets send the ant to the next goal cell when it reaches its
+commanded goal; D4RL's generator (``scripts/generation/generate_ant_maze_datasets.py``) sets
+one target at each reset and keeps it to the episode's end, so its ant stays near the
+target once there. This steps the same episodes (same seeds, shipped ant, σ = 0.2) under
+both rules and prints, per rule: the share of episodes that reach the *evaluation* goal
+(within 0.45, the reward's radius), the steps spent there (reward 1), and the episodes
+that end with a flip.
+
+    python benchmarks/navigator_goal_rule.py variant=medium-play episodes=192
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from torchrl_dmg.datagen.antmaze import NAVIGATOR_EPISODE_STEPS, _navigate_episodes
+from torchrl_dmg.datagen.antmaze_envs import variant_entry
+from torchrl_dmg.datagen.navigator import ACTION_NOISE, ant_policy_path, load_ant_policy
+
+GROUP = 16  # episodes stepped side by side, as the generator does
+
+
+def rule_stats(variant: str, episodes: int, seed: int, hold_goal: bool, actor) -> dict:
+    maze, task = variant_entry(variant)
+    t0 = time.perf_counter()
+    eps = []
+    for first in range(0, episodes, GROUP):
+        lengths = [NAVIGATOR_EPISODE_STEPS] * min(GROUP, episodes - first)
+        eps += _navigate_episodes(
+            maze, task, lengths, seed, first, actor, ACTION_NOISE, hold_goal=hold_goal
+        )
+    success = [np.asarray(e["success"][1:], dtype=bool) for e in eps]
+    return {
+        "rule": "one goal per episode (D4RL)" if hold_goal else "next goal on arrival (datasets)",
+        "episodes": len(eps),
+        "steps": int(sum(len(e["actions"]) for e in eps)),
+        "reach_evaluation_goal": float(np.mean([s.any() for s in success])),
+        "steps_at_goal": int(sum(int(s.sum()) for s in success)),
+        "flipped": int(sum(e["flipped"] for e in eps)),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str]) -> None:
+    args = dict(a.split("=", 1) for a in argv)
+    unknown = set(args) - {"variant", "episodes", "seed"}
+    if unknown:
+        raise SystemExit(f"unknown argument(s) {sorted(unknown)}: use variant=, episodes=, seed=")
+    variant = args.get("variant", "medium-play")
+    episodes, seed = int(args.get("episodes", 192)), int(args.get("seed", 0))
+    torch.set_num_threads(1)
+    actor = load_ant_policy(ant_policy_path())[0]
+    rows = [rule_stats(variant, episodes, seed, hold, actor) for hold in (False, True)]
+    print(json.dumps({"variant": variant, "seed": seed, "rules": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

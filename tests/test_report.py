@@ -462,6 +462,19 @@ def test_the_ablation_says_from_which_step_each_seed_s_q_is_above_the_mc_return(
     assert rows["| 1"][4:7] == ["185", "80", "0.1k 0.1k"]
 
 
+def test_q_above_a_negative_mc_return_from_the_start_is_not_a_crossing(tmp_path):
+    """AntMaze's r - 1 returns are negative and the critics start near 0: Q above the MC
+    return before it has come down is not the critic leaving the data's returns; coming
+    down and rising again is."""
+    runs = tmp_path / "runs"
+    make_run(runs, "antmaze", diagnostic=(-20.0, -80.0))  # Q -10, -20 against MC -80
+    make_run(runs, "rises_again", seed=1, diagnostic=(-20.0, -80.0))
+    (above, again) = sorted(load_runs([runs]), key=lambda r: r.seed)
+    assert above.q_passes_mc_at() is None
+    again.q_data = np.array([-90.0, -70.0])  # down past the MC return, then above it
+    assert again.q_passes_mc_at() == int(again.diag_steps[1])
+
+
 def test_ablation_lines_are_labelled_by_what_differs_between_them(tmp_path):
     """Two ν sweeps at different budgets that share a setting another run does not have
     (policy_freq 2 against 1): each line names its steps, not the setting both share."""

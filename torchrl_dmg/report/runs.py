@@ -114,12 +114,21 @@ class SeedRun:
         return self.diag_steps.size > 0
 
     def q_passes_mc_at(self) -> int | None:
-        """The first diagnostic step at which the mean Q over the fixed sample is above the
-        same transitions' Monte-Carlo return (where the critic leaves the data's returns);
-        ``None`` if it never is, or the run did not log the diagnostic."""
-        q, mc = np.asarray(self.q_data, float), np.asarray(self.mc_return, float)
-        above = np.isfinite(q) & np.isfinite(mc) & (q > mc)
-        return int(self.diag_steps[above.argmax()]) if above.any() else None
+        """The first diagnostic step at which the mean Q over the fixed sample rises above the
+        same transitions' Monte-Carlo return from at or below it (where the critic leaves
+        the data's returns). The critics start near Q = 0, so with negative returns (AntMaze's
+        r - 1) Q starts above and must first come down: being above from the start is not
+        a crossing. ``None`` if it never crosses, or the run did not log the diagnostic."""
+        below = None  # whether Q was at or below the MC return at the last finite row
+        for step, q, mc in zip(self.diag_steps, self.q_data, self.mc_return, strict=True):
+            if not (np.isfinite(q) and np.isfinite(mc)):
+                continue
+            if below is None:
+                below = mc >= 0.0  # Q ~ 0 at initialisation
+            if q > mc and below:
+                return int(step)
+            below = q <= mc
+        return None
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -8,31 +8,29 @@ both rules and prints, per rule: the share of episodes that reach the *evaluatio
 (within 0.45, the reward's radius), the steps spent there (reward 1), and the episodes
 that end with a flip.
 
-    python benchmarks/navigator_goal_rule.py variant=medium-play episodes=192
+    python benchmarks/navigator_goal_rule.py --variant medium-play --episodes 192
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 import numpy as np
 import torch
 
-from torchrl_dmg.datagen.antmaze import NAVIGATOR_EPISODE_STEPS, _navigate_episodes
-from torchrl_dmg.datagen.antmaze_envs import variant_entry
+from torchrl_dmg.datagen.antmaze import _NUM_ENVS, NAVIGATOR_EPISODE_STEPS, _navigate_episodes
+from torchrl_dmg.datagen.antmaze_envs import ANTMAZE_VARIANTS, variant_entry
 from torchrl_dmg.datagen.navigator import ACTION_NOISE, ant_policy_path, load_ant_policy
-
-GROUP = 16  # episodes stepped side by side, as the generator does
 
 
 def rule_stats(variant: str, episodes: int, seed: int, hold_goal: bool, actor) -> dict:
     maze, task = variant_entry(variant)
     t0 = time.perf_counter()
     eps = []
-    for first in range(0, episodes, GROUP):
-        lengths = [NAVIGATOR_EPISODE_STEPS] * min(GROUP, episodes - first)
+    for first in range(0, episodes, _NUM_ENVS):  # the generator's groups, stepped side by side
+        lengths = [NAVIGATOR_EPISODE_STEPS] * min(_NUM_ENVS, episodes - first)
         eps += _navigate_episodes(
             maze, task, lengths, seed, first, actor, ACTION_NOISE, hold_goal=hold_goal
         )
@@ -48,18 +46,19 @@ def rule_stats(variant: str, episodes: int, seed: int, hold_goal: bool, actor) -
     }
 
 
-def main(argv: list[str]) -> None:
-    args = dict(a.split("=", 1) for a in argv)
-    unknown = set(args) - {"variant", "episodes", "seed"}
-    if unknown:
-        raise SystemExit(f"unknown argument(s) {sorted(unknown)}: use variant=, episodes=, seed=")
-    variant = args.get("variant", "medium-play")
-    episodes, seed = int(args.get("episodes", 192)), int(args.get("seed", 0))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="medium-play", choices=list(ANTMAZE_VARIANTS))
+    parser.add_argument("--episodes", type=int, default=192)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
     torch.set_num_threads(1)
     actor = load_ant_policy(ant_policy_path())[0]
-    rows = [rule_stats(variant, episodes, seed, hold, actor) for hold in (False, True)]
-    print(json.dumps({"variant": variant, "seed": seed, "rules": rows}, indent=2))
+    rows = [
+        rule_stats(args.variant, args.episodes, args.seed, hold, actor) for hold in (False, True)
+    ]
+    print(json.dumps({"variant": args.variant, "seed": args.seed, "rules": rows}, indent=2))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

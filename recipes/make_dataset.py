@@ -44,6 +44,7 @@ def _antmaze(cfg: DictConfig, variant: str) -> str:
         progress=cfg.progress,
         policy_dir=cfg.policy_dir,
         workers=int(cfg.workers),
+        goal_rule=cfg.goal_rule,
     )
 
 

@@ -450,6 +450,7 @@ MAKE_DATASET = (
     _f("policy_dir", str, "torchrl_dmg/datagen/policies", nullable=True),
     _f("behaviour_run", str, "outputs/behaviour/hopper_s0", nullable=True),
     _f("workers", int, 1, low=1),
+    _f("goal_rule", str, "next", choices=("next", "onegoal"), meaning="AntMaze goal rule"),
     _f("progress", bool, True),
 )
 

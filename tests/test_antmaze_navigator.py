@@ -343,6 +343,44 @@ def test_the_navigator_sends_the_ant_on_or_holds_its_goal(policy_dir, monkeypatc
         assert changes == (0 if hold else len(goals) - 1)
 
 
+def test_a_onegoal_dataset_keeps_each_episodes_goal_and_is_not_mistaken_for_a_next_one(
+    policy_dir, tmp_path, monkeypatch
+):
+    """``goal_rule="onegoal"`` (D4RL's one target per episode) is its own id, records its
+    rule, keeps one commanded goal per episode, and a stored dataset made under the other
+    rule is rebuilt rather than reused; the registry makes the ``-onegoal-v1`` ids."""
+    import minari
+
+    from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.datagen import navigator
+    from torchrl_dmg.datagen.registry import generator_for
+
+    monkeypatch.setattr(navigator, "GOAL_REACHED_RADIUS", 1e9)  # every step an arrival
+    kwargs = dict(num_steps=2 * EPISODE_STEPS, episode_steps=EPISODE_STEPS, progress=False)
+    with minari_datasets_path(tmp_path):
+        dataset_id = generate_antmaze_navigator_dataset(
+            "medium-play", goal_rule="onegoal", policy_dir=policy_dir, **kwargs
+        )
+        assert dataset_id == "local/antmaze/medium-play-onegoal-v1"
+        dataset = minari.load_dataset(dataset_id)
+        assert dataset.storage.metadata["generator_params"]["goal_rule"] == "onegoal"
+        for ep in dataset.iterate_episodes():
+            goals = ep.infos["commanded_goal"]
+            assert (goals == goals[0]).all()
+        # the same id asked for under the other rule: rebuilt, every step a new goal
+        generate_antmaze_navigator_dataset(
+            "medium-play", dataset_id=dataset_id, policy_dir=policy_dir, **kwargs
+        )
+        dataset = minari.load_dataset(dataset_id)
+        assert dataset.storage.metadata["generator_params"]["goal_rule"] == "next"
+        goals = next(iter(dataset.iterate_episodes())).infos["commanded_goal"]
+        assert (np.abs(np.diff(goals, axis=0)).sum(axis=1) > 0).all()
+    with pytest.raises(ValueError, match="goal_rule must be one of"):
+        generate_antmaze_navigator_dataset("umaze", goal_rule="hold", policy_dir=policy_dir)
+    assert generator_for("local/antmaze/umaze-onegoal-v1", False) is not None
+    assert generator_for("local/antmaze/umaze-twogoal-v1", False) is None
+
+
 def test_navigator_dataset_is_deterministic_and_reused(nav_root, policy_dir, tmp_path):
     import minari
 

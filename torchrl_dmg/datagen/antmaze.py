@@ -6,7 +6,9 @@ Two generators share the environments defined here:
   from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antgoal`, trained with the project's SAC and
   shipped as ``policies/antgoal.pt``) steered along maze waypoints by a
   :class:`WaypointNavigator`, with D4RL's variants (umaze, umaze-diverse, medium-play,
-  medium-diverse, large-play, large-diverse). See the second half of this module.
+  medium-diverse, large-play, large-diverse). With ``goal_rule="onegoal"`` the ant keeps its
+  first commanded goal to the episode's end, as D4RL's generator did
+  (``local/antmaze/<variant>-onegoal-v1``). See the second half of this module.
 * :func:`generate_antmaze_dataset` (``local/antmaze/<maze>-random-v1``): a *placeholder* whose
   behaviour policy is **uniform random actions**: the ant jitters around its start cell and
   practically never reaches the goal, so the data only exercise the AntMaze code path end to
@@ -47,6 +49,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import minari
 import numpy as np
 import torch
 from minari.data_collector.episode_buffer import EpisodeBuffer
@@ -85,6 +88,12 @@ _NUM_ENVS = 16
 
 
 _NAVIGATOR_VERSION = 3  # 2: an episode ends when the ant flips; 3: D4RL's ant
+
+#: What the navigator does when the ant reaches its commanded goal: ``"next"`` sends it to
+#: the next goal cell (the ``local/antmaze/<variant>-v1`` datasets); ``"onegoal"`` keeps
+#: that goal to the episode's end, as D4RL's generator did (one target per reset;
+#: ``local/antmaze/<variant>-onegoal-v1``).
+GOAL_RULES = ("next", "onegoal")
 
 
 def _navigate_episodes(
@@ -153,6 +162,7 @@ def generate_antmaze_navigator_dataset(
     noise: float = ACTION_NOISE,
     policy_dir: str | os.PathLike | None = None,
     workers: int = 1,
+    goal_rule: str | None = None,
 ) -> str:
     """Generate (or reuse) a D4RL-style AntMaze dataset and return its Minari id.
 
@@ -170,6 +180,12 @@ def generate_antmaze_navigator_dataset(
     ``ref_min_score = 0``, ``ref_max_score = 1``: the normalised score is the success rate.
     ``infos`` keep ``success`` and the ``commanded_goal``.
 
+    ``goal_rule`` (:data:`GOAL_RULES`, default ``"next"``) is what happens on reaching the
+    commanded goal: the next one is drawn, or (``"onegoal"``, D4RL's rule) the ant keeps
+    it to the episode's end; the default id names the rule
+    (:func:`~torchrl_dmg.datagen.antmaze_envs.antmaze_dataset_id`) and a stored dataset
+    made under the other rule is rebuilt, not reused.
+
     ``workers > 1`` steps the episodes in that many processes, each taking whole groups of
     :data:`_NUM_ENVS` episodes (the groups a single process steps side by side), so the
     data are the same for any number of workers.
@@ -177,7 +193,10 @@ def generate_antmaze_navigator_dataset(
 
     maze, task = variant_entry(variant)
     variant = variant.lower()
-    dataset_id = dataset_id or antmaze_dataset_id(variant)
+    goal_rule = goal_rule or "next"
+    if goal_rule not in GOAL_RULES:
+        raise ValueError(f"goal_rule must be one of {GOAL_RULES}, got {goal_rule!r}")
+    dataset_id = dataset_id or antmaze_dataset_id(variant, goal_rule)
     num_steps = int(num_steps if num_steps is not None else NAVIGATOR_NUM_STEPS)
     episode_steps = int(episode_steps)
     if num_steps <= 0 or episode_steps <= 0:
@@ -187,16 +206,21 @@ def generate_antmaze_navigator_dataset(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not force and is_complete(dataset_id):
-        if stored_generator_version(dataset_id) == _NAVIGATOR_VERSION:
+        if stored_generator_version(dataset_id) == _NAVIGATOR_VERSION and (
+            _stored_goal_rule(dataset_id) == goal_rule
+        ):
             return dataset_id
     policy = ant_policy_path(policy_dir)
     actor, meta = load_ant_policy(policy)
 
+    hold_goal = goal_rule == "onegoal"
     buffers, stats = _collect_navigated(
-        maze, task, variant, num_steps, episode_steps, seed, noise, workers, policy, actor, progress
-    )
+        maze, task, variant, num_steps, episode_steps, seed, noise, workers, policy, actor,
+        progress, hold_goal,
+    )  # fmt: skip
     settings = {"num_steps": num_steps, "seed": seed, "episode_steps": episode_steps}
     settings["noise"] = noise
+    settings["goal_rule"] = goal_rule
     _publish_navigated(dataset_id, variant, settings, buffers, stats, policy, meta)
     return dataset_id
 
@@ -213,6 +237,7 @@ def _collect_navigated(
     policy: Path,
     actor,
     progress: bool,
+    hold_goal: bool = False,
 ) -> tuple[list, dict[str, int]]:
     """The episode buffers of a navigator dataset and their counts (``steps_at_goal``,
     ``flipped``)."""
@@ -227,8 +252,9 @@ def _collect_navigated(
     if workers > 1:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         job = partial(
-            _navigate_group, maze=maze, task=task, seed=seed, policy=str(policy), noise=noise
-        )
+            _navigate_group, maze=maze, task=task, seed=seed, policy=str(policy), noise=noise,
+            hold_goal=hold_goal,
+        )  # fmt: skip
     bar = tqdm(total=num_steps, disable=not progress, desc=f"antmaze {variant}", unit="step")
     try:
         first = 0
@@ -240,7 +266,9 @@ def _collect_navigated(
                 wave = pool.map(job, [(f, group_lengths) for f in starts])
             else:
                 wave = (
-                    _navigate_episodes(maze, task, group_lengths, seed, f, actor, noise)
+                    _navigate_episodes(
+                        maze, task, group_lengths, seed, f, actor, noise, hold_goal=hold_goal
+                    )
                     for f in starts
                 )
             for f, group_episodes in zip(starts, wave, strict=True):
@@ -287,6 +315,7 @@ def _publish_navigated(
         "seed": seed,
         "episode_steps": episode_steps,
         "action_noise": noise,
+        "goal_rule": settings["goal_rule"],
         "waypoint_jitter": WAYPOINT_JITTER,
         "policy": policy.name,
         "policy_step": int(meta.get("step", -1)),
@@ -338,7 +367,7 @@ def _episode_buffer(ep: dict[str, Any], index: int, seed: int, length: int):
     )
 
 
-def _navigate_group(group, *, maze, task, seed, policy, noise):
+def _navigate_group(group, *, maze, task, seed, policy, noise, hold_goal=False):
     """:func:`_navigate_episodes` of ``group = (first episode, lengths)`` in a worker
     process, with the actor loaded from ``policy`` (once per process)."""
 
@@ -347,7 +376,17 @@ def _navigate_group(group, *, maze, task, seed, policy, noise):
     if cached is None:
         cached = _WORKER_ACTOR[policy] = load_behaviour_actor(policy)[0]
     first, lengths = group
-    return _navigate_episodes(maze, task, lengths, seed, first, cached, noise)
+    return _navigate_episodes(maze, task, lengths, seed, first, cached, noise, hold_goal=hold_goal)
+
+
+def _stored_goal_rule(dataset_id: str) -> str | None:
+    """The goal rule a stored navigator dataset was made with (``"next"`` when none is
+    recorded: the rule before there was a choice)."""
+    try:
+        params = minari.load_dataset(dataset_id).storage.metadata.get("generator_params", {})
+    except Exception:
+        return None
+    return params.get("goal_rule", "next")
 
 
 _WORKER_ACTOR: dict[str, Any] = {}

@@ -142,11 +142,13 @@ def variant_entry(variant: str) -> tuple[str, str]:
         ) from None
 
 
-def antmaze_dataset_id(variant: str) -> str:
+def antmaze_dataset_id(variant: str, goal_rule: str = "next") -> str:
     """Local Minari id of a navigator dataset, e.g. ``local/antmaze/medium-play-v1``
-    (mirrors Minari's ``D4RL/antmaze/medium-play-v1``)."""
+    (mirrors Minari's ``D4RL/antmaze/medium-play-v1``); made under D4RL's one goal per
+    episode (``goal_rule="onegoal"``), ``local/antmaze/medium-play-onegoal-v1``."""
     variant_entry(variant)
-    return f"local/antmaze/{variant.lower()}-v{DATASET_VERSION}"
+    rule = "" if goal_rule == "next" else f"-{goal_rule}"
+    return f"local/antmaze/{variant.lower()}{rule}-v{DATASET_VERSION}"
 
 
 def task_cells(maze: str, task: str, grid: MazeGrid) -> tuple[list, list]:

@@ -33,7 +33,7 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
     (
         re.compile(
             r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
-            r"large-play|large-diverse)-v1$"
+            r"large-play|large-diverse)(?:-(?P<goal_rule>onegoal))?-v1$"
         ),
         generate_antmaze_navigator_dataset,
     ),
@@ -75,7 +75,8 @@ def local_dataset_ids() -> list[str]:
     spelled out)."""
     ids = [f"local/pointmaze/{m}-v0" for m in ("umaze", "medium", "large")]
     ids += [
-        f"local/antmaze/{v}-v1"
+        f"local/antmaze/{v}{rule}-v1"
+        for rule in ("", "-onegoal")
         for v in (
             "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
             "large-diverse",
@@ -109,7 +110,8 @@ def make_if_missing(dataset_id: str, *, progress: bool = True) -> None:
 def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
     """The :class:`minari.MinariDataset` for ``dataset_id``, made available first: a
     dataset this project generates (``local/pointmaze/<maze>-v0``,
-    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v1`` and the placeholder
+    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v1``, its D4RL-goal-rule
+    twin ``local/antmaze/<variant>-onegoal-v1`` and the placeholder
     ``local/antmaze/<maze>-random-v1``) is made once (:func:`make_if_missing`); then
     :func:`torchrl_dmg.data.offline.open_dataset` (a complete local copy, or Minari's
     remote server with ``download=True``)."""

@@ -320,11 +320,19 @@ def publish_dataset(
         dataset.storage.update_metadata({"generator_params": generator_params})
 
 
+def stored_generator_params(dataset_id: str) -> dict[str, Any] | None:
+    """The ``generator_params`` a local dataset was made with (``None``: no readable
+    dataset; ``{}``: none recorded)."""
+    try:
+        return dict(minari.load_dataset(dataset_id).storage.metadata.get("generator_params", {}))
+    except Exception:
+        return None
+
+
 def stored_generator_version(dataset_id: str) -> int | None:
     """The ``generator_version`` a local dataset was made with (``None``: none recorded, or
     no readable dataset): generators rebuild data made by an older version of themselves."""
     try:
-        meta = minari.load_dataset(dataset_id).storage.metadata
-        return int(meta.get("generator_params", {}).get("generator_version"))
-    except Exception:
+        return int((stored_generator_params(dataset_id) or {}).get("generator_version"))
+    except (TypeError, ValueError):
         return None

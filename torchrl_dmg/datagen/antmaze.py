@@ -49,13 +49,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import minari
 import numpy as np
 import torch
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
-from torchrl_dmg.data.local import is_complete, stored_generator_version
+from torchrl_dmg.data.local import is_complete, stored_generator_params
 from torchrl_dmg.datagen.antmaze_envs import (
     antmaze_dataset_id,
     antmaze_entry,
@@ -206,8 +205,10 @@ def generate_antmaze_navigator_dataset(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not force and is_complete(dataset_id):
-        if stored_generator_version(dataset_id) == _NAVIGATOR_VERSION and (
-            _stored_goal_rule(dataset_id) == goal_rule
+        stored = stored_generator_params(dataset_id) or {}
+        # made before there was a choice of rule: "next"
+        if stored.get("generator_version") == _NAVIGATOR_VERSION and (
+            stored.get("goal_rule", "next") == goal_rule
         ):
             return dataset_id
     policy = ant_policy_path(policy_dir)
@@ -377,16 +378,6 @@ def _navigate_group(group, *, maze, task, seed, policy, noise, hold_goal=False):
         cached = _WORKER_ACTOR[policy] = load_behaviour_actor(policy)[0]
     first, lengths = group
     return _navigate_episodes(maze, task, lengths, seed, first, cached, noise, hold_goal=hold_goal)
-
-
-def _stored_goal_rule(dataset_id: str) -> str | None:
-    """The goal rule a stored navigator dataset was made with (``"next"`` when none is
-    recorded: the rule before there was a choice)."""
-    try:
-        params = minari.load_dataset(dataset_id).storage.metadata.get("generator_params", {})
-    except Exception:
-        return None
-    return params.get("goal_rule", "next")
 
 
 _WORKER_ACTOR: dict[str, Any] = {}

@@ -286,6 +286,7 @@ COMMON = (
     _f("data.check_family", bool, True),
     _f("data.normalize_obs", bool, True),
     _f("data.reward_shift", float, 0.0),
+    _f("data.goal_terminal", bool, False),
     _f("data.obs_keys", list, ["observation", "desired_goal"], item=str, nullable=True),
     _f("data.score_reference", str, "auto", choices=("auto", "d4rl", "minari", "raw")),
     _f("family", str, "pointmaze", choices=FAMILIES),

@@ -70,6 +70,7 @@ def load_dataset(cfg: DictConfig, progress: bool | None = None) -> OfflineDatase
         obs_keys=cfg.data.obs_keys,
         normalize_obs=cfg.data.normalize_obs,
         reward_shift=cfg.data.reward_shift,
+        goal_terminal=cfg.data.get("goal_terminal", False),
         download=cfg.data.download,
         progress=progress,
         score_reference=cfg.data.get("score_reference", "auto"),

@@ -22,7 +22,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import dataset_path, is_complete, validate_dataset_id
@@ -222,6 +222,9 @@ class OfflineDataset:
         obs_loc, obs_scale: the normalisation applied to observations (identity if off);
             the evaluation env applies the same ones.
         reward_shift: added to every dataset reward (AntMaze: -1).
+        goal_terminal: whether a transition that earns the sparse goal reward (1 before the
+            shift) is marked terminated (AntMaze: D4RL's ``terminals``, see
+            :func:`mark_goal_terminal`); online transitions get the same rule.
         minari_dataset: the underlying :class:`minari.MinariDataset`.
         score_reference: the reference returns of the normalised score
             (:mod:`torchrl_dmg.data.scores`); ``None``: resolved with ``"auto"``.
@@ -235,6 +238,7 @@ class OfflineDataset:
     reward_shift: float
     minari_dataset: object
     score_reference: ScoreReference | None = None
+    goal_terminal: bool = False
 
     @property
     def obs_dim(self) -> int:
@@ -280,6 +284,23 @@ class OfflineDataset:
         return not self.reference.is_raw
 
 
+def mark_goal_terminal(data: TensorDictBase) -> TensorDictBase:
+    """Mark every transition whose (unshifted) reward is the sparse goal reward, 1, as
+    terminated and done, in place; returns ``data``.
+
+    D4RL's AntMaze datasets set ``terminals`` exactly where the reward is 1, and the paper's
+    code (like IQL's) trains on ``d4rl.qlearning_dataset``'s terminals: the TD target of a
+    step into the goal is ``r - 1 = 0``, with no bootstrap. Minari's ``D4RL/antmaze/*-v1``
+    and this project's AntMaze datasets never set terminations (the task is continuing),
+    so this restores D4RL's convention. ``data``: TED transitions (``("next", "reward")``,
+    ``("next", "terminated")``, ``("next", "done")``).
+    """
+    goal = data["next", "reward"] >= 1.0
+    data["next", "terminated"] = data["next", "terminated"] | goal
+    data["next", "done"] = data["next", "done"] | goal
+    return data
+
+
 def load_offline_dataset(
     dataset_id: str,
     *,
@@ -287,6 +308,7 @@ def load_offline_dataset(
     normalize_obs: bool = False,
     obs_eps: float = 1e-3,
     reward_shift: float = 0.0,
+    goal_terminal: bool = False,
     download: bool = True,
     progress: bool = True,
     score_reference: str = "auto",
@@ -298,6 +320,8 @@ def load_offline_dataset(
     transitions; the same ``obs_loc``/``obs_scale`` go to the evaluation env.
     ``score_reference`` (``auto`` | ``d4rl`` | ``minari`` | ``raw``) chooses the reference
     returns of the normalised score (:func:`~torchrl_dmg.data.scores.resolve_score_reference`).
+    ``goal_terminal``: mark the transitions that earn the goal reward terminated
+    (:func:`mark_goal_terminal`), before the shift.
     """
     dataset = open_dataset(dataset_id, download=download)
     if obs_keys is None:
@@ -310,6 +334,8 @@ def load_offline_dataset(
         data["next", "observation"] = (data["next", "observation"] - loc) / scale
     else:
         loc, scale = torch.zeros(obs_dim), torch.ones(obs_dim)
+    if goal_terminal:
+        mark_goal_terminal(data)
     if reward_shift:
         data["next", "reward"] = data["next", "reward"] + reward_shift
     return OfflineDataset(
@@ -319,6 +345,7 @@ def load_offline_dataset(
         obs_loc=loc,
         obs_scale=scale,
         reward_shift=float(reward_shift),
+        goal_terminal=bool(goal_terminal),
         minari_dataset=dataset,
         score_reference=resolve_score_reference(
             dataset_id, dataset.storage.metadata, score_reference, is_antmaze(dataset)

@@ -229,6 +229,7 @@ def main(cfg: DictConfig) -> dict:
         utd=cfg.utd,
         schedule=schedule,
         reward_shift=dataset.reward_shift,
+        goal_terminal=dataset.goal_terminal,
         reward_scale=reward_scale,
         device=device,
         progress=cfg.progress,

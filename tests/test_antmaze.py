@@ -293,6 +293,51 @@ def test_minari_v1_antmaze_transitions_keep_the_shift_and_the_truncations(
     assert dataset.success_scored
 
 
+def test_goal_terminal_ends_the_steps_into_the_goal_as_d4rls_terminals_do(
+    minari_v1_root, monkeypatch
+):
+    """The paper trains on D4RL's ``terminals``, set exactly where the reward is 1; Minari's
+    v1 data never set terminations. ``goal_terminal`` restores D4RL's: those steps, and no
+    other, are terminated (their target ``r - 1 = 0`` without bootstrap)."""
+    from torchrl_dmg.data.offline import load_offline_dataset
+    from torchrl_dmg.data.returns import monte_carlo_returns
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", minari_v1_root)
+    dataset = load_offline_dataset(
+        MINARI_V1_ID,
+        obs_keys=ANTMAZE_DATA["obs_keys"],
+        reward_shift=-1.0,
+        goal_terminal=True,
+        progress=False,
+    )
+    data = dataset.data
+    assert dataset.goal_terminal
+    at_goal = list(range(25, 30)) + list(range(45, 50))
+    terminated = data["next", "terminated"].squeeze(-1)
+    assert terminated.nonzero().squeeze(-1).tolist() == at_goal
+    assert torch.equal(data["next", "reward"].squeeze(-1)[terminated], torch.zeros(10))
+    done = data["next", "done"].squeeze(-1)
+    assert torch.equal(done, terminated | data["next", "truncated"].squeeze(-1))
+    assert data["next", "truncated"].squeeze(-1).nonzero().squeeze(-1).tolist() == [29, 49]
+    # the return that follows a step just before the goal: -1, then 0 and nothing after
+    returns = monte_carlo_returns(data, 0.99).squeeze(-1)
+    assert returns[24].item() == pytest.approx(-1.0) and returns[25].item() == 0.0
+    assert returns[0].item() == pytest.approx(-sum(0.99**k for k in range(25)), rel=1e-5)
+
+
+def test_the_antmaze_family_makes_the_goal_terminal_and_no_other_does():
+    from hydra import compose, initialize_config_dir
+    from recipe_runner import ROOT
+
+    with initialize_config_dir(str(ROOT / "recipes" / "config"), version_base="1.3"):
+        antmaze = compose("offline", overrides=["family=antmaze"])
+        others = [
+            compose("offline", overrides=[f"family={f}"]) for f in ("pointmaze", "locomotion")
+        ]
+    assert antmaze.data.goal_terminal is True
+    assert all(not cfg.data.get("goal_terminal", False) for cfg in others)
+
+
 def test_minari_v1_antmaze_scores_the_success_rate_not_the_normalised_return(
     minari_v1_root, monkeypatch
 ):

@@ -139,6 +139,18 @@ def test_online_transitions_get_the_offline_reward_shift():
     assert torch.equal(out["next", "reward"], torch.zeros(5, 1))
 
 
+def test_online_steps_into_the_goal_are_terminal_like_the_offline_ones():
+    batch = transitions(4, 0.5)
+    batch["next", "reward"] = torch.tensor([[0.0], [1.0], [1.0], [0.0]], dtype=torch.float64)
+    batch["next", "truncated"][3] = True
+    batch["next", "done"][3] = True
+    out = to_transitions(batch, reward_shift=-1.0, goal_terminal=True)
+    assert out["next", "terminated"].squeeze(-1).tolist() == [False, True, True, False]
+    assert out["next", "done"].squeeze(-1).tolist() == [False, True, True, True]
+    assert out["next", "reward"].squeeze(-1).tolist() == [-1.0, 0.0, 0.0, -1.0]
+    assert not to_transitions(batch, reward_shift=-1.0)["next", "terminated"].any()
+
+
 # ---------------------------------------------------------------- exploration
 def constant_actor(value: float, action_dim: int = 2) -> TensorDictModule:
     return TensorDictModule(

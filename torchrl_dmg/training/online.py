@@ -16,6 +16,7 @@ from torchrl.data import TensorDictReplayBuffer
 from torchrl.envs import EnvBase
 from tqdm.auto import tqdm
 
+from torchrl_dmg.data.offline import mark_goal_terminal
 from torchrl_dmg.training.checkpoint import restart_collection
 from torchrl_dmg.training.schedules import FinetuneSchedule
 from torchrl_dmg.training.updater import ActorCriticUpdater
@@ -52,6 +53,7 @@ def train_online(
     schedule: FinetuneSchedule | None = None,
     reward_shift: float = 0.0,
     reward_scale: float = 1.0,
+    goal_terminal: bool = False,
     device: torch.device | str | None = None,
     progress: bool = True,
     desc: str = "dmg online",
@@ -62,8 +64,8 @@ def train_online(
     ``steps`` online env steps; ``state`` is updated in place. Returns the final evaluation.
 
     Each ``collector`` batch (``frames`` env steps of the exploring actor) goes into
-    ``buffer`` as transitions (rewards ``(r + reward_shift) · reward_scale``, the offline
-    data's convention), followed by ``utd · frames`` updates on ``buffer.sample()``, with
+    ``buffer`` as transitions (rewards ``(r + reward_shift) · reward_scale``, and with
+    ``goal_terminal`` a step into the goal terminated: the offline data's convention), followed by ``utd · frames`` updates on ``buffer.sample()``, with
     λ_t, ν_t of ``schedule`` (DMG's; ``None``: none) written into ``updater.loss`` where
     ``d_t`` steps. ``guard(update_step, metrics)`` runs after every update.
 
@@ -83,7 +85,11 @@ def train_online(
         frames = batch.numel()
         buffer.extend(
             to_transitions(
-                batch, reward_shift=reward_shift, reward_scale=reward_scale, device=device
+                batch,
+                reward_shift=reward_shift,
+                reward_scale=reward_scale,
+                goal_terminal=goal_terminal,
+                device=device,
             )
         )
         for episode_return in finished_episode_returns(batch):
@@ -205,22 +211,22 @@ def to_transitions(
     *,
     reward_shift: float = 0.0,
     reward_scale: float = 1.0,
+    goal_terminal: bool = False,
     device: torch.device | str | None = None,
 ) -> TensorDict:
     """Collected env steps in the offline data's format: the TED transition keys only, float32
-    observations/actions/rewards, the dataset's ``reward_shift`` added (AntMaze: r - 1), then
-    its algorithm's ``reward_scale`` applied (IQL on Gym-MuJoCo), as on the offline data."""
+    observations/actions/rewards; with ``goal_terminal`` a step that earns the goal reward is
+    marked terminated (:func:`~torchrl_dmg.data.offline.mark_goal_terminal`, AntMaze), then
+    the dataset's ``reward_shift`` is added (AntMaze: r - 1) and its algorithm's
+    ``reward_scale`` applied (IQL on Gym-MuJoCo), as on the offline data."""
     batch = batch.reshape(-1)
-    reward = batch["next", "reward"].float() + reward_shift
-    if reward_scale != 1.0:
-        reward = reward * reward_scale
     out = TensorDict(
         {
             "observation": batch["observation"].float(),
             "action": batch["action"].float(),
             "next": {
                 "observation": batch["next", "observation"].float(),
-                "reward": reward,
+                "reward": batch["next", "reward"].float(),
                 "terminated": batch["next", "terminated"].bool(),
                 "truncated": batch["next", "truncated"].bool(),
                 "done": batch["next", "done"].bool(),
@@ -228,6 +234,10 @@ def to_transitions(
         },
         batch_size=batch.batch_size,
     )
+    if goal_terminal:
+        mark_goal_terminal(out)
+    reward = out["next", "reward"] + reward_shift
+    out["next", "reward"] = reward * reward_scale if reward_scale != 1.0 else reward
     return out.to(device) if device is not None else out
 
 

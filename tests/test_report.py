@@ -363,6 +363,19 @@ def test_seeds_and_devices_do_not_make_columns(tmp_path):
     assert [r["column"] for r in rows if r["dataset"] != "IQM"] == ["dmg"]
 
 
+def test_a_run_older_than_a_config_key_counts_as_the_behaviour_it_ran_with(tmp_path):
+    """A run recorded before ``data.goal_terminal`` existed ran without it: the same column
+    as a run with ``goal_terminal: false``, another one than ``true``."""
+    runs = tmp_path / "runs"
+    make_run(runs, "old", seed=0)
+    make_run(
+        runs, "off", seed=1, extra={"data": {"score_reference": "auto", "goal_terminal": False}}
+    )
+    make_run(runs, "on", seed=0, extra={"data": {"score_reference": "auto", "goal_terminal": True}})
+    columns = sorted({c.column: len(c.runs) for c in build_cells(load_runs([runs]))}.items())
+    assert columns == [("dmg (goal terminal=False)", 2), ("dmg (goal terminal=True)", 1)]
+
+
 def test_diverged_seeds_are_marked_and_counted_in_their_cell(tmp_path):
     make_run(tmp_path / "runs", "a", seed=0, scores=10.0)
     make_run(tmp_path / "runs", "b", seed=1, scores=90.0, out_of_bounds=True)

@@ -29,6 +29,7 @@ import yaml
 
 __all__ = [
     "DEFAULT_ALGO",
+    "ADDED_KEYS",
     "IGNORED_KEYS",
     "ONLINE_SUFFIX",
     "SeedRun",
@@ -59,6 +60,11 @@ IGNORED_KEYS = (
     "data.download",
     "hydra",
 )
+
+#: Config keys added after some committed runs were recorded, with the value those runs ran
+#: with (the code's behaviour before the key existed): a run whose config lacks one is read
+#: as having it, so it is not a variant of its own only because it is older.
+ADDED_KEYS = {"data.goal_terminal": False}
 
 Q_KEYS = ("q_data_mean", "state_action_value")  # final Q: the diagnostic's, else the batch's
 
@@ -188,7 +194,7 @@ def load_seed_runs(run_dir: str | os.PathLike) -> list[SeedRun]:
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) or {}
-    flat = flatten(config)
+    flat = {**ADDED_KEYS, **flatten(config)}
     algo = str(config.get("algo", DEFAULT_ALGO))  # missing: a run made before baselines
     if "online_steps" in config:
         algo += ONLINE_SUFFIX

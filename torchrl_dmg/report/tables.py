@@ -57,6 +57,7 @@ SHORT_KEYS = {
     "loss.gamma": "γ",
     "optim.actor_cosine": "actor cosine",
     "optim.actor_cosine_horizon": "cosine horizon",
+    "data.goal_terminal": "goal terminal",
 }
 
 

@@ -24,17 +24,21 @@ from torchrl_dmg.data.local import InvalidDatasetIdError, validate_dataset_id
 from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset
 from torchrl_dmg.datagen.antmaze_envs import ANTMAZE_VARIANTS
 from torchrl_dmg.datagen.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
+from torchrl_dmg.errors import RunRefused
+
+#: make_dataset keys that only the AntMaze navigator reads, with their defaults
+ANTMAZE_ONLY = {"workers": 1, "goal_rule": "next"}
 
 
 def _antmaze(cfg: DictConfig, variant: str) -> str:
     if cfg.quality is not None:
-        raise ValueError(
+        raise RunRefused(
             f"quality={cfg.quality} does not apply to AntMaze: the variant is part of env "
             f"(e.g. env=antmaze-medium-play); choose one of "
             f"{['antmaze-' + v for v in ANTMAZE_VARIANTS]}."
         )
     if cfg.behaviour_run is not None:
-        raise ValueError("behaviour_run is for locomotion medium-replay only.")
+        raise RunRefused("behaviour_run is for locomotion medium-replay only.")
     return generate_antmaze_navigator_dataset(
         variant,
         num_steps=cfg.steps,
@@ -74,10 +78,16 @@ def main(cfg: DictConfig) -> str:
         )
         return dataset_id
     if env not in LOCOMOTION_ENVS:
-        raise ValueError(
+        raise RunRefused(
             f"Unknown env {env!r}; choose one of {sorted(LOCOMOTION_ENVS)} or "
             f"{['antmaze-' + v for v in ANTMAZE_VARIANTS]}."
         )
+    for key, default in ANTMAZE_ONLY.items():  # asked for, it would be ignored
+        if cfg[key] != default:
+            raise RunRefused(
+                f"{key}={cfg[key]} applies to AntMaze only (env=antmaze-<variant>); "
+                f"the locomotion generator has no such setting: drop it."
+            )
     dataset_id = generate_locomotion_dataset(
         env=env,
         quality=cfg.quality if cfg.quality is not None else "medium",

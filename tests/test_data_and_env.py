@@ -270,6 +270,21 @@ def test_make_dataset_with_a_namespace_as_id_deletes_nothing(tmp_path):
         assert (keep / "metadata.json").is_file()
 
 
+@pytest.mark.parametrize("key", ["goal_rule=onegoal", "workers=2"])
+def test_make_dataset_refuses_an_antmaze_setting_for_locomotion(tmp_path, key):
+    """An AntMaze-only setting asked of a locomotion dataset fails in one line, before any
+    data are made, instead of being ignored."""
+    from recipe_runner import run_recipe
+
+    proc = run_recipe(
+        "make_dataset.py", tmp_path / "run", str(tmp_path), "env=hopper", key, base=(), check=False
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"{key} applies to AntMaze only" in last and "drop it" in last
+    assert not (tmp_path / "local").exists()
+
+
 def test_a_dataset_directory_holding_other_things_is_never_deleted(tmp_path):
     from torchrl_dmg.data.local import InvalidDatasetIdError, remove_dataset
 

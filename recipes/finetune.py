@@ -17,6 +17,7 @@ torchrl_dmg.training.online.train_online.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -62,6 +63,7 @@ from torchrl_dmg.training.online import (
     OnlineState,
     make_collector,
     online_data,
+    to_transitions,
     train_online,
 )
 
@@ -228,10 +230,13 @@ def main(cfg: DictConfig) -> dict:
         seed=cfg.seed,
         utd=cfg.utd,
         schedule=schedule,
-        reward_shift=dataset.reward_shift,
-        goal_terminal=dataset.goal_terminal,
-        reward_scale=reward_scale,
-        device=device,
+        to_buffer=partial(  # the offline data's conventions
+            to_transitions,
+            reward_shift=dataset.reward_shift,
+            reward_scale=reward_scale,
+            goal_terminal=dataset.goal_terminal,
+            device=device,
+        ),
         progress=cfg.progress,
         desc=f"{algo} online",
         guard=guard,  # NaN/inf stop (torchrl_dmg.training.guards)

@@ -51,10 +51,7 @@ def train_online(
     seed: int,
     utd: int = 1,
     schedule: FinetuneSchedule | None = None,
-    reward_shift: float = 0.0,
-    reward_scale: float = 1.0,
-    goal_terminal: bool = False,
-    device: torch.device | str | None = None,
+    to_buffer: Callable[[TensorDictBase], TensorDict] | None = None,
     progress: bool = True,
     desc: str = "dmg online",
     guard=None,
@@ -64,8 +61,9 @@ def train_online(
     ``steps`` online env steps; ``state`` is updated in place. Returns the final evaluation.
 
     Each ``collector`` batch (``frames`` env steps of the exploring actor) goes into
-    ``buffer`` as transitions (rewards ``(r + reward_shift) · reward_scale``, and with
-    ``goal_terminal`` a step into the goal terminated: the offline data's convention), followed by ``utd · frames`` updates on ``buffer.sample()``, with
+    ``buffer`` as ``to_buffer(batch)`` (default :func:`to_transitions` with no change of
+    reward: the recipe passes the offline data's reward shift, scale and goal terminals),
+    followed by ``utd · frames`` updates on ``buffer.sample()``, with
     λ_t, ν_t of ``schedule`` (DMG's; ``None``: none) written into ``updater.loss`` where
     ``d_t`` steps. ``guard(update_step, metrics)`` runs after every update.
 
@@ -83,15 +81,7 @@ def train_online(
     train_time = 0.0
     for batch in collector:
         frames = batch.numel()
-        buffer.extend(
-            to_transitions(
-                batch,
-                reward_shift=reward_shift,
-                reward_scale=reward_scale,
-                goal_terminal=goal_terminal,
-                device=device,
-            )
-        )
+        buffer.extend((to_buffer or to_transitions)(batch))
         for episode_return in finished_episode_returns(batch):
             logger.log(state.step + frames, "online", {"episode_return": episode_return})
         t0 = time.perf_counter()

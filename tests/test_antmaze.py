@@ -325,17 +325,26 @@ def test_goal_terminal_ends_the_steps_into_the_goal_as_d4rls_terminals_do(
     assert returns[0].item() == pytest.approx(-sum(0.99**k for k in range(25)), rel=1e-5)
 
 
-def test_the_antmaze_family_makes_the_goal_terminal_and_no_other_does():
+def test_goal_terminal_is_off_unless_asked_and_reaches_the_loaded_dataset(
+    minari_v1_root, monkeypatch
+):
+    """Off in every family (the recorded AntMaze runs were made without it); asked for, the
+    recipes' loader marks the goal steps terminated."""
     from hydra import compose, initialize_config_dir
     from recipe_runner import ROOT
+    from utils import load_dataset  # recipes/utils.py
 
+    monkeypatch.setenv("MINARI_DATASETS_PATH", minari_v1_root)
+    families = ("antmaze", "pointmaze", "locomotion")
     with initialize_config_dir(str(ROOT / "recipes" / "config"), version_base="1.3"):
-        antmaze = compose("offline", overrides=["family=antmaze"])
-        others = [
-            compose("offline", overrides=[f"family={f}"]) for f in ("pointmaze", "locomotion")
-        ]
-    assert antmaze.data.goal_terminal is True
-    assert all(not cfg.data.get("goal_terminal", False) for cfg in others)
+        cfgs = [compose("offline", overrides=[f"family={f}"]) for f in families]
+        asked = compose(
+            "offline",
+            overrides=["family=antmaze", f"dataset={MINARI_V1_ID}", "data.goal_terminal=true"],
+        )
+    assert all(cfg.data.get("goal_terminal", False) is False for cfg in cfgs)
+    dataset = load_dataset(asked, progress=False)
+    assert dataset.goal_terminal and int(dataset.data["next", "terminated"].sum()) == 10
 
 
 def test_minari_v1_antmaze_scores_the_success_rate_not_the_normalised_return(

@@ -26,9 +26,6 @@ from torchrl_dmg.datagen.antmaze_envs import ANTMAZE_VARIANTS
 from torchrl_dmg.datagen.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
 from torchrl_dmg.errors import RunRefused
 
-#: make_dataset keys that only the AntMaze navigator reads, with their defaults
-ANTMAZE_ONLY = {"workers": 1, "goal_rule": "next"}
-
 
 def _antmaze(cfg: DictConfig, variant: str) -> str:
     if cfg.quality is not None:
@@ -82,12 +79,6 @@ def main(cfg: DictConfig) -> str:
             f"Unknown env {env!r}; choose one of {sorted(LOCOMOTION_ENVS)} or "
             f"{['antmaze-' + v for v in ANTMAZE_VARIANTS]}."
         )
-    for key, default in ANTMAZE_ONLY.items():  # asked for, it would be ignored
-        if cfg[key] != default:
-            raise RunRefused(
-                f"{key}={cfg[key]} applies to AntMaze only (env=antmaze-<variant>); "
-                f"the locomotion generator has no such setting: drop it."
-            )
     dataset_id = generate_locomotion_dataset(
         env=env,
         quality=cfg.quality if cfg.quality is not None else "medium",

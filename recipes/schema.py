@@ -504,8 +504,13 @@ def validate(cfg: DictConfig, recipe: str) -> None:
         raise RunRefused(found[0] + more)
 
 
+#: make_dataset keys that only the AntMaze navigator reads, with their defaults
+MAKE_DATASET_ANTMAZE_ONLY = {"workers": 1, "goal_rule": "next"}
+
+
 def cross_key_problems(cfg: DictConfig, recipe: str) -> list[str]:
-    """Rules joining keys: intervals that must divide, steps that must be multiples."""
+    """Rules joining keys: intervals that must divide, steps that must be multiples, keys
+    that apply to one kind of env only."""
     found = []
     if recipe == "offline":
         k = int(cfg.compile.get("updates_per_call", 1))
@@ -514,6 +519,13 @@ def cross_key_problems(cfg: DictConfig, recipe: str) -> list[str]:
                 f"config: compile.updates_per_call={k} must be a multiple of optim.policy_freq "
                 f"({cfg.optim.policy_freq}); e.g. compile.updates_per_call=1"
             )
+    if recipe == "make_dataset" and not str(cfg.env).startswith("antmaze-"):
+        for key, default in MAKE_DATASET_ANTMAZE_ONLY.items():  # else silently ignored
+            if cfg[key] != default:
+                found.append(
+                    f"config: {key}={cfg[key]} applies to AntMaze only (env=antmaze-<variant>); "
+                    "the locomotion generator has no such setting: drop it."
+                )
     if recipe == "train_behaviour":
         fpb = int(cfg.collector.frames_per_batch)
         for key in ("steps", "checkpoint_interval"):

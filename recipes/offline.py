@@ -21,7 +21,7 @@ from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from runs import check_same_data, command_line, logged, resume_offline
-from utils import load_dataset, make_updater, register_resolvers, save_config
+from utils import load_dataset, make_updater, register_resolvers, save_config, value_init
 
 from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.data.returns import diagnostic_sample
@@ -89,6 +89,10 @@ def main(cfg: DictConfig) -> dict:
     for seed in seeds:  # each agent initialised from its own seed
         seed_everything(seed)
         losses.append(make_loss(cfg, dataset, device))
+    if cfg.network.get("value_init") is not None:  # older runs: none
+        print(
+            f"[dmg] critics and V start at {value_init(cfg, dataset):.2f} (network.value_init={cfg.network.value_init})"
+        )
     seed_everything(cfg.seed)
     updater = make_updater(cfg, losses if stacked else losses[0], steps=cfg.steps)
     step = 0

@@ -228,6 +228,15 @@ def vmap_critics_problem(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "is not allowed"
 
 
+def value_init_problem(value: Any) -> str | None:
+    """``network.value_init``: ``null``, a finite number or ``mc``."""
+    if value is None or value == "mc":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "is not allowed"
+    return None
+
+
 #: the algorithms recipes/finetune.py fine-tunes (the paper's Table 4: IQL and DMG)
 FINETUNE_ALGOS = ("dmg", "iql")
 
@@ -299,6 +308,14 @@ COMMON = (
         example="auto",
         check=vmap_critics_problem,
         allowed_text=lambda: "auto, true or false",
+    ),
+    Field(
+        "network.value_init",
+        object,
+        example="mc",
+        nullable=True,
+        check=value_init_problem,
+        allowed_text=lambda: "a number, mc (the data's mean Monte-Carlo return)",
     ),
     _f("optim.lr", float, 3e-4, low=0, low_open=True, meaning="Adam's learning rate"),
     _f("optim.tau", float, 0.005, low=0, high=1, low_open=True, meaning="Polyak rate"),

@@ -15,6 +15,7 @@ from torchrl.data import TensorDictReplayBuffer
 from torchrl.objectives import LossModule
 
 from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, load_offline_dataset
+from torchrl_dmg.data.returns import monte_carlo_returns
 from torchrl_dmg.datagen.registry import make_if_missing
 from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.modules import make_dmg_networks
@@ -88,6 +89,7 @@ def make_dmg_loss(cfg, dataset, device: torch.device) -> DMGLoss:
         num_cells=tuple(cfg.network.num_cells),
         layer_norm=cfg.network.layer_norm,
         dropout=cfg.network.dropout,
+        value_init=value_init(cfg, dataset),
         device=device,
     )
     vmap = cfg.network.get("vmap_critics", "auto")
@@ -102,6 +104,19 @@ def make_dmg_loss(cfg, dataset, device: torch.device) -> DMGLoss:
         deactivate_vmap=deactivate_vmap,
         **dict(cfg.loss),
     ).to(device)
+
+
+def value_init(cfg, dataset) -> float | None:
+    """The critics' and V's starting output (``network.value_init``): ``None`` (PyTorch's
+    default initialisation, the paper's), a number, or ``mc``: the mean discounted
+    Monte-Carlo return of the training data (rewards as trained on, ``loss.gamma``)."""
+    init = cfg.network.get("value_init", None)  # older runs: none
+    if init is None:
+        return None
+    if init == "mc":
+        returns = monte_carlo_returns(dataset.data, float(cfg.loss.gamma))
+        return float(returns.mean())
+    return float(init)
 
 
 def make_updater(cfg, loss, *, steps: int | None) -> ActorCriticUpdater:

@@ -229,6 +229,38 @@ def test_targets_start_as_copies_of_online_networks_and_critics_differ():
     assert not torch.allclose(weight[0], weight[1])
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_value_init_moves_only_the_output_bias_of_critics_and_value(layer_norm):
+    """``value_init`` sets the last bias of the critics and of V (targets start there too);
+    every other parameter, the actor's included, is the one the same seed gives without it."""
+    nets = {}
+    for init in (None, -90.0):
+        torch.manual_seed(0)
+        nets[init] = make_dmg_networks(
+            OBS_DIM, ACT_DIM, LOW, HIGH, num_cells=(8, 8), layer_norm=layer_norm, value_init=init
+        )
+    for plain, shifted in zip(nets[None], nets[-90.0], strict=True):
+        plain_params = dict(plain.named_parameters())
+        shifted_params = dict(shifted.named_parameters())
+        last_bias = [k for k in plain_params if k.endswith("bias")][-1]
+        for name, p in plain_params.items():
+            q = shifted_params[name]
+            if plain is nets[None][0] or name != last_bias:
+                assert torch.equal(p, q), name
+            else:
+                assert torch.equal(q, torch.full_like(q, -90.0)) and not torch.equal(p, q)
+    _, qvalue, value = nets[-90.0]
+    td = make_batch()
+    q = qvalue(td.clone())["state_action_value"]
+    v = value(td.clone())["state_value"]
+    assert (q + 90).abs().max() < 2 and (v + 90).abs().max() < 2  # a fresh net predicts ~ -90
+    loss = DMGLoss(*nets[-90.0], bounds=(LOW, HIGH), **HP)
+    target = loss.target_qvalue_network_params.flatten_keys(".")
+    assert torch.equal(
+        target[[k for k in target.keys() if k.endswith("bias")][-1]], torch.full((2, 1), -90.0)
+    )
+
+
 def test_value_loss_is_expectile_regression_on_min_target_q():
     loss, td = make_loss(), make_batch()
     u = ref_advantage(loss, td)

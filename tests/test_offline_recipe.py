@@ -149,3 +149,46 @@ def test_iterations_per_call_that_do_not_divide_the_intervals_fail_early(tmp_pat
     )
     assert proc.returncode != 0
     assert "updates_per_call=8" in proc.stderr and "'steps': 60" in proc.stderr
+
+
+def test_value_init_mc_starts_the_critics_at_the_datas_monte_carlo_return(tmp_path, minari_root):
+    """``network.value_init=mc``: Q on the diagnostic sample starts at the data's mean
+    Monte-Carlo return (r - 1 rewards: far below 0, where a default network starts)."""
+    run_dir = tmp_path / "run"
+    run_recipe(
+        "offline.py",
+        run_dir,
+        minari_root,
+        "steps=2",
+        "eval.interval=0",
+        "logger.log_interval=2",
+        "data.reward_shift=-1.0",
+        "network.value_init=mc",
+    )
+    row = next(r for r in read_metrics(run_dir) if r["kind"] == "train")
+    mc, q = float(row["mc_return_mean"]), float(row["q_data_mean"])
+    assert mc < -10  # the tiny data's r - 1 returns (a default network starts near 0)
+    assert abs(q - mc) < 0.05 * abs(mc), (q, mc)
+
+
+def test_value_init_mc_is_the_mean_discounted_return_of_the_training_data():
+    from omegaconf import OmegaConf
+    from tensordict import TensorDict
+    from utils import value_init
+
+    # two episodes: rewards (-1, -1, 0) terminated, then (-1, -1) truncated
+    reward = torch.tensor([-1.0, -1.0, 0.0, -1.0, -1.0]).reshape(5, 1)
+    terminated = torch.tensor([0, 0, 1, 0, 0], dtype=torch.bool).reshape(5, 1)
+    done = torch.tensor([0, 0, 1, 0, 1], dtype=torch.bool).reshape(5, 1)
+    data = TensorDict(
+        {"next": {"reward": reward, "terminated": terminated, "done": done}}, batch_size=[5]
+    )
+    g = 0.5
+    expected = [-1 - g, -1, 0, -1 - g, -1]
+    dataset = type("D", (), {"data": data})()
+    cfg = OmegaConf.create({"network": {"value_init": "mc"}, "loss": {"gamma": g}})
+    assert value_init(cfg, dataset) == pytest.approx(sum(expected) / 5)
+    cfg.network.value_init = -7
+    assert value_init(cfg, dataset) == -7.0
+    cfg.network.value_init = None
+    assert value_init(cfg, dataset) is None

@@ -98,6 +98,8 @@ def test_each_out_of_range_value_is_refused_naming_its_key(override):
         ("data.score_reference=best",),
         ("data.reward_scale=huge",),
         ("network.vmap_critics=maybe",),
+        ("network.value_init=median",),
+        ("network.value_init=true",),
         ("diagnostic.size=0",),
     ],
 )

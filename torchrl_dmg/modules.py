@@ -59,6 +59,16 @@ def _mlp(
     )
 
 
+def _init_output_bias(mlp: nn.Module, value: float | None) -> nn.Module:
+    """``mlp`` with its output layer's bias set to ``value`` (``None``: PyTorch's default
+    initialisation, the paper's), so that a fresh network predicts about ``value``."""
+    if value is not None:
+        last = [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias.fill_(float(value))
+    return mlp
+
+
 def make_actor(
     obs_dim: int,
     action_dim: int,
@@ -89,11 +99,13 @@ def make_qvalue(
     num_cells: Sequence[int] = (256, 256),
     layer_norm: bool = False,
     dropout: float = 0.0,
+    value_init: float | None = None,
 ) -> ValueOperator:
-    """Critic Q_θ(s, a): MLP on ``[observation, action]``; writes ``state_action_value``."""
+    """Critic Q_θ(s, a): MLP on ``[observation, action]``; writes ``state_action_value``.
+    ``value_init``: the output bias (``None``: PyTorch's default)."""
+    mlp = _mlp(obs_dim + action_dim, 1, num_cells, layer_norm, dropout)
     return ValueOperator(
-        _ConcatMLP(_mlp(obs_dim + action_dim, 1, num_cells, layer_norm, dropout)),
-        in_keys=[obs_key, "action"],
+        _ConcatMLP(_init_output_bias(mlp, value_init)), in_keys=[obs_key, "action"]
     )
 
 
@@ -104,9 +116,12 @@ def make_value(
     num_cells: Sequence[int] = (256, 256),
     layer_norm: bool = False,
     dropout: float = 0.0,
+    value_init: float | None = None,
 ) -> ValueOperator:
-    """State value V_ψ(s): MLP on ``observation``; writes ``state_value``."""
-    return ValueOperator(_mlp(obs_dim, 1, num_cells, layer_norm, dropout), in_keys=[obs_key])
+    """State value V_ψ(s): MLP on ``observation``; writes ``state_value``.
+    ``value_init``: the output bias (``None``: PyTorch's default)."""
+    mlp = _mlp(obs_dim, 1, num_cells, layer_norm, dropout)
+    return ValueOperator(_init_output_bias(mlp, value_init), in_keys=[obs_key])
 
 
 def make_dmg_networks(
@@ -118,13 +133,20 @@ def make_dmg_networks(
     num_cells: Sequence[int] = (256, 256),
     layer_norm: bool = False,
     dropout: float = 0.0,
+    value_init: float | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[TensorDictSequential, ValueOperator, ValueOperator]:
-    """Actor, critic and value network with the paper's sizes (256-256, ReLU)."""
+    """Actor, critic and value network with the paper's sizes (256-256, ReLU).
+
+    ``value_init``: the output bias of the critics and of V, so that they start near that
+    value instead of near 0 (``None``: PyTorch's default initialisation, the paper's).
+    With AntMaze's r − 1 rewards Q must otherwise come down from 0 to about −90, which
+    takes the target critics ~``policy_freq / (τ (1 − γ))`` steps (40k at the paper's
+    settings)."""
     kwargs = {"num_cells": num_cells, "layer_norm": layer_norm, "dropout": dropout}
     actor = make_actor(obs_dim, action_dim, low, high, **kwargs)
-    qvalue = make_qvalue(obs_dim, action_dim, **kwargs)
-    value = make_value(obs_dim, **kwargs)
+    qvalue = make_qvalue(obs_dim, action_dim, value_init=value_init, **kwargs)
+    value = make_value(obs_dim, value_init=value_init, **kwargs)
     return actor.to(device), qvalue.to(device), value.to(device)
 
 

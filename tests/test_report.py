@@ -376,6 +376,15 @@ def test_a_run_older_than_a_config_key_counts_as_the_behaviour_it_ran_with(tmp_p
     assert columns == [("dmg (goal terminal=False)", 2), ("dmg (goal terminal=True)", 1)]
 
 
+def test_a_run_older_than_value_init_counts_as_the_default_initialisation(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "old", seed=0)
+    make_run(runs, "null", seed=1, extra={"network": {"value_init": None}})
+    make_run(runs, "mc", seed=0, extra={"network": {"value_init": "mc"}})
+    columns = sorted({c.column: len(c.runs) for c in build_cells(load_runs([runs]))}.items())
+    assert columns == [("dmg (value init=data's MC return)", 1), ("dmg (value init=default)", 2)]
+
+
 def test_diverged_seeds_are_marked_and_counted_in_their_cell(tmp_path):
     make_run(tmp_path / "runs", "a", seed=0, scores=10.0)
     make_run(tmp_path / "runs", "b", seed=1, scores=90.0, out_of_bounds=True)

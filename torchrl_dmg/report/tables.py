@@ -58,6 +58,7 @@ SHORT_KEYS = {
     "optim.actor_cosine": "actor cosine",
     "optim.actor_cosine_horizon": "cosine horizon",
     "data.goal_terminal": "goal terminal",
+    "network.value_init": "value init",
 }
 
 
@@ -75,6 +76,7 @@ INERT_SETTINGS: dict[str, tuple[str, Any]] = {
 #: words for setting values whose printed form says little
 VALUE_WORDS: dict[str, dict[Any, str]] = {
     "optim.actor_cosine_horizon": {None: "run length"},
+    "network.value_init": {None: "default", "mc": "data's MC return"},
 }
 
 

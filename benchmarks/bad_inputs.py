@@ -174,6 +174,13 @@ CASES = [
     Case("make_dataset dataset_id=local", "make_dataset.py", ("dataset_id=local",), tiny=False),
     Case("make_dataset dataset_id=/", "make_dataset.py", ("dataset_id=/",), tiny=False),
     Case("make_dataset unknown quality", "make_dataset.py", ("quality=great",), tiny=False),
+    Case(
+        "make_dataset AntMaze-only key for a locomotion env",
+        "make_dataset.py",
+        ("env=hopper", "goal_rule=onegoal"),
+        tiny=False,
+    ),
+    Case("value_init neither a number nor mc", "offline.py", ("network.value_init=median",)),
 ]
 
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from torchrl_dmg.datagen.antmaze import _NUM_ENVS, NAVIGATOR_EPISODE_STEPS, _navigate_episodes
+from torchrl_dmg.datagen.antmaze import EPISODE_GROUP, NAVIGATOR_EPISODE_STEPS, navigate_episodes
 from torchrl_dmg.datagen.antmaze_envs import ANTMAZE_VARIANTS, variant_entry
 from torchrl_dmg.datagen.navigator import ACTION_NOISE, ant_policy_path, load_ant_policy
 
@@ -29,9 +29,9 @@ def rule_stats(variant: str, episodes: int, seed: int, hold_goal: bool, actor) -
     maze, task = variant_entry(variant)
     t0 = time.perf_counter()
     eps = []
-    for first in range(0, episodes, _NUM_ENVS):  # the generator's groups, stepped side by side
-        lengths = [NAVIGATOR_EPISODE_STEPS] * min(_NUM_ENVS, episodes - first)
-        eps += _navigate_episodes(
+    for first in range(0, episodes, EPISODE_GROUP):  # the generator's groups, stepped side by side
+        lengths = [NAVIGATOR_EPISODE_STEPS] * min(EPISODE_GROUP, episodes - first)
+        eps += navigate_episodes(
             maze, task, lengths, seed, first, actor, ACTION_NOISE, hold_goal=hold_goal
         )
     success = [np.asarray(e["success"][1:], dtype=bool) for e in eps]

@@ -336,7 +336,7 @@ def test_the_navigator_sends_the_ant_on_or_holds_its_goal(policy_dir, monkeypatc
     actor = navigator.load_ant_policy(navigator.ant_policy_path(policy_dir))[0]
     grid = MazeGrid(base_maze_map("medium"), 4.0)
     for hold in (False, True):
-        (ep,) = antmaze._navigate_episodes("medium", "play", [12], 0, 0, actor, 0.2, hold_goal=hold)
+        (ep,) = antmaze.navigate_episodes("medium", "play", [12], 0, 0, actor, 0.2, hold_goal=hold)
         goals = np.stack(ep["commanded_goal"])
         assert all(grid.xy_to_cell(g) in PLAY_CELLS["medium"] for g in goals)
         changes = int((np.abs(np.diff(goals, axis=0)).sum(axis=1) > 0).sum())
@@ -430,7 +430,7 @@ def test_interrupted_navigator_collection_leaves_nothing(policy_dir, tmp_path, m
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(antmaze, "_navigate_episodes", boom)
+    monkeypatch.setattr(antmaze, "navigate_episodes", boom)
     with minari_datasets_path(tmp_path), pytest.raises(KeyboardInterrupt):
         generate_antmaze_navigator_dataset(
             "umaze", num_steps=20, episode_steps=10, policy_dir=policy_dir, progress=False
@@ -549,7 +549,7 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
     from torchrl_dmg.data.local import minari_datasets_path
     from torchrl_dmg.datagen import antmaze
 
-    monkeypatch.setattr(antmaze, "_NUM_ENVS", 2)  # 3 episodes -> groups [0, 1], [2]
+    monkeypatch.setattr(antmaze, "EPISODE_GROUP", 2)  # 3 episodes -> groups [0, 1], [2]
     data = {}
     for workers in (1, 2):
         root = tmp_path / f"w{workers}"

@@ -83,7 +83,7 @@ NAVIGATOR_NUM_STEPS = 1_000_000
 
 
 #: episodes stepped side by side (one batched policy call per step)
-_NUM_ENVS = 16
+EPISODE_GROUP = 16
 
 
 _NAVIGATOR_VERSION = 3  # 2: an episode ends when the ant flips; 3: D4RL's ant
@@ -95,7 +95,7 @@ _NAVIGATOR_VERSION = 3  # 2: an episode ends when the ant flips; 3: D4RL's ant
 GOAL_RULES = ("next", "onegoal")
 
 
-def _navigate_episodes(
+def navigate_episodes(
     maze: str,
     task: str,
     lengths: list[int],
@@ -186,7 +186,7 @@ def generate_antmaze_navigator_dataset(
     made under the other rule is rebuilt, not reused.
 
     ``workers > 1`` steps the episodes in that many processes, each taking whole groups of
-    :data:`_NUM_ENVS` episodes (the groups a single process steps side by side), so the
+    :data:`EPISODE_GROUP` episodes (the groups a single process steps side by side), so the
     data are the same for any number of workers.
     """
 
@@ -242,11 +242,11 @@ def _collect_navigated(
 ) -> tuple[list, dict[str, int]]:
     """The episode buffers of a navigator dataset and their counts (``steps_at_goal``,
     ``flipped``)."""
-    # groups of _NUM_ENVS episodes (stepped side by side) are drawn in order until their
+    # groups of EPISODE_GROUP episodes (stepped side by side) are drawn in order until their
     # steps fill num_steps (episodes that end with a flip are shorter); the last episode is
     # cut to fit. Each group is a function of its index only: any number of workers gives
     # the same data.
-    group_lengths = [episode_steps] * _NUM_ENVS
+    group_lengths = [episode_steps] * EPISODE_GROUP
     buffers = []
     steps_at_goal = flipped = collected = 0
     pool = None
@@ -261,13 +261,13 @@ def _collect_navigated(
         first = 0
         while collected < num_steps:
             # one wave: a group per worker (no more than the missing steps can use)
-            needed = -(-(num_steps - collected) // (episode_steps * _NUM_ENVS))
-            starts = [first + g * _NUM_ENVS for g in range(max(1, min(workers, needed)))]
+            needed = -(-(num_steps - collected) // (episode_steps * EPISODE_GROUP))
+            starts = [first + g * EPISODE_GROUP for g in range(max(1, min(workers, needed)))]
             if pool is not None:
                 wave = pool.map(job, [(f, group_lengths) for f in starts])
             else:
                 wave = (
-                    _navigate_episodes(
+                    navigate_episodes(
                         maze, task, group_lengths, seed, f, actor, noise, hold_goal=hold_goal
                     )
                     for f in starts
@@ -282,7 +282,7 @@ def _collect_navigated(
                     steps_at_goal += int(np.sum(ep["success"][1 : length + 1]))
                     buffers.append(_episode_buffer(ep, f + j, seed, length))
                     bar.update(length)
-            first = starts[-1] + _NUM_ENVS
+            first = starts[-1] + EPISODE_GROUP
     finally:
         bar.close()
         if pool is not None:
@@ -369,7 +369,7 @@ def _episode_buffer(ep: dict[str, Any], index: int, seed: int, length: int):
 
 
 def _navigate_group(group, *, maze, task, seed, policy, noise, hold_goal=False):
-    """:func:`_navigate_episodes` of ``group = (first episode, lengths)`` in a worker
+    """:func:`navigate_episodes` of ``group = (first episode, lengths)`` in a worker
     process, with the actor loaded from ``policy`` (once per process)."""
 
     torch.set_num_threads(1)
@@ -377,7 +377,7 @@ def _navigate_group(group, *, maze, task, seed, policy, noise, hold_goal=False):
     if cached is None:
         cached = _WORKER_ACTOR[policy] = load_behaviour_actor(policy)[0]
     first, lengths = group
-    return _navigate_episodes(maze, task, lengths, seed, first, cached, noise, hold_goal=hold_goal)
+    return navigate_episodes(maze, task, lengths, seed, first, cached, noise, hold_goal=hold_goal)
 
 
 _WORKER_ACTOR: dict[str, Any] = {}
@@ -405,8 +405,8 @@ def navigator_success(
     horizon = antmaze_entry(maze)[3]
     successes, steps_taken = [], []
     flips = 0
-    for first in range(0, episodes, _NUM_ENVS):
-        n = min(_NUM_ENVS, episodes - first)
+    for first in range(0, episodes, EPISODE_GROUP):
+        n = min(EPISODE_GROUP, episodes - first)
         ants = [NavigatedAnt(maze, "fixed", horizon, continuing=False) for _ in range(n)]
         try:
             for j, ant in enumerate(ants):

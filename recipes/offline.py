@@ -89,9 +89,10 @@ def main(cfg: DictConfig) -> dict:
     for seed in seeds:  # each agent initialised from its own seed
         seed_everything(seed)
         losses.append(make_loss(cfg, dataset, device))
-    if cfg.network.get("value_init") is not None:  # older runs: none
+    init = cfg.network.get("value_init")  # older runs: none
+    if init is not None:
         print(
-            f"[dmg] critics and V start at {value_init(cfg, dataset):.2f} (network.value_init={cfg.network.value_init})"
+            f"[dmg] critics and V start at {value_init(cfg, dataset):.2f} (network.value_init={init})"
         )
     seed_everything(cfg.seed)
     updater = make_updater(cfg, losses if stacked else losses[0], steps=cfg.steps)

@@ -122,15 +122,19 @@ class SeedRun:
     def q_passes_mc_at(self) -> int | None:
         """The first diagnostic step at which the mean Q over the fixed sample rises above the
         same transitions' Monte-Carlo return from at or below it (where the critic leaves
-        the data's returns). The critics start near Q = 0, so with negative returns (AntMaze's
-        r - 1) Q starts above and must first come down: being above from the start is not
-        a crossing. ``None`` if it never crosses, or the run did not log the diagnostic."""
+        the data's returns). With PyTorch's initialisation the critics start near Q = 0, so
+        with negative returns (AntMaze's r - 1) Q starts above and must first come down:
+        being above from the start is not a crossing. With negative returns, critics started
+        elsewhere (``network.value_init``) are read the same way: a first row above the
+        return is not a crossing, and only a later rise from at or below it counts; with
+        returns >= 0 the start is assumed at or below them. ``None`` if it never crosses,
+        or the run did not log the diagnostic."""
         below = None  # whether Q was at or below the MC return at the last finite row
         for step, q, mc in zip(self.diag_steps, self.q_data, self.mc_return, strict=True):
             if not (np.isfinite(q) and np.isfinite(mc)):
                 continue
             if below is None:
-                below = mc >= 0.0  # Q ~ 0 at initialisation
+                below = mc >= 0.0  # Q ~ 0 at PyTorch's initialisation
             if q > mc and below:
                 return int(step)
             below = q <= mc

@@ -8,14 +8,16 @@ Modes (each a full DMG iteration: value step, critic step, actor step every 2nd 
 Polyak target update; batch 256, 256-256 networks):
 
 * ``reference``      plain eager PyTorch written straight from the spec (benchmarks/reference_dmg.py)
-* ``eager``          ``DMGUpdater`` + ``DMGLoss``, critics vmapped
-* ``eager-loop``     the same with a Python loop over the two critics (``deactivate_vmap``)
-* ``compile``        ``torch.compile`` of the whole critic step and the whole actor step
-* ``cudagraphs``     ``torch.compile`` + ``CudaGraphModule`` of the critic step and the actor step
-* ``<mode>-loop``    any of the above with a Python loop over the critics (the CPU default)
-* ``compile[-loop]-skipguards``  ``compile`` with ``skip_guards=True``: ``backward()`` traced
-                     into the step graphs, Dynamo's guard evaluation skipped after warm-up
-                     (see ``DMGUpdater``; for a host-bound CPU update)
+* ``eager``          ``DMGUpdater`` + ``DMGLoss`` run eagerly, critics vmapped
+* ``compile``        the whole iteration (losses, ``autograd.grad``, Adam, targets) compiled by
+                     inductor as one graph (two: with and without the delayed actor step)
+* ``auto``           the recipes' default: ``compile`` with Dynamo's guards skipped after
+                     warm-up on a CPU, ``cudagraphs`` on a GPU
+* ``cudagraphs``     the compiled iteration captured as a CUDA graph
+* ``<mode>-loop``    any of the above with a Python loop over the critics instead of vmap
+* ``<mode>-skipguards``  ``compile`` with ``skip_guards=True`` (what ``auto`` picks on a CPU)
+* ``<mode>-bf16``    ``matmul_precision="medium"``: on a CPU with bf16 units the losses run
+                     under bf16 autocast (weights, gradients and Adam stay float32)
 * ``x<N>-<mode>``    ``SeedStackedDMGUpdater``: N agents (seeds) in one vmapped update, each on
                      its own batch; its updates/s count agent-updates (N per iteration), so
                      it compares with a single-seed mode as N sequential runs would
@@ -90,6 +92,8 @@ class Runner:
             self.ref = ReferenceDMG(obs_dim, act_dim, device=device)
             return
         update_mode = mode.split("-", 1)[1] if self.seeds > 1 else mode
+        bf16 = update_mode.endswith("-bf16")
+        update_mode = update_mode.removesuffix("-bf16")
         skip_guards = update_mode.endswith("-skipguards")
         update_mode = update_mode.removesuffix("-skipguards")
         loop = update_mode.endswith("-loop")
@@ -99,7 +103,12 @@ class Runner:
             torch.manual_seed(seed)
             actor, qvalue, value = make_dmg_networks(obs_dim, act_dim, -1.0, 1.0, device=device)
             losses.append(DMGLoss(actor, qvalue, value, bounds=(-1.0, 1.0), deactivate_vmap=loop))
-        kwargs = {"mode": update_mode, "actor_cosine_steps": 10**6, "skip_guards": skip_guards}
+        kwargs = {
+            "mode": update_mode,
+            "actor_cosine_steps": 10**6,
+            "skip_guards": skip_guards or None,  # None: the mode's own choice (auto)
+            "matmul_precision": "medium" if bf16 else "highest",
+        }
         if self.seeds > 1:
             self.updater = SeedStackedDMGUpdater(losses, **kwargs)
         else:
@@ -132,7 +141,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", nargs="+", default=None)
     parser.add_argument(
-        "--seeds", nargs="+", type=int, default=[2, 4, 8], help="stacked-seed counts (x<N> modes)"
+        "--seeds", nargs="+", type=int, default=[5], help="stacked-seed counts (x<N> modes)"
     )
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--batch-size", type=int, default=256)
@@ -164,9 +173,9 @@ def main() -> None:
     elif device.type == "cuda":
         single = ["eager", "compile", "cudagraphs"]
         modes = ["reference", *single] + [f"x{n}-cudagraphs" for n in args.seeds]
-    else:  # on CPU the critics run as a loop (recipes' default there); vmap shown once
-        single = ["eager", "eager-loop", "compile-loop", "compile-loop-skipguards"]
-        stacked = [f"x{n}-{m}" for n in args.seeds for m in ("eager-loop", "compile-loop")]
+    else:
+        single = ["eager", "eager-loop", "compile", "auto", "auto-loop", "auto-bf16"]
+        stacked = [f"x{n}-{m}" for n in args.seeds for m in ("eager", "auto", "auto-bf16")]
         modes = ["reference", *single, *stacked]
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

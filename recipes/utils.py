@@ -132,7 +132,8 @@ def make_updater(cfg, loss, *, steps: int | None) -> ActorCriticUpdater:
         policy_freq=cfg.optim.policy_freq,
         actor_cosine_steps=actor_cosine_steps(cfg, steps),
         mode=cfg.compile.mode,
-        skip_guards=bool(cfg.compile.get("skip_guards", False)),
+        skip_guards=cfg.compile.get("skip_guards", None),
+        matmul_precision=cfg.compile.get("matmul_precision", "highest"),
     )
 
 

@@ -20,6 +20,10 @@ TINY = (
     "eval.episodes=2",
     "eval.max_steps=30",
     "progress=false",
+    # behaviour, not speed: no compile warm-up in every recipe run (the compiled update is
+    # checked against eager in test_updater / test_baselines, and a recipe run under the
+    # default compile.mode=auto in test_offline_recipe)
+    "compile.mode=eager",
 )
 
 

@@ -57,6 +57,37 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):
     assert steps == [20, 40, 60, 80]
 
 
+def test_the_default_compiled_mode_trains_and_resumes_as_eager_does(tmp_path, minari_root):
+    """compile.mode=auto (the default: the whole iteration compiled, guards skipped after
+    warm-up) logs eager's losses for the same seed, and a resumed compiled run (which warms
+    up again) continues as the uninterrupted eager run."""
+    eager, compiled = tmp_path / "eager", tmp_path / "auto"
+    common = ("eval.interval=0", "logger.log_interval=20")
+    run_recipe("offline.py", eager, minari_root, "steps=80", *common)
+    run_recipe("offline.py", compiled, minari_root, "steps=40", "compile.mode=auto", *common)
+    proc = run_recipe(
+        "offline.py",
+        compiled,
+        minari_root,
+        f"resume={compiled}",
+        "steps=80",
+        "compile.mode=auto",
+        *common,
+    )
+    assert "at step 40" in proc.stdout
+    rows = {
+        name: [r for r in read_metrics(d) if r["kind"] == "train"]
+        for name, d in (("eager", eager), ("auto", compiled))
+    }
+    assert [r["step"] for r in rows["auto"]] == ["20", "40", "60", "80"]
+    for a, b in zip(rows["eager"], rows["auto"], strict=True):
+        for key in ("loss_value", "loss_qvalue", "loss_actor", "state_action_value"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-5), (
+                a["step"],
+                key,
+            )
+
+
 @pytest.mark.parametrize("backend", ["tensorboard", "wandb"])
 def test_logger_backends_mirror_the_metrics(tmp_path, minari_root, backend):
     run_dir = tmp_path / "run"

@@ -317,3 +317,47 @@ def test_value_bounds_and_the_divergence_flag(capsys):
     assert flags == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # 20 > 0 + 10 at update 4
     out = capsys.readouterr().out
     assert out.count("WARNING") == 1 and "WARNING step 4" in out and "diverging" in out
+
+
+def test_bf16_matmuls_train_close_to_float32_and_leave_the_weights_in_float32(monkeypatch):
+    """matmul_precision="medium" on a CPU with bf16 units: the losses run under bf16
+    autocast (a different number than float32, close to it); weights, targets and Adam's
+    moments stay float32."""
+    from torchrl_dmg.training import compile as compile_module
+
+    monkeypatch.setattr(compile_module, "cpu_has_bf16", lambda: True)
+    runs = {}
+    for precision in ("highest", "medium"):
+        loss = make_loss()
+        updater = DMGUpdater(loss, matmul_precision=precision)
+        torch.manual_seed(1)
+        for step in range(4):
+            metrics = updater.update(make_batch(step))
+        runs[precision] = (loss, metrics)
+    (fp32, m32), (bf16, m16) = runs["highest"], runs["medium"]
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    assert all(
+        t.dtype == torch.float32 for t in bf16.target_qvalue_network_params.values(True, True)
+    )
+    assert not torch.equal(m32["loss_qvalue"], m16["loss_qvalue"])  # bf16 products ran
+    torch.testing.assert_close(m16["loss_qvalue"], m32["loss_qvalue"], rtol=0.05, atol=1e-3)
+    for a, b in zip(fp32.parameters(), bf16.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=5e-3)
+
+
+def test_bf16_on_a_cpu_without_bf16_units_stays_float32_and_says_so(monkeypatch, capsys):
+    from torchrl_dmg.training import compile as compile_module
+
+    monkeypatch.setattr(compile_module, "cpu_has_bf16", lambda: False)
+    updater = DMGUpdater(make_loss(), matmul_precision="high")
+    assert updater.autocast_dtype is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no bf16 matmul units" in out[0] and "float32" in out[0]
+    with pytest.raises(ValueError, match="matmul_precision"):
+        DMGUpdater(make_loss(), matmul_precision="bf16")
+
+
+def test_auto_mode_compiles_on_a_cpu_and_skips_guards_for_one_agent():
+    updater = DMGUpdater(make_loss(), mode="auto")
+    assert (updater.mode, updater.skip_guards) == ("compile", True)
+    assert DMGUpdater(make_loss(), mode="compile").skip_guards is False

@@ -1,13 +1,16 @@
-"""How an update step is compiled: ``torch.compile`` backends, CUDA-graph capture, the
-optimiser step kept out of graphs, and private code objects for guard-free steps.
+"""How an update is compiled and how it steps its optimisers: the update modes, the
+``torch.compile`` backend, CUDA-graph capture, private code objects for guard-free steps,
+matmul precision, and Adam written as a function of the gradients so that the backward pass
+and the optimiser step sit in the same compiled graph as the losses.
 
 Used by :mod:`torchrl_dmg.training.updater`, the one update machinery of every loss.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -15,13 +18,25 @@ from tensordict import TensorDictBase
 from tensordict.nn import CudaGraphModule
 from tensordict.nn.functional_modules import _exclude_td_from_pytree
 
-UpdateMode = Literal["eager", "compile", "cudagraphs"]
+UpdateMode = Literal["auto", "eager", "compile", "cudagraphs"]
+MatmulPrecision = Literal["highest", "high", "medium"]
+UPDATE_MODES = ("auto", "eager", "compile", "cudagraphs")
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    """``"auto"``: the fastest mode that gives eager's numbers on ``device``: CUDA graphs of
+    the compiled steps on a GPU, the compiled steps (inductor) on a CPU."""
+    if mode not in UPDATE_MODES:
+        raise ValueError(f"mode must be one of {UPDATE_MODES}, got {mode!r}.")
+    if mode == "auto":
+        return "cudagraphs" if device.type == "cuda" else "compile"
+    return mode
 
 
 def default_backend(device: torch.device) -> str:
-    """``"inductor"`` on CUDA, ``"aot_eager"`` on CPU: it removes TensorDict's per-op Python
-    work and runs the ATen kernels as they are (inductor's CPU kernels were slower there)."""
-    return "inductor" if device.type == "cuda" else "aot_eager"
+    """Inductor on every device: on a CPU it fuses the element-wise work of the losses,
+    their backward and Adam into C++ loops around the matmuls (g++ must be installed)."""
+    return "inductor"
 
 
 def prepare_compile() -> None:
@@ -32,8 +47,12 @@ def prepare_compile() -> None:
 
 
 def compile_step(function: Callable, backend: str, *, private: bool = False) -> Callable:
-    """``torch.compile(function)``; ``private``: on a copy of its code (:func:`private_code`)."""
-    return torch.compile(private_code(function) if private else function, backend=backend)
+    """``torch.compile(function)``; ``private``: on a copy of its code (:func:`private_code`).
+    Inductor draws random numbers with ATen's generator (``fallback_random``), so a compiled
+    step draws the target-policy noise an eager one draws from the same seed."""
+    options = {"fallback_random": True} if backend == "inductor" else None
+    function = private_code(function) if private else function
+    return torch.compile(function, backend=backend, options=options)
 
 
 def captured(function: Callable, warmup: int) -> Callable:
@@ -55,16 +74,46 @@ def private_code(method):
     return types.MethodType(copy, method.__self__)
 
 
-@torch.compiler.disable
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    """``step`` then ``zero_grad``, kept out of torch.compile: fused Adam is not traceable,
-    and a traced call would be guarded on the optimiser object (a recompile per optimiser,
-    then an eager fallback once dynamo's recompile limit is hit). Under CUDA graphs the
-    capturable fused kernel is still captured, as any eager CUDA work is."""
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+# ------------------------------------------------------------------ matmul precision
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX), as
+    oneDNN reports it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The reduced precision the update's matmuls run in, or ``None`` (float32).
+
+    ``"highest"``: float32 everywhere. ``"high"`` / ``"medium"``: on a GPU, TF32 matmuls
+    (``torch.set_float32_matmul_precision``, set by the caller, no autocast); on a CPU with
+    bf16 units, the losses run under ``torch.autocast("cpu", bfloat16)``: matmuls take bf16
+    inputs and accumulate in float32, parameters, gradients and Adam stay float32 (the CPU
+    analogue of TF32, ~2x the matmul rate). On a CPU without bf16 units it stays float32
+    and says so in one line.
+    """
+    if precision not in ("highest", "high", "medium"):
+        raise ValueError(
+            f"matmul_precision must be 'highest', 'high' or 'medium', got {precision!r}."
+        )
+    if precision == "highest" or device.type != "cpu":
+        return None
+    if not cpu_has_bf16():
+        print(
+            f"[dmg] matmul_precision={precision}: this CPU has no bf16 matmul units "
+            "(AVX-512 BF16 or AMX); the update stays in float32."
+        )
+        return None
+    return torch.bfloat16
+
+
+def precision_context(dtype: torch.dtype | None, device: torch.device):
+    """The autocast region the losses run in (``dtype=None``: none)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------ Adam
 def leaves(params: TensorDictBase) -> list[torch.Tensor]:
     """The leaf tensors of a parameter TensorDict (what an optimiser takes)."""
     return list(params.values(include_nested=True, leaves_only=True))
@@ -73,13 +122,104 @@ def leaves(params: TensorDictBase) -> list[torch.Tensor]:
 def adam(
     params: TensorDictBase, lr: float, *, device: torch.device, mode: UpdateMode
 ) -> torch.optim.Adam:
-    """Fused Adam (one kernel per step). Compiled steps read the learning rate from a
-    tensor, which schedules update in place (``fill_``): a float lr would be a constant
-    baked into the compiled code (a recompile at every change). Under CUDA graphs the
-    optimiser must also be capturable."""
-    kwargs = {"fused": device.type in ("cpu", "cuda")}
-    if mode == "cudagraphs":
-        kwargs["capturable"] = True
+    """The ``torch.optim.Adam`` that holds a network's Adam state (its moments and step
+    count, in its ``state_dict``, as checkpoints keep them). Compiled steps read the learning
+    rate from a tensor, which schedules update in place (``fill_``): a float lr would be a
+    constant baked into the compiled code (a recompile at every change). The step itself is
+    :class:`FunctionalAdam`'s."""
+    kwargs = {"capturable": True} if device.type == "cuda" else {"foreach": False}
     if mode != "eager":
         lr = torch.tensor(lr, device=device)
     return torch.optim.Adam(leaves(params), lr=lr, **kwargs)
+
+
+class FunctionalAdam:
+    """``torch.optim.Adam``'s update (no weight decay, no AMSGrad) applied to given
+    gradients, in foreach ops on the optimiser's own state, so that it can be traced into
+    the same graph as the loss and its backward pass (``torch.optim.Adam.step`` reads
+    ``.grad``; its foreach form refuses a tensor lr on a CPU, its fused kernel does not trace).
+    Eager calls run PyTorch's fused Adam kernel; compiled ones the same formula in foreach
+    ops (equal within float rounding).
+
+    The state is created at construction (step 0, zero moments) and never replaced:
+    :meth:`load_state_dict` copies a saved state into it, so compiled code and captured
+    CUDA graphs keep reading the same tensors.
+    """
+
+    def __init__(self, optimizer: torch.optim.Adam) -> None:
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("FunctionalAdam steps an Adam with one parameter group.")
+        group = optimizer.param_groups[0]
+        if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+            raise ValueError("FunctionalAdam is plain Adam: no weight decay, AMSGrad or maximize.")
+        self.optimizer = optimizer
+        # an lr scheduler warns when its optimizer's own step() was never called: this is it
+        optimizer._opt_called = True
+        # the trained tensors (a network's buffers sit in its Adam too, never stepped)
+        self.params: list[torch.Tensor] = [p for p in group["params"] if p.requires_grad]
+        for p in self.params:
+            optimizer.state[p] = {
+                "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+        self._bind()
+
+    def _bind(self) -> None:
+        states = [self.optimizer.state[p] for p in self.params]
+        self.steps = [s["step"] for s in states]
+        self.exp_avgs = [s["exp_avg"] for s in states]
+        self.exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+
+    def load_state_dict(self, state: dict) -> None:
+        """``optimizer.load_state_dict(state)``, its tensors copied into the existing ones."""
+        mine = [dict(self.optimizer.state[p]) for p in self.params]
+        self.optimizer.load_state_dict(state)
+        with torch.no_grad():
+            for p, own in zip(self.params, mine, strict=True):
+                loaded = self.optimizer.state.get(p, {})
+                for key, tensor in own.items():
+                    if key in loaded:
+                        tensor.copy_(torch.as_tensor(loaded[key]).reshape(tensor.shape))
+                self.optimizer.state[p] = own
+        self._bind()
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        group = self.optimizer.param_groups[0]
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        grads = list(grads)
+        torch._foreach_add_(self.steps, 1)
+        if not torch.compiler.is_compiling():
+            # eager: PyTorch's fused Adam kernel, what torch.optim.Adam(fused=True) runs; it
+            # reads gradients laid out as their parameters (autograd.grad may return a
+            # transposed one, where .grad would have been made contiguous)
+            torch._fused_adam_(
+                self.params,
+                [g.contiguous() for g in grads],
+                self.exp_avgs,
+                self.exp_avg_sqs,
+                [],
+                self.steps,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=eps,
+                amsgrad=False,
+                maximize=False,
+            )
+            return
+        # compiled: the same update in foreach ops, which inductor fuses
+        torch._foreach_lerp_(self.exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(self.exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, 1 - beta2)
+        step = self.steps[0]  # every parameter of one optimiser steps together
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step).sqrt()
+        denom = torch._foreach_sqrt(self.exp_avg_sqs)
+        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_add_(denom, eps)
+        updates = torch._foreach_div(self.exp_avgs, denom)
+        torch._foreach_mul_(updates, -lr / bias_correction1)
+        torch._foreach_add_(self.params, updates)

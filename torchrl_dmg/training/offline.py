@@ -63,21 +63,25 @@ def train_offline(
         total=steps, initial=step, disable=not progress, desc=desc, unit="step", mininterval=1.0
     )
     while step < steps:
+        # the logged updates/s count everything but evaluation and checkpoints: sampling,
+        # the update, the NaN guard, the diagnostic, logging and the progress bar
         t0 = time.perf_counter()
         metrics = _update(updater, buffer, per_call)
-        train_time += time.perf_counter() - t0
         step += per_call
         bar.update(per_call)
         if guard is not None:
             guard(step, metrics)
         if step % log_interval == 0:
+            train_time += time.perf_counter() - t0
             row = _train_row(metrics, updater.actor_lr, log_interval / max(train_time, 1e-9))
             train_time = 0.0
+            t0 = time.perf_counter()
             if diagnostic is not None:
                 row.update(diagnostic())
             stopper = guard if stop_on_q_out_of_bounds else None
             warned = _check_bounds(row, metrics, step, value_bounds, stopper, bar, warned)
             logger.log(step, "train", row)
+        train_time += time.perf_counter() - t0
         if step < steps:
             if evaluate is not None and eval_interval and step % eval_interval == 0:
                 bar.set_postfix(score=f"{evaluate(step):.1f}")

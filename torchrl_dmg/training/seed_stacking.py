@@ -67,6 +67,8 @@ class SeedStackedUpdater(ActorCriticUpdater):
         self.num_seeds = len(losses)
         super().__init__(losses[0], **kwargs)
 
+    _single_agent = False
+
     def network_params(self, name: str) -> TensorDictBase:
         return self.stacked.get(f"{name}_network_params")
 

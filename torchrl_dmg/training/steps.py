@@ -20,11 +20,11 @@ SACLoss    actor, qvalue, log_alpha    none (critic-only      Q, actor     qvalu
                                                               backward
 =========  ==========================  =====================  ===========  =============
 
-Each step is one function (the frame that ``torch.compile`` compiles, bound to the
-updater), with the optimiser steps called in it directly: they are kept out of graphs
-(:func:`~torchrl_dmg.training.compile.optimizer_step`), and a graph break in the compiled
-frame itself resumes in code of that frame (private to the updater with ``skip_guards``),
-not in a shared helper. An actor step ends with the updater's target update.
+Each step is a plain function of the updater and a batch: losses, their gradients
+(``updater.descend``: ``torch.autograd.grad`` then Adam as a function of the gradients), and
+for an actor step the target update. Nothing in it breaks a ``torch.compile`` graph, so the
+updater compiles a whole iteration, backward pass and optimiser steps included, as one
+graph.
 
 TorchRL's losses are called through :func:`loss_method`: their public ``*_loss`` methods
 and ``forward`` are wrapped by TorchRL in exploration / recurrent-mode context managers
@@ -45,7 +45,6 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import BCLoss, IQLLoss, LossModule, SACLoss, TD3BCLoss
 
 from torchrl_dmg.objectives import DMGLoss
-from torchrl_dmg.training.compile import optimizer_step
 
 if TYPE_CHECKING:
     from torchrl_dmg.training.updater import ActorCriticUpdater
@@ -103,14 +102,14 @@ def _dmg_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     ``min_i Q_θi'(s, a)``: the targets do not change before the actor step's Polyak update,
     so the actor step of the same iteration reuses it."""
     target_q = u.loss_call("target_min_q", batch)
-    loss_value, md_value = u.backward("value_objective", batch, target_q)
-    optimizer_step(u.optimizers["value"])
-    loss_qvalue, md_qvalue = u.backward("qvalue_objective", batch)
-    optimizer_step(u.optimizers["qvalue"])
+    loss_value, md_value = u.loss_call("value_objective", batch, target_q)
+    u.descend("value", loss_value)
+    loss_qvalue, md_qvalue = u.loss_call("qvalue_objective", batch)
+    u.descend("qvalue", loss_qvalue)
     return TensorDict(
         {
-            "loss_value": loss_value,
-            "loss_qvalue": loss_qvalue,
+            "loss_value": loss_value.detach(),
+            "loss_qvalue": loss_qvalue.detach(),
             **md_value,
             **md_qvalue,
             TARGET_Q_KEY: target_q,
@@ -119,39 +118,39 @@ def _dmg_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
 
 
 def _dmg_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
-    loss_actor, md_actor = u.backward("actor_objective", batch, batch.get(TARGET_Q_KEY))
-    optimizer_step(u.optimizers["actor"])
+    loss_actor, md_actor = u.loss_call("actor_objective", batch, batch.get(TARGET_Q_KEY))
+    u.descend("actor", loss_actor)
     u.update_targets()
-    return TensorDict({"loss_actor": loss_actor, **md_actor})
+    return TensorDict({"loss_actor": loss_actor.detach(), **md_actor})
 
 
 # ------------------------------------------------------------------------------ IQL
 def _iql_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     """Expectile value step (τ) then the critic's TD(0) step on ``r + γ V(s')``."""
-    loss_value, _ = u.backward("value_loss", batch)
-    optimizer_step(u.optimizers["value"])
-    loss_qvalue, _ = u.backward("qvalue_loss", batch)
-    optimizer_step(u.optimizers["qvalue"])
-    return TensorDict({"loss_value": loss_value, "loss_qvalue": loss_qvalue})
+    loss_value, _ = u.loss_call("value_loss", batch)
+    u.descend("value", loss_value)
+    loss_qvalue, _ = u.loss_call("qvalue_loss", batch)
+    u.descend("qvalue", loss_qvalue)
+    return TensorDict({"loss_value": loss_value.detach(), "loss_qvalue": loss_qvalue.detach()})
 
 
 def _iql_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     """Advantage-weighted regression: ``-min(exp(β (Q' - V)), 100) log π(a|s)``."""
-    loss_actor, _ = u.backward("actor_loss", batch)
-    optimizer_step(u.optimizers["actor"])
+    loss_actor, _ = u.loss_call("actor_loss", batch)
+    u.descend("actor", loss_actor)
     u.update_targets()
-    return TensorDict({"loss_actor": loss_actor})
+    return TensorDict({"loss_actor": loss_actor.detach()})
 
 
 # ------------------------------------------------------------------------------ TD3+BC
 def _td3bc_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     """TD3's clipped double-Q step with target-policy smoothing."""
-    loss_qvalue, md = u.backward("qvalue_loss", batch)
-    optimizer_step(u.optimizers["qvalue"])
+    loss_qvalue, md = u.loss_call("qvalue_loss", batch)
+    u.descend("qvalue", loss_qvalue)
     md = _scalars(md)
     return TensorDict(
         {
-            "loss_qvalue": loss_qvalue,
+            "loss_qvalue": loss_qvalue.detach(),
             "state_action_value": md["pred_value"],
             "target_value": md["target_value"],
         }
@@ -160,13 +159,13 @@ def _td3bc_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
 
 def _td3bc_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     """``-α Q(s, π(s)) / mean|Q| + (π(s) - a)²``."""
-    loss_actor, md = u.backward("actor_loss", batch)
-    optimizer_step(u.optimizers["actor"])
+    loss_actor, md = u.loss_call("actor_loss", batch)
+    u.descend("actor", loss_actor)
     u.update_targets()
     md = _scalars(md)
     return TensorDict(
         {
-            "loss_actor": loss_actor,
+            "loss_actor": loss_actor.detach(),
             "bc_loss": md["bc_loss"],
             "actor_q": md["state_action_value_actor"],
         }
@@ -177,8 +176,7 @@ def _td3bc_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
 def _bc_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     """Behaviour cloning: the actor's action regressed onto the dataset's (MSE)."""
     loss = u.loss_call("forward", batch).get("loss_bc")
-    loss.sum().backward()
-    optimizer_step(u.optimizers["actor"])
+    u.descend("actor", loss)
     u.update_targets()
     return TensorDict({"loss_actor": loss.detach()})
 
@@ -190,9 +188,8 @@ def _sac_step(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     actor's loss reads detached critics, the TD target is computed without gradient), the
     optimiser steps, then the Polyak update of the critics' targets."""
     losses = u.loss_call("forward", batch)
-    (losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]).backward()
-    for name in u.steps.networks:
-        optimizer_step(u.optimizers[name])
+    total = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
+    u.descend(u.steps.networks, total)
     u.update_targets()
     return losses.detach()
 
@@ -202,8 +199,7 @@ def _sac_critic_only(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict
     then their targets. α stays too: with the actor held, its loss would push it one way
     for the whole warm-up (x20 in 10k steps)."""
     losses = u.loss_call("forward", batch)
-    losses["loss_qvalue"].backward()
-    optimizer_step(u.optimizers["qvalue"])
+    u.descend("qvalue", losses["loss_qvalue"])
     u.update_targets()
     return losses.detach()
 

@@ -20,12 +20,17 @@ from torchrl_dmg._compat import speed_up_tensordict_module_outputs
 from torchrl_dmg.modules import ParamsPolicy
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.training.compile import (
+    FunctionalAdam,
+    MatmulPrecision,
     UpdateMode,
     adam,
+    autocast_dtype,
     captured,
     compile_step,
     default_backend,
+    precision_context,
     prepare_compile,
+    resolve_mode,
 )
 from torchrl_dmg.training.steps import (
     CARRY_PREFIX,
@@ -45,10 +50,13 @@ class ActorCriticUpdater:
     ``SACLoss``) are in :mod:`torchrl_dmg.training.steps`; for DMG: value step, critic step,
     then every ``policy_freq`` iterations the actor step and the actor and critic targets.
 
-    The value+critic step and the actor step are two separate functions, so that each
-    can be compiled (``mode="compile"``) or captured (``mode="cudagraphs"``) without a
-    Python branch inside; the delay counter lives here, in Python, and is therefore never
-    frozen by compilation.
+    An iteration is one function of a batch (a TensorDict in, detached metrics out) that
+    does everything: the losses, their gradients (``torch.autograd.grad``), Adam
+    (:class:`~torchrl_dmg.training.compile.FunctionalAdam`) and, on actor iterations, the
+    actor step and the Polyak update. There are two of them, the critic iteration and the
+    critic+actor iteration, so that each compiles (``mode="compile"``) or is captured
+    (``mode="cudagraphs"``) as one graph with no Python branch inside; the delay counter
+    lives here, in Python, and is therefore never frozen by compilation.
 
     Args:
         loss: the loss (:class:`DMGLoss`, ``IQLLoss``, ``TD3BCLoss``, ``BCLoss`` or
@@ -59,15 +67,18 @@ class ActorCriticUpdater:
         actor_cosine_steps: if given, the actor's learning rate follows a cosine
             schedule over this many *actor* updates (spec, offline phase), PyTorch's
             ``CosineAnnealingLR`` (η_min = 0; past its horizon it rises again).
-        mode: ``"eager"``, ``"compile"`` (``torch.compile``) or ``"cudagraphs"``
+        mode: ``"auto"`` (the fastest mode that gives eager's numbers: ``"cudagraphs"`` on
+            CUDA, ``"compile"`` with ``skip_guards`` for one agent on a CPU), ``"eager"``,
+            ``"compile"`` (``torch.compile``, inductor) or ``"cudagraphs"``
             (``torch.compile`` + :class:`tensordict.nn.CudaGraphModule`, CUDA only).
         cudagraph_warmup: eager calls before a graph is captured (``"cudagraphs"`` only).
-        compile_backend: ``torch.compile`` backend. Default: ``"inductor"`` on CUDA,
-            ``"aot_eager"`` on CPU (it removes TensorDict's per-op Python work and runs the
-            ATen kernels as they are; inductor's CPU kernels were slower there).
-        skip_guards: ``mode="compile"`` only, for a host-bound update (a CPU): each
-            ``backward()`` is traced into its step's graph (Dynamo's ``trace_autograd_ops``)
-            and, after ``guard_warmup`` iterations, Dynamo's guards are no longer evaluated
+        compile_backend: ``torch.compile`` backend. Default: ``"inductor"``.
+        matmul_precision: ``"highest"`` (float32), or ``"high"`` / ``"medium"``: bf16
+            matmuls on a CPU that has bf16 units (the losses under ``torch.autocast``; see
+            :func:`~torchrl_dmg.training.compile.autocast_dtype`). On a GPU TF32 is set
+            process-wide by ``torch.set_float32_matmul_precision``, not here.
+        skip_guards: ``mode="compile"`` only, for a host-bound update (a CPU): after
+            ``guard_warmup`` iterations, Dynamo's guards are no longer evaluated
             before each call (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).
             Not for :class:`SeedStackedDMGUpdater`. The guards check every parameter and
             TensorDict entry, ~0.35 ms per call on one CPU core, ~10% of an iteration, and
@@ -90,15 +101,18 @@ class ActorCriticUpdater:
         mode: UpdateMode = "eager",
         cudagraph_warmup: int = 3,
         compile_backend: str | None = None,
-        skip_guards: bool = False,
+        matmul_precision: MatmulPrecision = "highest",
+        skip_guards: bool | None = None,
         guard_warmup: int = 8,
         steps: LossSteps | None = None,
     ) -> None:
         if policy_freq < 1:
             raise ValueError(f"policy_freq must be >= 1, got {policy_freq}.")
-        if mode not in ("eager", "compile", "cudagraphs"):
-            raise ValueError(f"mode must be 'eager', 'compile' or 'cudagraphs', got {mode!r}.")
         device = next(iter(loss.parameters())).device
+        auto = mode == "auto"
+        mode = resolve_mode(mode, device)
+        if skip_guards is None:  # auto: skip them where it is safe (one agent, compiled)
+            skip_guards = auto and mode == "compile" and self._single_agent
         if mode == "cudagraphs" and device.type != "cuda":
             raise ValueError(
                 f"mode='cudagraphs' needs the loss on a CUDA device (it is on {device}); "
@@ -120,6 +134,7 @@ class ActorCriticUpdater:
         self.skip_guards = skip_guards
         self.guard_warmup = guard_warmup
         self._batch_signatures: dict[str, list] = {}  # per entry point: update, update_many
+        self._calls: dict[str, int] = {}  # per compiled function: calls by this updater
         #: one Adam per trained network, also reachable as ``optim_<network>``
         self.optimizers = {
             name: adam(self.network_params(name), lr, device=device, mode=mode)
@@ -127,6 +142,8 @@ class ActorCriticUpdater:
         }
         for name, optimizer in self.optimizers.items():
             setattr(self, f"optim_{name}", optimizer)
+        self._adam = {name: FunctionalAdam(opt) for name, opt in self.optimizers.items()}
+        self.autocast_dtype = autocast_dtype(matmul_precision, device)
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(
                 self.optimizers["actor"], T_max=actor_cosine_steps
@@ -140,15 +157,17 @@ class ActorCriticUpdater:
         self._build_steps(compile_backend)
 
     def _build_steps(self, compile_backend: str | None) -> None:
-        """What gets compiled (``"compile"``, ``"cudagraphs"``): the whole critic step and the
-        whole actor step (losses, backward, optimiser steps, target update), each its own
-        graph; ``"cudagraphs"`` then captures each as a CUDA graph. The delay counter stays
-        in Python, so no branch lives inside a graph. A loss without a critic (BC) has no
-        critic step to compile. A loss with a ``critic_only`` step (SAC) gets it compiled
-        and captured the same way, a third graph."""
+        """What gets compiled (``"compile"``, ``"cudagraphs"``): the critic iteration
+        (:meth:`critic_step`) and the critic+actor iteration (:meth:`full_step`), each one
+        graph with its losses, backward passes, Adam steps and target update;
+        ``"cudagraphs"`` then captures each as a CUDA graph. The delay counter stays in
+        Python, so no branch lives inside a graph. The critic step and the actor step are
+        also compiled on their own for :meth:`update_many`. A loss with a ``critic_only``
+        step (SAC) gets it compiled and captured the same way."""
+        critic_only = self.steps.critic_only
         self._critic_step = self.critic_step
         self._actor_step = self.actor_step
-        critic_only = self.steps.critic_only
+        self._full_step = self.full_step
         self._critic_only_step = (
             None if critic_only is None else types.MethodType(critic_only, self)
         )
@@ -160,22 +179,21 @@ class ActorCriticUpdater:
             # apart once guards are skipped). Without it, later updaters reuse the traced
             # graphs of earlier ones where the guards allow (much faster to build).
             private = self.skip_guards
-            # the loss's step functions themselves are the compiled frames (bound to this
-            # updater), so that the optimiser steps' graph breaks happen in them
-            if self.steps.critic is not None:
-                critic = types.MethodType(self.steps.critic, self)
-                self._critic_step = compile_step(critic, backend, private=private)
-            actor = types.MethodType(self.steps.actor, self)
-            self._actor_step = compile_step(actor, backend, private=private)
+
+            def compiled(function):
+                return compile_step(function, backend, private=private)
+
+            if self.steps.critic is not None:  # BC, SAC: no critic step to compile
+                self._critic_step = compiled(self.critic_step)
+            self._actor_step = compiled(self.actor_step)
+            self._full_step = compiled(self.full_step)
             if critic_only is not None:
-                self._critic_only_step = compile_step(
-                    self._critic_only_step, backend, private=private
-                )
+                self._critic_only_step = compiled(self._critic_only_step)
         self._compiled_steps = (self._critic_step, self._actor_step)
         if self.mode == "cudagraphs":
             if self.steps.critic is not None:
                 self._critic_step = self._captured(self._critic_step)
-            self._actor_step = self._captured(self._actor_step)
+            self._full_step = self._captured(self._full_step)
             if critic_only is not None:
                 self._critic_only_step = self._captured(self._critic_only_step)
 
@@ -195,8 +213,12 @@ class ActorCriticUpdater:
         """``loss.<method>(batch, *args)``, without TorchRL's context-manager wrapper
         (:func:`~torchrl_dmg.training.steps.loss_method`): the steps call the losses'
         compile-safe bodies (``DMGLoss.value_objective`` ...), which compile into whole
-        graphs."""
-        return loss_method(self.loss, method)(batch, *args)
+        graphs. Under ``matmul_precision`` high/medium on a CPU, in bf16 autocast."""
+        with precision_context(self.autocast_dtype, self.device):
+            return loss_method(self.loss, method)(batch, *args)
+
+    #: one agent per updater (the seed-stacked updater says otherwise)
+    _single_agent = True
 
     def _make_target_updater(self):
         return SoftUpdate(self.loss, tau=self.tau) if self.steps.targets else None
@@ -206,12 +228,20 @@ class ActorCriticUpdater:
         if self.target_updater is not None:
             self.target_updater.step()
 
-    def backward(self, method: str, batch: TensorDictBase, *args) -> tuple[torch.Tensor, dict]:
-        """``loss.<method>(batch, *args)`` back-propagated; returns the detached loss and
-        the method's metadata."""
-        loss, metadata = self.loss_call(method, batch, *args)
-        loss.sum().backward()  # a scalar, or one loss per stacked seed (independent terms)
-        return loss.detach(), metadata
+    def descend(self, networks: str | tuple[str, ...], loss: torch.Tensor) -> None:
+        """One Adam step of ``networks`` (a name or several) down ``loss`` (a scalar, or one
+        loss per stacked seed: independent terms, summed). The gradients come from
+        ``torch.autograd.grad`` for those networks' parameters alone (no gradient is
+        computed for any other network), so the backward pass and the optimiser step
+        trace into the caller's graph."""
+        names = (networks,) if isinstance(networks, str) else networks
+        params = [p for name in names for p in self._adam[name].params]
+        grads = torch.autograd.grad(loss.sum(), params, allow_unused=True, materialize_grads=True)
+        start = 0
+        for name in names:
+            count = len(self._adam[name].params)
+            self._adam[name].step(grads[start : start + count])
+            start += count
 
     #: DMG's ``min_i Q_θi'(s, a)``, passed from the critic step to the actor step
     TARGET_Q_KEY = TARGET_Q_KEY
@@ -231,14 +261,30 @@ class ActorCriticUpdater:
         the critic step's ``CARRY_PREFIX`` entries."""
         return self.steps.actor(self, batch)
 
+    def full_step(self, batch: TensorDict) -> TensorDict:
+        """An iteration with an actor step: the critic step, then the actor step and the
+        target update on the same batch (with the critic step's ``CARRY_PREFIX``
+        entries); returns every metric of both."""
+        metrics = self.critic_step(batch)
+        carry = _pop_carry(metrics)
+        metrics.update(self.actor_step(batch.copy().update(carry)))
+        return metrics
+
     def _dynamo_context(
-        self, batch: TensorDictBase, entry: str = "update"
+        self, batch: TensorDictBase, entry: str = "update", function: str = "update_many"
     ) -> contextlib.AbstractContextManager:
-        """What the compiled steps run under: nothing, or (``skip_guards``) the tracing of
-        ``backward()`` and, after the warm-up, no guard evaluation, once ``batch`` matched
-        the warm-up's batches."""
-        if not self.skip_guards:
+        """What the compiled steps run under: the tracing of ``torch.autograd.grad`` and,
+        with ``skip_guards``, no guard evaluation once the compiled ``function`` (``critic``,
+        ``full``, ``critic_only``, ``update_many``) has been called ``guard_warmup`` times by
+        this updater (a resumed run warms up again), and ``batch`` matched the warm-up's
+        batches of its ``entry`` point."""
+        if self.mode == "eager":
             return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        # torch.autograd.grad traced into the step's graph
+        stack.enter_context(torch._dynamo.config.patch(trace_autograd_ops=True))
+        if not self.skip_guards:
+            return stack
         signature = [
             (key, value.shape, value.dtype, value.device)
             for key, value in batch.items(include_nested=True, leaves_only=True)
@@ -250,9 +296,9 @@ class ActorCriticUpdater:
                 f"shapes, dtypes or devices ({signature} vs {first}); keep one batch size, or "
                 "build the updater with skip_guards=False."
             )
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch._dynamo.config.patch(trace_autograd_ops=True))
-        if self.num_updates >= self.guard_warmup:
+        calls = self._calls.get(function, 0)
+        self._calls[function] = calls + 1
+        if calls >= self.guard_warmup:
             stack.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
         return stack
 
@@ -260,7 +306,11 @@ class ActorCriticUpdater:
         """One iteration on ``batch``; returns detached metrics (actor ones on actor steps).
         ``train_actor=False``: the critics alone (the loss's ``critic_only`` step, or its
         critic step), the actor held; it counts as an iteration."""
-        with self._dynamo_context(batch):
+        if not train_actor:
+            function = "critic_only"
+        else:
+            function = "critic" if (self.num_updates + 1) % self.policy_freq else "full"
+        with self._dynamo_context(batch, "update", function):
             if not train_actor:
                 return self._update_critics(batch)
             return self._update(batch)
@@ -275,14 +325,14 @@ class ActorCriticUpdater:
         return metrics
 
     def _update(self, batch: TensorDict) -> TensorDict:
-        metrics = self._critic_step(batch)
-        carry = _pop_carry(metrics)
         self.num_updates += 1
-        if self.num_updates % self.policy_freq == 0:
-            # a shallow copy: the caller's batch is left as it was
-            metrics.update(self._actor_step(batch.copy().update(carry)))
-            if self.scheduler is not None:
-                self.scheduler.step()
+        if self.num_updates % self.policy_freq:
+            metrics = self._critic_step(batch)
+            _pop_carry(metrics)
+            return metrics
+        metrics = self._full_step(batch)
+        if self.scheduler is not None:
+            self.scheduler.step()
         return metrics
 
     #: the actor's learning rates for the actor steps of an :meth:`update_many` call
@@ -399,8 +449,8 @@ class ActorCriticUpdater:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss.load_state_dict(state["loss"])
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state[f"optim_{name}"])
+        for name, functional in self._adam.items():
+            functional.load_state_dict(state[f"optim_{name}"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.num_updates = int(state["num_updates"])

@@ -12,6 +12,7 @@ evaluation, logging and checkpoints -> final score. The machinery lives in torch
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import hydra
@@ -150,8 +151,9 @@ def main(cfg: DictConfig) -> dict:
         )
 
     def evaluate_and_log(step: int) -> float:
+        t0 = time.perf_counter()
         result = run_eval(step)
-        logger.log(step, "eval", result)
+        logger.log(step, "eval", {**result, "eval_s": time.perf_counter() - t0})
         return result["normalized_score"]
 
     # ---------------------------------------------------------------- training loop
@@ -182,9 +184,10 @@ def main(cfg: DictConfig) -> dict:
         )
 
     # ---------------------------------------------------------------- final score
+    t0 = time.perf_counter()
     result = run_eval(step)
     if not logged(logger, step, "eval"):  # a resumed finished run has its final row
-        logger.log(step, "eval", result)
+        logger.log(step, "eval", {**result, "eval_s": time.perf_counter() - t0})
         checkpoint(step)
     summary = {
         "algo": algo,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-TIME_COLUMNS = {"updates_per_s", "wall_s", "env_steps_per_s"}
+TIME_COLUMNS = {"updates_per_s", "wall_s", "env_steps_per_s", "eval_s"}
 POINTS = ("time", "eval", "ckpt-write", "ckpt-swap")
 
 TINY_DMG = (

@@ -61,9 +61,11 @@ def make_loss(seed: int = 0, perturb: bool = True, **overrides) -> DMGLoss:
     torch.manual_seed(seed)
     actor, qvalue, value = make_dmg_networks(OBS_DIM, ACT_DIM, LOW, HIGH, num_cells=(8, 8))
     kwargs = {**HP, **overrides}
+    gamma = kwargs.pop("gamma")
     if "action_spec" not in kwargs:
         kwargs.setdefault("bounds", (LOW, HIGH))
     loss = DMGLoss(actor, qvalue, value, **kwargs)
+    loss.make_value_estimator(gamma=gamma)
     if perturb:
         perturb_targets(loss)
     with torch.no_grad():
@@ -254,7 +256,9 @@ def test_value_init_moves_only_the_output_bias_of_critics_and_value(layer_norm):
     q = qvalue(td.clone())["state_action_value"]
     v = value(td.clone())["state_value"]
     assert (q + 90).abs().max() < 2 and (v + 90).abs().max() < 2  # a fresh net predicts ~ -90
-    loss = DMGLoss(*nets[-90.0], bounds=(LOW, HIGH), **HP)
+    loss = DMGLoss(
+        *nets[-90.0], bounds=(LOW, HIGH), **{k: v for k, v in HP.items() if k != "gamma"}
+    )
     target = loss.target_qvalue_network_params.flatten_keys(".")
     assert torch.equal(
         target[[k for k in target.keys() if k.endswith("bias")][-1]], torch.full((2, 1), -90.0)
@@ -268,7 +272,7 @@ def test_value_loss_is_expectile_regression_on_min_target_q():
     value_loss, metadata = loss.value_loss(td)
     torch.testing.assert_close(value_loss, ref_expectile_value_loss(loss, td, HP["expectile"]))
     torch.testing.assert_close(
-        metadata["state_value"], ref_v(loss.value_network_params, td["observation"]).mean()
+        metadata["state_value"], ref_v(loss.value_network_params, td["observation"])
     )
 
 
@@ -278,10 +282,10 @@ def test_qvalue_loss_without_noise_matches_dmg_target():
     y = ref_target(loss, td, HP["mixture_coef"], HP["gamma"])
     qvalue_loss, metadata = loss.qvalue_loss(td)
     torch.testing.assert_close(qvalue_loss, ref_qvalue_loss(loss, td, y))
-    torch.testing.assert_close(metadata["target_value"], y.mean())
+    torch.testing.assert_close(metadata["target_value"], y)
     torch.testing.assert_close(
         metadata["state_action_value"],
-        ref_qs(loss.qvalue_network_params, td["observation"], td["action"]).mean(),
+        ref_qs(loss.qvalue_network_params, td["observation"], td["action"]),
     )
 
 
@@ -347,9 +351,9 @@ def test_actor_loss_matches_reference_value_and_gradient():
     with torch.no_grad():
         pi = ref_actor(loss.actor_network_params, td["observation"])
         q = ref_qs(loss.qvalue_network_params, td["observation"], pi).min(0).values
-    torch.testing.assert_close(metadata["actor_q"], q.mean())
-    torch.testing.assert_close(metadata["bc_loss"], ((pi - td["action"]) ** 2).mean(-1).mean())
-    torch.testing.assert_close(metadata["adv_weight"], raw.clamp(max=HP["max_weight"]).mean())
+    torch.testing.assert_close(metadata["actor_q"], q)
+    torch.testing.assert_close(metadata["bc_loss"], ((pi - td["action"]) ** 2).mean(-1))
+    torch.testing.assert_close(metadata["adv_weight"], raw.clamp(max=HP["max_weight"]))
 
 
 # ------------------------------------------------------------------ 2. gradient isolation
@@ -414,7 +418,7 @@ def test_lambda_zero_target_is_reward_plus_discounted_next_state_value():
     y = td["next", "reward"].squeeze(-1) + HP["gamma"] * not_term * next_v
     per_sample, metadata = loss.qvalue_loss(td)
     torch.testing.assert_close(per_sample, ref_qvalue_loss(loss, td, y, reduce=False))
-    torch.testing.assert_close(metadata["target_value"], y.mean())
+    torch.testing.assert_close(metadata["target_value"], y)
 
 
 def test_terminated_transition_does_not_bootstrap():
@@ -422,7 +426,7 @@ def test_terminated_transition_does_not_bootstrap():
     td = make_batch(terminated=torch.ones(BATCH, 1, dtype=torch.bool))
     qvalue_loss, metadata = loss.qvalue_loss(td)
     reward = td["next", "reward"].squeeze(-1)
-    torch.testing.assert_close(metadata["target_value"], reward.mean(), rtol=0, atol=0)
+    torch.testing.assert_close(metadata["target_value"], reward, rtol=0, atol=0)
     torch.testing.assert_close(qvalue_loss, ref_qvalue_loss(loss, td, reward))
 
 
@@ -437,8 +441,8 @@ def test_truncated_but_not_terminated_transition_bootstraps():
         next_v = ref_v(loss.value_network_params, td["next", "observation"])
     y = td["next", "reward"].squeeze(-1) + HP["gamma"] * next_v
     _, metadata = loss.qvalue_loss(td)
-    torch.testing.assert_close(metadata["target_value"], y.mean())
-    assert not torch.allclose(metadata["target_value"], td["next", "reward"].mean())
+    torch.testing.assert_close(metadata["target_value"], y)
+    assert not torch.allclose(metadata["target_value"], td["next", "reward"].squeeze(-1))
 
 
 # ---------------------------------------------------------------------- 5. coefficients
@@ -668,7 +672,8 @@ def test_forward_returns_losses_and_detached_diagnostics():
     for key in out.keys():
         assert out[key].shape == torch.Size([])
         assert out[key].requires_grad == key.startswith("loss_"), key
-    assert set(td.keys(True, True)) == keys_before  # the input batch is not written to
+    # the input batch gains only the TD error for prioritized replay, TorchRL's convention
+    assert set(td.keys(True, True)) == keys_before | {"td_error"}
 
 
 def test_forward_losses_equal_the_individual_losses():

@@ -6,13 +6,19 @@ from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import TensorDictModule, dispatch
+from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule, dispatch
 from tensordict.utils import NestedKey
 from torchrl.data.tensor_specs import Bounded, Composite, TensorSpec
 from torchrl.objectives.common import LossModule
-from torchrl.objectives.utils import ValueEstimators, _vmap_func
+from torchrl.objectives.utils import (
+    _GAMMA_LMBDA_DEPREC_ERROR,
+    ValueEstimators,
+    _vmap_func,
+    dispatch_value_estimator,
+    distance_loss,
+)
+from torchrl.objectives.value import TD0Estimator
 
-from torchrl_dmg.objectives.coefficients import ScheduledCoefficients
 from torchrl_dmg.objectives.in_sample import (
     IN_SAMPLE_ESTIMATORS,
     InSampleEstimator,
@@ -21,18 +27,25 @@ from torchrl_dmg.objectives.in_sample import (
     sparse_loss,
 )
 
+__all__ = ["DMGLoss"]
 
-def _require(tensordict: TensorDictBase, key: NestedKey) -> torch.Tensor:
+#: out-of-bounds slack when checking dataset actions (float32 data rescaled to the bounds)
+_BOUNDS_ATOL = 1e-4
+
+
+def _require(
+    tensordict: TensorDictBase, key: NestedKey, producer: str = "its input"
+) -> torch.Tensor:
     value = tensordict.get(key, None)
     if value is None:
         raise KeyError(
-            f"DMGLoss needs the key {key!r} in its input, which has keys "
+            f"DMGLoss reads {key!r} from {producer}, which has keys "
             f"{sorted(map(str, tensordict.keys(True, True)))}. Rename keys with loss.set_keys(...)."
         )
     return value
 
 
-class DMGLoss(ScheduledCoefficients, LossModule):
+class DMGLoss(LossModule):
     r"""Doubly Mild Generalization (DMG) loss.
 
     Implements "Doubly Mild Generalization for Offline Reinforcement Learning"
@@ -63,11 +76,18 @@ class DMGLoss(ScheduledCoefficients, LossModule):
        and critic targets (:class:`~torchrl.objectives.SoftUpdate`, τ=0.005);
        scheduling is the training loop's job, not the loss's.
 
-    The mixture coefficient :math:`\lambda`, the penalty coefficient :math:`\nu` and
-    the discount :math:`\gamma` are schedulable buffers: assign them
-    (``loss.mixture_coef = 0.5``, TorchRL's ``_schedulable_buffers``) or call
-    :meth:`set_coefficients` during training (the fine-tuning schedules do); either writes
-    in place, so nothing is rebuilt or recompiled.
+    Like :class:`~torchrl.objectives.IQLLoss` and :class:`~torchrl.objectives.TD3BCLoss`,
+    :meth:`forward` writes each sample's TD error (the largest over the critics) at
+    ``tensor_keys.priority`` of its input, for a prioritized replay buffer's
+    ``update_tensordict_priority``, and weighs every term by the buffer's importance
+    weights (``tensor_keys.priority_weight``) when the batch carries them.
+
+    The mixture coefficient :math:`\lambda` and the penalty coefficient :math:`\nu` are
+    schedulable buffers (``loss.mixture_coef = 0.5`` writes in place, TorchRL's
+    ``_schedulable_buffers``); the discount :math:`\gamma` lives in the TD(0) value
+    estimator (:meth:`make_value_estimator`), as in every TorchRL loss.
+    :meth:`set_coefficients` changes any of the three in place, so nothing is rebuilt or
+    recompiled when the fine-tuning schedules move them.
 
     Args:
         actor_network (TensorDictModule): deterministic policy :math:`\pi_\phi`;
@@ -82,8 +102,8 @@ class DMGLoss(ScheduledCoefficients, LossModule):
     Keyword Args:
         action_spec (TensorSpec, optional): bounded action spec (a ``Composite`` is read
             at ``tensor_keys.action``). Exclusive with ``bounds``.
-        bounds (tuple of float or Tensor, optional): ``(low, high)`` action bounds.
-        num_qvalue_nets (int): number of critics. Defaults to ``2``.
+        bounds (tuple of float or Tensor, optional): finite ``(low, high)`` action bounds.
+        num_qvalue_nets (int): number of critics, two or more. Defaults to ``2``.
         mixture_coef (float): :math:`\lambda`, weight of the actor's (generalised)
             maximum in the Bellman target. ``0`` is in-sample learning (IQL-like),
             ``1`` with ``penalty_coef=0`` is TD3. Defaults to ``0.25``.
@@ -96,7 +116,8 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         policy_noise (float): std :math:`\sigma` of the target-policy smoothing noise,
             in units of the action half-range. Defaults to ``0.2``.
         noise_clip (float): clip :math:`c` of that noise, same units. Defaults to ``0.5``.
-        gamma (float): discount :math:`\gamma`. Defaults to ``0.99``.
+        loss_function (str): distance of the critics to their target: ``"l2"`` (the
+            paper's squared error, default), ``"l1"`` or ``"smooth_l1"``.
         in_sample_estimator (str): ``"expectile"`` (IQL, default), ``"xql"``
             (Gumbel regression) or ``"sql"`` (sparse). See the paper's Table 3.
         xql_beta (float): :math:`\beta` of the Gumbel loss. Defaults to ``5.0``.
@@ -104,8 +125,16 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         sql_alpha (float): :math:`\alpha` of the sparse loss. Defaults to ``2.0``.
         delay_actor (bool): keep target actor parameters. Defaults to ``True``.
         delay_qvalue (bool): keep target critic parameters. Defaults to ``True``.
-        reduction (str): ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        separate_losses (bool): if ``True``, parameters the critics or the value network
+            share with the actor are trained by the actor's loss only. Defaults to ``False``.
+        reduction (str): ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses
+            and diagnostics, with the input's batch size).
         deactivate_vmap (bool): loop over critics instead of ``vmap``. Defaults to ``False``.
+        use_prioritized_weights (bool or "auto"): weigh the terms by
+            ``tensor_keys.priority_weight`` when the input has it (``"auto"``, default),
+            always (``True``) or never (``False``).
+        priority_key, gamma: deprecated as in TorchRL; use ``loss.set_keys(priority=...)``
+            and ``loss.make_value_estimator(gamma=...)``. γ defaults to ``0.99``.
 
     Examples:
         >>> import torch
@@ -116,19 +145,21 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         >>> from torchrl_dmg.objectives import DMGLoss
         >>> n_obs, n_act, batch = 4, 2, 8
         >>> actor = TensorDictSequential(
-        ...     TensorDictModule(MLP(out_features=n_act, num_cells=[32, 32]),
+        ...     TensorDictModule(MLP(in_features=n_obs, out_features=n_act, num_cells=[32, 32]),
         ...                      in_keys=["observation"], out_keys=["param"]),
         ...     TanhModule(in_keys=["param"], out_keys=["action"], low=-1.0, high=1.0),
         ... )
         >>> class QNet(torch.nn.Module):
         ...     def __init__(self):
         ...         super().__init__()
-        ...         self.mlp = MLP(out_features=1, num_cells=[32, 32])
+        ...         self.mlp = MLP(in_features=n_obs + n_act, out_features=1, num_cells=[32, 32])
         ...     def forward(self, obs, act):
         ...         return self.mlp(torch.cat([obs, act], -1))
         >>> qvalue = ValueOperator(QNet(), in_keys=["observation", "action"])
-        >>> value = ValueOperator(MLP(out_features=1, num_cells=[32, 32]), in_keys=["observation"])
+        >>> value = ValueOperator(MLP(in_features=n_obs, out_features=1, num_cells=[32, 32]),
+        ...                       in_keys=["observation"])
         >>> loss = DMGLoss(actor, qvalue, value, bounds=(-1.0, 1.0))
+        >>> _ = loss.make_value_estimator(gamma=0.99)  # TorchRL's way to set γ
         >>> updater = SoftUpdate(loss, tau=0.005)
         >>> data = TensorDict({
         ...     "observation": torch.randn(batch, n_obs),
@@ -141,6 +172,8 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         >>> out = loss(data)
         >>> sorted(k for k in out.keys() if k.startswith("loss_"))
         ['loss_actor', 'loss_qvalue', 'loss_value']
+        >>> data["td_error"].shape  # for a prioritized replay buffer
+        torch.Size([8])
         >>> (out["loss_value"] + out["loss_qvalue"] + out["loss_actor"]).backward()
         >>> updater.step()
     """
@@ -154,6 +187,10 @@ class DMGLoss(ScheduledCoefficients, LossModule):
             value (NestedKey): output of the value network. Defaults to ``"state_value"``.
             state_action_value (NestedKey): output of the critics. Defaults to
                 ``"state_action_value"``.
+            priority (NestedKey): where :meth:`forward` writes each sample's TD error, for
+                prioritized replay. Defaults to ``"td_error"``.
+            priority_weight (NestedKey): the importance weights of a prioritized replay
+                buffer's samples. Defaults to ``"priority_weight"``.
             reward (NestedKey): reward, read under ``"next"``. Defaults to ``"reward"``.
             done (NestedKey): done flag; never read (DMG bootstraps through truncation),
                 kept so that ``set_keys`` calls shared with other TorchRL losses work.
@@ -165,6 +202,8 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         action: NestedKey = "action"
         value: NestedKey = "state_value"
         state_action_value: NestedKey = "state_action_value"
+        priority: NestedKey = "td_error"
+        priority_weight: NestedKey = "priority_weight"
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
@@ -174,6 +213,9 @@ class DMGLoss(ScheduledCoefficients, LossModule):
     #: λ and ν: ``loss.mixture_coef = 0.5`` writes the buffer in place (γ: :attr:`gamma`)
     _schedulable_buffers = frozenset({"mixture_coef", "penalty_coef"})
     default_value_estimator = ValueEstimators.TD0
+    #: the key under which the critic step hands its mixed next-state value to the TD(0)
+    #: estimator (never read from or written to a user's batch)
+    NEXT_VALUE_KEY = "_dmg_next_value"
     out_keys = [  # the three losses, then each one's diagnostics
         *("loss_value", "loss_qvalue", "loss_actor", "state_value"),
         *("state_action_value", "target_value"),
@@ -206,17 +248,25 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         max_weight: float = 3.0,
         policy_noise: float = 0.2,
         noise_clip: float = 0.5,
-        gamma: float = 0.99,
+        loss_function: str = "l2",
         in_sample_estimator: InSampleEstimator = "expectile",
         xql_beta: float = 5.0,
         xql_clip: float = 7.0,
         sql_alpha: float = 2.0,
         delay_actor: bool = True,
         delay_qvalue: bool = True,
-        reduction: str = "mean",
+        separate_losses: bool = False,
+        reduction: str | None = None,
         deactivate_vmap: bool = False,
+        use_prioritized_weights: str | bool = "auto",
+        priority_key: str | None = None,
+        gamma: float | None = None,
     ) -> None:
+        if gamma is not None:
+            raise TypeError(_GAMMA_LMBDA_DEPREC_ERROR)
+        reduction = "mean" if reduction is None else reduction
         super().__init__()
+        self._set_deprecated_ctor_keys(priority=priority_key)
         if in_sample_estimator not in IN_SAMPLE_ESTIMATORS:
             raise ValueError(
                 f"in_sample_estimator={in_sample_estimator!r} is not supported; "
@@ -228,11 +278,23 @@ class DMGLoss(ScheduledCoefficients, LossModule):
             raise ValueError(f"max_weight must be positive, got {max_weight}.")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        if loss_function not in ("l2", "l1", "smooth_l1"):
+            raise ValueError(
+                f"loss_function must be 'l2', 'l1' or 'smooth_l1', got {loss_function!r}."
+            )
+        if num_qvalue_nets < 2:
+            raise ValueError(
+                f"DMGLoss takes the minimum over two or more critics, got num_qvalue_nets="
+                f"{num_qvalue_nets}; pass num_qvalue_nets=2 (the paper's)."
+            )
+        self._check_networks(actor_network, qvalue_network, value_network)
         self._in_keys = None
         self.delay_actor = delay_actor
         self.delay_qvalue = delay_qvalue
         self.deactivate_vmap = deactivate_vmap
+        self.use_prioritized_weights = use_prioritized_weights
         self.num_qvalue_nets = num_qvalue_nets
+        self.loss_function = loss_function
         self.in_sample_estimator = in_sample_estimator
         self.expectile = float(expectile)
         self.temperature = float(temperature)
@@ -245,31 +307,94 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         self.reduction = reduction
 
         self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
+        # separate_losses: what V or Q share with the actor is held as the actor's
+        # parameters (detached), so only the actor's loss trains it
+        actor_params = list(actor_network.parameters()) if separate_losses else None
+        self.convert_to_functional(
+            value_network, "value_network", create_target_params=False, compare_against=actor_params
+        )
         self.convert_to_functional(
             qvalue_network,
             "qvalue_network",
             num_qvalue_nets,
             create_target_params=delay_qvalue,
+            compare_against=(
+                actor_params + list(value_network.parameters()) if separate_losses else None
+            ),
         )
-        self.convert_to_functional(value_network, "value_network", create_target_params=False)
 
         device = next(iter(self.parameters())).device
         low, high = self._resolve_bounds(action_spec, bounds)
         low = torch.as_tensor(low, dtype=torch.get_default_dtype(), device=device)
         high = torch.as_tensor(high, dtype=torch.get_default_dtype(), device=device)
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ValueError(
+                f"DMGLoss needs finite action bounds (its target noise is scaled by the "
+                f"half-range), got low={low.tolist()}, high={high.tolist()}; pass the "
+                f"bounds of the data's actions, e.g. bounds=(-1.0, 1.0)."
+            )
         if (low > high).any():
             raise ValueError(f"Action bounds have low > high: low={low}, high={high}.")
         self.register_buffer("min_action", low)
         self.register_buffer("max_action", high)
         # noise σ and c are given in units of the action half-range
         self.register_buffer("action_scale", (high - low) / 2)
-        # Coefficients that schedules change during training: buffers, so that compiled
-        # code and captured CUDA graphs read the current value instead of a constant.
-        self.register_coeff_buffer("mixture_coef", float(mixture_coef), device=device)
-        self.register_coeff_buffer("penalty_coef", float(penalty_coef), device=device)
-        # γ lives in the TD(0) value estimator (TorchRL's convention), a buffer too
-        self.make_value_estimator(ValueEstimators.TD0, gamma=float(gamma), device=device)
+        # buffers, so that compiled code and captured CUDA graphs read the current value
+        self.register_buffer("mixture_coef", torch.tensor(float(mixture_coef), device=device))
+        self.register_buffer("penalty_coef", torch.tensor(float(penalty_coef), device=device))
+        self.make_value_estimator(ValueEstimators.TD0, gamma=0.99, device=device)
         self._make_vmap()
+
+    # ------------------------------------------------------------------ checks
+    def _check_networks(self, actor, qvalue, value) -> None:
+        """One-line errors for wiring that would otherwise train wrongly or fail late."""
+        for module in actor.modules():
+            if isinstance(module, ProbabilisticTensorDictModule):
+                raise TypeError(
+                    f"DMGLoss needs a deterministic actor, got {type(actor).__name__} with a "
+                    f"{type(module).__name__} that samples; end the actor with a TanhModule "
+                    f"writing {self.tensor_keys.action!r} (or use IQLLoss for a stochastic actor)."
+                )
+        self._check_keys(actor, qvalue, value)
+
+    def _check_keys(self, actor, qvalue, value) -> None:
+        keys = self.tensor_keys
+        for network, role, key, kind in (
+            (actor, "actor", keys.action, "write"),
+            (qvalue, "critic", keys.action, "read"),
+            (qvalue, "critic", keys.state_action_value, "write"),
+            (value, "value network", keys.value, "write"),
+        ):
+            have = network.out_keys if kind == "write" else network.in_keys
+            if key not in have:
+                raise ValueError(
+                    f"DMGLoss: the {role} must {kind} {key!r} but its "
+                    f"{'out_keys' if kind == 'write' else 'in_keys'} are {list(have)}; build it "
+                    f"with that key, or rename the loss's keys with loss.set_keys(...)."
+                )
+
+    def set_keys(self, **kwargs) -> None:
+        """Rename tensordict keys (see :class:`_AcceptedKeys`); the networks must use them."""
+        unknown = sorted(set(kwargs) - set(self._AcceptedKeys.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"DMGLoss has no key {', '.join(unknown)}; it accepts "
+                f"{', '.join(self._AcceptedKeys.__dataclass_fields__)}."
+            )
+        super().set_keys(**kwargs)
+        self._check_keys(self.actor_network, self.qvalue_network, self.value_network)
+
+    def _check_actions(self, action: torch.Tensor) -> None:
+        flat = action.detach().reshape(-1, action.shape[-1])
+        low, high = flat.amin(0), flat.amax(0)
+        if bool(
+            ((low < self.min_action - _BOUNDS_ATOL) | (high > self.max_action + _BOUNDS_ATOL)).any()
+        ):
+            raise ValueError(
+                f"DMGLoss: dataset actions span low={low.tolist()}, high={high.tolist()}, outside "
+                f"the loss's bounds ({self.min_action.tolist()}, {self.max_action.tolist()}); "
+                f"rescale the actions or pass the bounds the data uses."
+            )
 
     def _resolve_bounds(self, action_spec, bounds):
         if (action_spec is None) == (bounds is None):
@@ -295,11 +420,82 @@ class DMGLoss(ScheduledCoefficients, LossModule):
             pseudo_vmap=self.deactivate_vmap,
         )
 
-    # ------------------------------------------------------------------ keys
+    # --------------------------------------------------- TorchRL's hooks: keys, γ, λ, ν
+    def _estimator_keys(self) -> dict[str, NestedKey]:
+        # the target bootstraps on ``terminated`` only (a truncation is no end): the
+        # estimator's ``done`` is pointed at ``terminated`` too, so it reads no other flag
+        return {
+            "value": self.NEXT_VALUE_KEY,
+            "reward": self.tensor_keys.reward,
+            "done": self.tensor_keys.terminated,
+            "terminated": self.tensor_keys.terminated,
+        }
+
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if self._value_estimator is not None:
             self._value_estimator.set_keys(**self._estimator_keys())
         self._set_in_keys()
+
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams):
+        """Build the critic's target estimator the TorchRL way: a
+        :class:`~torchrl.objectives.value.TD0Estimator` (``loss.make_value_estimator(gamma=0.99)``).
+
+        DMG's target is a one-step (TD(0)) target by construction, so only
+        ``ValueEstimators.TD0`` is accepted. The estimator gets no value network: the
+        critic step hands it the mixed next-state value
+        ``λ min_i Q_θi'(s', ã') + (1 - λ) V(s')``. Once built, a new ``gamma`` is
+        written into the estimator's buffer in place, so that compiled code and CUDA
+        graphs that read it see the change.
+        """
+        if value_type not in (None, ValueEstimators.TD0, TD0Estimator):
+            raise NotImplementedError(
+                f"DMGLoss uses a one-step target; value estimator {value_type} is not supported."
+            )
+        unknown = set(hyperparams) - {"gamma", "device"}
+        if unknown:
+            raise TypeError(f"Unexpected hyperparameters {sorted(unknown)}; only 'gamma' is used.")
+        if self._value_estimator is not None:
+            if "gamma" in hyperparams:
+                self.set_coefficients(gamma=hyperparams["gamma"])
+            return self
+        dispatch_value_estimator(
+            self,
+            ValueEstimators.TD0,
+            supported=(ValueEstimators.TD0,),
+            tensor_keys=self._estimator_keys(),
+            value_network=None,
+            gamma=float(hyperparams.get("gamma", 0.99)),
+            device=hyperparams.get("device"),
+        )
+        return self
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """The discount γ: the value estimator's buffer (assign a float to set it in place)."""
+        return self._value_estimator.gamma
+
+    @gamma.setter
+    def gamma(self, value: float | torch.Tensor) -> None:
+        self.set_coefficients(gamma=value)
+
+    @torch.no_grad()
+    def set_coefficients(
+        self,
+        *,
+        mixture_coef: float | torch.Tensor | None = None,
+        penalty_coef: float | torch.Tensor | None = None,
+        gamma: float | torch.Tensor | None = None,
+    ) -> None:
+        """Change λ (``mixture_coef``), ν (``penalty_coef``) or γ in place, so that compiled
+        functions and CUDA graphs that captured them see the new values. A tensor value
+        (one per stacked seed, say) is copied in with broadcasting."""
+        for name, value in (
+            ("mixture_coef", mixture_coef),
+            ("penalty_coef", penalty_coef),
+            ("gamma", gamma),
+        ):
+            if value is not None:
+                getattr(self, name).copy_(torch.as_tensor(value))
 
     def _set_in_keys(self) -> None:
         obs_keys = {
@@ -310,6 +506,7 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         keys = [
             self.tensor_keys.action,
             ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
             ("next", self.tensor_keys.terminated),
             *obs_keys,
             *[("next", k) for k in obs_keys],
@@ -331,42 +528,47 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         """Every critic on the same inputs: shape ``[num_qvalue_nets, *batch]``."""
         td = tensordict.select(*self.qvalue_network.in_keys, strict=False)
         out = self._vmap_qvalue(td, params)
-        return out.get(self.tensor_keys.state_action_value).squeeze(-1)
+        return _require(out, self.tensor_keys.state_action_value, "the critic").squeeze(-1)
 
     def _state_value(self, tensordict: TensorDictBase) -> torch.Tensor:
         td = tensordict.select(*self.value_network.in_keys, strict=False)
         with self.value_network_params.to_module(self.value_network, preserve_module_state=False):
             td = self.value_network(td)
-        return td.get(self.tensor_keys.value).squeeze(-1)
+        return _require(td, self.tensor_keys.value, "the value network").squeeze(-1)
 
     def _action(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         td = tensordict.select(*self.actor_network.in_keys, strict=False)
         with params.to_module(self.actor_network, preserve_module_state=False):
             td = self.actor_network(td)
-        return td.get(self.tensor_keys.action)
+        return _require(td, self.tensor_keys.action, "the actor")
 
-    # ------------------------------------------------------------ losses
-    # TorchRL's LossModule metaclass wraps every public method whose name ends in "loss"
-    # in exploration / recurrent-mode context managers; entered by hand, they break
-    # torch.compile graphs (and recompile on every call). So each term has two public
-    # doors: ``value_loss`` ... (TorchRL's convention, wrapped) and ``value_objective``
-    # ... (the same body, unwrapped: compile-safe, what the training updater calls). The
-    # objectives also take ``min_i Q_θi'(s, a)`` (:meth:`target_min_q`) from a caller
-    # that already has it: the targets do not change within one iteration.
-    def target_min_q(self, tensordict: TensorDictBase) -> torch.Tensor:
+    def _target_min_q(self, tensordict: TensorDictBase) -> torch.Tensor:
         """``min_i Q_θi'(s, a)`` on dataset actions, from the target critics (no gradient)."""
         with torch.no_grad():
             return self._qvalues(tensordict, self.target_qvalue_network_params).min(0).values
 
-    def value_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
-        """In-sample maximum: regress ``V(s)`` towards ``min_i Q_θi'(s, a)``; reaches only V."""
-        return self.value_objective(tensordict)
+    def _reduce(self, loss: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
+        weights = self._maybe_get_priority_weight(tensordict)
+        if weights is not None:
+            weights = weights.reshape(loss.shape)
+        return self._reduce_loss(loss, tensordict, weights=weights)
 
-    def value_objective(
+    # ------------------------------------------------------------ losses
+    # TorchRL's metaclass wraps every public ``*_loss`` method and ``forward`` in
+    # exploration / recurrent-mode context managers; a training loop that compiles the
+    # terms calls the bodies underneath (``type(loss).value_loss.__wrapped__``): the
+    # actor is deterministic, so the exploration mode changes nothing.
+    def value_loss(
         self, tensordict: TensorDictBase, target_min_q: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
-        """:meth:`value_loss` without TorchRL's context managers (compile-safe)."""
-        target_q = self.target_min_q(tensordict) if target_min_q is None else target_min_q
+        """In-sample maximum: regress ``V(s)`` towards ``min_i Q_θi'(s, a)``; reaches only V.
+
+        ``target_min_q``: ``min_i Q_θi'(s, a)`` when the caller has it already (it is
+        returned in the metadata, and the targets do not move within one iteration);
+        computed here otherwise. Returns the loss and per-sample metadata
+        (``state_value``, ``target_min_q``).
+        """
+        target_q = self._target_min_q(tensordict) if target_min_q is None else target_min_q
         value = self._state_value(tensordict)
         diff = target_q - value
         if self.in_sample_estimator == "expectile":
@@ -375,15 +577,15 @@ class DMGLoss(ScheduledCoefficients, LossModule):
             loss = gumbel_loss(diff, self.xql_beta, self.xql_clip)
         else:
             loss = sparse_loss(diff, value, self.sql_alpha)
-        loss = self._reduce_loss(loss, tensordict)
-        return loss, {"state_value": value.detach().mean()}
+        loss = self._reduce(loss, tensordict)
+        return loss, {"state_value": value.detach(), "target_min_q": target_q.detach()}
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
-        """Critic regression on the DMG target; reaches only the critics."""
-        return self.qvalue_objective(tensordict)
+        """Critic regression on the DMG target; reaches only the critics.
 
-    def qvalue_objective(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
-        """:meth:`qvalue_loss` without TorchRL's context managers (compile-safe)."""
+        Returns the loss and per-sample metadata: ``td_error`` (``[num_qvalue_nets,
+        *batch]``, squared), ``state_action_value`` (same shape) and ``target_value``.
+        """
         action = _require(tensordict, self.tensor_keys.action)
         next_td = _require(tensordict, "next")
         with torch.no_grad():
@@ -406,24 +608,27 @@ class DMGLoss(ScheduledCoefficients, LossModule):
                 tensordict, next_value=mixed.view_as(reward)
             ).view_as(mixed)
         pred = self._qvalues(tensordict, self.qvalue_network_params)
-        loss = (pred - target.unsqueeze(0)).pow(2).sum(0)
-        loss = self._reduce_loss(loss, tensordict)
+        target = target.unsqueeze(0).expand_as(pred)
+        loss = distance_loss(pred, target, loss_function=self.loss_function).sum(0)
+        loss = self._reduce(loss, tensordict)
         return loss, {
-            "state_action_value": pred.detach().mean(),
-            "target_value": target.mean(),
+            "td_error": (pred.detach() - target).pow(2),
+            "state_action_value": pred.detach(),
+            "target_value": target[0],
         }
 
-    def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
-        """Normalised Q maximisation plus the advantage-weighted BC penalty; reaches only the actor."""
-        return self.actor_objective(tensordict)
-
-    def actor_objective(
+    def actor_loss(
         self, tensordict: TensorDictBase, target_min_q: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
-        """:meth:`actor_loss` without TorchRL's context managers (compile-safe)."""
+        """Normalised Q maximisation plus the advantage-weighted BC penalty; reaches only
+        the actor. ``target_min_q`` as in :meth:`value_loss`.
+
+        Returns the loss and per-sample metadata (``adv_weight``,
+        ``adv_weight_clipped_frac``, ``bc_loss``, ``actor_q``).
+        """
         dataset_action = _require(tensordict, self.tensor_keys.action)
         with torch.no_grad():
-            target_q = self.target_min_q(tensordict) if target_min_q is None else target_min_q
+            target_q = self._target_min_q(tensordict) if target_min_q is None else target_min_q
             adv = target_q - self._state_value(tensordict)
             raw_weight = (self.temperature * adv).exp()
             weight = raw_weight.clamp_max(self.max_weight)
@@ -433,12 +638,12 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         q = self._qvalues(actor_td, self.qvalue_network_params.detach()).min(0).values
         bc = (action - dataset_action).pow(2).mean(-1)
         loss = -q / q.abs().mean().detach() + self.penalty_coef * weight * bc
-        loss = self._reduce_loss(loss, tensordict)
+        loss = self._reduce(loss, tensordict)
         return loss, {
-            "adv_weight": weight.mean(),
-            "adv_weight_clipped_frac": (raw_weight > self.max_weight).float().mean(),
-            "bc_loss": bc.detach().mean(),
-            "actor_q": q.detach().mean(),
+            "adv_weight": weight,
+            "adv_weight_clipped_frac": (raw_weight > self.max_weight).float(),
+            "bc_loss": bc.detach(),
+            "actor_q": q.detach(),
         }
 
     @dispatch
@@ -446,19 +651,29 @@ class DMGLoss(ScheduledCoefficients, LossModule):
         """All three losses on one batch, in the reference order (value, critic, actor).
 
         Each ``loss_*`` entry only reaches its own network, so the sum can be
-        back-propagated at once; the diagnostics are detached.
+        back-propagated at once; the diagnostics are detached (batch means, or per
+        sample with ``reduction="none"``). Writes each sample's TD error at
+        ``tensor_keys.priority`` of the input. Dataset actions outside the bounds raise.
         """
-        loss_value, md_value = self.value_objective(tensordict)
-        loss_qvalue, md_qvalue = self.qvalue_objective(tensordict)
-        loss_actor, md_actor = self.actor_objective(tensordict)
+        if not torch.compiler.is_compiling():
+            self._check_actions(_require(tensordict, self.tensor_keys.action))
+        loss_value, md_value = self.value_loss(tensordict)
+        loss_qvalue, md_qvalue = self.qvalue_loss(tensordict)
+        loss_actor, md_actor = self.actor_loss(tensordict, md_value.pop("target_min_q"))
+        tensordict.set(self.tensor_keys.priority, md_qvalue.pop("td_error").max(0).values)
+        md_qvalue["state_action_value"] = md_qvalue["state_action_value"].mean(0)
+        metadata = {**md_value, **md_qvalue, **md_actor}
+        if self.reduction == "none":
+            batch_size = tensordict.batch_size
+        else:
+            batch_size = torch.Size([])
+            metadata = {k: v.mean() for k, v in metadata.items()}
         return TensorDict(
             {
                 "loss_value": loss_value,
                 "loss_qvalue": loss_qvalue,
                 "loss_actor": loss_actor,
-                **md_value,
-                **md_qvalue,
-                **md_actor,
+                **metadata,
             },
-            batch_size=[],
+            batch_size=batch_size,
         )

@@ -101,27 +101,28 @@ def _dmg_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     """Value step then critic step (the reference's order). Also returns
     ``min_i Q_θi'(s, a)``: the targets do not change before the actor step's Polyak update,
     so the actor step of the same iteration reuses it."""
-    target_q = u.loss_call("target_min_q", batch)
-    loss_value, md_value = u.loss_call("value_objective", batch, target_q)
+    loss_value, md_value = u.loss_call("value_loss", batch)
+    target_q = md_value.pop("target_min_q")
     u.descend("value", loss_value)
-    loss_qvalue, md_qvalue = u.loss_call("qvalue_objective", batch)
+    loss_qvalue, md_qvalue = u.loss_call("qvalue_loss", batch)
+    del md_qvalue["td_error"]
     u.descend("qvalue", loss_qvalue)
     return TensorDict(
         {
             "loss_value": loss_value.detach(),
             "loss_qvalue": loss_qvalue.detach(),
-            **md_value,
-            **md_qvalue,
+            **_scalars(md_value),
+            **_scalars(md_qvalue),
             TARGET_Q_KEY: target_q,
         }
     )
 
 
 def _dmg_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
-    loss_actor, md_actor = u.loss_call("actor_objective", batch, batch.get(TARGET_Q_KEY))
+    loss_actor, md_actor = u.loss_call("actor_loss", batch, batch.get(TARGET_Q_KEY))
     u.descend("actor", loss_actor)
     u.update_targets()
-    return TensorDict({"loss_actor": loss_actor.detach(), **md_actor})
+    return TensorDict({"loss_actor": loss_actor.detach(), **_scalars(md_actor)})
 
 
 # ------------------------------------------------------------------------------ IQL

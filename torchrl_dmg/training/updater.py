@@ -212,7 +212,7 @@ class ActorCriticUpdater:
     def loss_call(self, method: str, batch: TensorDictBase, *args: torch.Tensor):
         """``loss.<method>(batch, *args)``, without TorchRL's context-manager wrapper
         (:func:`~torchrl_dmg.training.steps.loss_method`): the steps call the losses'
-        compile-safe bodies (``DMGLoss.value_objective`` ...), which compile into whole
+        bodies (``DMGLoss.value_loss`` ...), compile-safe,, which compile into whole
         graphs. Under ``matmul_precision`` high/medium on a CPU, in bf16 autocast."""
         with precision_context(self.autocast_dtype, self.device):
             return loss_method(self.loss, method)(batch, *args)

@@ -310,6 +310,7 @@ def test_renamed_keys_must_match_the_networks():
     with pytest.raises(ValueError) as excinfo:
         loss.set_keys(state_action_value="q")
     assert "out_keys" in _one_line(excinfo)
+    assert loss.tensor_keys.state_action_value == "state_action_value"  # left as it was
 
 
 def test_an_unknown_key_name_lists_the_accepted_ones_in_one_line():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -357,8 +358,10 @@ class DMGLoss(LossModule):
                 )
         self._check_keys(actor, qvalue, value)
 
-    def _check_keys(self, actor, qvalue, value) -> None:
-        keys = self.tensor_keys
+    def _check_keys(
+        self, actor, qvalue, value, keys=None, fix: str = "build it with that key"
+    ) -> None:
+        keys = self.tensor_keys if keys is None else keys
         for network, role, key, kind in (
             (actor, "actor", keys.action, "write"),
             (qvalue, "critic", keys.action, "read"),
@@ -369,31 +372,43 @@ class DMGLoss(LossModule):
             if key not in have:
                 raise ValueError(
                     f"DMGLoss: the {role} must {kind} {key!r} but its "
-                    f"{'out_keys' if kind == 'write' else 'in_keys'} are {list(have)}; build it "
-                    f"with that key, or rename the loss's keys with loss.set_keys(...)."
+                    f"{'out_keys' if kind == 'write' else 'in_keys'} are {list(have)}; {fix}."
                 )
 
     def set_keys(self, **kwargs) -> None:
         """Rename tensordict keys (see :class:`_AcceptedKeys`); the networks must use them."""
-        unknown = sorted(set(kwargs) - set(self._AcceptedKeys.__dataclass_fields__))
+        accepted = self._AcceptedKeys.__dataclass_fields__
+        unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             raise ValueError(
-                f"DMGLoss has no key {', '.join(unknown)}; it accepts "
-                f"{', '.join(self._AcceptedKeys.__dataclass_fields__)}."
+                f"DMGLoss has no key {', '.join(unknown)}; it accepts {', '.join(accepted)}."
             )
+        renamed = dataclasses.replace(
+            self.tensor_keys,
+            **{k: getattr(self.default_keys(), k) if v is None else v for k, v in kwargs.items()},
+        )
+        self._check_keys(
+            self.actor_network,
+            self.qvalue_network,
+            self.value_network,
+            renamed,
+            fix="rename it to a key the networks use",
+        )
         super().set_keys(**kwargs)
-        self._check_keys(self.actor_network, self.qvalue_network, self.value_network)
 
     def _check_actions(self, action: torch.Tensor) -> None:
         flat = action.detach().reshape(-1, action.shape[-1])
         low, high = flat.amin(0), flat.amax(0)
-        if bool(
-            ((low < self.min_action - _BOUNDS_ATOL) | (high > self.max_action + _BOUNDS_ATOL)).any()
-        ):
+        outside = (low < self.min_action - _BOUNDS_ATOL) | (high > self.max_action + _BOUNDS_ATOL)
+        if bool(outside.any()):
+
+            def fmt(t: torch.Tensor) -> str:
+                return "[" + ", ".join(f"{v:.3g}" for v in t.reshape(-1).tolist()) + "]"
+
             raise ValueError(
-                f"DMGLoss: dataset actions span low={low.tolist()}, high={high.tolist()}, outside "
-                f"the loss's bounds ({self.min_action.tolist()}, {self.max_action.tolist()}); "
-                f"rescale the actions or pass the bounds the data uses."
+                f"DMGLoss: dataset actions span low={fmt(low)}, high={fmt(high)}, outside the "
+                f"loss's bounds low={fmt(self.min_action)}, high={fmt(self.max_action)}; rescale "
+                f"the actions or pass the bounds the data uses."
             )
 
     def _resolve_bounds(self, action_spec, bounds):

@@ -55,6 +55,7 @@ from torchrl_dmg.training.checkpoint import (
     finetune_checkpoint_state,
     load_checkpoint_if_any,
     load_offline_checkpoint,
+    lock_run_dir,
     seed_before_collector,
 )
 from torchrl_dmg.training.guards import FiniteGuard, StopRequest
@@ -86,6 +87,7 @@ def main(cfg: DictConfig) -> dict:
         cfg = with_offline_config(cfg, HydraConfig.get().overrides.task)
     if cfg.data.check_family:
         check_family(cfg.dataset, cfg.family)
+    lock_run_dir(run_dir)  # one process per run directory
     if changed:
         save_config(cfg, run_dir)
     guard = FiniteGuard(run_dir / "checkpoint.pt", interval=cfg.guard.check_interval)
@@ -274,5 +276,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    preflight()  # an unwritable run directory: one line, before Hydra makes it
+    preflight(lock=True)  # an unwritable or busy run directory: one line, before Hydra
     main()

@@ -47,6 +47,7 @@ from torchrl_dmg.training import (
     train_offline,
     value_bounds,
 )
+from torchrl_dmg.training.checkpoint import lock_run_dir
 from torchrl_dmg.training.diagnostics import OverestimationDiagnostic
 from torchrl_dmg.training.guards import FiniteGuard, StopRequest
 
@@ -61,10 +62,12 @@ def main(cfg: DictConfig) -> dict:
     if cfg.resume:  # the run's own config; only steps= may change (checked before any write)
         run_dir = Path(cfg.resume)
         cfg, resume_state, changed = resume_offline(cfg, command_line())
+        lock_run_dir(run_dir)  # one process per run directory
         if changed:
             save_config(cfg, run_dir)
     else:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        lock_run_dir(run_dir)
         save_config(cfg, run_dir)
     summary, _ = train(cfg, run_dir, resume_state)
     return summary
@@ -253,5 +256,5 @@ def train(
 
 
 if __name__ == "__main__":
-    preflight()  # an unwritable run directory: one line, before Hydra makes it
+    preflight(lock=True)  # an unwritable or busy run directory: one line, before Hydra
     main()

@@ -10,6 +10,7 @@ contents of both recipes' checkpoints and where fine-tuning starts from an offli
   previous checkpoint, never write a non-finite tensor, and fall back to the previous
   file when the latest is missing or corrupt (:func:`save_checkpoint_safely`,
   :func:`load_checkpoint_safely`);
+* :func:`lock_run_dir`: a run directory belongs to one process at a time;
 * :func:`restart_collection`: the online env restarts a seeded episode at every checkpoint,
   in an uninterrupted run exactly as in a resumed one (an env's internal state is not
   saved), so a killed and resumed run is bit-identical to an uninterrupted one.
@@ -17,6 +18,7 @@ contents of both recipes' checkpoints and where fine-tuning starts from an offli
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import random
@@ -262,6 +264,37 @@ def offline_start_state(
             + ("." if seed is None else f" (got {seed}).")
         )
     return unstack_updater_state(state, seeds.index(seed), loss)
+
+
+# ---------------------------------------------------------------- one process per run directory
+#: the lock file of a run directory (it holds the PID of the process that owns the run)
+LOCK_NAME = ".lock"
+_held_locks: dict[Path, int] = {}
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> None:
+    """Own ``run_dir`` (made if missing) for the rest of this process: an exclusive
+    ``flock`` on ``run_dir/.lock``, which then holds this PID. The kernel releases the lock
+    when the process ends, however it ends, so a killed run leaves no stale lock. Taking
+    it again in the same process does nothing; a directory another process owns is
+    refused in one line (:class:`~torchrl_dmg.errors.RunRefused`) naming that process."""
+    run_dir = Path(run_dir).absolute()
+    if run_dir in _held_locks:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunRefused(
+            f"{run_dir} is in use by process {holder} (a run writes there now); wait for it "
+            "to end, or give this run another directory (hydra.run.dir=...)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held_locks[run_dir] = fd  # held (fd open) until the process exits
 
 
 # ---------------------------------------------------------------- exact resume of collection

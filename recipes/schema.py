@@ -471,44 +471,50 @@ SCHEMAS: dict[str, tuple[Field, ...]] = {
 }
 
 
-def defaults(cfg: DictConfig, recipe: str) -> DictConfig:
+def defaults(cfg: DictConfig, recipe: str, *, groups: bool = True) -> DictConfig:
     """``recipe``'s config as its files set it, with ``cfg``'s config group choices
-    (family, algo, budget): the defaults the fields take their types and examples from."""
+    (family, algo, budget; ``groups=False``: the files' own choices): the defaults the
+    fields take their types and examples from."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    choices = [f"{g}={cfg[g]}" for g in GROUPS if isinstance(cfg.get(g), str)]
+    choices = [f"{g}={cfg[g]}" for g in GROUPS if groups and isinstance(cfg.get(g), str)]
     if GlobalHydra.instance().is_initialized():  # inside the recipe's own Hydra app
         return compose(recipe, overrides=choices)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose(recipe, overrides=choices)
 
 
-def problems(cfg: DictConfig, fields: Iterable[Field], base: DictConfig) -> list[str]:
-    """Every refusal for ``cfg`` (one line each), the fields typed by ``base`` (the
-    config files' values, :func:`defaults`); keys absent from ``cfg`` are skipped."""
+def problems(cfg: DictConfig, fields: Iterable[Field], recipe: str) -> list[str]:
+    """Every refusal for ``cfg`` (one line each), the fields typed by the config files'
+    values (:func:`defaults`); keys absent from ``cfg`` are skipped."""
+    base = defaults(cfg, recipe)
     found = []
     for field in fields:
         value = OmegaConf.select(cfg, field.key, default=_MISSING)
         if value is _MISSING:
             continue
-        default = OmegaConf.select(base, field.key, default=None, throw_on_missing=False)
-        field = field.typed(
-            OmegaConf.to_container(default) if OmegaConf.is_config(default) else default
-        )
-        if isinstance(value, DictConfig):
-            found.append(field.message("<a group>", "is not a value"))
+        typed = field.typed(_default(base, field.key))
+        problem = "is not a value" if isinstance(value, DictConfig) else typed.problem(value)
+        if problem is None:
             continue
-        problem = field.problem(value)
-        if problem is not None:
-            found.append(field.message(value, problem))
+        if field.key in GROUPS:  # a group's own key (algo): the example is the files' choice
+            typed = field.typed(_default(defaults(cfg, recipe, groups=False), field.key))
+        found.append(
+            typed.message("<a group>" if isinstance(value, DictConfig) else value, problem)
+        )
     return found
+
+
+def _default(base: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(base, key, default=None, throw_on_missing=False)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def validate(cfg: DictConfig, recipe: str) -> None:
     """Refuse ``cfg`` in one line (the first problem; a count of the others) when a key of
     ``recipe``'s schema is out of range, plus the cross-key rules."""
-    found = problems(cfg, SCHEMAS[recipe], defaults(cfg, recipe))
+    found = problems(cfg, SCHEMAS[recipe], recipe)
     found += cross_key_problems(cfg, recipe) if not found else []
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""

@@ -66,6 +66,35 @@ def stale_tmp(run: Path) -> None:
     (run / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")
 
 
+#: the processes that hold a run directory for a case (killed after it)
+HOLDERS: list[subprocess.Popen] = []
+
+
+def hold(run: Path) -> subprocess.Popen:
+    """A process that owns ``run`` as a run in flight does (its lock) until it is killed."""
+    code = (
+        "import sys, time\n"
+        "from torchrl_dmg.training.checkpoint import lock_run_dir\n"
+        "lock_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    proc.stdout.readline()
+    return proc
+
+
+def held_by_a_running_process(run: Path) -> None:
+    HOLDERS.append(hold(run))
+
+
+def held_by_a_killed_process(run: Path) -> None:
+    proc = hold(run)
+    proc.kill()  # SIGKILL: its lock file stays behind, naming a dead process
+    proc.wait()
+
+
 CASES = [
     Case("steps=-1", "offline.py", ("steps=-1",)),
     Case("steps=0", "offline.py", ("steps=0",)),
@@ -181,6 +210,19 @@ CASES = [
         tiny=False,
     ),
     Case("value_init neither a number nor mc", "offline.py", ("network.value_init=median",)),
+    Case(
+        "a second run into a run directory in use",
+        "offline.py",
+        ("hydra.run.dir={scratch}",),
+        prepare=held_by_a_running_process,
+    ),
+    Case(
+        "resume after its run was killed -9 (its lock file left behind)",
+        "offline.py",
+        ("resume={scratch}", "steps=60"),
+        prepare=held_by_a_killed_process,
+        continues=True,
+    ),
 ]
 
 
@@ -188,7 +230,7 @@ def snapshot(*roots: Path) -> dict[str, str]:
     out = {}
     for root in roots:
         for p in sorted(root.rglob("*")):
-            if p.is_file():
+            if p.is_file() and p.name != ".lock":  # the lock names its last owner: no run data
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
@@ -297,6 +339,10 @@ def main() -> None:
             base = [t for t in base if not t.startswith("family")]
         cmd = [sys.executable, str(recipes / case.recipe), *base, *case_args]
         code, output = run(cmd, env, work, case, scratch)
+        while HOLDERS:
+            holder = HOLDERS.pop()
+            holder.kill()
+            holder.wait()
         after = snapshot(off, ft, minari)
         stubs = (
             sorted(str(p.relative_to(work)) for p in (work / "outputs").glob("*/*"))

@@ -29,8 +29,9 @@ from omegaconf import DictConfig
 from torchrl_dmg.errors import RunFailure, RunInterrupted, RunRefused
 
 DEBUG_ENV = "TORCHRL_DMG_DEBUG"
-#: what Hydra writes into a run directory before the recipe starts
-HYDRA_FILES = (".hydra",)
+#: what a run directory holds before the recipe starts: Hydra's folder and the run's lock
+#: (taken by :func:`preflight`)
+HYDRA_FILES = (".hydra", ".lock")
 
 
 def debug() -> bool:
@@ -48,7 +49,8 @@ def tag(recipe: str) -> str:
 
 
 def only_hydra_files(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds nothing but what Hydra wrote (``.hydra/``, ``*.log``)."""
+    """Whether ``run_dir`` holds nothing but what Hydra wrote (``.hydra/``, ``*.log``) and
+    this process's lock."""
     if not run_dir.is_dir():
         return False
     return all(p.name in HYDRA_FILES or p.suffix == ".log" for p in run_dir.iterdir())
@@ -132,11 +134,13 @@ def discard_stub(run_dir: Path, *, failed: bool) -> None:
                 break
 
 
-def preflight(argv: list[str] | None = None) -> None:
+def preflight(argv: list[str] | None = None, *, lock: bool = False) -> None:
     """Before Hydra makes the run directory: refuse, in one line (exit 2), a
     ``hydra.run.dir=`` / ``out_dir=`` that cannot be written (Hydra's own error is a
-    traceback); and put this folder on ``PYTHONPATH`` for the jobs of a sweep
-    (:func:`export_recipes_path`)."""
+    traceback); with ``lock``, take the run directory of ``hydra.run.dir=`` and
+    ``resume=`` for this process (:func:`~torchrl_dmg.training.checkpoint.lock_run_dir`),
+    refusing in one line one that another run writes now, before Hydra touches it; and put
+    this folder on ``PYTHONPATH`` for the jobs of a sweep (:func:`export_recipes_path`)."""
     export_recipes_path()
     argv = sys.argv[1:] if argv is None else argv
     targets = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "out_dir="))]
@@ -149,6 +153,20 @@ def preflight(argv: list[str] | None = None) -> None:
                 "directory you can write, e.g. hydra.run.dir=outputs/my_run",
                 file=sys.stderr,
             )
+            sys.exit(2)
+    if not lock:
+        return
+    from torchrl_dmg.training.checkpoint import lock_run_dir
+
+    runs = [a for a in argv if a.startswith(("hydra.run.dir=", "resume="))]
+    for arg in runs:
+        key, value = arg.split("=", 1)
+        if key == "resume" and not Path(value).is_dir():
+            continue  # not a run directory: the recipe refuses it
+        try:
+            lock_run_dir(value)
+        except RunRefused as err:
+            print(f"[dmg] error: {key}={err}", file=sys.stderr)
             sys.exit(2)
 
 

@@ -25,16 +25,16 @@ import torch
 from algos import algo_name, exploration_policy, make_loss, prepare_rewards, set_discount
 from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
+from offline import train as train_offline_phase
 from omegaconf import DictConfig, OmegaConf
 from runs import check_same_data, check_start_checkpoint, command_line, resume_finetune
 from utils import (
-    check_config,
     finetune_schedule,
     load_finetune_dataset,
     make_online_updater,
+    offline_phase_config,
     offline_start_state,
     register_resolvers,
-    run_offline_phase,
     save_config,
     with_offline_config,
 )
@@ -46,16 +46,16 @@ from torchrl_dmg.modules import RolloutActor
 from torchrl_dmg.recording import MetricsLogger, write_json
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
-    load_checkpoint,
     resolve_device,
-    rng_state,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
 from torchrl_dmg.training.checkpoint import (
+    finetune_checkpoint_state,
+    load_checkpoint_if_any,
     load_offline_checkpoint,
-    previous_path,
+    lock_run_dir,
     seed_before_collector,
 )
 from torchrl_dmg.training.guards import FiniteGuard, StopRequest
@@ -85,17 +85,16 @@ def main(cfg: DictConfig) -> dict:
             check_start_checkpoint(cfg, command_line())
         # a checkpoint fixes dataset, data, network, loss (and its family's eval settings)
         cfg = with_offline_config(cfg, HydraConfig.get().overrides.task)
-    check_config(cfg)
-    if cfg.data.get("check_family", True):
+    if cfg.data.check_family:
         check_family(cfg.dataset, cfg.family)
+    lock_run_dir(run_dir)  # one process per run directory
     if changed:
         save_config(cfg, run_dir)
-    guard = FiniteGuard(
-        run_dir / "checkpoint.pt", interval=(cfg.get("guard") or {}).get("check_interval", 1)
-    )
-    stop = StopRequest(f"python recipes/finetune.py resume={run_dir}").install()
+    guard = FiniteGuard(run_dir / "checkpoint.pt", interval=cfg.guard.check_interval)
+    resume_hint = f"python recipes/finetune.py resume={run_dir}"
+    stop = StopRequest(resume_hint).install()
     device = resolve_device(cfg.device)
-    torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))
+    torch.set_float32_matmul_precision(cfg.compile.matmul_precision)
     seed_everything(cfg.seed)
 
     # ---------------------------------------------------------------- data: offline + online, one buffer
@@ -118,10 +117,8 @@ def main(cfg: DictConfig) -> dict:
 
     # ---------------------------------------------------------------- loss, updater, schedules
     loss = make_loss(cfg, dataset, device)
-    resume_state = None
-    ckpt = run_dir / "checkpoint.pt"
-    if resuming and any(p.exists() for p in (ckpt, previous_path(ckpt))):
-        resume_state = load_checkpoint(ckpt)
+    resume_state = load_checkpoint_if_any(run_dir / "checkpoint.pt") if resuming else None
+    if resume_state is not None:
         check_same_data(resume_state, dataset, f"resume={run_dir}")
         start = resume_state["updater"]
     elif cfg.checkpoint:
@@ -129,17 +126,19 @@ def main(cfg: DictConfig) -> dict:
         check_same_data(saved, dataset, f"checkpoint={cfg.checkpoint}")
         start = offline_start_state(cfg, loss)
         print(f"[dmg] starting from the offline checkpoint {cfg.checkpoint}")
-    else:  # the offline phase, here (continues from run_dir/offline/checkpoint.pt on a resume)
+    else:  # the offline phase: an offline run in run_dir/offline, continued on a resume
         offline_dir = run_dir / "offline"
-        start = run_offline_phase(
-            cfg,
-            loss,
-            buffer,
-            dataset,
+        phase_cfg = offline_phase_config(cfg)
+        save_config(phase_cfg, offline_dir)
+        _, phase = train_offline_phase(
+            phase_cfg,
             offline_dir,
-            guard=FiniteGuard(offline_dir / "checkpoint.pt", interval=guard.interval),
-            stop=stop,
+            load_checkpoint_if_any(offline_dir / "checkpoint.pt"),
+            dataset=dataset,
+            resume_hint=resume_hint,
+            evaluate=False,
         )
+        start = phase.state_dict()
     updater = make_online_updater(loss, cfg, start)  # constant actor lr online
     schedule = finetune_schedule(cfg) if algo == "dmg" else None  # the λ/ν schedule is DMG's
     if cfg.gamma is not None:
@@ -173,7 +172,7 @@ def main(cfg: DictConfig) -> dict:
         dataset,
         num_envs=cfg.eval.episodes,
         device=device,
-        processes=bool(cfg.eval.get("processes", False)),
+        processes=cfg.eval.processes,
     )
     eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
 
@@ -182,11 +181,12 @@ def main(cfg: DictConfig) -> dict:
             eval_env, actor, dataset, max_steps=eval_steps, seed=cfg.seed + 10_000
         )
 
+    config = OmegaConf.to_container(cfg, resolve=True)
     logger = MetricsLogger(
         run_dir,
         backend=cfg.logger.backend,
         project=cfg.logger.project,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=config,
     )
     logger.truncate_after(state.step if resume_state is not None else -1)
     if resume_state is not None:  # last: nothing built above may shift the generators
@@ -198,20 +198,17 @@ def main(cfg: DictConfig) -> dict:
     def checkpoint(state: OnlineState) -> None:
         save_checkpoint(
             run_dir / "checkpoint.pt",
-            {
-                "step": state.step,
-                "update_step": state.update_step,
-                "updater": updater.state_dict(),
-                "online_data": online_data(buffer, num_offline),
-                "num_offline": num_offline,
-                "schedule": {"t": state.update_step, **coefficients(state.update_step)},
-                "start_eval": state.start_eval,
-                "rng": rng_state(),
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "obs_loc": dataset.obs_loc,
-                "obs_scale": dataset.obs_scale,
-                "dataset_id": cfg.dataset,
-            },
+            finetune_checkpoint_state(
+                state.step,
+                state.update_step,
+                updater,
+                config,
+                dataset,
+                online_data=online_data(buffer, num_offline),
+                num_offline=num_offline,
+                schedule={"t": state.update_step, **coefficients(state.update_step)},
+                start_eval=state.start_eval,
+            ),
         )
 
     # ---------------------------------------------------------------- online loop
@@ -279,5 +276,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    preflight()  # an unwritable run directory: one line, before Hydra makes it
+    preflight(lock=True)  # an unwritable or busy run directory: one line, before Hydra
     main()

@@ -22,15 +22,23 @@ from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from runs import check_same_data, command_line, logged, resume_offline
-from utils import load_dataset, make_updater, register_resolvers, save_config, value_init
+from utils import (
+    discount,
+    load_dataset,
+    make_updater,
+    register_resolvers,
+    save_config,
+    value_init,
+)
 
-from torchrl_dmg.data.offline import check_family
+from torchrl_dmg.data.offline import OfflineDataset, check_family
 from torchrl_dmg.data.returns import diagnostic_sample
 from torchrl_dmg.data.samplers import DeviceSampler
 from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps, summarize_seeds
 from torchrl_dmg.recording import MetricsLogger, write_json
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
+    ActorCriticUpdater,
     offline_checkpoint_state,
     resolve_device,
     save_checkpoint,
@@ -39,6 +47,7 @@ from torchrl_dmg.training import (
     train_offline,
     value_bounds,
 )
+from torchrl_dmg.training.checkpoint import lock_run_dir
 from torchrl_dmg.training.diagnostics import OverestimationDiagnostic
 from torchrl_dmg.training.guards import FiniteGuard, StopRequest
 
@@ -53,25 +62,43 @@ def main(cfg: DictConfig) -> dict:
     if cfg.resume:  # the run's own config; only steps= may change (checked before any write)
         run_dir = Path(cfg.resume)
         cfg, resume_state, changed = resume_offline(cfg, command_line())
+        lock_run_dir(run_dir)  # one process per run directory
         if changed:
             save_config(cfg, run_dir)
     else:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        lock_run_dir(run_dir)
         save_config(cfg, run_dir)
+    summary, _ = train(cfg, run_dir, resume_state)
+    return summary
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    resume_state: dict | None = None,
+    *,
+    dataset: OfflineDataset | None = None,
+    resume_hint: str | None = None,
+    evaluate: bool = True,
+) -> tuple[dict | None, ActorCriticUpdater]:
+    """The offline run of ``cfg`` in ``run_dir`` (from ``resume_state``, a checkpoint of
+    it), also fine-tuning's offline phase (``recipes/finetune.py``): that one passes its
+    ``dataset`` (rewards already prepared) and ``evaluate=False`` (no evaluations, no
+    summary: its online phase scores the start). Returns the summary and the updater."""
     device = resolve_device(cfg.device)
-    torch.set_float32_matmul_precision(cfg.compile.get("matmul_precision", "highest"))
-    if cfg.seeds < 1:
-        raise ValueError(f"seeds must be >= 1 (agents trained side by side), got {cfg.seeds}.")
+    torch.set_float32_matmul_precision(cfg.compile.matmul_precision)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     stacked = len(seeds) > 1  # N agents: stacked parameters, one vmapped update
-    if cfg.data.get("check_family", True):
+    if cfg.data.check_family:
         check_family(cfg.dataset, cfg.family)
     seed_everything(cfg.seed)
 
     # ---------------------------------------------------------------- data
-    dataset = load_dataset(cfg)  # a local dataset this project makes: generated once
-    prepare_rewards(cfg, dataset)  # an algorithm's reward scale (IQL on Gym-MuJoCo)
-    algo = algo_name(cfg)
+    if dataset is None:
+        dataset = load_dataset(cfg)  # a local dataset this project makes: generated once
+        prepare_rewards(cfg, dataset)  # an algorithm's reward scale (IQL on Gym-MuJoCo)
+    algo, gamma = algo_name(cfg), discount(cfg)
     # the whole dataset on the training device; [seeds, batch] draws when stacked
     sampler = DeviceSampler(
         dataset.data,
@@ -90,10 +117,10 @@ def main(cfg: DictConfig) -> dict:
     for seed in seeds:  # each agent initialised from its own seed
         seed_everything(seed)
         losses.append(make_loss(cfg, dataset, device))
-    init = cfg.network.get("value_init")  # older runs: none
-    if init is not None:
+    if cfg.network.value_init is not None:
         print(
-            f"[dmg] critics and V start at {value_init(cfg, dataset):.2f} (network.value_init={init})"
+            f"[dmg] critics and V start at {value_init(cfg, dataset):.2f} "
+            f"(network.value_init={cfg.network.value_init})"
         )
     seed_everything(cfg.seed)
     updater = make_updater(cfg, losses if stacked else losses[0], steps=cfg.steps)
@@ -105,39 +132,40 @@ def main(cfg: DictConfig) -> dict:
         step = int(resume_state["step"])
         print(f"[dmg] resumed {run_dir} at step {step}")
 
-    # one batched env: cfg.eval.episodes copies per agent, all agents acting at once
-    eval_env = make_env(
-        dataset,
-        num_envs=cfg.eval.episodes * len(seeds),
-        device=device,
-        processes=bool(cfg.eval.get("processes", False)),
-    )
-    eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
-    policy = updater.policy()
-    # overestimation: Q on fixed dataset transitions beside their Monte-Carlo returns
-    gamma, diag = float(cfg.loss.gamma), cfg.get("diagnostic") or {}  # older runs: none
-    diagnostic = OverestimationDiagnostic(
-        updater,
-        diagnostic_sample(
-            dataset.data,
-            gamma,
-            size=diag.get("size", 1024),
-            seed=diag.get("seed", 0),
-            drop_truncated_tails=diag.get("drop_truncated_tails", False),
-        ).to(device),
-        seeds,
-    )
-
-    def run_eval(step: int) -> dict:
-        per_seed = evaluate_agents(
-            eval_env,
-            policy,
+    run_eval, diagnostic = None, None
+    if evaluate:
+        # one batched env: cfg.eval.episodes copies per agent, all agents acting at once
+        eval_env = make_env(
             dataset,
-            num_agents=len(seeds),
-            max_steps=eval_steps,
-            seed=cfg.seed + 10_000,
+            num_envs=cfg.eval.episodes * len(seeds),
+            device=device,
+            processes=cfg.eval.processes,
         )
-        return summarize_seeds(seeds, per_seed)
+        eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
+        policy = updater.policy()
+        # overestimation: Q on fixed dataset transitions beside their Monte-Carlo returns
+        diagnostic = OverestimationDiagnostic(
+            updater,
+            diagnostic_sample(
+                dataset.data,
+                gamma,
+                size=cfg.diagnostic.size,
+                seed=cfg.diagnostic.seed,
+                drop_truncated_tails=cfg.diagnostic.drop_truncated_tails,
+            ).to(device),
+            seeds,
+        )
+
+        def run_eval(step: int) -> dict:
+            per_seed = evaluate_agents(
+                eval_env,
+                policy,
+                dataset,
+                num_agents=len(seeds),
+                max_steps=eval_steps,
+                seed=cfg.seed + 10_000,
+            )
+            return summarize_seeds(seeds, per_seed)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     logger = MetricsLogger(
@@ -157,8 +185,7 @@ def main(cfg: DictConfig) -> dict:
         return result["normalized_score"]
 
     # ---------------------------------------------------------------- training loop
-    guard_cfg = cfg.get("guard") or {}  # older runs: none
-    stop = StopRequest(f"python recipes/offline.py resume={run_dir}")
+    stop = StopRequest(resume_hint or f"python recipes/offline.py resume={run_dir}")
     with stop:  # SIGTERM / Ctrl-C: checkpoint at the next iteration boundary, then stop
         step = train_offline(
             updater,
@@ -169,19 +196,20 @@ def main(cfg: DictConfig) -> dict:
             log_interval=cfg.logger.log_interval,
             checkpoint=checkpoint,
             checkpoint_interval=cfg.checkpoint.interval,
-            evaluate=evaluate_and_log,
-            eval_interval=cfg.eval.interval,
+            evaluate=evaluate_and_log if evaluate else None,
+            eval_interval=cfg.eval.interval if evaluate else 0,
             progress=cfg.progress,
-            updates_per_call=cfg.compile.get("updates_per_call", 1),
+            updates_per_call=cfg.compile.updates_per_call,
             value_bounds=value_bounds(dataset.data["next", "reward"], gamma),
             diagnostic=diagnostic,
-            desc=algo,
-            guard=FiniteGuard(
-                run_dir / "checkpoint.pt", interval=guard_cfg.get("check_interval", 1)
-            ),
+            desc=algo if evaluate else f"{algo} offline",
+            guard=FiniteGuard(run_dir / "checkpoint.pt", interval=cfg.guard.check_interval),
             stop=stop,
-            stop_on_q_out_of_bounds=bool(guard_cfg.get("stop_on_q_out_of_bounds", False)),
+            stop_on_q_out_of_bounds=cfg.guard.stop_on_q_out_of_bounds,
         )
+    if not evaluate:
+        checkpoint(step)
+        return None, updater
 
     # ---------------------------------------------------------------- final score
     t0 = time.perf_counter()
@@ -224,9 +252,9 @@ def main(cfg: DictConfig) -> dict:
             f"(std across seeds) algo={algo} config={run_dir / 'config.yaml'}"
         )
     print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
-    return summary
+    return summary, updater
 
 
 if __name__ == "__main__":
-    preflight()  # an unwritable run directory: one line, before Hydra makes it
+    preflight(lock=True)  # an unwritable or busy run directory: one line, before Hydra
     main()

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from torchrl_dmg.errors import RunRefused
-from torchrl_dmg.training.checkpoint import load_checkpoint_safely, previous_path
+from torchrl_dmg.training.checkpoint import load_checkpoint_safely, migrate_config, previous_path
 
 #: keys a resume may be given besides the run's own values
 RESUME_MAY_CHANGE = {"resume", "steps", "online_steps", "progress"}
@@ -37,8 +37,8 @@ def command_line() -> list[str]:
 
 
 def recipe_of(state: dict[str, Any]) -> str:
-    """``"finetune"`` for a fine-tuning checkpoint, else ``"offline"``."""
-    return "finetune" if "update_step" in state or "online_data" in state else "offline"
+    """The recipe that wrote a checkpoint: ``"offline"`` or ``"finetune"``."""
+    return state["recipe"]
 
 
 def checkpoint_in(path: Path) -> Path:
@@ -89,8 +89,6 @@ def resume_offline(cfg: DictConfig, overrides: Sequence[str]) -> tuple[DictConfi
     if recipe_of(state) != "offline":
         raise _other_recipe(run_dir, "finetune")
     saved = OmegaConf.create(state["config"])
-    if "seeds" not in saved:  # checkpoints written before seed stacking existed
-        saved.seeds = 1
     _same_settings(cfg, saved, overrides, run_dir)
     new_steps = "steps" in override_keys(overrides) and int(cfg.steps) != int(saved.steps)
     if new_steps:
@@ -112,6 +110,7 @@ def resume_finetune(cfg: DictConfig, overrides: Sequence[str]) -> tuple[DictConf
     saved = OmegaConf.load(run_dir / "config.yaml")
     if "online_steps" not in saved:
         raise _other_recipe(run_dir, "offline")
+    saved = OmegaConf.create(migrate_config(OmegaConf.to_container(saved), "finetune"))
     path = run_dir / "checkpoint.pt"
     if path.exists() or previous_path(path).exists():
         state = load_checkpoint_safely(path)
@@ -151,7 +150,7 @@ def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
             "or its checkpoint.pt, e.g. checkpoint=outputs/offline/<run dir>"
         )
     state = load_checkpoint_safely(path)
-    if "updater" not in state or "config" not in state:
+    if "recipe" not in state:
         raise RunRefused(f"checkpoint={cfg.checkpoint} is not a DMG checkpoint")
     if recipe_of(state) != "offline":
         raise RunRefused(
@@ -159,7 +158,7 @@ def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
             "one (a recipes/offline.py run, or <fine-tuning run>/offline)"
         )
     saved = state["config"]
-    asked, trained = str(cfg.get("algo", "dmg")), str(saved.get("algo", "dmg"))
+    asked, trained = str(cfg.algo), str(saved["algo"])
     if asked != trained:
         raise RunRefused(
             f"checkpoint={cfg.checkpoint} is an offline {trained} run, not algo={asked}; "
@@ -171,7 +170,7 @@ def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
             f"dataset={cfg.dataset}; fine-tune it on its own data (drop dataset=) or train "
             f"an offline run on {cfg.dataset}"
         )
-    seeds = [int(saved["seed"]) + i for i in range(int(saved.get("seeds", 1)))]
+    seeds = [int(saved["seed"]) + i for i in range(int(saved["seeds"]))]
     choice = cfg.get("checkpoint_seed")
     if choice is not None and int(choice) not in seeds:
         raise RunRefused(

@@ -1,10 +1,13 @@
 """The typed schema of every recipe's config, checked once at start-up.
 
-Each key has a type and an allowed range with the spec's meaning (λ = ``loss.mixture_coef``
-∈ [0, 1], τ = ``loss.expectile`` ∈ (0, 1), ν = ``loss.penalty_coef`` ≥ 0, α =
-``loss.temperature`` > 0, steps ≥ 1, intervals ≥ 0, episodes ≥ 1, lr > 0, ...). A value
-outside its range is refused in one line naming the key, the value, the range and an example
-fix (:class:`~torchrl_dmg.errors.RunRefused`, exit code 2), before anything is written.
+The config files hold every value; this file holds only what they cannot say: each key's
+allowed range with the spec's meaning (λ = ``loss.mixture_coef`` ∈ [0, 1], τ =
+``loss.expectile`` ∈ (0, 1), ν = ``loss.penalty_coef`` ≥ 0, α = ``loss.temperature`` > 0,
+steps ≥ 1, intervals ≥ 0, episodes ≥ 1, lr > 0, ...). A key's type and the example fix
+shown for it are its default in the recipe's config (the same config groups: family,
+algo, budget); a key whose default is null names its type and an example. A value outside
+its range is refused in one line naming the key, the value, the range and the example
+(:class:`~torchrl_dmg.errors.RunRefused`, exit code 2), before anything is written.
 
 The schema lives beside the recipes (the package never imports Hydra or OmegaConf); the
 recipes call :func:`validate` through :func:`cli.guarded`.
@@ -23,26 +26,30 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchrl_dmg.errors import RunRefused
 
 _MISSING = object()
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+#: the config groups whose choice a recipe's config records under the group's name
+GROUPS = ("family", "algo", "budget")
 
 
 @dataclass(frozen=True)
 class Field:
-    """One config key: its type, its allowed values and an example of a good one.
+    """One config key: its allowed values (its type and example: its default's).
 
     Args:
         key: the dotted key (``loss.mixture_coef``).
         kind: ``int``, ``float``, ``bool``, ``str``, ``list`` (of ``item``: ints >= 1,
-            ``num_cells``; or names, ``data.obs_keys``) or ``object`` (its ``check`` decides).
+            ``num_cells``; or names, ``data.obs_keys``) or ``object`` (its ``check``
+            decides); ``None``: the type of the key's default.
         low, high: the bounds of a number; ``low_open`` / ``high_open`` exclude them.
         choices: the allowed strings.
         nullable: ``null`` is allowed (it means a documented default).
-        example: a good value, shown in the fix.
+        example: a good value, shown in the fix; ``None``: the key's default.
         meaning: what the key is (a spec symbol), shown in the message.
         check: an extra test returning an error text (or ``None``).
     """
 
     key: str
-    kind: type
+    kind: type | None = None
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -54,6 +61,17 @@ class Field:
     check: Callable[[Any], str | None] | None = None
     allowed_text: Callable[[], str] | None = None
     item: type = int
+
+    def typed(self, default: Any) -> Field:
+        """This field with the type of ``default`` (the key's value in the config files)
+        when it names none, and ``default`` as its example when it has none."""
+        kind = self.kind
+        if kind is None:
+            kind = _KINDS.get(type(default))
+            if kind is None:
+                raise TypeError(f"schema: {self.key} needs a kind (its default is {default!r})")
+        example = self.example if self.example is not None else default
+        return Field(**{**self.__dict__, "kind": kind, "example": example})
 
     def allowed(self) -> str:
         """The allowed values, in words: ``a number in [0, 1]``, ``an integer >= 1`` ..."""
@@ -123,10 +141,12 @@ class Field:
         shown = "null" if value is None else _show(value)
         allowed = self.allowed()
         allowed = f"; allowed: {allowed}" if allowed else ""
-        return (
-            f"config: {self.key}={shown} {problem}{meaning}{allowed}; "
-            f"e.g. {self.key}={_show(self.example)}"
-        )
+        fix = f"; e.g. {self.key}={_show(self.example)}" if self.example is not None else ""
+        return f"config: {self.key}={shown} {problem}{meaning}{allowed}{fix}"
+
+
+#: a default's type -> the field's kind
+_KINDS: dict[type, type] = {bool: bool, int: int, float: float, str: str, list: list}
 
 
 def _num(x: float) -> str:
@@ -184,41 +204,31 @@ def available_devices() -> str:
 
 
 # ---------------------------------------------------------------- the schemas
-def _f(key: str, kind: type, example: Any, **kw: Any) -> Field:
-    return Field(key, kind, example=example, **kw)
+def _f(key: str, kind: type | None = None, **kw: Any) -> Field:
+    return Field(key, kind, **kw)
 
 
-def _device(key: str = "device") -> Field:
-    return Field(
-        key,
-        str,
-        example="cpu",
-        check=device_problem,
-        allowed_text=available_devices,
-    )
+def _unit(key: str, **kw: Any) -> Field:
+    """A number in [0, 1] (``high_open=True``: [0, 1), as γ)."""
+    return _f(key, float, low=0, high=1, **kw)
 
+
+_PROBABILITY = {"low": 0, "high": 1, "low_open": True, "high_open": True}
+_POSITIVE = {"low": 0, "low_open": True}
+_SEED = {"low": 0, "high": 2**31 - 1}
 
 LOSS = (
-    _f("loss.mixture_coef", float, 0.25, low=0, high=1, meaning="λ, the mixture coefficient"),
-    _f("loss.penalty_coef", float, 0.1, low=0, meaning="ν, the penalty coefficient"),
-    _f(
-        "loss.expectile",
-        float,
-        0.7,
-        low=0,
-        high=1,
-        low_open=True,
-        high_open=True,
-        meaning="τ, the expectile",
-    ),
-    _f("loss.temperature", float, 3.0, low=0, low_open=True, meaning="α, the inverse temperature"),
-    _f("loss.max_weight", float, 3.0, low=0, low_open=True, meaning="w_max, the weight clip"),
-    _f("loss.policy_noise", float, 0.2, low=0, meaning="σ of the target policy noise"),
-    _f("loss.noise_clip", float, 0.5, low=0, meaning="c, the target noise clip"),
-    _f("loss.gamma", float, 0.99, low=0, high=1, high_open=True, meaning="γ, the discount"),
-    _f("loss.in_sample_estimator", str, "expectile", choices=("expectile", "xql", "sql")),
-    _f("loss.xql_beta", float, 5.0, low=0, low_open=True, meaning="β of XQL"),
-    _f("loss.sql_alpha", float, 2.0, low=0, low_open=True, meaning="α of SQL"),
+    _unit("loss.mixture_coef", meaning="λ, the mixture coefficient"),
+    _f("loss.penalty_coef", float, low=0, meaning="ν, the penalty coefficient"),
+    _f("loss.expectile", float, **_PROBABILITY, meaning="τ, the expectile"),
+    _f("loss.temperature", float, **_POSITIVE, meaning="α, the inverse temperature"),
+    _f("loss.max_weight", float, **_POSITIVE, meaning="w_max, the weight clip"),
+    _f("loss.policy_noise", float, low=0, meaning="σ of the target policy noise"),
+    _f("loss.noise_clip", float, low=0, meaning="c, the target noise clip"),
+    _unit("loss.gamma", high_open=True, meaning="γ, the discount"),
+    _f("loss.in_sample_estimator", str, choices=("expectile", "xql", "sql")),
+    _f("loss.xql_beta", float, **_POSITIVE, meaning="β of XQL"),
+    _f("loss.sql_alpha", float, **_POSITIVE, meaning="α of SQL"),
 )
 
 FAMILIES = ("pointmaze", "antmaze", "locomotion", "locomotion_expert")  # config/family/*.yaml
@@ -250,66 +260,51 @@ def finetune_algo_problem(value: str) -> str | None:
     return "is not allowed"
 
 
-#: the algorithms and the iql/td3bc settings (config/algo/*.yaml, config/algo_family/*.yaml)
+#: the baselines' settings (config/algo/*.yaml, config/algo_family/*.yaml)
 ALGO_SETTINGS = (
-    _f(
-        "iql.expectile",
-        float,
-        0.7,
-        low=0,
-        high=1,
-        low_open=True,
-        high_open=True,
-        meaning="IQL's τ, the expectile",
-    ),
-    _f("iql.temperature", float, 3.0, low=0, low_open=True, meaning="IQL's β, the temperature"),
-    _f("iql.gamma", float, 0.99, low=0, high=1, high_open=True, meaning="IQL's γ"),
-    _f("td3bc.alpha", float, 2.5, low=0, low_open=True, meaning="TD3+BC's α"),
-    _f("td3bc.policy_noise", float, 0.2, low=0, meaning="σ of TD3+BC's target policy noise"),
-    _f("td3bc.noise_clip", float, 0.5, low=0, meaning="c, TD3+BC's target noise clip"),
-    _f("td3bc.gamma", float, 0.99, low=0, high=1, high_open=True, meaning="TD3+BC's γ"),
-    _f("data.reward_scale", str, "iql", choices=("iql",), nullable=True),
+    _f("iql.expectile", float, **_PROBABILITY, meaning="IQL's τ, the expectile"),
+    _f("iql.temperature", float, **_POSITIVE, meaning="IQL's β, the temperature"),
+    _unit("iql.gamma", high_open=True, meaning="IQL's γ"),
+    _f("td3bc.alpha", float, **_POSITIVE, meaning="TD3+BC's α"),
+    _f("td3bc.policy_noise", float, low=0, meaning="σ of TD3+BC's target policy noise"),
+    _f("td3bc.noise_clip", float, low=0, meaning="c, TD3+BC's target noise clip"),
+    _unit("td3bc.gamma", high_open=True, meaning="TD3+BC's γ"),
+    _unit("bc.gamma", high_open=True, meaning="γ of BC's diagnostic returns"),
+    _f("data.reward_scale", str, choices=("iql",), nullable=True, example="iql"),
 )
 
 #: the offline baselines' settings
 BASELINES = (
-    _f("algo", str, "dmg", choices=("dmg", "iql", "td3bc", "bc")),
+    _f("algo", choices=("dmg", "iql", "td3bc", "bc")),
     *ALGO_SETTINGS,
-    _f("diagnostic.size", int, 1024, low=1, meaning="dataset transitions of the Q diagnostic"),
-    _f("diagnostic.seed", int, 0, low=0, high=2**31 - 1),
-    _f("diagnostic.drop_truncated_tails", bool, False),
+    _f("diagnostic.size", low=1, meaning="dataset transitions of the Q diagnostic"),
+    _f("diagnostic.seed", **_SEED),
+    _f("diagnostic.drop_truncated_tails"),
 )
 
 COMMON = (
+    _f("dataset", check=dataset_id_problem, meaning="a Minari id [namespace/]name-vN"),
+    _f("seed", **_SEED),
+    _f("device", check=device_problem, allowed_text=available_devices),
+    _f("batch_size", low=1),
+    _f("data.download"),
+    _f("data.check_family"),
+    _f("data.normalize_obs"),
+    _f("data.reward_shift", float),
+    _f("data.goal_terminal", bool),
+    _f("data.obs_keys", list, item=str, nullable=True, example=["observation", "desired_goal"]),
+    _f("data.score_reference", choices=("auto", "d4rl", "minari", "raw")),
+    _f("family", choices=FAMILIES),
+    _f("network.num_cells"),
+    _f("network.layer_norm"),
+    _unit("network.dropout", high_open=True),
     _f(
-        "dataset",
-        str,
-        "local/pointmaze/medium-v0",
-        check=dataset_id_problem,
-        meaning="a Minari id [namespace/]name-vN",
-    ),
-    _f("seed", int, 0, low=0, high=2**31 - 1),
-    _device(),
-    _f("batch_size", int, 256, low=1),
-    _f("data.download", bool, True),
-    _f("data.check_family", bool, True),
-    _f("data.normalize_obs", bool, True),
-    _f("data.reward_shift", float, 0.0),
-    _f("data.goal_terminal", bool, False),
-    _f("data.obs_keys", list, ["observation", "desired_goal"], item=str, nullable=True),
-    _f("data.score_reference", str, "auto", choices=("auto", "d4rl", "minari", "raw")),
-    _f("family", str, "pointmaze", choices=FAMILIES),
-    _f("network.num_cells", list, [256, 256]),
-    _f("network.layer_norm", bool, False),
-    _f("network.dropout", float, 0.0, low=0, high=1, high_open=True),
-    Field(
         "network.vmap_critics",
         object,
-        example="auto",
         check=vmap_critics_problem,
         allowed_text=lambda: "auto, true or false",
     ),
-    Field(
+    _f(
         "network.value_init",
         object,
         example="mc",
@@ -317,83 +312,66 @@ COMMON = (
         check=value_init_problem,
         allowed_text=lambda: "a number, mc (the data's mean Monte-Carlo return)",
     ),
-    _f("optim.lr", float, 3e-4, low=0, low_open=True, meaning="Adam's learning rate"),
-    _f("optim.tau", float, 0.005, low=0, high=1, low_open=True, meaning="Polyak rate"),
-    _f("optim.policy_freq", int, 2, low=1, meaning="critic steps per actor step"),
-    _f("optim.actor_cosine", bool, True),
+    _f("optim.lr", float, **_POSITIVE, meaning="Adam's learning rate"),
+    _f("optim.tau", float, low=0, high=1, low_open=True, meaning="Polyak rate"),
+    _f("optim.policy_freq", low=1, meaning="critic steps per actor step"),
+    _f("optim.actor_cosine"),
     _f(
         "optim.actor_cosine_horizon",
         int,
-        500_000,
         low=1,
         nullable=True,
+        example=500_000,
         meaning="actor updates of the cosine lr, null: the run's own",
     ),
-    _f("compile.mode", str, "auto", choices=("auto", "eager", "compile", "cudagraphs")),
-    _f("compile.skip_guards", bool, True, nullable=True),
-    _f("compile.matmul_precision", str, "highest", choices=("highest", "high", "medium")),
-    _f("eval.interval", int, 5000, low=0, meaning="steps between evaluations, 0: at the end"),
-    _f("eval.episodes", int, 10, low=1, meaning="evaluation episodes"),
-    _f("eval.max_steps", int, 1000, low=1, nullable=True),
-    _f("eval.processes", bool, False),
-    _f("logger.backend", str, "csv", choices=("csv", "tensorboard", "wandb")),
-    _f("logger.log_interval", int, 1000, low=1, meaning="steps between training rows"),
-    _f("logger.project", str, "torchrl-dmg"),
-    _f("progress", bool, True),
-    _f("guard.stop_on_q_out_of_bounds", bool, False),
-    _f("guard.check_interval", int, 1, low=1, meaning="updates between NaN/inf checks"),
+    _f("compile.mode", choices=("auto", "eager", "compile", "cudagraphs")),
+    _f("compile.skip_guards", bool, nullable=True, example=True),
+    _f("compile.matmul_precision", choices=("highest", "high", "medium")),
+    _f("eval.interval", low=0, meaning="steps between evaluations, 0: at the end"),
+    _f("eval.episodes", low=1, meaning="evaluation episodes"),
+    _f("eval.max_steps", int, low=1, nullable=True, example=1000),
+    _f("eval.processes"),
+    _f("logger.backend", choices=("csv", "tensorboard", "wandb")),
+    _f("logger.log_interval", low=1, meaning="steps between training rows"),
+    _f("logger.project"),
+    _f("progress"),
+    _f("guard.stop_on_q_out_of_bounds"),
+    _f("guard.check_interval", low=1, meaning="updates between NaN/inf checks"),
     *LOSS,
 )
 
 OFFLINE = (
     *COMMON,
     *BASELINES,
-    _f("seeds", int, 1, low=1, meaning="agents trained side by side"),
-    _f("steps", int, 20000, low=1, meaning="gradient steps"),
-    _f("compile.updates_per_call", int, 1, low=1),
-    _f(
-        "checkpoint.interval", int, 10000, low=0, meaning="steps between checkpoints, 0: at the end"
-    ),
-    _f("resume", str, "outputs/offline/<run dir>", nullable=True),
+    _f("seeds", low=1, meaning="agents trained side by side"),
+    _f("steps", low=1, meaning="gradient steps"),
+    _f("compile.updates_per_call", low=1),
+    _f("checkpoint.interval", low=0, meaning="steps between checkpoints, 0: at the end"),
+    _f("resume", str, nullable=True, example="outputs/offline/<run dir>"),
 )
 
 FINETUNE = (
     *COMMON,
-    Field(
-        "algo",
-        str,
-        example="iql",
-        check=finetune_algo_problem,
-        allowed_text=lambda: "dmg or iql",
-    ),
+    _f("algo", check=finetune_algo_problem, allowed_text=lambda: "dmg or iql"),
     *ALGO_SETTINGS,
-    _f("budget", str, "demo", choices=("demo", "paper")),
-    _f("offline_steps", int, 20000, low=0, meaning="offline phase steps (no checkpoint=)"),
-    _f("online_steps", int, 20000, low=1, meaning="online env steps"),
-    _f("checkpoint", str, "outputs/offline/<run dir>", nullable=True),
-    _f("checkpoint_seed", int, 0, low=0, nullable=True),
-    _f("utd", int, 1, low=1, meaning="gradient steps per env step"),
-    _f("offline_fraction", float, 0.5, low=0, high=1, nullable=True),
-    _f(
-        "gamma",
-        float,
-        0.995,
-        low=0,
-        high=1,
-        high_open=True,
-        nullable=True,
-        meaning="online γ override",
-    ),
-    _f("schedule.mixture_start", float, 0.25, low=0, high=1, nullable=True, meaning="λ_0"),
-    _f("schedule.mixture_end", float, 0.5, low=0, high=1, meaning="λ_end"),
-    _f("schedule.penalty_start", float, 0.5, low=0, nullable=True, meaning="ν_0"),
-    _f("schedule.penalty_end", float, 0.005, low=0, meaning="ν_end"),
-    _f("schedule.decay", float, 0.99, low=0, high=1, low_open=True),
-    _f("schedule.interval", int, 1000, low=1),
-    _f("exploration.noise", float, 0.1, low=0, meaning="exploration noise / max_action"),
-    _f("collector.frames_per_batch", int, 1, low=1),
-    _f("checkpoint_interval", int, 10000, low=0, meaning="steps between checkpoints"),
-    _f("resume", str, "outputs/finetune/<run dir>", nullable=True),
+    _f("budget", choices=("demo", "paper")),
+    _f("offline_steps", low=0, meaning="offline phase steps (no checkpoint=)"),
+    _f("online_steps", low=1, meaning="online env steps"),
+    _f("checkpoint", str, nullable=True, example="outputs/offline/<run dir>"),
+    _f("checkpoint_seed", int, low=0, nullable=True, example=0),
+    _f("utd", low=1, meaning="gradient steps per env step"),
+    _unit("offline_fraction", nullable=True, example=0.5),
+    _unit("gamma", high_open=True, nullable=True, example=0.995, meaning="online γ override"),
+    _unit("schedule.mixture_start", nullable=True, example=0.25, meaning="λ_0"),
+    _unit("schedule.mixture_end", meaning="λ_end"),
+    _f("schedule.penalty_start", float, low=0, nullable=True, example=0.5, meaning="ν_0"),
+    _f("schedule.penalty_end", float, low=0, meaning="ν_end"),
+    _f("schedule.decay", float, low=0, high=1, low_open=True),
+    _f("schedule.interval", low=1),
+    _f("exploration.noise", float, low=0, meaning="exploration noise / max_action"),
+    _f("collector.frames_per_batch", low=1),
+    _f("checkpoint_interval", low=0, meaning="steps between checkpoints"),
+    _f("resume", str, nullable=True, example="outputs/finetune/<run dir>"),
 )
 
 
@@ -408,68 +386,67 @@ def behaviour_env_problem(value: str) -> str | None:
 
 
 BEHAVIOUR = (
-    _f("env", str, "hopper", check=behaviour_env_problem),
-    _f("seed", int, 0, low=0, high=2**31 - 1),
-    _f("steps", int, 1_000_000, low=1, meaning="env steps"),
-    _f("checkpoint_interval", int, 10000, low=1, meaning="env steps between checkpoints"),
-    _f("out_dir", str, "outputs/behaviour/hopper_s0"),
-    Field(
+    _f("env", check=behaviour_env_problem),
+    _f("seed", **_SEED),
+    _f("steps", low=1, meaning="env steps"),
+    _f("checkpoint_interval", low=1, meaning="env steps between checkpoints"),
+    _f("out_dir"),
+    _f(
         "device",
-        str,
-        example="cpu",
         allowed_text=lambda: available_devices().removeprefix("auto, "),
         check=lambda v: (
             "is not allowed here (give cpu or cuda)" if v == "auto" else device_problem(v)
         ),
     ),
-    _f("resume", bool, True),
-    _f("warm_start.actor", str, "torchrl_dmg/datagen/policies/antgoal.pt", nullable=True),
-    _f("warm_start.alpha_init", float, 1.0, low=0, low_open=True, meaning="SAC's α at the start"),
-    _f("warm_start.fixed_alpha", bool, False),
-    _f("warm_start.actor_freeze_updates", int, 0, low=0),
-    _f("eval.episodes", int, 10, low=1),
-    _f("eval.max_steps", int, 1000, low=1, nullable=True),
-    _f("eval.success_episodes", int, 50, low=1),
-    _f("collector.init_random_steps", int, 5000, low=0),
-    _f("collector.frames_per_batch", int, 1000, low=1),
-    _f("collector.num_envs", int, 1, low=1),
-    _f("collector.env_processes", bool, False),
-    _f("optim.updates_per_step", float, 1.0, low=0, low_open=True, meaning="UTD"),
-    _f("optim.batch_size", int, 256, low=1),
-    _f("optim.lr", float, 3e-4, low=0, low_open=True),
-    _f("optim.gamma", float, 0.99, low=0, high=1, high_open=True),
-    _f("optim.tau", float, 0.005, low=0, high=1, low_open=True),
-    _f("network.num_cells", list, [256, 256]),
-    _f("replay_buffer.size", int, 1_000_000, low=1),
-    _f("replay_buffer.mirror_augment", bool, False),
-    _f(
-        "compile.mode",
-        str,
-        "compile",
-        choices=("compile", "eager", "compile-inductor", "cudagraphs"),
-    ),
-    _f("compile.sample_chunk", int, 50, low=1),
-    _f("progress", bool, True),
+    _f("resume"),
+    _f("warm_start.actor", str, nullable=True, example="torchrl_dmg/datagen/policies/antgoal.pt"),
+    _f("warm_start.alpha_init", float, **_POSITIVE, meaning="SAC's α at the start"),
+    _f("warm_start.fixed_alpha"),
+    _f("warm_start.actor_freeze_updates", low=0),
+    _f("eval.episodes", low=1),
+    _f("eval.max_steps", int, low=1, nullable=True, example=1000),
+    _f("eval.success_episodes", low=1),
+    _f("collector.init_random_steps", low=0),
+    _f("collector.frames_per_batch", low=1),
+    _f("collector.num_envs", low=1),
+    _f("collector.env_processes"),
+    _f("optim.updates_per_step", float, **_POSITIVE, meaning="UTD"),
+    _f("optim.batch_size", low=1),
+    _f("optim.lr", float, **_POSITIVE),
+    _unit("optim.gamma", high_open=True),
+    _f("optim.tau", float, low=0, high=1, low_open=True),
+    _f("network.num_cells"),
+    _f("replay_buffer.size", low=1),
+    _f("replay_buffer.mirror_augment"),
+    _f("compile.mode", choices=("compile", "eager", "compile-inductor", "cudagraphs")),
+    _f("compile.sample_chunk", low=1),
+    _f("progress"),
 )
 
 MAKE_DATASET = (
-    _f("env", str, "hopper"),
+    _f("env"),
     _f(
         "quality",
         str,
-        "medium",
         nullable=True,
+        example="medium",
         choices=("random", "medium", "medium-replay", "expert", "medium-expert"),
     ),
-    _f("steps", int, 1_000_000, low=1, meaning="transitions per policy"),
-    _f("seed", int, 0, low=0, high=2**31 - 1),
-    _f("dataset_id", str, "local/mujoco/hopper/medium-v0", nullable=True, check=dataset_id_problem),
-    _f("force", bool, False),
-    _f("policy_dir", str, "torchrl_dmg/datagen/policies", nullable=True),
-    _f("behaviour_run", str, "outputs/behaviour/hopper_s0", nullable=True),
-    _f("workers", int, 1, low=1),
-    _f("goal_rule", str, "next", choices=("next", "onegoal"), meaning="AntMaze goal rule"),
-    _f("progress", bool, True),
+    _f("steps", low=1, meaning="transitions per policy"),
+    _f("seed", **_SEED),
+    _f(
+        "dataset_id",
+        str,
+        nullable=True,
+        example="local/mujoco/hopper/medium-v0",
+        check=dataset_id_problem,
+    ),
+    _f("force"),
+    _f("policy_dir", str, nullable=True, example="torchrl_dmg/datagen/policies"),
+    _f("behaviour_run", str, nullable=True, example="outputs/behaviour/hopper_s0"),
+    _f("workers", low=1),
+    _f("goal_rule", choices=("next", "onegoal"), meaning="AntMaze goal rule"),
+    _f("progress"),
 )
 
 
@@ -478,11 +455,11 @@ def file_problem(value: str) -> str | None:
 
 
 REPORT = (
-    _f("out", str, "report"),
-    _f("title", str, "Results"),
-    _f("intro", str, "results/README.md", nullable=True, check=file_problem),
-    _f("bootstrap_seed", int, 0, low=0, high=2**32 - 1),
-    _f("studies", bool, True),
+    _f("out"),
+    _f("title"),
+    _f("intro", str, nullable=True, example="results/README.md", check=file_problem),
+    _f("bootstrap_seed", low=0, high=2**32 - 1),
+    _f("studies"),
 )
 
 SCHEMAS: dict[str, tuple[Field, ...]] = {
@@ -494,27 +471,50 @@ SCHEMAS: dict[str, tuple[Field, ...]] = {
 }
 
 
-def problems(cfg: DictConfig, fields: Iterable[Field]) -> list[str]:
-    """Every refusal for ``cfg`` (one line each); keys absent from ``cfg`` are skipped
-    (an older run's config)."""
+def defaults(cfg: DictConfig, recipe: str, *, groups: bool = True) -> DictConfig:
+    """``recipe``'s config as its files set it, with ``cfg``'s config group choices
+    (family, algo, budget; ``groups=False``: the files' own choices): the defaults the
+    fields take their types and examples from."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    choices = [f"{g}={cfg[g]}" for g in GROUPS if groups and isinstance(cfg.get(g), str)]
+    if GlobalHydra.instance().is_initialized():  # inside the recipe's own Hydra app
+        return compose(recipe, overrides=choices)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(recipe, overrides=choices)
+
+
+def problems(cfg: DictConfig, fields: Iterable[Field], recipe: str) -> list[str]:
+    """Every refusal for ``cfg`` (one line each), the fields typed by the config files'
+    values (:func:`defaults`); keys absent from ``cfg`` are skipped."""
+    base = defaults(cfg, recipe)
     found = []
     for field in fields:
         value = OmegaConf.select(cfg, field.key, default=_MISSING)
         if value is _MISSING:
             continue
-        if isinstance(value, DictConfig):
-            found.append(field.message("<a group>", "is not a value"))
+        typed = field.typed(_default(base, field.key))
+        problem = "is not a value" if isinstance(value, DictConfig) else typed.problem(value)
+        if problem is None:
             continue
-        problem = field.problem(value)
-        if problem is not None:
-            found.append(field.message(value, problem))
+        if field.key in GROUPS:  # a group's own key (algo): the example is the files' choice
+            typed = field.typed(_default(defaults(cfg, recipe, groups=False), field.key))
+        found.append(
+            typed.message("<a group>" if isinstance(value, DictConfig) else value, problem)
+        )
     return found
+
+
+def _default(base: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(base, key, default=None, throw_on_missing=False)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def validate(cfg: DictConfig, recipe: str) -> None:
     """Refuse ``cfg`` in one line (the first problem; a count of the others) when a key of
     ``recipe``'s schema is out of range, plus the cross-key rules."""
-    found = problems(cfg, SCHEMAS[recipe])
+    found = problems(cfg, SCHEMAS[recipe], recipe)
     found += cross_key_problems(cfg, recipe) if not found else []
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""

@@ -9,33 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torchrl.data import TensorDictReplayBuffer
 from torchrl.objectives import LossModule
 
 from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, load_offline_dataset
 from torchrl_dmg.data.returns import monte_carlo_returns
 from torchrl_dmg.datagen.registry import make_if_missing
-from torchrl_dmg.errors import RunRefused
-from torchrl_dmg.modules import make_dmg_networks
-from torchrl_dmg.objectives import DMGLoss
-from torchrl_dmg.recording import MetricsLogger
 from torchrl_dmg.training import (
     ActorCriticUpdater,
     FinetuneSchedule,
     SeedStackedUpdater,
-    load_checkpoint,
-    offline_checkpoint_state,
-    save_checkpoint,
-    set_rng_state,
-    train_offline,
-    value_bounds,
 )
 from torchrl_dmg.training.checkpoint import (
     checkpoint_file,
     load_offline_checkpoint,
-    previous_path,
 )
 from torchrl_dmg.training.checkpoint import offline_start_state as _offline_start_state
 
@@ -78,43 +65,23 @@ def load_dataset(cfg: DictConfig, progress: bool | None = None) -> OfflineDatase
     )
 
 
-def make_dmg_loss(cfg, dataset, device: torch.device) -> DMGLoss:
-    """Networks (paper sizes unless configured) and the :class:`DMGLoss` for ``dataset``."""
-    low, high = dataset.action_bounds
-    actor, qvalue, value = make_dmg_networks(
-        dataset.obs_dim,
-        dataset.action_dim,
-        low,
-        high,
-        num_cells=tuple(cfg.network.num_cells),
-        layer_norm=cfg.network.layer_norm,
-        dropout=cfg.network.dropout,
-        value_init=value_init(cfg, dataset),
-        device=device,
-    )
-    vmap = cfg.network.get("vmap_critics", "auto")
-    # On CPU, vmapped critics run as one batched matmul that uses a single core; a plain
-    # loop over the two critics lets each matmul use every core (measured ~25% faster).
-    deactivate_vmap = (device.type == "cpu") if vmap == "auto" else not vmap
-    return DMGLoss(
-        actor,
-        qvalue,
-        value,
-        bounds=(low.to(device), high.to(device)),
-        deactivate_vmap=deactivate_vmap,
-        **dict(cfg.loss),
-    ).to(device)
+def discount(cfg: DictConfig) -> float:
+    """γ of ``cfg.algo``: DMG's ``loss.gamma``, a baseline's own (``iql.gamma``,
+    ``td3bc.gamma``; BC, which has no critic, discounts its diagnostic's returns with
+    ``bc.gamma``)."""
+    algo = str(cfg.algo)
+    return float(cfg.loss.gamma if algo == "dmg" else cfg[algo].gamma)
 
 
 def value_init(cfg, dataset) -> float | None:
     """The critics' and V's starting output (``network.value_init``): ``None`` (PyTorch's
     default initialisation, the paper's), a number, or ``mc``: the mean discounted
-    Monte-Carlo return of the training data (rewards as trained on, ``loss.gamma``)."""
-    init = cfg.network.get("value_init", None)  # older runs: none
+    Monte-Carlo return of the training data (rewards as trained on, γ :func:`discount`)."""
+    init = cfg.network.value_init
     if init is None:
         return None
     if init == "mc":
-        returns = monte_carlo_returns(dataset.data, float(cfg.loss.gamma))
+        returns = monte_carlo_returns(dataset.data, discount(cfg))
         return float(returns.mean())
     return float(init)
 
@@ -132,8 +99,8 @@ def make_updater(cfg, loss, *, steps: int | None) -> ActorCriticUpdater:
         policy_freq=cfg.optim.policy_freq,
         actor_cosine_steps=actor_cosine_steps(cfg, steps),
         mode=cfg.compile.mode,
-        skip_guards=cfg.compile.get("skip_guards", None),
-        matmul_precision=cfg.compile.get("matmul_precision", "highest"),
+        skip_guards=cfg.compile.skip_guards,
+        matmul_precision=cfg.compile.matmul_precision,
     )
 
 
@@ -142,9 +109,9 @@ def actor_cosine_steps(cfg, steps: int | None) -> int | None:
     authors': 500k, whatever the run's length), or with ``null`` the run's own
     ``steps // policy_freq``; ``None`` (constant lr) when ``optim.actor_cosine`` is false
     or ``steps`` is ``None``."""
-    if steps is None or not cfg.optim.get("actor_cosine", False):
+    if steps is None or not cfg.optim.actor_cosine:
         return None
-    horizon = cfg.optim.get("actor_cosine_horizon", None)
+    horizon = cfg.optim.actor_cosine_horizon
     return int(horizon) if horizon is not None else steps // cfg.optim.policy_freq
 
 
@@ -229,72 +196,36 @@ def make_online_updater(
     return updater
 
 
-def run_offline_phase(
-    cfg: DictConfig,
-    loss: LossModule,
-    buffer: TensorDictReplayBuffer,
-    dataset: OfflineDataset,
-    out_dir: str | os.PathLike,
-    *,
-    logger_backend: str = "csv",
-    guard=None,
-    stop=None,
-) -> dict[str, Any]:
-    """The offline phase when no checkpoint is given: ``cfg.offline_steps`` updates of
-    ``loss`` (DMG's, or ``cfg.algo``'s) on ``buffer`` (offline data only at this point) with
-    the offline recipe's settings (cosine actor lr). Writes ``out_dir/metrics.csv`` and an
-    offline-recipe-style ``out_dir/checkpoint.pt`` (every ``cfg.checkpoint_interval`` steps
-    and at the end; usable later as ``checkpoint=``), and continues from that checkpoint
-    when one exists. Returns the updater's ``state_dict()``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    steps = int(cfg.offline_steps)
-    updater = make_updater(cfg, loss, steps=steps)
-    step = 0
-    saved = out_dir / "checkpoint.pt"
-    if saved.exists() or previous_path(saved).exists():  # the previous one: a killed swap
-        state = load_checkpoint(out_dir / "checkpoint.pt")
-        updater.load_state_dict(state["updater"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-        print(f"[dmg] offline phase resumed from {out_dir} at step {step}")
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config["steps"] = steps  # so the checkpoint reads like one of recipes/offline.py
+#: fine-tuning keys that are no part of its offline phase's (an offline run's) config
+FINETUNE_ONLY_KEYS = (
+    "budget",
+    "offline_steps",
+    "online_steps",
+    "checkpoint",
+    "checkpoint_seed",
+    "checkpoint_interval",
+    "utd",
+    "offline_fraction",
+    "gamma",
+    "schedule",
+    "exploration",
+    "collector",
+    "resume",
+)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(
-            out_dir / "checkpoint.pt", offline_checkpoint_state(step, updater, config, dataset)
-        )
 
-    logger = MetricsLogger(out_dir, backend=logger_backend, project=cfg.logger.project)
-    logger.truncate_after(step)
-    step = train_offline(
-        updater,
-        buffer,
-        start=step,
-        steps=steps,
-        logger=logger,
-        log_interval=cfg.logger.log_interval,
-        checkpoint=checkpoint,
-        checkpoint_interval=cfg.checkpoint_interval,
-        progress=cfg.progress,
-        desc=f"{cfg.get('algo', 'dmg')} offline",
-        value_bounds=value_bounds(dataset.data["next", "reward"], float(cfg.loss.gamma)),
-        guard=guard,  # NaN/inf stop and SIGTERM handling (torchrl_dmg.training.guards)
-        stop=stop,
+def offline_phase_config(cfg: DictConfig) -> DictConfig:
+    """The config of fine-tuning's offline phase (no ``checkpoint=``): an offline run's,
+    ``recipes/offline.py``'s keys, of ``cfg.offline_steps`` steps with ``cfg``'s data,
+    networks, loss and optimiser (its checkpoint is then usable as ``checkpoint=``)."""
+    phase = OmegaConf.to_container(cfg, resolve=True)
+    for key in FINETUNE_ONLY_KEYS:
+        phase.pop(key, None)
+    phase.update(
+        steps=int(cfg.offline_steps),
+        seeds=1,
+        resume=None,
+        checkpoint={"interval": int(cfg.checkpoint_interval)},
     )
-    checkpoint(step)
-    return updater.state_dict()
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail early on fine-tuning settings that cannot work."""
-    if int(cfg.utd) < 1:
-        raise RunRefused(f"utd (gradient steps per env step) must be >= 1, got {cfg.utd}.")
-    if int(cfg.online_steps) < 0 or int(cfg.offline_steps) < 0:
-        raise RunRefused("online_steps and offline_steps must be >= 0.")
-    if cfg.offline_fraction is not None and not 0.0 <= float(cfg.offline_fraction) <= 1.0:
-        raise RunRefused(f"offline_fraction must be null or in [0, 1], got {cfg.offline_fraction}.")
-    if int(cfg.collector.frames_per_batch) < 1:
-        raise RunRefused("collector.frames_per_batch must be >= 1.")
+    phase["compile"]["updates_per_call"] = 1
+    return OmegaConf.create(phase)

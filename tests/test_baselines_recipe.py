@@ -71,7 +71,8 @@ def test_an_unknown_algo_fails_early(tmp_path, minari_root):
 # ---------------------------------------------------------------- the actor's cosine horizon
 def cosine_cfg(**optim):
     base = {"lr": 1e-3, "tau": 0.005, "policy_freq": 2, "actor_cosine": True}
-    return OmegaConf.create({"optim": {**base, **optim}, "compile": {"mode": "eager"}})
+    compile_ = {"mode": "eager", "skip_guards": None, "matmul_precision": "highest"}
+    return OmegaConf.create({"optim": {**base, **optim}, "compile": compile_})
 
 
 def test_the_actor_lr_anneals_over_the_fixed_horizon_whatever_the_run_length():

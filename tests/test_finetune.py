@@ -203,7 +203,10 @@ def test_online_updater_keeps_the_offline_state_with_a_constant_actor_lr():
         offline.update(batch)
     assert offline.actor_lr < 1e-6  # the end of the offline cosine schedule
     cfg = OmegaConf.create(
-        {"optim": {"lr": 3e-4, "tau": 0.005, "policy_freq": 2}, "compile": {"mode": "eager"}}
+        {
+            "optim": {"lr": 3e-4, "tau": 0.005, "policy_freq": 2, "actor_cosine": True},
+            "compile": {"mode": "eager", "skip_guards": None, "matmul_precision": "highest"},
+        }
     )
     online = make_online_updater(loss, cfg, offline.state_dict())
     assert online.scheduler is None and online.actor_lr == pytest.approx(3e-4)

@@ -217,7 +217,7 @@ def test_value_init_mc_is_the_mean_discounted_return_of_the_training_data():
     g = 0.5
     expected = [-1 - g, -1, 0, -1 - g, -1]
     dataset = type("D", (), {"data": data})()
-    cfg = OmegaConf.create({"network": {"value_init": "mc"}, "loss": {"gamma": g}})
+    cfg = OmegaConf.create({"algo": "dmg", "network": {"value_init": "mc"}, "loss": {"gamma": g}})
     assert value_init(cfg, dataset) == pytest.approx(sum(expected) / 5)
     cfg.network.value_init = -7
     assert value_init(cfg, dataset) == -7.0

@@ -29,11 +29,12 @@ import schema  # noqa: E402  (recipes/schema.py, beside the recipes)
 
 
 def snapshot(directory: Path) -> dict[str, str]:
-    """Every file under ``directory`` and its hash."""
+    """Every file under ``directory`` and its hash; the run directory's lock file, which
+    names the process that last owned it (no run data), left out."""
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"
     }
 
 

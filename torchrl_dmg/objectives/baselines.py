@@ -1,22 +1,77 @@
-"""The baselines of the paper's Table 2 as TorchRL's own losses, on this project's networks:
-IQL (``IQLLoss``), TD3+BC (``TD3BCLoss``) and behaviour cloning (``BCLoss``).
+"""Every loss the recipes train, built on this project's networks from plain arguments:
+DMG (:class:`~torchrl_dmg.objectives.DMGLoss`) and the baselines of the paper's Table 2 as
+TorchRL's own losses, IQL (``IQLLoss``), TD3+BC (``TD3BCLoss``) and behaviour cloning
+(``BCLoss``).
 
 Defaults are their papers' Gym-MuJoCo settings; the recipes' ``algo`` config groups set the
-per-family values (IQL on AntMaze: τ = 0.9, β = 10). Every critic loss is the squared error
-(``loss_function="l2"``, as both papers; TorchRL's default is smooth L1).
+per-family values (IQL on AntMaze: τ = 0.9, β = 10). Every baseline's critic loss is the
+squared error (``loss_function="l2"``, as both papers; TorchRL's default is smooth L1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchrl.data import Bounded
 from torchrl.objectives import BCLoss, IQLLoss, TD3BCLoss
 
-from torchrl_dmg.modules import make_actor, make_qvalue, make_sac_actor, make_value
+from torchrl_dmg.modules import (
+    make_actor,
+    make_dmg_networks,
+    make_qvalue,
+    make_sac_actor,
+    make_value,
+)
+from torchrl_dmg.objectives.dmg import DMGLoss
 
-__all__ = ["make_bc_loss", "make_iql_loss", "make_td3bc_loss"]
+__all__ = ["make_bc_loss", "make_dmg_loss", "make_iql_loss", "make_td3bc_loss"]
+
+
+def make_dmg_loss(
+    obs_dim: int,
+    action_dim: int,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    *,
+    gamma: float = 0.99,
+    num_cells: Sequence[int] = (256, 256),
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+    value_init: float | None = None,
+    deactivate_vmap: bool = False,
+    device: torch.device | str = "cpu",
+    **loss_kwargs: Any,
+) -> DMGLoss:
+    """:class:`~torchrl_dmg.objectives.DMGLoss` on the paper's networks
+    (:func:`~torchrl_dmg.modules.make_dmg_networks`), with γ set through its value estimator
+    as TorchRL's losses take it (``make_value_estimator(gamma=...)``).
+
+    ``loss_kwargs`` are :class:`DMGLoss`'s own (λ ``mixture_coef``, ν ``penalty_coef``,
+    τ ``expectile``, α ``temperature``, ...); ``value_init`` starts the critics' and V's
+    output near that value (``None``: PyTorch's initialisation, the paper's)."""
+    actor, qvalue, value = make_dmg_networks(
+        obs_dim,
+        action_dim,
+        low,
+        high,
+        num_cells=num_cells,
+        layer_norm=layer_norm,
+        dropout=dropout,
+        value_init=value_init,
+        device=device,
+    )
+    loss = DMGLoss(
+        actor,
+        qvalue,
+        value,
+        bounds=(low.to(device), high.to(device)),
+        deactivate_vmap=deactivate_vmap,
+        **loss_kwargs,
+    )
+    loss.make_value_estimator(gamma=gamma)
+    return loss.to(device)
 
 
 class _StackableIQLLoss(IQLLoss):

@@ -1,10 +1,16 @@
 """Reproducibility and checkpoints: seeding, RNG state, safe checkpoint files, the
-offline checkpoint's contents and where fine-tuning starts from one.
+contents of both recipes' checkpoints and where fine-tuning starts from an offline one.
+
+* :func:`offline_checkpoint_state` / :func:`finetune_checkpoint_state`: one format, with a
+  ``recipe`` field (``"offline"`` or ``"finetune"``) and a ``format`` version
+  (:data:`CHECKPOINT_FORMAT`); :func:`migrate` brings a checkpoint of an earlier format to
+  it, the one place that knows earlier formats (every load goes through it);
 
 * :func:`save_checkpoint` / :func:`load_checkpoint`: load-tested writes that keep the
   previous checkpoint, never write a non-finite tensor, and fall back to the previous
   file when the latest is missing or corrupt (:func:`save_checkpoint_safely`,
   :func:`load_checkpoint_safely`);
+* :func:`lock_run_dir`: a run directory belongs to one process at a time;
 * :func:`restart_collection`: the online env restarts a seeded episode at every checkpoint,
   in an uninterrupted run exactly as in a resumed one (an env's internal state is not
   saved), so a killed and resumed run is bit-identical to an uninterrupted one.
@@ -12,6 +18,7 @@ offline checkpoint's contents and where fine-tuning starts from one.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import random
@@ -79,6 +86,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state if str(map_location) == "cpu" else _to_device(state, map_location)
 
 
+def load_checkpoint_if_any(path: str | os.PathLike) -> dict | None:
+    """:func:`load_checkpoint`, or ``None`` when neither ``path`` nor its previous copy
+    exists (a run that has not written one yet)."""
+    if not Path(path).exists() and not previous_path(path).exists():
+        return None
+    return load_checkpoint(path)
+
+
 def _to_device(state: Any, device: str | torch.device) -> Any:
     if torch.is_tensor(state) or isinstance(state, TensorDictBase):
         return state.to(device)
@@ -87,9 +102,15 @@ def _to_device(state: Any, device: str | torch.device) -> Any:
     return state
 
 
+#: the version of the checkpoint format written here (see :func:`migrate`)
+CHECKPOINT_FORMAT = 1
+
+
 def offline_checkpoint_state(step: int, updater: DMGUpdater, config: dict, dataset) -> dict:
     """What an offline checkpoint holds: enough to resume training or start fine-tuning."""
     return {
+        "recipe": "offline",
+        "format": CHECKPOINT_FORMAT,
         "step": step,
         "updater": updater.state_dict(),
         "rng": rng_state(),
@@ -98,6 +119,116 @@ def offline_checkpoint_state(step: int, updater: DMGUpdater, config: dict, datas
         "obs_scale": dataset.obs_scale,
         "dataset_id": config["dataset"],
     }
+
+
+def finetune_checkpoint_state(
+    step: int,
+    update_step: int,
+    updater: DMGUpdater,
+    config: dict,
+    dataset,
+    *,
+    online_data: TensorDictBase,
+    num_offline: int,
+    schedule: dict[str, float],
+    start_eval: dict | None,
+) -> dict:
+    """What a fine-tuning checkpoint holds: the online env steps (``step``) and gradient
+    steps (``update_step``, the schedules' t), the updater, the online transitions collected
+    so far (the offline ones are the dataset's ``num_offline``), the schedule's values, the
+    start evaluation, the RNG state and the config."""
+    return {
+        "recipe": "finetune",
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "update_step": update_step,
+        "updater": updater.state_dict(),
+        "online_data": online_data,
+        "num_offline": num_offline,
+        "schedule": schedule,
+        "start_eval": start_eval,
+        "rng": rng_state(),
+        "config": config,
+        "obs_loc": dataset.obs_loc,
+        "obs_scale": dataset.obs_scale,
+        "dataset_id": config["dataset"],
+    }
+
+
+# ---------------------------------------------------------------- earlier formats
+#: config keys a run's config may lack (the key came later), with the value the run had
+_CONFIG_DEFAULTS: dict[str, Any] = {
+    "algo": "dmg",
+    "data.check_family": True,
+    "data.goal_terminal": False,
+    "data.score_reference": "auto",
+    "data.reward_scale": None,
+    "network.value_init": None,
+    "network.vmap_critics": "auto",
+    "optim.actor_cosine": False,
+    "optim.actor_cosine_horizon": None,
+    "compile.skip_guards": None,
+    "compile.matmul_precision": "highest",
+    "eval.processes": False,
+    "guard.check_interval": 1,
+    "guard.stop_on_q_out_of_bounds": False,
+}
+_OFFLINE_CONFIG_DEFAULTS: dict[str, Any] = {
+    "seeds": 1,
+    "compile.updates_per_call": 1,
+    "diagnostic.size": 1024,
+    "diagnostic.seed": 0,
+    "diagnostic.drop_truncated_tails": False,
+}
+
+
+def migrate_config(config: dict[str, Any], recipe: str) -> dict[str, Any]:
+    """A run's config (a plain dict, as saved) in the current layout: the keys it lacks
+    with the values it ran with, and DMG's ``loss`` group on DMG runs only (a baseline's
+    γ is its own group's: ``iql.gamma``, ``td3bc.gamma``, ``bc.gamma``)."""
+    defaults = {**_CONFIG_DEFAULTS, **(_OFFLINE_CONFIG_DEFAULTS if recipe == "offline" else {})}
+    for dotted, value in defaults.items():
+        *groups, key = dotted.split(".")
+        node = config
+        for group in groups:
+            node = node.setdefault(group, {})
+        node.setdefault(key, value)
+    algo = config["algo"]
+    if algo != "dmg" and "loss" in config:
+        gamma = config.pop("loss")["gamma"]
+        config.setdefault(algo, {}).setdefault("gamma", gamma)
+    return config
+
+
+def migrate(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` in the current format (:data:`CHECKPOINT_FORMAT`), in place; a dict
+    that is no run checkpoint (no ``updater``) is returned as it is.
+
+    Format 0 (no ``format`` field): the recipe is read from the keys (fine-tuning
+    checkpoints hold ``update_step`` and ``online_data``); the config gets the keys that
+    came later (:func:`migrate_config`); DMG's γ, saved as the loss's ``gamma`` buffer
+    before it lived in the TorchRL value estimator, moves to ``_value_estimator.gamma``
+    (one loss, or the stacked agents of ``recipes/offline.py seeds=N``)."""
+    if "updater" not in checkpoint or checkpoint.get("format") == CHECKPOINT_FORMAT:
+        return checkpoint
+    version = checkpoint.get("format", 0)
+    if version != 0:
+        raise RunRefused(
+            f"a checkpoint of format {version} is newer than this code reads (format "
+            f"{CHECKPOINT_FORMAT}); update torchrl-dmg to load it"
+        )
+    finetune = "update_step" in checkpoint or "online_data" in checkpoint
+    checkpoint["recipe"] = "finetune" if finetune else "offline"
+    if "config" in checkpoint:
+        migrate_config(checkpoint["config"], checkpoint["recipe"])
+    updater = checkpoint["updater"]
+    if "gamma" in updater.get("loss", {}):
+        updater["loss"]["_value_estimator.gamma"] = updater["loss"].pop("gamma")
+    stacked = updater.get("stacked")
+    if stacked is not None and "gamma" in stacked.keys():
+        stacked.rename_key_("gamma", ("_value_estimator", "gamma"))
+    checkpoint["format"] = CHECKPOINT_FORMAT
+    return checkpoint
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
@@ -109,7 +240,7 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
 def load_offline_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """An offline checkpoint (``recipes/offline.py`` or the fine-tuning recipe's offline phase)."""
     state = load_checkpoint(checkpoint_file(path))
-    if "updater" not in state or "config" not in state:
+    if state.get("recipe") != "offline":
         raise ValueError(f"{checkpoint_file(path)} is not an offline DMG checkpoint.")
     return state
 
@@ -125,7 +256,7 @@ def offline_start_state(
     if "stacked" not in state:
         return state
     saved = checkpoint["config"]
-    seeds = [saved["seed"] + i for i in range(saved.get("seeds", 1))]
+    seeds = [saved["seed"] + i for i in range(saved["seeds"])]
     if seed is None or seed not in seeds:
         raise ValueError(
             f"{path} holds {len(seeds)} agents trained together (seeds {seeds}); "
@@ -133,6 +264,37 @@ def offline_start_state(
             + ("." if seed is None else f" (got {seed}).")
         )
     return unstack_updater_state(state, seeds.index(seed), loss)
+
+
+# ---------------------------------------------------------------- one process per run directory
+#: the lock file of a run directory (it holds the PID of the process that owns the run)
+LOCK_NAME = ".lock"
+_held_locks: dict[Path, int] = {}
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> None:
+    """Own ``run_dir`` (made if missing) for the rest of this process: an exclusive
+    ``flock`` on ``run_dir/.lock``, which then holds this PID. The kernel releases the lock
+    when the process ends, however it ends, so a killed run leaves no stale lock. Taking
+    it again in the same process does nothing; a directory another process owns is
+    refused in one line (:class:`~torchrl_dmg.errors.RunRefused`) naming that process."""
+    run_dir = Path(run_dir).absolute()
+    if run_dir in _held_locks:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunRefused(
+            f"{run_dir} is in use by process {holder} (a run writes there now); wait for it "
+            "to end, or give this run another directory (hydra.run.dir=...)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held_locks[run_dir] = fd  # held (fd open) until the process exits
 
 
 # ---------------------------------------------------------------- exact resume of collection
@@ -242,9 +404,10 @@ def save_checkpoint_safely(path: str | os.PathLike, state: dict[str, Any]) -> No
 def load_checkpoint_safely(
     path: str | os.PathLike, *, warn: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """``torch.load(path)``; when ``path`` is missing, truncated or not a checkpoint, the
-    previous checkpoint (:func:`previous_path`) with a one-line warning, or a one-line
-    :class:`~torchrl_dmg.errors.RunRefused` naming the file when there is none."""
+    """``torch.load(path)`` in the current format (:func:`migrate`); when ``path`` is
+    missing, truncated or not a checkpoint, the previous checkpoint (:func:`previous_path`)
+    with a one-line warning, or a one-line :class:`~torchrl_dmg.errors.RunRefused` naming
+    the file when there is none."""
     path = Path(path)
     try:
         return _load(path)
@@ -272,7 +435,7 @@ def _load(path: Path) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a checkpoint dict")
-    return state
+    return migrate(state)
 
 
 def _describe(path: Path) -> str:

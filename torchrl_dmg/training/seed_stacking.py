@@ -132,14 +132,8 @@ class SeedStackedUpdater(ActorCriticUpdater):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        stacked = state["stacked"]
-        moved = ("_value_estimator", "gamma")
-        if "gamma" in stacked.keys() and moved in self.stacked.keys(True):
-            # a DMG checkpoint from before γ moved into the loss's value estimator
-            stacked = stacked.clone(False)
-            stacked.rename_key_("gamma", moved)
         with torch.no_grad():
-            self.stacked.update_(stacked.to(self.stacked.device))
+            self.stacked.update_(state["stacked"].to(self.stacked.device))
         state = {**state, "loss": self.loss.state_dict()}
         super().load_state_dict(state)
 

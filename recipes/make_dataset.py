@@ -21,8 +21,8 @@ from cli import guarded, preflight
 from omegaconf import DictConfig
 
 from torchrl_dmg.data.local import InvalidDatasetIdError, validate_dataset_id
-from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset
-from torchrl_dmg.datagen.antmaze_envs import ANTMAZE_VARIANTS
+from torchrl_dmg.datagen.antmaze.datasets import generate_antmaze_navigator_dataset
+from torchrl_dmg.datagen.antmaze.mazes import ANTMAZE_VARIANTS
 from torchrl_dmg.datagen.locomotion import LOCOMOTION_ENVS, generate_locomotion_dataset
 from torchrl_dmg.errors import RunRefused
 

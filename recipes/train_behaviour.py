@@ -24,7 +24,7 @@ from cli import guarded, preflight
 from omegaconf import DictConfig, OmegaConf
 
 from torchrl_dmg.datagen.behaviour import train_sac
-from torchrl_dmg.datagen.behaviour_policy import (
+from torchrl_dmg.datagen.behaviour.policy import (
     D4RL_REF_SCORES,
     TASK_IDS,
     d4rl_normalized_score,

@@ -2,7 +2,7 @@
 
 D4RL's ``hopper-medium-v2`` and friends need the internet (Minari's ``mujoco/*`` copies) or
 the dead mujoco-py stack; this module rebuilds them on Gymnasium's v5 tasks from behaviour
-policies this project trains itself (:mod:`torchrl_dmg.datagen.behaviour`, SAC as in D4RL):
+policies this project trains itself (:mod:`torchrl_dmg.datagen.behaviour.trainer`, SAC as in D4RL):
 
 * ``random``: uniform random actions.
 * ``medium``: the stochastic policy of a SAC checkpoint at about a third of the expert
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, publish_dataset
 from torchrl_dmg.data.scores import D4RL_REF_SCORES
-from torchrl_dmg.datagen.behaviour_policy import (
+from torchrl_dmg.datagen.behaviour.policy import (
     ENV_IDS,
     act,
     d4rl_normalized_score,
@@ -50,7 +50,7 @@ from torchrl_dmg.datagen.behaviour_policy import (
     evaluated_checkpoints,
     load_behaviour_actor,
 )
-from torchrl_dmg.datagen.transitions import load_transitions
+from torchrl_dmg.datagen.behaviour.transitions import load_transitions
 from torchrl_dmg.recording import atomic_write, write_json
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Shipping a goal-reaching ant: pick the checkpoint of a ``train_sac`` AntGoal run that
 navigates the mazes best, copy it to ``policies/antgoal.pt`` and record its measurements.
 
-    python -m torchrl_dmg.datagen.ant_policy outputs/behaviour/antgoal_s0 --candidates 4
+    python -m torchrl_dmg.datagen.antmaze.ant_policy outputs/behaviour/antgoal_s0 --candidates 4
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from torchrl_dmg.datagen.antmaze import navigator_success
-from torchrl_dmg.datagen.behaviour_policy import (
+from torchrl_dmg.datagen.antmaze.datasets import navigator_success
+from torchrl_dmg.datagen.antmaze.navigator import ACTION_NOISE
+from torchrl_dmg.datagen.behaviour.policy import (
     evaluated_checkpoints,
     goal_reaching_success,
     load_behaviour_actor,
 )
 from torchrl_dmg.datagen.locomotion import POLICY_DIR, update_policy_record
-from torchrl_dmg.datagen.navigator import ACTION_NOISE
 from torchrl_dmg.recording import atomic_write
 
 
@@ -37,7 +37,7 @@ def ship_ant_policy(
 ) -> dict[str, Any]:
     """Pick and ship the goal-reaching ant of a ``recipes/train_behaviour.py env=antgoal``
     run: the ``candidates`` checkpoints with the best evaluation return are measured on
-    open-space target reaching (:func:`torchrl_dmg.datagen.antgoal.goal_reaching_success`) and as
+    open-space target reaching (:func:`torchrl_dmg.datagen.antmaze.goal_task.goal_reaching_success`) and as
     the navigator of ``mazes[0]`` (:func:`navigator_success`), ``episodes`` episodes each.
     The one that reaches that maze's goal most often (the ant is there to make maze data;
     ties: open-space success, then the later step) is written to

@@ -2,12 +2,12 @@
 
 D4RL made its AntMaze datasets by steering a pretrained goal-reaching ant along the
 waypoints of a maze planner. That policy was never published in a usable form, so this
-project trains its own with the SAC of :mod:`torchrl_dmg.datagen.behaviour` on the task defined
-here, then drives it through mazes with :mod:`torchrl_dmg.datagen.antmaze`.
+project trains its own with the SAC of :mod:`torchrl_dmg.datagen.behaviour.trainer` on the task defined
+here, then drives it through mazes with :mod:`torchrl_dmg.datagen.antmaze.datasets`.
 
 The task (registered as ``torchrl_dmg/AntGoal-v1``, :class:`AntGoalEnv`):
 
-* Body and observation layout: the local AntMaze ant (:mod:`torchrl_dmg.datagen.d4rl_ant`:
+* Body and observation layout: the local AntMaze ant (:mod:`torchrl_dmg.datagen.antmaze.d4rl_ant`:
   Gymnasium's ant body with D4RL's actuation, ``gear 30``, ``dt = 0.1``; 27-dim
   ``observation`` = joint positions without the torso's x, y, then velocities; 8 actions
   in [-1, 1]), built by the AntMaze env itself on an open arena (:data:`OPEN_ARENA`: 7 x 7
@@ -47,7 +47,7 @@ import math
 import gymnasium as gym
 import numpy as np
 
-from torchrl_dmg.datagen.d4rl_ant import D4RLAntMazeEnv
+from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RLAntMazeEnv
 
 __all__ = [
     "ANTGOAL_ID",

@@ -11,11 +11,11 @@ medium checkpoint. :func:`train_sac` reproduces such a run with stock TorchRL pi
 :class:`~torchrl.objectives.SoftUpdate`) and keeps what building those datasets needs:
 
 * ``out_dir/checkpoints/step_<steps:08d>.pt``: the actor and its deterministic return,
-  every ``checkpoint_interval`` env steps (:func:`~torchrl_dmg.datagen.behaviour_policy.load_behaviour_actor`,
-  :func:`~torchrl_dmg.datagen.behaviour_policy.act`);
+  every ``checkpoint_interval`` env steps (:func:`~torchrl_dmg.datagen.behaviour.policy.load_behaviour_actor`,
+  :func:`~torchrl_dmg.datagen.behaviour.policy.act`);
 * ``out_dir/transitions/``: every transition collected, in collection order, with the
   env step it was collected at, in a TorchRL :class:`~torchrl.data.LazyMemmapStorage`
-  (:func:`~torchrl_dmg.datagen.transitions.load_transitions`);
+  (:func:`~torchrl_dmg.datagen.behaviour.transitions.load_transitions`);
 * ``out_dir/progress.csv``: one row per checkpoint;
 * ``out_dir/state.pt``: the full trainer state, so that ``train_sac(..., resume=True)``
   continues an interrupted run (the replay buffer is rebuilt from the transitions).
@@ -23,7 +23,7 @@ medium checkpoint. :func:`train_sac` reproduces such a run with stock TorchRL pi
 Speed (one CPU thread): the update is SACLoss's forward, one backward of the summed
 losses and a step of each network's fused Adam, as in TorchRL's SAC example, run by the
 project's :class:`~torchrl_dmg.training.updater.ActorCriticUpdater`
-(:func:`~torchrl_dmg.datagen.sac.make_sac_updater`). By default the whole step runs under
+(:func:`~torchrl_dmg.datagen.behaviour.sac.make_sac_updater`). By default the whole step runs under
 ``torch.compile`` with the ``aot_eager`` backend, which removes TensorDict's per-op Python
 overhead but runs the ATen kernels eagerly.
 """
@@ -46,7 +46,7 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, ParallelEnv, SerialEnv, TransformedEnv
 from tqdm.auto import tqdm
 
-from torchrl_dmg.datagen.behaviour_policy import (
+from torchrl_dmg.datagen.behaviour.policy import (
     atomic_torch_save,
     checkpoint_path,
     evaluate_actor,
@@ -55,13 +55,13 @@ from torchrl_dmg.datagen.behaviour_policy import (
     resolve_env_name,
     write_progress,
 )
-from torchrl_dmg.datagen.sac import (
+from torchrl_dmg.datagen.behaviour.sac import (
     SACSettings,
     check_settings,
     load_updater_state,
     make_sac_updater,
 )
-from torchrl_dmg.datagen.transitions import (
+from torchrl_dmg.datagen.behaviour.transitions import (
     TransitionStore,
     mirrored_rows,
     replay_entries,

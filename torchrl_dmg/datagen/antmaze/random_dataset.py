@@ -13,7 +13,7 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, stored_generator_version
-from torchrl_dmg.datagen.antmaze_envs import (
+from torchrl_dmg.datagen.antmaze.mazes import (
     DATASET_VERSION,
     antmaze_entry,
     make_antmaze_env,
@@ -173,7 +173,7 @@ def generate_antmaze_dataset(
     env = make_antmaze_env(maze, max_episode_steps=episode_steps)
     buffers, steps_at_goal = _collect_random(env, num_steps, episode_steps, seed, progress)
     params = {
-        "generator": "torchrl_dmg.datagen.antmaze_random.generate_antmaze_dataset",
+        "generator": "torchrl_dmg.datagen.antmaze.random_dataset.generate_antmaze_dataset",
         "generator_version": _GENERATOR_VERSION,
         "maze": maze,
         "env_id": env_id,

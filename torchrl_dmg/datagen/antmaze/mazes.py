@@ -10,7 +10,7 @@ from typing import Any
 import gymnasium as gym
 
 from torchrl_dmg.data.local import publish_dataset
-from torchrl_dmg.datagen.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
+from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
 from torchrl_dmg.datagen.maze import (
     MazeGrid,
     fixed_task_kwargs,
@@ -18,7 +18,7 @@ from torchrl_dmg.datagen.maze import (
 )
 
 #: maze name -> (env id, reset cell, goal cell, episode limit). The envs are D4RL's ant in
-#: gymnasium-robotics' mazes (:mod:`torchrl_dmg.datagen.d4rl_ant`); cells are D4RL AntMaze's
+#: gymnasium-robotics' mazes (:mod:`torchrl_dmg.datagen.antmaze.d4rl_ant`); cells are D4RL AntMaze's
 #: evaluation task (opposite ends of the maze); limits are D4RL's (700 / 1000 / 1000).
 ANTMAZE_MAZES: dict[str, tuple[str, tuple[int, int], tuple[int, int], int]] = {
     "umaze": (D4RL_ANTMAZE_IDS["umaze"][0], (3, 1), (1, 1), D4RL_ANTMAZE_IDS["umaze"][1]),

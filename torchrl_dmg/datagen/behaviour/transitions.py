@@ -15,7 +15,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage
 
-from torchrl_dmg.datagen.antgoal import mirror_action, mirror_observation
+from torchrl_dmg.datagen.antmaze.goal_task import mirror_action, mirror_observation
 from torchrl_dmg.recording import write_json
 
 __all__ = ["TransitionStore", "load_transitions", "mirrored_rows", "replay_entries", "store_rows"]
@@ -259,7 +259,7 @@ def replay_entries(rows: dict[str, np.ndarray]) -> TensorDict:
 
 
 def mirrored_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The mirror images of AntGoal transitions (:func:`torchrl_dmg.datagen.antgoal.mirror_observation`;
+    """The mirror images of AntGoal transitions (:func:`torchrl_dmg.datagen.antmaze.goal_task.mirror_observation`;
     reward, termination and truncation are mirror-invariant)."""
     return {
         **rows,

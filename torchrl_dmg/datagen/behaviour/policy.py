@@ -17,7 +17,7 @@ from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor
 
 from torchrl_dmg.data.scores import D4RL_REF_SCORES  # D4RL's (random, expert) returns
-from torchrl_dmg.datagen.antgoal import AntGoalEnv, register_antgoal
+from torchrl_dmg.datagen.antmaze.goal_task import AntGoalEnv, register_antgoal
 from torchrl_dmg.modules import make_sac_actor
 from torchrl_dmg.recording import atomic_write
 
@@ -29,10 +29,10 @@ ENV_IDS: dict[str, str] = {
 }
 
 # Every task train_sac can learn: the locomotion tasks and the goal-reaching ant that
-# steers AntMaze data collection (torchrl_dmg.datagen.antgoal, registered on first use).
+# steers AntMaze data collection (torchrl_dmg.datagen.antmaze.goal_task, registered on first use).
 TASK_IDS: dict[str, str] = {
     **ENV_IDS,
-    "antgoal": "torchrl_dmg/AntGoal-v2",  # D4RL's ant (torchrl_dmg.datagen.antgoal)
+    "antgoal": "torchrl_dmg/AntGoal-v2",  # D4RL's ant (torchrl_dmg.datagen.antmaze.goal_task)
     "antgoal-uniform": "torchrl_dmg/AntGoalUniform-v2",  # no targets-ahead share
 }
 
@@ -45,7 +45,7 @@ def resolve_env_name(env_name: str) -> str:
     if env_id.startswith("torchrl_dmg/AntGoal") and env_id not in TASK_IDS.values():
         raise ValueError(
             f"{env_id} was the goal-reaching task of Gymnasium's gear-150 ant, retired: the "
-            f"AntMaze ant is now D4RL's (torchrl_dmg.datagen.d4rl_ant); use env=antgoal "
+            f"AntMaze ant is now D4RL's (torchrl_dmg.datagen.antmaze.d4rl_ant); use env=antgoal "
             f"({TASK_IDS['antgoal']}) or env=antgoal-uniform ({TASK_IDS['antgoal-uniform']})."
         )
     if env_id not in TASK_IDS.values():
@@ -161,7 +161,7 @@ def goal_reaching_success(
     max_steps: int = 300,
     deterministic: bool = True,
 ) -> dict[str, float]:
-    """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.datagen.behaviour` SAC actor)
+    """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.datagen.behaviour.trainer` SAC actor)
     in open space: each episode one target ``U(min_dist, max_dist)`` away in a uniformly
     random direction (no targets-ahead share), success when the ant comes within the reach
     radius in ``max_steps`` steps (a fall or a flip ends the episode as a failure, counted
@@ -248,7 +248,7 @@ def checkpoint_path(out_dir: Path, step: int) -> Path:
 
 def evaluated_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, float, Path]]:
     """``(step, eval_return_mean, checkpoint path)`` of every evaluated checkpoint of a
-    :func:`~torchrl_dmg.datagen.behaviour.train_sac` run, in step order (its ``progress.csv``); an error if there is none."""
+    :func:`~torchrl_dmg.datagen.behaviour.trainer.train_sac` run, in step order (its ``progress.csv``); an error if there is none."""
     run_dir = Path(run_dir)
     rows = read_progress(run_dir / "progress.csv")
     if not rows:

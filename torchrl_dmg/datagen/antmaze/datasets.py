@@ -3,7 +3,7 @@
 Two generators share the environments defined here:
 
 * :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v1``): D4RL-style data
-  from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antgoal`, trained with the project's SAC and
+  from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antmaze.goal_task`, trained with the project's SAC and
   shipped as ``policies/antgoal.pt``) steered along maze waypoints by a
   :class:`WaypointNavigator`, with D4RL's variants (umaze, umaze-diverse, medium-play,
   medium-diverse, large-play, large-diverse). With ``goal_rule="onegoal"`` the ant keeps its
@@ -17,7 +17,7 @@ Two generators share the environments defined here:
 
 What both store:
 
-* Environment: ``torchrl_dmg/AntMazeD4RL_{UMaze,Medium,Large}-v0`` (:mod:`torchrl_dmg.datagen.d4rl_ant`:
+* Environment: ``torchrl_dmg/AntMazeD4RL_{UMaze,Medium,Large}-v0`` (:mod:`torchrl_dmg.datagen.antmaze.d4rl_ant`:
   gymnasium-robotics ``AntMaze-v5`` with D4RL's ant, ``gear 30``, 0.1 s per step; 27-dim
   ant state as in ``AntMaze_*-v4`` and Minari's D4RL AntMaze datasets, plus 2-dim
   ``achieved_goal`` = the ant's xy and 2-dim ``desired_goal``), sparse reward,
@@ -55,23 +55,23 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, stored_generator_params
-from torchrl_dmg.datagen.antmaze_envs import (
+from torchrl_dmg.datagen.antmaze.mazes import (
     antmaze_dataset_id,
     antmaze_entry,
     make_antmaze_env,
     publish_antmaze,
     variant_entry,
 )
-from torchrl_dmg.datagen.behaviour_policy import (
-    load_behaviour_actor,
-)
-from torchrl_dmg.datagen.navigator import (
+from torchrl_dmg.datagen.antmaze.navigator import (
     ACTION_NOISE,
     WAYPOINT_JITTER,
     NavigatedAnt,
     ant_policy_path,
     load_ant_policy,
     noisy_actions,
+)
+from torchrl_dmg.datagen.behaviour.policy import (
+    load_behaviour_actor,
 )
 
 #: Episode length of the navigator datasets (D4RL: 1000 steps).
@@ -106,7 +106,7 @@ def navigate_episodes(
     hold_goal: bool = False,
 ) -> list[dict[str, Any]]:
     """Episodes ``first_episode, ...`` of the given lengths, stepped side by side. An
-    episode whose ant ends a step on its back (:func:`~torchrl_dmg.datagen.antgoal.is_flipped`,
+    episode whose ant ends a step on its back (:func:`~torchrl_dmg.datagen.antmaze.goal_task.is_flipped`,
     from which it cannot get up) stops there (``"flipped": True``): the rest would be
     the ant lying still. On reaching its commanded goal the ant is sent to the next one
     (the datasets' rule), or with ``hold_goal`` keeps that goal to the episode's end
@@ -182,7 +182,7 @@ def generate_antmaze_navigator_dataset(
     ``goal_rule`` (:data:`GOAL_RULES`, default ``"next"``) is what happens on reaching the
     commanded goal: the next one is drawn, or (``"onegoal"``, D4RL's rule) the ant keeps
     it to the episode's end; the default id names the rule
-    (:func:`~torchrl_dmg.datagen.antmaze_envs.antmaze_dataset_id`) and a stored dataset
+    (:func:`~torchrl_dmg.datagen.antmaze.mazes.antmaze_dataset_id`) and a stored dataset
     made under the other rule is rebuilt, not reused.
 
     ``workers > 1`` steps the episodes in that many processes, each taking whole groups of
@@ -306,7 +306,7 @@ def _publish_navigated(
     episode_steps, noise = settings["episode_steps"], settings["noise"]
     env_id, start, goal, _ = antmaze_entry(maze)
     params = {
-        "generator": "torchrl_dmg.datagen.antmaze.generate_antmaze_navigator_dataset",
+        "generator": "torchrl_dmg.datagen.antmaze.datasets.generate_antmaze_navigator_dataset",
         "generator_version": _NAVIGATOR_VERSION,
         "variant": variant,
         "maze": maze,

@@ -19,7 +19,7 @@ ANTMAZE_DATA = {"obs_keys": ["achieved_goal", "observation"], "reward_shift": -1
 def antmaze_root(tmp_path_factory) -> str:
     """A Minari root holding a tiny UMaze placeholder dataset (2 episodes x 100 steps)."""
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen.antmaze.random_dataset import generate_antmaze_dataset
+    from torchrl_dmg.datagen.antmaze.datasets import generate_antmaze_dataset
 
     root = tmp_path_factory.mktemp("minari_antmaze")
     with minari_datasets_path(root):
@@ -68,7 +68,7 @@ def test_generation_is_deterministic(antmaze_env, tmp_path):
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen.antmaze.random_dataset import generate_antmaze_dataset
+    from torchrl_dmg.datagen.antmaze.datasets import generate_antmaze_dataset
 
     with minari_datasets_path(tmp_path):
         generate_antmaze_dataset(

@@ -27,8 +27,7 @@ ANTMAZE_MAZES: dict[str, tuple[str, tuple[int, int], tuple[int, int], int]] = {
 }
 
 
-#: Version of the local AntMaze dataset ids (``local/antmaze/<variant>-v1``). v0 was made
-#: with Gymnasium's gear-150 ant, which flipped over in half of its maze episodes: retired.
+#: Version of the local AntMaze dataset ids (``local/antmaze/<variant>-v1``).
 DATASET_VERSION = 1
 
 

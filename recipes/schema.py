@@ -398,7 +398,7 @@ FINETUNE = (
 
 
 def behaviour_env_problem(value: str) -> str | None:
-    from torchrl_dmg.datagen.behaviour.policy import env_short_name
+    from torchrl_dmg.datagen.behaviour.tasks import env_short_name
 
     try:
         env_short_name(value)

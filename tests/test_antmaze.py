@@ -192,7 +192,7 @@ def test_a_pickled_d4rl_antmaze_rebuilds_d4rls_ant():
 
 def test_retired_gear150_ids_fail_with_the_new_ids():
     from torchrl_dmg.data.offline import DatasetUnavailableError
-    from torchrl_dmg.datagen.behaviour.policy import resolve_env_name
+    from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name
     from torchrl_dmg.datagen.registry import ensure_dataset
 
     with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v1"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from recipe_runner import run_recipe
 
+from torchrl_dmg.datagen.antmaze.ant_policy import goal_reaching_success
 from torchrl_dmg.datagen.antmaze.datasets import (
     generate_antmaze_navigator_dataset,
     navigator_success,
@@ -25,7 +26,6 @@ from torchrl_dmg.datagen.antmaze.goal_task import (
 )
 from torchrl_dmg.datagen.antmaze.mazes import PLAY_CELLS, antmaze_dataset_id
 from torchrl_dmg.datagen.antmaze.navigator import WaypointNavigator
-from torchrl_dmg.datagen.behaviour.policy import goal_reaching_success
 from torchrl_dmg.datagen.maze import MazeGrid, base_maze_map
 
 EPISODES, EPISODE_STEPS = 3, 40
@@ -204,7 +204,7 @@ def test_the_ant_task_is_mirror_symmetric():
 def test_antgoal_is_registered_and_seeded():
     import gymnasium as gym
 
-    from torchrl_dmg.datagen.behaviour.policy import resolve_env_name
+    from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name
 
     assert resolve_env_name("antgoal") == ANTGOAL_ID
     a, b = gym.make(ANTGOAL_ID), gym.make(ANTGOAL_ID)

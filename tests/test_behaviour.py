@@ -14,13 +14,9 @@ import pytest
 import torch
 
 from torchrl_dmg.datagen.behaviour import trainer
-from torchrl_dmg.datagen.behaviour.policy import (
-    D4RL_REF_SCORES,
-    act,
-    d4rl_normalized_score,
-    load_behaviour_actor,
-)
+from torchrl_dmg.datagen.behaviour.policy import act, load_behaviour_actor
 from torchrl_dmg.datagen.behaviour.sac import SACSettings, make_sac_updater
+from torchrl_dmg.datagen.behaviour.tasks import D4RL_REF_SCORES, d4rl_normalized_score
 from torchrl_dmg.datagen.behaviour.trainer import train_sac
 from torchrl_dmg.datagen.behaviour.transitions import TransitionStore, load_transitions
 from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue

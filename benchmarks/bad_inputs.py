@@ -181,6 +181,7 @@ CASES = [
         tiny=False,
     ),
     Case("value_init neither a number nor mc", "offline.py", ("network.value_init=median",)),
+    Case("make_dataset unknown env", "make_dataset.py", ("env=pointmaze",), tiny=False),
 ]
 
 

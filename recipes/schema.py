@@ -461,7 +461,7 @@ MAKE_DATASET = (
         nullable=True,
         choices=("random", "medium", "medium-replay", "expert", "medium-expert"),
     ),
-    _f("steps", int, 1_000_000, low=1, meaning="transitions per policy"),
+    _f("steps", int, 1_000_000, low=1, nullable=True, meaning="transitions per policy"),
     _f("seed", int, 0, low=0, high=2**31 - 1),
     _f("dataset_id", str, "local/mujoco/hopper/medium-v0", nullable=True, check=dataset_id_problem),
     _f("force", bool, False),

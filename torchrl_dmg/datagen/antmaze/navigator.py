@@ -51,7 +51,7 @@ def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
         raise FileNotFoundError(
             f"No goal-reaching ant policy at {path}: the local AntMaze datasets are made with "
             "it. Train one with `python recipes/train_behaviour.py env=antgoal` and ship it "
-            "with `python -m torchrl_dmg.datagen.antmaze.ant_policy outputs/behaviour/antgoal_s0` (docs/datasets.md, "
+            "with torchrl_dmg.datagen.antmaze.ant_policy.ship_ant_policy (docs/datasets.md, "
             "'AntMaze datasets'); meanwhile fine-tuning runs offline on the local PointMaze "
             "data: `python recipes/finetune.py dataset=local/pointmaze/medium-v0 "
             "family=pointmaze`."

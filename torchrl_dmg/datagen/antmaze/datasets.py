@@ -2,11 +2,11 @@
 
 Two generators share the environments of :mod:`torchrl_dmg.datagen.antmaze.mazes`:
 
-* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v1``): D4RL-style data
-  from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antmaze.goal_task`, trained with the project's SAC and
-  shipped as ``policies/antgoal.pt``) steered along maze waypoints by a
-  :class:`WaypointNavigator`, with D4RL's variants (umaze, umaze-diverse, medium-play,
-  medium-diverse, large-play, large-diverse). With ``goal_rule="onegoal"`` the ant keeps its
+* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v1``): D4RL-style
+  data from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antmaze.goal_task`, trained with
+  the project's SAC and shipped as ``policies/antgoal.pt``) steered along maze waypoints by
+  a :class:`~torchrl_dmg.datagen.antmaze.navigator.WaypointNavigator`, with D4RL's variants
+  (umaze, umaze-diverse, medium-play, medium-diverse, large-play, large-diverse). With ``goal_rule="onegoal"`` the ant keeps its
   first commanded goal to the episode's end, as D4RL's generator did
   (``local/antmaze/<variant>-onegoal-v1``).
 * :func:`generate_antmaze_dataset` (``local/antmaze/<maze>-random-v1``): a *placeholder* whose
@@ -169,10 +169,10 @@ def generate_antmaze_navigator_dataset(
 ) -> str:
     """Generate (or reuse) a D4RL-style AntMaze dataset and return its Minari id.
 
-    The shipped goal-reaching ant (:func:`ant_policy_path`) walks towards the waypoints of
-    a :class:`WaypointNavigator`, its deterministic action plus ``N(0, noise^2)`` (clipped
+    The shipped goal-reaching ant (:func:`~torchrl_dmg.datagen.antmaze.navigator.ant_policy_path`) walks towards the waypoints of
+    a :class:`~torchrl_dmg.datagen.antmaze.navigator.WaypointNavigator`, its deterministic action plus ``N(0, noise^2)`` (clipped
     to [-1, 1]); when the ant reaches its commanded goal, the next one is drawn from the
-    variant's goal cells (:data:`ANTMAZE_VARIANTS`). Episodes of ``episode_steps`` steps,
+    variant's goal cells (:data:`~torchrl_dmg.datagen.antmaze.mazes.ANTMAZE_VARIANTS`). Episodes of ``episode_steps`` steps,
     every one truncated (never terminated); episode ``i`` resets with seed ``seed + i``
     and draws its start, goals, waypoint jitter and action noise from its own stream
     (``SeedSequence(seed, spawn_key=(i,))``): the same arguments give the same data.

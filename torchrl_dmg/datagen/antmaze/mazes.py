@@ -85,7 +85,7 @@ def publish_antmaze(
             env_spec=env.spec,
             eval_env_spec=eval_env.spec,
             algorithm_name=algorithm_name,
-            code_permalink="torchrl_dmg/datagen/antmaze.py",
+            code_permalink="torchrl_dmg/datagen/antmaze/datasets.py",
             ref_min_score=0.0,
             ref_max_score=1.0,
             description=description,

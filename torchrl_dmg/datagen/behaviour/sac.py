@@ -110,7 +110,7 @@ def _split_group_state(group: dict[str, Any], updater: ActorCriticUpdater) -> di
 
 @dataclass(frozen=True)
 class SACSettings:
-    """Every option of :func:`train_sac` besides the task, its length and the run directory.
+    """Every option of :func:`~torchrl_dmg.datagen.behaviour.trainer.train_sac` besides the task, its length and the run directory.
 
     Standard SAC (double Q with Polyak targets, ``tau``; TanhNormal actor; automatic
     entropy tuning towards ``-act_dim``; Adam, ``lr``), update-to-data ratio 1: after each

@@ -225,7 +225,7 @@ def _read_legacy(root: Path, max_step: int | None) -> dict[str, np.ndarray]:
 
 
 def load_transitions(out_dir: str | os.PathLike, max_step: int | None = None) -> dict:
-    """Transitions of a :func:`train_sac` run, in collection order: ``observation``,
+    """Transitions of a :func:`~torchrl_dmg.datagen.behaviour.trainer.train_sac` run, in collection order: ``observation``,
     ``action``, ``reward``, ``next_observation``, ``terminated``, ``truncated`` and
     ``step`` (the env step count after the transition, 1-based). ``max_step``: only the
     transitions collected until then (``step <= max_step``), e.g. a checkpoint's step for

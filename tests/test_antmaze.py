@@ -190,6 +190,23 @@ def test_a_pickled_d4rl_antmaze_rebuilds_d4rls_ant():
     copy.close()
 
 
+def test_an_env_spec_naming_the_stored_entry_point_builds_d4rls_ant():
+    """A stored AntMaze dataset's env spec names ``torchrl_dmg.datagen.d4rl_ant:D4RLAntMazeEnv``;
+    Minari rebuilds the env from that spec, so that entry point still makes D4RL's ant."""
+    import gymnasium as gym
+
+    from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RL_ANTMAZE_IDS, D4RLAntMazeEnv
+
+    env_id, limit = D4RL_ANTMAZE_IDS["umaze"]
+    spec = gym.envs.registration.EnvSpec(
+        env_id, entry_point="torchrl_dmg.datagen.d4rl_ant:D4RLAntMazeEnv", max_episode_steps=limit
+    )
+    env = gym.make(spec)
+    assert isinstance(env.unwrapped, D4RLAntMazeEnv)
+    assert env.unwrapped.ant_env.model.actuator_gear[0, 0] == 30.0
+    env.close()
+
+
 def test_retired_gear150_ids_fail_with_the_new_ids():
     from torchrl_dmg.data.offline import DatasetUnavailableError
     from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name

@@ -223,6 +223,7 @@ CASES = [
         prepare=held_by_a_killed_process,
         continues=True,
     ),
+    Case("make_dataset unknown env", "make_dataset.py", ("env=pointmaze",), tiny=False),
 ]
 
 

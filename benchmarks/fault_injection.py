@@ -113,7 +113,7 @@ def child(point: str, nth: int, recipe: str, args: list[str]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     if point == "eval":
-        import torchrl_dmg.datagen.behaviour as behaviour
+        import torchrl_dmg.datagen.behaviour.trainer as behaviour
         import torchrl_dmg.envs as envs
 
         # the recipes' evaluations (evaluate_scores, evaluate_agents) and SAC's
@@ -152,7 +152,7 @@ def child(point: str, nth: int, recipe: str, args: list[str]) -> None:
         checkpointing.os = TrappedOs()
         recording.os = TrappedOs()  # behaviour's state.pt / checkpoints (atomic_write)
         if point == "ckpt-swap":  # behaviour has no .prev move: kill after its replace
-            import torchrl_dmg.datagen.behaviour as behaviour
+            import torchrl_dmg.datagen.behaviour.trainer as behaviour
 
             real = behaviour.atomic_torch_save
 

@@ -20,9 +20,13 @@ import time
 import numpy as np
 import torch
 
-from torchrl_dmg.datagen.antmaze import EPISODE_GROUP, NAVIGATOR_EPISODE_STEPS, navigate_episodes
-from torchrl_dmg.datagen.antmaze_envs import ANTMAZE_VARIANTS, variant_entry
-from torchrl_dmg.datagen.navigator import ACTION_NOISE, ant_policy_path, load_ant_policy
+from torchrl_dmg.datagen.antmaze.datasets import (
+    EPISODE_GROUP,
+    NAVIGATOR_EPISODE_STEPS,
+    navigate_episodes,
+)
+from torchrl_dmg.datagen.antmaze.mazes import ANTMAZE_VARIANTS, variant_entry
+from torchrl_dmg.datagen.antmaze.navigator import ACTION_NOISE, ant_policy_path, load_ant_policy
 
 
 def rule_stats(variant: str, episodes: int, seed: int, hold_goal: bool, actor) -> dict:

@@ -376,7 +376,7 @@ FINETUNE = (
 
 
 def behaviour_env_problem(value: str) -> str | None:
-    from torchrl_dmg.datagen.behaviour_policy import env_short_name
+    from torchrl_dmg.datagen.behaviour.tasks import env_short_name
 
     try:
         env_short_name(value)
@@ -432,7 +432,7 @@ MAKE_DATASET = (
         example="medium",
         choices=("random", "medium", "medium-replay", "expert", "medium-expert"),
     ),
-    _f("steps", low=1, meaning="transitions per policy"),
+    _f("steps", int, low=1, nullable=True, example=1_000_000, meaning="transitions per policy"),
     _f("seed", **_SEED),
     _f(
         "dataset_id",

@@ -23,14 +23,14 @@ import hydra
 from cli import guarded, preflight
 from omegaconf import DictConfig, OmegaConf
 
+from torchrl_dmg.datagen.antmaze.ant_policy import goal_reaching_success
 from torchrl_dmg.datagen.behaviour import train_sac
-from torchrl_dmg.datagen.behaviour_policy import (
+from torchrl_dmg.datagen.behaviour.policy import load_behaviour_actor
+from torchrl_dmg.datagen.behaviour.tasks import (
     D4RL_REF_SCORES,
     TASK_IDS,
     d4rl_normalized_score,
     env_short_name,
-    goal_reaching_success,
-    load_behaviour_actor,
 )
 from torchrl_dmg.training.guards import StopRequest
 

@@ -19,7 +19,7 @@ ANTMAZE_DATA = {"obs_keys": ["achieved_goal", "observation"], "reward_shift": -1
 def antmaze_root(tmp_path_factory) -> str:
     """A Minari root holding a tiny UMaze placeholder dataset (2 episodes x 100 steps)."""
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen.antmaze_random import generate_antmaze_dataset
+    from torchrl_dmg.datagen.antmaze.datasets import generate_antmaze_dataset
 
     root = tmp_path_factory.mktemp("minari_antmaze")
     with minari_datasets_path(root):
@@ -68,7 +68,7 @@ def test_generation_is_deterministic(antmaze_env, tmp_path):
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen.antmaze_random import generate_antmaze_dataset
+    from torchrl_dmg.datagen.antmaze.datasets import generate_antmaze_dataset
 
     with minari_datasets_path(tmp_path):
         generate_antmaze_dataset(
@@ -163,7 +163,7 @@ def test_finetune_recipe_runs_on_antmaze(antmaze_root, tmp_path):
 def test_the_shipped_ant_model_has_d4rl_actuation_and_timestep():
     import gymnasium as gym
 
-    from torchrl_dmg.datagen.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
+    from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
 
     register_d4rl_antmaze()
     for maze, (env_id, limit) in D4RL_ANTMAZE_IDS.items():
@@ -180,7 +180,7 @@ def test_the_shipped_ant_model_has_d4rl_actuation_and_timestep():
 def test_a_pickled_d4rl_antmaze_rebuilds_d4rls_ant():
     import pickle
 
-    from torchrl_dmg.datagen.d4rl_ant import D4RLAntMazeEnv
+    from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RLAntMazeEnv
 
     env = D4RLAntMazeEnv()
     copy = pickle.loads(pickle.dumps(env))
@@ -190,9 +190,26 @@ def test_a_pickled_d4rl_antmaze_rebuilds_d4rls_ant():
     copy.close()
 
 
+def test_an_env_spec_naming_the_stored_entry_point_builds_d4rls_ant():
+    """A stored AntMaze dataset's env spec names ``torchrl_dmg.datagen.d4rl_ant:D4RLAntMazeEnv``;
+    Minari rebuilds the env from that spec, so that entry point still makes D4RL's ant."""
+    import gymnasium as gym
+
+    from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RL_ANTMAZE_IDS, D4RLAntMazeEnv
+
+    env_id, limit = D4RL_ANTMAZE_IDS["umaze"]
+    spec = gym.envs.registration.EnvSpec(
+        env_id, entry_point="torchrl_dmg.datagen.d4rl_ant:D4RLAntMazeEnv", max_episode_steps=limit
+    )
+    env = gym.make(spec)
+    assert isinstance(env.unwrapped, D4RLAntMazeEnv)
+    assert env.unwrapped.ant_env.model.actuator_gear[0, 0] == 30.0
+    env.close()
+
+
 def test_retired_gear150_ids_fail_with_the_new_ids():
     from torchrl_dmg.data.offline import DatasetUnavailableError
-    from torchrl_dmg.datagen.behaviour_policy import resolve_env_name
+    from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name
     from torchrl_dmg.datagen.registry import ensure_dataset
 
     with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v1"):

@@ -12,18 +12,21 @@ import pytest
 import torch
 from recipe_runner import run_recipe
 
-from torchrl_dmg.datagen.antgoal import (
+from torchrl_dmg.datagen.antmaze.ant_policy import goal_reaching_success
+from torchrl_dmg.datagen.antmaze.datasets import (
+    generate_antmaze_navigator_dataset,
+    navigator_success,
+)
+from torchrl_dmg.datagen.antmaze.goal_task import (
     ANTGOAL_ID,
     AntGoalEnv,
     heading_frame,
     policy_observation,
     torso_yaw,
 )
-from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset, navigator_success
-from torchrl_dmg.datagen.antmaze_envs import PLAY_CELLS, antmaze_dataset_id
-from torchrl_dmg.datagen.behaviour_policy import goal_reaching_success
+from torchrl_dmg.datagen.antmaze.mazes import PLAY_CELLS, antmaze_dataset_id
+from torchrl_dmg.datagen.antmaze.navigator import WaypointNavigator
 from torchrl_dmg.datagen.maze import MazeGrid, base_maze_map
-from torchrl_dmg.datagen.navigator import WaypointNavigator
 
 EPISODES, EPISODE_STEPS = 3, 40
 
@@ -125,7 +128,7 @@ def test_antgoal_reward_target_and_termination():
 def test_a_flipped_ant_ends_a_v1_episode_but_not_a_v0_one():
     """On its back the torso rests inside Ant-v4's height range: v1 terminates on the
     torso's up axis (is_flipped), v0 (the first version) did not."""
-    from torchrl_dmg.datagen.antgoal import is_flipped, torso_upright
+    from torchrl_dmg.datagen.antmaze.goal_task import is_flipped, torso_upright
 
     upright = np.zeros(27)
     upright[1] = 1.0  # quaternion w, x, y, z = 1, 0, 0, 0
@@ -166,7 +169,7 @@ def test_the_ant_task_is_mirror_symmetric():
     """Mirrored state, target and actions give the mirrored trajectory: observations and
     policy inputs (mirror_observation), the same rewards and terminations. What SAC's
     mirror_augment relies on."""
-    from torchrl_dmg.datagen.antgoal import mirror_action, mirror_observation
+    from torchrl_dmg.datagen.antmaze.goal_task import mirror_action, mirror_observation
 
     rng = np.random.default_rng(0)
     env, twin = AntGoalEnv(), AntGoalEnv()
@@ -201,7 +204,7 @@ def test_the_ant_task_is_mirror_symmetric():
 def test_antgoal_is_registered_and_seeded():
     import gymnasium as gym
 
-    from torchrl_dmg.datagen.behaviour_policy import resolve_env_name
+    from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name
 
     assert resolve_env_name("antgoal") == ANTGOAL_ID
     a, b = gym.make(ANTGOAL_ID), gym.make(ANTGOAL_ID)
@@ -219,7 +222,7 @@ def test_antgoal_is_registered_and_seeded():
 
 
 def test_goal_reaching_success_counts_reached_targets(policy_dir):
-    from torchrl_dmg.datagen.behaviour_policy import load_behaviour_actor
+    from torchrl_dmg.datagen.behaviour.policy import load_behaviour_actor
 
     actor, _ = load_behaviour_actor(policy_dir / "antgoal.pt")
     far = goal_reaching_success(actor, episodes=2, max_steps=5, min_dist=5.0)
@@ -330,13 +333,13 @@ def test_the_navigator_sends_the_ant_on_or_holds_its_goal(policy_dir, monkeypatc
     """The datasets' rule sends the ant to the next play cell on arrival; ``hold_goal``
     (D4RL's generator, measured by benchmarks/navigator_goal_rule.py) keeps the episode's
     first goal. Every step counts as an arrival here."""
-    from torchrl_dmg.datagen import antmaze, navigator
+    from torchrl_dmg.datagen.antmaze import datasets, navigator
 
     monkeypatch.setattr(navigator, "GOAL_REACHED_RADIUS", 1e9)
     actor = navigator.load_ant_policy(navigator.ant_policy_path(policy_dir))[0]
     grid = MazeGrid(base_maze_map("medium"), 4.0)
     for hold in (False, True):
-        (ep,) = antmaze.navigate_episodes("medium", "play", [12], 0, 0, actor, 0.2, hold_goal=hold)
+        (ep,) = datasets.navigate_episodes("medium", "play", [12], 0, 0, actor, 0.2, hold_goal=hold)
         goals = np.stack(ep["commanded_goal"])
         assert all(grid.xy_to_cell(g) in PLAY_CELLS["medium"] for g in goals)
         changes = int((np.abs(np.diff(goals, axis=0)).sum(axis=1) > 0).sum())
@@ -352,7 +355,7 @@ def test_a_onegoal_dataset_keeps_each_episodes_goal_and_is_not_mistaken_for_a_ne
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen import navigator
+    from torchrl_dmg.datagen.antmaze import navigator
     from torchrl_dmg.datagen.registry import generator_for
 
     monkeypatch.setattr(navigator, "GOAL_REACHED_RADIUS", 1e9)  # every step an arrival
@@ -425,12 +428,12 @@ def test_navigator_dataset_is_deterministic_and_reused(nav_root, policy_dir, tmp
 
 def test_interrupted_navigator_collection_leaves_nothing(policy_dir, tmp_path, monkeypatch):
     from torchrl_dmg.data.local import dataset_path, is_complete, minari_datasets_path
-    from torchrl_dmg.datagen import antmaze
+    from torchrl_dmg.datagen.antmaze import datasets
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(antmaze, "navigate_episodes", boom)
+    monkeypatch.setattr(datasets, "navigate_episodes", boom)
     with minari_datasets_path(tmp_path), pytest.raises(KeyboardInterrupt):
         generate_antmaze_navigator_dataset(
             "umaze", num_steps=20, episode_steps=10, policy_dir=policy_dir, progress=False
@@ -450,7 +453,7 @@ def test_missing_ant_policy_names_the_fix(tmp_path):
 
 
 def test_navigator_success_on_the_evaluation_task(policy_dir):
-    from torchrl_dmg.datagen.behaviour_policy import load_behaviour_actor
+    from torchrl_dmg.datagen.behaviour.policy import load_behaviour_actor
 
     actor, _ = load_behaviour_actor(policy_dir / "antgoal.pt")
     result = navigator_success("umaze", episodes=2, actor=actor)
@@ -485,7 +488,7 @@ def test_make_dataset_recipe_for_antmaze(policy_dir, tmp_path):
 def test_ship_ant_policy_records_its_measurements(policy_dir, tmp_path):
     import shutil
 
-    from torchrl_dmg.datagen.ant_policy import ship_ant_policy
+    from torchrl_dmg.datagen.antmaze.ant_policy import ship_ant_policy
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -516,7 +519,7 @@ def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen import antgoal
+    from torchrl_dmg.datagen.antmaze import goal_task
 
     calls = {"n": 0}
 
@@ -524,7 +527,7 @@ def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
         calls["n"] += 1
         return calls["n"] % 7 == 0
 
-    monkeypatch.setattr(antgoal, "is_flipped", flips_every_7th_step)
+    monkeypatch.setattr(goal_task, "is_flipped", flips_every_7th_step)
     with minari_datasets_path(tmp_path):
         dataset_id = generate_antmaze_navigator_dataset(
             "umaze", num_steps=100, episode_steps=40, policy_dir=policy_dir, progress=False
@@ -547,9 +550,9 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen import antmaze
+    from torchrl_dmg.datagen.antmaze import datasets
 
-    monkeypatch.setattr(antmaze, "EPISODE_GROUP", 2)  # 3 episodes -> groups [0, 1], [2]
+    monkeypatch.setattr(datasets, "EPISODE_GROUP", 2)  # 3 episodes -> groups [0, 1], [2]
     data = {}
     for workers in (1, 2):
         root = tmp_path / f"w{workers}"
@@ -576,9 +579,9 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
 def test_the_shipped_ant_loads_and_its_record_holds_the_measurements():
     """torchrl_dmg/datagen/policies/antgoal.pt acts in AntMaze's 29-dim policy space, and
     policies.json records its step, open-space and per-maze navigator success."""
-    from torchrl_dmg.datagen.behaviour_policy import act, load_behaviour_actor
+    from torchrl_dmg.datagen.antmaze.navigator import ant_policy_path
+    from torchrl_dmg.datagen.behaviour.policy import act, load_behaviour_actor
     from torchrl_dmg.datagen.locomotion import POLICY_DIR
-    from torchrl_dmg.datagen.navigator import ant_policy_path
 
     actor, meta = load_behaviour_actor(ant_policy_path())
     assert (meta["obs_dim"], meta["act_dim"]) == (29, 8)

@@ -1,4 +1,4 @@
-"""Fast tests of the SAC behaviour-policy trainer (torchrl_dmg.datagen.behaviour) on Hopper-v5."""
+"""Fast tests of the SAC behaviour-policy trainer (torchrl_dmg.datagen.behaviour.trainer) on Hopper-v5."""
 
 from __future__ import annotations
 
@@ -13,16 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from torchrl_dmg.datagen import behaviour
-from torchrl_dmg.datagen.behaviour import train_sac
-from torchrl_dmg.datagen.behaviour_policy import (
-    D4RL_REF_SCORES,
-    act,
-    d4rl_normalized_score,
-    load_behaviour_actor,
-)
-from torchrl_dmg.datagen.sac import SACSettings, make_sac_updater
-from torchrl_dmg.datagen.transitions import TransitionStore, load_transitions
+from torchrl_dmg.datagen.behaviour import trainer
+from torchrl_dmg.datagen.behaviour.policy import act, load_behaviour_actor
+from torchrl_dmg.datagen.behaviour.sac import SACSettings, make_sac_updater
+from torchrl_dmg.datagen.behaviour.tasks import D4RL_REF_SCORES, d4rl_normalized_score
+from torchrl_dmg.datagen.behaviour.trainer import train_sac
+from torchrl_dmg.datagen.behaviour.transitions import TransitionStore, load_transitions
 from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue
 
 TINY = dict(
@@ -106,13 +102,13 @@ def test_checkpoint_rebuilds_an_actor_acting_inside_the_bounds(tiny_run):
     np.testing.assert_array_equal(sample_a, sample_b)  # a seeded generator reproduces
     assert np.all((sample_a >= -1.0) & (sample_a <= 1.0))
     assert not np.allclose(sample_a, det)
-    returns = behaviour.evaluate_actor(actor, "hopper", episodes=2, max_steps=5, seed=0)
+    returns = trainer.evaluate_actor(actor, "hopper", episodes=2, max_steps=5, seed=0)
     assert returns.shape == (2,) and np.all(np.isfinite(returns))
 
 
 def test_resume_after_an_interruption_continues_from_the_saved_step(tmp_path, monkeypatch):
     out_dir = tmp_path / "run"
-    evaluate = behaviour.evaluate_actor
+    evaluate = trainer.evaluate_actor
     calls = []
 
     def crash_on_second_checkpoint(*args, **kwargs):
@@ -121,10 +117,10 @@ def test_resume_after_an_interruption_continues_from_the_saved_step(tmp_path, mo
             raise KeyboardInterrupt  # killed while evaluating step 600
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(behaviour, "evaluate_actor", crash_on_second_checkpoint)
+    monkeypatch.setattr(trainer, "evaluate_actor", crash_on_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train_sac("hopper", out_dir=out_dir, **TINY)
-    monkeypatch.setattr(behaviour, "evaluate_actor", evaluate)
+    monkeypatch.setattr(trainer, "evaluate_actor", evaluate)
     assert torch.load(out_dir / "state.pt", weights_only=False)["steps"] == 300
     assert len(TransitionStore(out_dir / "transitions", 11, 3)) == 600  # beyond the state
     with pytest.raises(FileExistsError, match="resume=True"):
@@ -150,8 +146,8 @@ def test_bad_env_name_names_the_allowed_ones(tmp_path):
     with pytest.raises(ValueError, match="hopper.*halfcheetah.*walker2d"):
         train_sac("ant", out_dir=tmp_path / "x", **TINY)
     assert not (tmp_path / "x").exists()
-    assert behaviour.resolve_env_name("walker2d") == "Walker2d-v5"
-    assert behaviour.resolve_env_name("HalfCheetah-v5") == "HalfCheetah-v5"
+    assert trainer.resolve_env_name("walker2d") == "Walker2d-v5"
+    assert trainer.resolve_env_name("HalfCheetah-v5") == "HalfCheetah-v5"
 
 
 def test_d4rl_normalized_score():
@@ -370,18 +366,18 @@ def test_fixed_alpha_stays_at_its_start_value():
 def test_mirror_augment_stores_each_transition_and_its_mirror_image(tmp_path, monkeypatch):
     """AntGoal only; the replay buffer gets every collected transition and its mirror image
     (reward and ends unchanged), the transition store the real ones only."""
-    from torchrl_dmg.datagen.antgoal import mirror_action, mirror_observation
+    from torchrl_dmg.datagen.antmaze.goal_task import mirror_action, mirror_observation
 
     with pytest.raises(ValueError, match="mirror_augment"):
         train_sac("hopper", out_dir=tmp_path / "hopper", mirror_augment=True, **TINY)
     extended = []
-    original = behaviour.TensorDictReplayBuffer.extend
+    original = trainer.TensorDictReplayBuffer.extend
 
     def spy(self, data):
         extended.append(data.clone())
         return original(self, data)
 
-    monkeypatch.setattr(behaviour.TensorDictReplayBuffer, "extend", spy)
+    monkeypatch.setattr(trainer.TensorDictReplayBuffer, "extend", spy)
     out_dir = tmp_path / "ant"
     small = {**TINY, "total_steps": 200, "frames_per_batch": 100, "checkpoint_interval": 200}
     train_sac("antgoal", out_dir=out_dir, mirror_augment=True, **small)
@@ -415,7 +411,7 @@ def test_sync_actor_copies_trained_weights_into_a_separate_acting_actor():
     parameters require grad, so the copy must run without autograd)."""
     acting = make_sac_actor(11, 3, num_cells=(16, 16))
     trained = make_sac_actor(11, 3, num_cells=(16, 16))
-    behaviour._sync_actor(acting, trained)
+    trainer._sync_actor(acting, trained)
     for a, b in zip(acting.parameters(), trained.parameters(), strict=True):
         assert torch.equal(a, b) and a.requires_grad
 
@@ -449,7 +445,7 @@ def test_a_kill_9_between_the_rows_and_their_length_resumes_bit_identically(tiny
     out_dir = tmp_path / "killed"
     script = (
         "import os, signal\n"
-        "from torchrl_dmg.datagen import behaviour, transitions\n"
+        "from torchrl_dmg.datagen.behaviour import trainer, transitions\n"
         "write, calls = transitions._write_length_file, []\n"
         "def killing(root, count):\n"
         "    calls.append(count)\n"
@@ -457,7 +453,7 @@ def test_a_kill_9_between_the_rows_and_their_length_resumes_bit_identically(tiny
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    write(root, count)\n"
         "transitions._write_length_file = killing\n"
-        f"behaviour.train_sac('hopper', out_dir={str(out_dir)!r}, seed=0, **{TINY!r})\n"
+        f"trainer.train_sac('hopper', out_dir={str(out_dir)!r}, seed=0, **{TINY!r})\n"
     )
     root = Path(__file__).resolve().parents[1]  # this checkout's package first
     proc = subprocess.run([sys.executable, "-c", script], env=os.environ.copy(), cwd=root)

@@ -8,9 +8,9 @@ import torch
 
 from torchrl_dmg.data.local import dataset_path, is_complete
 from torchrl_dmg.datagen import locomotion
-from torchrl_dmg.datagen.behaviour_policy import D4RL_REF_SCORES
+from torchrl_dmg.datagen.behaviour.tasks import D4RL_REF_SCORES
+from torchrl_dmg.datagen.behaviour.transitions import TransitionStore
 from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset, locomotion_dataset_id
-from torchrl_dmg.datagen.transitions import TransitionStore
 from torchrl_dmg.modules import make_sac_actor
 
 OBS, ACT = 11, 3  # Hopper-v5

@@ -269,3 +269,65 @@ def test_default_root_and_unset_env_var_restored(tmp_path, monkeypatch):
     assert (root / "local" / "pointmaze" / "umaze-home-v0" / "data" / "metadata.json").is_file()
     assert is_complete(did)
     assert _leftovers(root) == []
+
+
+# ---------------------------------------------------------------------- the make_dataset recipe
+def test_make_dataset_makes_a_pointmaze_dataset(tmp_path):
+    """``make_dataset.py env=pointmaze-umaze`` makes ``local/pointmaze/umaze-v0``, the id the
+    offline recipe reads, with the steps asked for."""
+    from recipe_runner import run_recipe
+
+    from torchrl_dmg.data.local import minari_datasets_path
+
+    root = tmp_path / "minari"
+    proc = run_recipe(
+        "make_dataset.py",
+        tmp_path / "run",
+        str(root),
+        "env=pointmaze-umaze",
+        "steps=400",
+        "progress=false",
+        base=(),
+    )
+    assert "[make_dataset] local/pointmaze/umaze-v0: " in proc.stdout, proc.stdout
+    assert " 400 steps; " in proc.stdout
+    with minari_datasets_path(root):
+        assert is_complete("local/pointmaze/umaze-v0")
+        assert minari.load_dataset("local/pointmaze/umaze-v0").total_steps == 400
+
+
+@pytest.mark.parametrize("env", ["pointmaze", "pointmaze-tiny", "antmaze-huge", "ant"])
+def test_make_dataset_names_every_env_in_one_line_for_an_unknown_one(tmp_path, env):
+    """A wrong env name is refused in one line that lists every env make_dataset makes,
+    PointMaze's included, before any data are made."""
+    from recipe_runner import run_recipe
+
+    proc = run_recipe(
+        "make_dataset.py", tmp_path / "run", str(tmp_path), f"env={env}", base=(), check=False
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"Unknown env {env!r}; choose one of: " in last
+    for name in ("hopper", "halfcheetah", "walker2d", "pointmaze-umaze", "pointmaze-medium"):
+        assert name in last
+    for name in ("pointmaze-large", "antmaze-umaze", "antmaze-large-diverse"):
+        assert name in last
+    assert not (tmp_path / "local").exists()
+
+
+def test_make_dataset_refuses_a_locomotion_key_for_pointmaze(tmp_path):
+    from recipe_runner import run_recipe
+
+    proc = run_recipe(
+        "make_dataset.py",
+        tmp_path / "run",
+        str(tmp_path),
+        "env=pointmaze-umaze",
+        "quality=expert",
+        base=(),
+        check=False,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "quality=expert does not apply to PointMaze" in last and "pointmaze-large" in last
+    assert not (tmp_path / "local").exists()

@@ -16,7 +16,7 @@ from tensordict import TensorDict
 from torchrl.data import Bounded
 from torchrl.objectives import SACLoss, SoftUpdate, group_optimizers
 
-from torchrl_dmg.datagen.sac import SACSettings, load_updater_state, make_sac_updater
+from torchrl_dmg.datagen.behaviour.sac import SACSettings, load_updater_state, make_sac_updater
 from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue
 from torchrl_dmg.training.compile import leaves
 

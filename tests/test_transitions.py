@@ -1,4 +1,4 @@
-"""The SAC run's transition log (torchrl_dmg.datagen.transitions) is TorchRL's
+"""The SAC run's transition log (torchrl_dmg.datagen.behaviour.transitions) is TorchRL's
 LazyMemmapStorage on disk; the raw-binary format of earlier versions stays readable."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchrl.data import LazyMemmapStorage
 
-from torchrl_dmg.datagen.transitions import TransitionStore, load_transitions
+from torchrl_dmg.datagen.behaviour.transitions import TransitionStore, load_transitions
 
 
 def _rows(first: int, n: int) -> dict[str, np.ndarray]:

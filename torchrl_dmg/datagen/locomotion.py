@@ -2,7 +2,7 @@
 
 D4RL's ``hopper-medium-v2`` and friends need the internet (Minari's ``mujoco/*`` copies) or
 the dead mujoco-py stack; this module rebuilds them on Gymnasium's v5 tasks from behaviour
-policies this project trains itself (:mod:`torchrl_dmg.datagen.behaviour`, SAC as in D4RL):
+policies this project trains itself (:mod:`torchrl_dmg.datagen.behaviour.trainer`, SAC as in D4RL):
 
 * ``random``: uniform random actions.
 * ``medium``: the stochastic policy of a SAC checkpoint at about a third of the expert
@@ -28,7 +28,6 @@ is reused, a partial one is rebuilt.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -41,16 +40,14 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, publish_dataset
-from torchrl_dmg.data.scores import D4RL_REF_SCORES
-from torchrl_dmg.datagen.behaviour_policy import (
-    ENV_IDS,
+from torchrl_dmg.datagen.behaviour.policy import (
     act,
-    d4rl_normalized_score,
     evaluate_actor,
     evaluated_checkpoints,
     load_behaviour_actor,
 )
-from torchrl_dmg.datagen.transitions import load_transitions
+from torchrl_dmg.datagen.behaviour.tasks import D4RL_REF_SCORES, ENV_IDS, d4rl_normalized_score
+from torchrl_dmg.datagen.behaviour.transitions import load_transitions
 from torchrl_dmg.recording import atomic_write, write_json
 
 __all__ = [
@@ -433,17 +430,3 @@ def update_policy_record(entries: dict[str, Any], policy_dir: str | os.PathLike 
     record = json.loads(path.read_text()) if path.is_file() else {}
     record.update(entries)
     write_json(path, record)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description="Ship the medium and expert policies of a recipes/train_behaviour.py run."
-    )
-    parser.add_argument("run_dir")
-    parser.add_argument("--env", required=True, choices=sorted(LOCOMOTION_ENVS))
-    parser.add_argument("--policy-dir", default=None)
-    parser.add_argument("--episodes", type=int, default=10)
-    args = parser.parse_args()
-    ship_behaviour_policies(
-        args.run_dir, args.env, policy_dir=args.policy_dir, episodes=args.episodes
-    )

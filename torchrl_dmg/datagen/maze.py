@@ -1,4 +1,4 @@
-"""Maze-grid utilities shared by the PointMaze (and later AntMaze) data generators.
+"""Maze-grid utilities shared by the PointMaze and AntMaze data generators.
 
 gymnasium-robotics describes a maze as a list of rows (``maze_map[row][col]``) where ``1`` is
 a wall and ``0`` / ``"r"`` / ``"g"`` / ``"c"`` are free cells. The MuJoCo world is centred on

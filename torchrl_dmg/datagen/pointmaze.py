@@ -32,8 +32,6 @@ this module recreates the recipe behind them:
 
 from __future__ import annotations
 
-import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +83,8 @@ DEFAULT_NOISE = 0.5
 #: Upper bound of the random number of steps the controller holds a reached goal.
 DEFAULT_MAX_DWELL = 100
 
-#: Bumped whenever the data a given set of arguments produces changes; older datasets are rebuilt.
+#: Bumped whenever the data a given set of arguments produces changes; a stored dataset of
+#: another version is rebuilt.
 _GENERATOR_VERSION = 2
 
 
@@ -333,7 +332,7 @@ def generate_pointmaze_dataset(
     if not force and is_complete(dataset_id):
         if stored_generator_version(dataset_id) == _GENERATOR_VERSION:
             return dataset_id
-        # made by an older generator: rebuild rather than silently train on stale data
+        # made by another generator version: rebuild rather than silently train on stale data
 
     settings = {
         "noise": noise,
@@ -450,29 +449,3 @@ def _publish(
         )
     finally:
         eval_env.close()
-
-
-def _steps_per_second(maze: str = "medium", num_steps: int = 20_000) -> float:
-    """Throughput of the collection loop (env + controller), for sizing datasets."""
-    env = _make_collection_env(maze, _maze_entry(maze)[3])
-    ctrl = WaypointController(env.unwrapped.maze.maze_map, noise=DEFAULT_NOISE, seed=0)
-    start = time.perf_counter()
-    _collect(env, ctrl, num_steps, 0, _maze_entry(maze)[3], True, progress=False)
-    env.close()
-    return num_steps / max(time.perf_counter() - start, 1e-9)
-
-
-if __name__ == "__main__":  # pragma: no cover - manual timing helper
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--maze", default="medium", choices=sorted(POINTMAZE_MAZES))
-    parser.add_argument("--num-steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=DEFAULT_NOISE)
-    parser.add_argument("--dataset-id", default=None)
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
-    t0 = time.perf_counter()
-    out = generate_pointmaze_dataset(
-        args.maze, args.num_steps, args.seed, args.noise, args.dataset_id, args.force
-    )
-    print(f"{out}: {time.perf_counter() - t0:.1f} s")

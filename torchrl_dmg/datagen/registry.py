@@ -12,8 +12,10 @@ from collections.abc import Callable
 
 from torchrl_dmg.data.local import dataset_lock, validate_dataset_id
 from torchrl_dmg.data.offline import DatasetUnavailableError, open_dataset
-from torchrl_dmg.datagen.antmaze import generate_antmaze_navigator_dataset
-from torchrl_dmg.datagen.antmaze_random import generate_antmaze_dataset
+from torchrl_dmg.datagen.antmaze.datasets import (
+    generate_antmaze_dataset,
+    generate_antmaze_navigator_dataset,
+)
 from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset
 from torchrl_dmg.datagen.pointmaze import generate_pointmaze_dataset
 

@@ -1,14 +1,14 @@
 """Local AntMaze datasets, generated as real Minari datasets (no internet needed).
 
-Two generators share the environments defined here:
+Two generators share the environments of :mod:`torchrl_dmg.datagen.antmaze.mazes`:
 
-* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v1``): D4RL-style data
-  from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antgoal`, trained with the project's SAC and
-  shipped as ``policies/antgoal.pt``) steered along maze waypoints by a
-  :class:`WaypointNavigator`, with D4RL's variants (umaze, umaze-diverse, medium-play,
-  medium-diverse, large-play, large-diverse). With ``goal_rule="onegoal"`` the ant keeps its
+* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v1``): D4RL-style
+  data from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antmaze.goal_task`, trained with
+  the project's SAC and shipped as ``policies/antgoal.pt``) steered along maze waypoints by
+  a :class:`~torchrl_dmg.datagen.antmaze.navigator.WaypointNavigator`, with D4RL's variants
+  (umaze, umaze-diverse, medium-play, medium-diverse, large-play, large-diverse). With ``goal_rule="onegoal"`` the ant keeps its
   first commanded goal to the episode's end, as D4RL's generator did
-  (``local/antmaze/<variant>-onegoal-v1``). See the second half of this module.
+  (``local/antmaze/<variant>-onegoal-v1``).
 * :func:`generate_antmaze_dataset` (``local/antmaze/<maze>-random-v1``): a *placeholder* whose
   behaviour policy is **uniform random actions**: the ant jitters around its start cell and
   practically never reaches the goal, so the data only exercise the AntMaze code path end to
@@ -17,7 +17,7 @@ Two generators share the environments defined here:
 
 What both store:
 
-* Environment: ``torchrl_dmg/AntMazeD4RL_{UMaze,Medium,Large}-v0`` (:mod:`torchrl_dmg.datagen.d4rl_ant`:
+* Environment: ``torchrl_dmg/AntMazeD4RL_{UMaze,Medium,Large}-v0`` (:mod:`torchrl_dmg.datagen.antmaze.d4rl_ant`:
   gymnasium-robotics ``AntMaze-v5`` with D4RL's ant, ``gear 30``, 0.1 s per step; 27-dim
   ant state as in ``AntMaze_*-v4`` and Minari's D4RL AntMaze datasets, plus 2-dim
   ``achieved_goal`` = the ant's xy and 2-dim ``desired_goal``), sparse reward,
@@ -49,29 +49,31 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
-from torchrl_dmg.data.local import is_complete, stored_generator_params
-from torchrl_dmg.datagen.antmaze_envs import (
+from torchrl_dmg.data.local import is_complete, stored_generator_params, stored_generator_version
+from torchrl_dmg.datagen.antmaze.mazes import (
+    DATASET_VERSION,
     antmaze_dataset_id,
     antmaze_entry,
     make_antmaze_env,
     publish_antmaze,
     variant_entry,
 )
-from torchrl_dmg.datagen.behaviour_policy import (
-    load_behaviour_actor,
-)
-from torchrl_dmg.datagen.navigator import (
+from torchrl_dmg.datagen.antmaze.navigator import (
     ACTION_NOISE,
     WAYPOINT_JITTER,
     NavigatedAnt,
     ant_policy_path,
     load_ant_policy,
     noisy_actions,
+)
+from torchrl_dmg.datagen.behaviour.policy import (
+    load_behaviour_actor,
 )
 
 #: Episode length of the navigator datasets (D4RL: 1000 steps).
@@ -86,7 +88,9 @@ NAVIGATOR_NUM_STEPS = 1_000_000
 EPISODE_GROUP = 16
 
 
-_NAVIGATOR_VERSION = 3  # 2: an episode ends when the ant flips; 3: D4RL's ant
+#: Bumped whenever the data a given set of arguments produces changes; a stored dataset of
+#: another version is rebuilt.
+_NAVIGATOR_VERSION = 3
 
 #: What the navigator does when the ant reaches its commanded goal: ``"next"`` sends it to
 #: the next goal cell (the ``local/antmaze/<variant>-v1`` datasets); ``"onegoal"`` keeps
@@ -106,7 +110,7 @@ def navigate_episodes(
     hold_goal: bool = False,
 ) -> list[dict[str, Any]]:
     """Episodes ``first_episode, ...`` of the given lengths, stepped side by side. An
-    episode whose ant ends a step on its back (:func:`~torchrl_dmg.datagen.antgoal.is_flipped`,
+    episode whose ant ends a step on its back (:func:`~torchrl_dmg.datagen.antmaze.goal_task.is_flipped`,
     from which it cannot get up) stops there (``"flipped": True``): the rest would be
     the ant lying still. On reaching its commanded goal the ant is sent to the next one
     (the datasets' rule), or with ``hold_goal`` keeps that goal to the episode's end
@@ -165,10 +169,10 @@ def generate_antmaze_navigator_dataset(
 ) -> str:
     """Generate (or reuse) a D4RL-style AntMaze dataset and return its Minari id.
 
-    The shipped goal-reaching ant (:func:`ant_policy_path`) walks towards the waypoints of
-    a :class:`WaypointNavigator`, its deterministic action plus ``N(0, noise^2)`` (clipped
+    The shipped goal-reaching ant (:func:`~torchrl_dmg.datagen.antmaze.navigator.ant_policy_path`) walks towards the waypoints of
+    a :class:`~torchrl_dmg.datagen.antmaze.navigator.WaypointNavigator`, its deterministic action plus ``N(0, noise^2)`` (clipped
     to [-1, 1]); when the ant reaches its commanded goal, the next one is drawn from the
-    variant's goal cells (:data:`ANTMAZE_VARIANTS`). Episodes of ``episode_steps`` steps,
+    variant's goal cells (:data:`~torchrl_dmg.datagen.antmaze.mazes.ANTMAZE_VARIANTS`). Episodes of ``episode_steps`` steps,
     every one truncated (never terminated); episode ``i`` resets with seed ``seed + i``
     and draws its start, goals, waypoint jitter and action noise from its own stream
     (``SeedSequence(seed, spawn_key=(i,))``): the same arguments give the same data.
@@ -182,7 +186,7 @@ def generate_antmaze_navigator_dataset(
     ``goal_rule`` (:data:`GOAL_RULES`, default ``"next"``) is what happens on reaching the
     commanded goal: the next one is drawn, or (``"onegoal"``, D4RL's rule) the ant keeps
     it to the episode's end; the default id names the rule
-    (:func:`~torchrl_dmg.datagen.antmaze_envs.antmaze_dataset_id`) and a stored dataset
+    (:func:`~torchrl_dmg.datagen.antmaze.mazes.antmaze_dataset_id`) and a stored dataset
     made under the other rule is rebuilt, not reused.
 
     ``workers > 1`` steps the episodes in that many processes, each taking whole groups of
@@ -206,7 +210,7 @@ def generate_antmaze_navigator_dataset(
         raise ValueError(f"workers must be >= 1, got {workers}")
     if not force and is_complete(dataset_id):
         stored = stored_generator_params(dataset_id) or {}
-        # made before there was a choice of rule: "next"
+        # a stored dataset that records no rule holds "next" data
         if stored.get("generator_version") == _NAVIGATOR_VERSION and (
             stored.get("goal_rule", "next") == goal_rule
         ):
@@ -306,7 +310,7 @@ def _publish_navigated(
     episode_steps, noise = settings["episode_steps"], settings["noise"]
     env_id, start, goal, _ = antmaze_entry(maze)
     params = {
-        "generator": "torchrl_dmg.datagen.antmaze.generate_antmaze_navigator_dataset",
+        "generator": "torchrl_dmg.datagen.antmaze.datasets.generate_antmaze_navigator_dataset",
         "generator_version": _NAVIGATOR_VERSION,
         "variant": variant,
         "maze": maze,
@@ -439,3 +443,174 @@ def navigator_success(
         "mean_steps": float(np.mean(steps_taken)) if steps_taken else None,
         "flips": flips,
     }
+
+
+# ---------------------------------------------------------------- placeholder: random actions
+#: Default size of the placeholder datasets (D4RL used 1M steps); about a minute on one core.
+RANDOM_NUM_STEPS = 100_000
+
+
+#: Bumped whenever the data a given set of arguments produces changes; a stored dataset of
+#: another version is rebuilt.
+_RANDOM_VERSION = 2
+
+
+_POLICIES = ("random",)
+
+
+def default_antmaze_dataset_id(maze: str, policy: str = "random") -> str:
+    """Default local Minari id, e.g. ``local/antmaze/umaze-random-v1``."""
+    antmaze_entry(maze)
+    return f"local/antmaze/{maze.lower()}-{policy}-v{DATASET_VERSION}"
+
+
+def _collect_episode(
+    base: gym.Env, rng: np.random.Generator, length: int, seed: int
+) -> dict[str, Any]:
+    """One episode of uniform random actions, stepping the unwrapped env (no time limit)."""
+    keys = ("observation", "achieved_goal", "desired_goal")
+    obs, info = base.reset(seed=seed)
+    low = base.action_space.low.astype(np.float32)
+    high = base.action_space.high.astype(np.float32)
+    observations = {k: [np.asarray(obs[k], dtype=np.float64)] for k in keys}
+    actions = rng.uniform(low, high, size=(length, low.shape[0])).astype(np.float32)
+    rewards = np.empty(length, dtype=np.float64)
+    success = [bool(info["success"])]
+    for t in range(length):
+        obs, reward, _terminated, _truncated, info = base.step(actions[t])
+        for k in keys:
+            observations[k].append(np.asarray(obs[k], dtype=np.float64))
+        rewards[t] = reward
+        success.append(bool(info["success"]))
+    return {
+        "observations": {k: np.stack(v) for k, v in observations.items()},
+        "actions": actions,
+        "rewards": rewards,
+        "success": np.asarray(success),
+    }
+
+
+def _collect_random(
+    env, num_steps: int, episode_steps: int, seed: int, progress: bool
+) -> tuple[list, int]:
+    """Episodes of uniform random actions (buffers) and the steps they spent at the goal;
+    ``env`` is closed on an error."""
+    rng = np.random.default_rng(seed)
+    buffers = []
+    steps_at_goal = 0
+    try:
+        with tqdm(
+            total=num_steps, disable=not progress, desc="antmaze collect", unit="step"
+        ) as bar:
+            done_steps = 0
+            while done_steps < num_steps:
+                i = len(buffers)
+                length = min(episode_steps, num_steps - done_steps)
+                ep = _collect_episode(env.unwrapped, rng, length, seed + i)
+                truncations = np.zeros(length, dtype=bool)
+                truncations[-1] = True
+                steps_at_goal += int(ep["success"][1:].sum())
+                buffers.append(
+                    EpisodeBuffer(
+                        id=i,
+                        seed=seed + i,
+                        observations=ep["observations"],
+                        actions=ep["actions"],
+                        rewards=ep["rewards"],
+                        terminations=np.zeros(length, dtype=bool),
+                        truncations=truncations,
+                        infos={"success": ep["success"]},
+                    )
+                )
+                done_steps += length
+                bar.update(length)
+    except BaseException:
+        env.close()
+        raise
+
+    return buffers, steps_at_goal
+
+
+def _publish_random(dataset_id: str, maze: str, env, buffers: list, params: dict) -> None:
+    """Write the placeholder dataset with its description (closes ``env``)."""
+    env_id, start, goal = params["env_id"], tuple(params["reset_cell"]), tuple(params["goal_cell"])
+    num_steps, episode_steps, policy = (
+        params["num_steps"],
+        params["episode_steps"],
+        params["policy"],
+    )
+    description = (
+        f"PLACEHOLDER AntMaze data on {env_id} (sparse reward, continuing task, fixed reset cell "
+        f"{start} and goal cell {goal}) from a uniform random policy: it exercises the AntMaze "
+        f"pipeline but does not reach the goal. {num_steps} steps in episodes of {episode_steps} "
+        "steps (truncated, never terminated). Evaluation env: the same cells with "
+        "continuing_task=False (terminated with reward 1 at the goal); ref_min_score 0 and "
+        f"ref_max_score 1, so the normalised score is the success rate. Parameters: {params}."
+    )
+    publish_antmaze(
+        dataset_id, buffers, env, maze, f"{policy} policy (placeholder)", description, params
+    )
+
+
+def generate_antmaze_dataset(
+    maze: str = "umaze",
+    num_steps: int | None = None,
+    seed: int = 0,
+    dataset_id: str | None = None,
+    policy: str = "random",
+    force: bool = False,
+    progress: bool = True,
+    *,
+    episode_steps: int | None = None,
+) -> str:
+    """Generate (or reuse) a local placeholder AntMaze Minari dataset and return its id.
+
+    Args:
+        maze: ``"umaze"``, ``"medium"`` or ``"large"``.
+        num_steps: transitions to collect (default :data:`RANDOM_NUM_STEPS`); the last episode
+            is shorter when ``episode_steps`` does not divide it.
+        seed: episode ``i`` resets with ``seed + i``; the actions come from
+            ``np.random.default_rng(seed)``. Same seed and arguments give identical data.
+        dataset_id: Minari id (default ``local/antmaze/<maze>-<policy>-v1``).
+        policy: behaviour policy; only ``"random"`` (uniform actions, a placeholder: see the
+            module docstring).
+        force: rebuild even if a complete dataset with this id exists.
+        progress: show a tqdm bar while collecting.
+        episode_steps: steps per episode (default: the env's limit, 700 / 1000 / 1000); this is
+            also the ``max_episode_steps`` of the stored (online) env.
+
+    Existing complete datasets made by this generator version are returned untouched (their
+    other parameters are not compared: pass ``force=True`` or another ``dataset_id``). The
+    dataset is published atomically with :func:`torchrl_dmg.data.local.building_dataset`.
+    """
+
+    env_id, start, goal, horizon = antmaze_entry(maze)
+    maze = maze.lower()
+    if policy not in _POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; expected one of {list(_POLICIES)}")
+    dataset_id = dataset_id or default_antmaze_dataset_id(maze, policy)
+    num_steps = int(num_steps if num_steps is not None else RANDOM_NUM_STEPS)
+    episode_steps = int(episode_steps or horizon)
+    if num_steps <= 0 or episode_steps <= 0:
+        raise ValueError("num_steps and episode_steps must be positive")
+    if not force and is_complete(dataset_id):
+        if stored_generator_version(dataset_id) == _RANDOM_VERSION:
+            return dataset_id
+
+    env = make_antmaze_env(maze, max_episode_steps=episode_steps)
+    buffers, steps_at_goal = _collect_random(env, num_steps, episode_steps, seed, progress)
+    params = {
+        "generator": "torchrl_dmg.datagen.antmaze.datasets.generate_antmaze_dataset",
+        "generator_version": _RANDOM_VERSION,
+        "maze": maze,
+        "env_id": env_id,
+        "policy": policy,
+        "num_steps": num_steps,
+        "seed": seed,
+        "episode_steps": episode_steps,
+        "reset_cell": list(start),
+        "goal_cell": list(goal),
+        "steps_at_goal": steps_at_goal,
+    }
+    _publish_random(dataset_id, maze, env, buffers, params)
+    return dataset_id

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrl_dmg.datagen import antgoal
-from torchrl_dmg.datagen.antgoal import ANTGOAL_ID, RETIRED_ANTGOAL_IDS
-from torchrl_dmg.datagen.antmaze_envs import make_antmaze_env, make_antmaze_eval_env, task_cells
-from torchrl_dmg.datagen.behaviour_policy import (
+from torchrl_dmg.datagen.antmaze import goal_task
+from torchrl_dmg.datagen.antmaze.goal_task import ANTGOAL_ID, RETIRED_ANTGOAL_IDS
+from torchrl_dmg.datagen.antmaze.mazes import make_antmaze_env, make_antmaze_eval_env, task_cells
+from torchrl_dmg.datagen.behaviour.policy import (
     act,
     load_behaviour_actor,
 )
@@ -51,7 +51,7 @@ def ant_policy_path(policy_dir: str | os.PathLike | None = None) -> Path:
         raise FileNotFoundError(
             f"No goal-reaching ant policy at {path}: the local AntMaze datasets are made with "
             "it. Train one with `python recipes/train_behaviour.py env=antgoal` and ship it "
-            "with `python -m torchrl_dmg.datagen.ant_policy outputs/behaviour/antgoal_s0` (docs/datasets.md, "
+            "with torchrl_dmg.datagen.antmaze.ant_policy.ship_ant_policy (docs/datasets.md, "
             "'AntMaze datasets'); meanwhile fine-tuning runs offline on the local PointMaze "
             "data: `python recipes/finetune.py dataset=local/pointmaze/medium-v0 "
             "family=pointmaze`."
@@ -173,7 +173,7 @@ class NavigatedAnt:
 
     def policy_input(self) -> np.ndarray:
         xy = self.obs["achieved_goal"]
-        return antgoal.policy_observation(self.obs["observation"], xy, self.nav.waypoint(xy))
+        return goal_task.policy_observation(self.obs["observation"], xy, self.nav.waypoint(xy))
 
     def step(self, action: np.ndarray, recommand: bool = True):
         self.obs, reward, terminated, truncated, info = self.base.step(action)
@@ -185,9 +185,9 @@ class NavigatedAnt:
 
     @property
     def flipped(self) -> bool:
-        """The ant lies on its back (:func:`torchrl_dmg.datagen.antgoal.is_flipped`): it cannot get
+        """The ant lies on its back (:func:`torchrl_dmg.datagen.antmaze.goal_task.is_flipped`): it cannot get
         up, its episode is over."""
-        return bool(antgoal.is_flipped(self.obs["observation"]))
+        return bool(goal_task.is_flipped(self.obs["observation"]))
 
 
 def noisy_actions(actor, ants: list[NavigatedAnt], noise: float) -> np.ndarray:

@@ -1,28 +1,80 @@
-"""Shipping a goal-reaching ant: pick the checkpoint of a ``train_sac`` AntGoal run that
-navigates the mazes best, copy it to ``policies/antgoal.pt`` and record its measurements.
-
-    python -m torchrl_dmg.datagen.ant_policy outputs/behaviour/antgoal_s0 --candidates 4
-"""
+"""Choosing and shipping the goal-reaching ant: its open-space success rate
+(:func:`goal_reaching_success`), and :func:`ship_ant_policy`, which picks the checkpoint of
+a ``recipes/train_behaviour.py env=antgoal`` run that navigates the mazes best, copies it
+to ``policies/antgoal.pt`` and records its measurements (docs/datasets.md, 'AntMaze
+datasets')."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from torchrl_dmg.datagen.antmaze import navigator_success
-from torchrl_dmg.datagen.behaviour_policy import (
-    evaluated_checkpoints,
-    goal_reaching_success,
-    load_behaviour_actor,
-)
+from torchrl_dmg.datagen.antmaze.datasets import navigator_success
+from torchrl_dmg.datagen.antmaze.goal_task import AntGoalEnv
+from torchrl_dmg.datagen.antmaze.navigator import ACTION_NOISE
+from torchrl_dmg.datagen.behaviour.policy import act, evaluated_checkpoints, load_behaviour_actor
 from torchrl_dmg.datagen.locomotion import POLICY_DIR, update_policy_record
-from torchrl_dmg.datagen.navigator import ACTION_NOISE
 from torchrl_dmg.recording import atomic_write
+
+
+def goal_reaching_success(
+    actor: Any,
+    *,
+    episodes: int = 50,
+    seed: int = 0,
+    min_dist: float = 2.0,
+    max_dist: float = 6.0,
+    max_steps: int = 300,
+    deterministic: bool = True,
+) -> dict[str, float]:
+    """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.datagen.behaviour` SAC actor)
+    in open space: each episode one target ``U(min_dist, max_dist)`` away in a uniformly
+    random direction (no targets-ahead share), success when the ant comes within the reach
+    radius in ``max_steps`` steps (a fall or a flip ends the episode as a failure, counted
+    in ``falls``). Episodes run side by side (episode ``i`` seeded ``seed + i``).
+
+    Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps_to_reach`` (successes only;
+    None without any) and ``falls``.
+    """
+    envs = [
+        AntGoalEnv(min_dist=min_dist, max_dist=max_dist, forward_fraction=0.0)
+        for _ in range(episodes)
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+        reached_at = np.full(episodes, -1)
+        falls = 0
+        active = list(range(episodes))
+        for t in range(max_steps):
+            if not active:
+                break
+            actions = act(actor, np.stack([obs[i] for i in active]), deterministic, generator)
+            still = []
+            for i, a in zip(active, actions, strict=True):
+                obs[i], _, terminated, _, info = envs[i].step(a)
+                if info["reached"]:
+                    reached_at[i] = t + 1
+                elif terminated:
+                    falls += 1
+                else:
+                    still.append(i)
+            active = still
+    finally:
+        for env in envs:
+            env.close()
+    ok = reached_at > 0
+    return {
+        "success_rate": float(ok.mean()),
+        "episodes": int(episodes),
+        "mean_steps_to_reach": float(reached_at[ok].mean()) if ok.any() else None,
+        "falls": int(falls),
+    }
 
 
 def ship_ant_policy(
@@ -37,7 +89,7 @@ def ship_ant_policy(
 ) -> dict[str, Any]:
     """Pick and ship the goal-reaching ant of a ``recipes/train_behaviour.py env=antgoal``
     run: the ``candidates`` checkpoints with the best evaluation return are measured on
-    open-space target reaching (:func:`torchrl_dmg.datagen.antgoal.goal_reaching_success`) and as
+    open-space target reaching (:func:`goal_reaching_success`) and as
     the navigator of ``mazes[0]`` (:func:`navigator_success`), ``episodes`` episodes each.
     The one that reaches that maze's goal most often (the ant is there to make maze data;
     ties: open-space success, then the later step) is written to
@@ -104,26 +156,3 @@ def ship_ant_policy(
         )
     update_policy_record({"antgoal": entry}, out)
     return entry
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description="Ship the goal-reaching ant of a `train_behaviour.py env=antgoal` run."
-    )
-    parser.add_argument("run_dir")
-    parser.add_argument("--policy-dir", default=None)
-    parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--candidates", type=int, default=3)
-    parser.add_argument(
-        "--mazes", nargs="+", default=["umaze", "medium", "large"], help="the first one picks"
-    )
-    parser.add_argument("--training", default=None, help="how the run was made (recorded)")
-    args = parser.parse_args()
-    ship_ant_policy(
-        args.run_dir,
-        policy_dir=args.policy_dir,
-        episodes=args.episodes,
-        candidates=args.candidates,
-        mazes=args.mazes,
-        training=args.training,
-    )

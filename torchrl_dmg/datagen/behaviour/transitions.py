@@ -15,10 +15,9 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage
 
-from torchrl_dmg.datagen.antgoal import mirror_action, mirror_observation
 from torchrl_dmg.recording import write_json
 
-__all__ = ["TransitionStore", "load_transitions", "mirrored_rows", "replay_entries", "store_rows"]
+__all__ = ["TransitionStore", "load_transitions", "replay_entries", "store_rows"]
 
 #: the checkpoint file of TorchRL's ``TensorStorageCheckpointer``: the storage's length
 LENGTH_FILE = "storage_metadata.json"
@@ -226,7 +225,7 @@ def _read_legacy(root: Path, max_step: int | None) -> dict[str, np.ndarray]:
 
 
 def load_transitions(out_dir: str | os.PathLike, max_step: int | None = None) -> dict:
-    """Transitions of a :func:`train_sac` run, in collection order: ``observation``,
+    """Transitions of a :func:`~torchrl_dmg.datagen.behaviour.trainer.train_sac` run, in collection order: ``observation``,
     ``action``, ``reward``, ``next_observation``, ``terminated``, ``truncated`` and
     ``step`` (the env step count after the transition, 1-based). ``max_step``: only the
     transitions collected until then (``step <= max_step``), e.g. a checkpoint's step for
@@ -256,17 +255,6 @@ def replay_entries(rows: dict[str, np.ndarray]) -> TensorDict:
         },
         batch_size=[n],
     )
-
-
-def mirrored_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The mirror images of AntGoal transitions (:func:`torchrl_dmg.datagen.antgoal.mirror_observation`;
-    reward, termination and truncation are mirror-invariant)."""
-    return {
-        **rows,
-        "observation": mirror_observation(rows["observation"]),
-        "next_observation": mirror_observation(rows["next_observation"]),
-        "action": mirror_action(rows["action"]),
-    }
 
 
 def store_rows(batch: TensorDictBase, first_step: int) -> dict[str, np.ndarray]:

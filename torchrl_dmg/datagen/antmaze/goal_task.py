@@ -3,24 +3,23 @@
 D4RL made its AntMaze datasets by steering a pretrained goal-reaching ant along the
 waypoints of a maze planner. That policy was never published in a usable form, so this
 project trains its own with the SAC of :mod:`torchrl_dmg.datagen.behaviour` on the task defined
-here, then drives it through mazes with :mod:`torchrl_dmg.datagen.antmaze`.
+here, then drives it through mazes with :mod:`torchrl_dmg.datagen.antmaze.navigator`.
 
-The task (registered as ``torchrl_dmg/AntGoal-v1``, :class:`AntGoalEnv`):
+The task (registered as ``torchrl_dmg/AntGoal-v2``, :class:`AntGoalEnv`):
 
-* Body and observation layout: the local AntMaze ant (:mod:`torchrl_dmg.datagen.d4rl_ant`:
+* Body and observation layout: the local AntMaze ant (:mod:`torchrl_dmg.datagen.antmaze.d4rl_ant`:
   Gymnasium's ant body with D4RL's actuation, ``gear 30``, ``dt = 0.1``; 27-dim
   ``observation`` = joint positions without the torso's x, y, then velocities; 8 actions
   in [-1, 1]), built by the AntMaze env itself on an open arena (:data:`OPEN_ARENA`: 7 x 7
   free cells of 4 units inside one ring of walls), so the learnt controller sees exactly
-  the states of the maze tasks. (Versions v0/v1 used Gymnasium's ``gear 150`` ant, which
-  flipped over in half of its maze episodes; they are retired.)
+  the states of the maze tasks.
 * Target: a point ``target_dist`` away from the ant (``target_dist`` uniform in
   ``[min_dist, max_dist]``, clipped to the arena), in a uniformly random direction, or, with
   probability ``forward_fraction`` (0.5), within ``forward_cone`` (30 degrees) of the ant's
   heading; when the ant's xy comes within ``reach_radius`` of it, a new one is drawn, so one
   episode chains several targets as the waypoint navigator does. The targets ahead are
   what lets SAC find a gait at all: with directions uniform only, walking any one way earns
-  nothing on average, and a first run of 110k steps never learnt to walk (README).
+  nothing on average, and SAC does not learn to walk.
 * Policy input (29 dims, :func:`policy_observation`): the 27-dim ant observation, then the
   target relative to the ant **in the ant's heading frame** (rotated by minus the torso's
   yaw), its length clipped to :data:`MAX_REL_DIST` (6). The heading frame makes "walk towards the
@@ -31,13 +30,17 @@ The task (registered as ``torchrl_dmg/AntGoal-v1``, :class:`AntGoalEnv`):
   0.5, so that a random policy's control cost does not exceed the healthy reward and
   falling early never pays).
 * Episodes terminate when the torso height leaves ``healthy_z_range`` (Ant-v4's (0.2, 1.0):
-  fallen through or jumping) or, in ``AntGoal-v1``, when the ant lies on its back
-  (:func:`is_flipped`): a flipped ant's torso rests at z ~ 0.27, inside Ant-v4's range, so
-  ``AntGoal-v0`` (the rule of Ant-v4 alone) kept paying it the healthy reward for lying
-  there. Episodes are truncated after ``max_episode_steps`` (500).
+  fallen through or jumping) or when the ant lies on its back (:func:`is_flipped`): a
+  flipped ant's torso rests at z ~ 0.27, inside Ant-v4's range, where Ant-v4's rule alone
+  would go on paying it the healthy reward for lying there. Episodes are truncated after
+  ``max_episode_steps`` (500).
+* Symmetry: the ant, its physics and the reward are symmetric under the reflection
+  y -> -y, so every transition has an equally valid mirror image
+  (:func:`mirror_transitions`, which SAC's ``mirror_augment`` adds to its replay buffer).
 
-:func:`goal_reaching_success` measures the controller: single targets at a given distance
-range, success when reached within a step budget.
+:func:`torchrl_dmg.datagen.antmaze.ant_policy.goal_reaching_success` measures the
+controller: single targets at a given distance range, success when reached within a step
+budget.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import math
 import gymnasium as gym
 import numpy as np
 
-from torchrl_dmg.datagen.d4rl_ant import D4RLAntMazeEnv
+from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RLAntMazeEnv
 
 __all__ = [
     "ANTGOAL_ID",
@@ -61,6 +64,7 @@ __all__ = [
     "register_antgoal",
     "mirror_observation",
     "mirror_action",
+    "mirror_transitions",
 ]
 
 ANTGOAL_ID = "torchrl_dmg/AntGoal-v2"
@@ -177,6 +181,18 @@ def mirror_action(action):
     if isinstance(action, np.ndarray):
         return action[..., ACTION_MIRROR_INDEX] * np.asarray(ACTION_MIRROR_SIGN, action.dtype)
     return action[..., ACTION_MIRROR_INDEX] * action.new_tensor(ACTION_MIRROR_SIGN)
+
+
+def mirror_transitions(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The mirror images of AntGoal transitions (rows of ``observation``, ``action``,
+    ``next_observation``, ...): observations and actions mirrored, reward, termination and
+    truncation unchanged (they are mirror-invariant)."""
+    return {
+        **rows,
+        "observation": mirror_observation(rows["observation"]),
+        "next_observation": mirror_observation(rows["next_observation"]),
+        "action": mirror_action(rows["action"]),
+    }
 
 
 class AntGoalEnv(gym.Env):

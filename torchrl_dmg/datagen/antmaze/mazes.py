@@ -10,7 +10,7 @@ from typing import Any
 import gymnasium as gym
 
 from torchrl_dmg.data.local import publish_dataset
-from torchrl_dmg.datagen.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
+from torchrl_dmg.datagen.antmaze.d4rl_ant import D4RL_ANTMAZE_IDS, register_d4rl_antmaze
 from torchrl_dmg.datagen.maze import (
     MazeGrid,
     fixed_task_kwargs,
@@ -18,7 +18,7 @@ from torchrl_dmg.datagen.maze import (
 )
 
 #: maze name -> (env id, reset cell, goal cell, episode limit). The envs are D4RL's ant in
-#: gymnasium-robotics' mazes (:mod:`torchrl_dmg.datagen.d4rl_ant`); cells are D4RL AntMaze's
+#: gymnasium-robotics' mazes (:mod:`torchrl_dmg.datagen.antmaze.d4rl_ant`); cells are D4RL AntMaze's
 #: evaluation task (opposite ends of the maze); limits are D4RL's (700 / 1000 / 1000).
 ANTMAZE_MAZES: dict[str, tuple[str, tuple[int, int], tuple[int, int], int]] = {
     "umaze": (D4RL_ANTMAZE_IDS["umaze"][0], (3, 1), (1, 1), D4RL_ANTMAZE_IDS["umaze"][1]),
@@ -27,8 +27,7 @@ ANTMAZE_MAZES: dict[str, tuple[str, tuple[int, int], tuple[int, int], int]] = {
 }
 
 
-#: Version of the local AntMaze dataset ids (``local/antmaze/<variant>-v1``). v0 was made
-#: with Gymnasium's gear-150 ant, which flipped over in half of its maze episodes: retired.
+#: Version of the local AntMaze dataset ids (``local/antmaze/<variant>-v1``).
 DATASET_VERSION = 1
 
 
@@ -86,7 +85,7 @@ def publish_antmaze(
             env_spec=env.spec,
             eval_env_spec=eval_env.spec,
             algorithm_name=algorithm_name,
-            code_permalink="torchrl_dmg/datagen/antmaze.py",
+            code_permalink="torchrl_dmg/datagen/antmaze/datasets.py",
             ref_min_score=0.0,
             ref_max_score=1.0,
             description=description,

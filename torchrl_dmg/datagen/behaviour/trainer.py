@@ -11,11 +11,11 @@ medium checkpoint. :func:`train_sac` reproduces such a run with stock TorchRL pi
 :class:`~torchrl.objectives.SoftUpdate`) and keeps what building those datasets needs:
 
 * ``out_dir/checkpoints/step_<steps:08d>.pt``: the actor and its deterministic return,
-  every ``checkpoint_interval`` env steps (:func:`~torchrl_dmg.datagen.behaviour_policy.load_behaviour_actor`,
-  :func:`~torchrl_dmg.datagen.behaviour_policy.act`);
+  every ``checkpoint_interval`` env steps (:func:`~torchrl_dmg.datagen.behaviour.policy.load_behaviour_actor`,
+  :func:`~torchrl_dmg.datagen.behaviour.policy.act`);
 * ``out_dir/transitions/``: every transition collected, in collection order, with the
   env step it was collected at, in a TorchRL :class:`~torchrl.data.LazyMemmapStorage`
-  (:func:`~torchrl_dmg.datagen.transitions.load_transitions`);
+  (:func:`~torchrl_dmg.datagen.behaviour.transitions.load_transitions`);
 * ``out_dir/progress.csv``: one row per checkpoint;
 * ``out_dir/state.pt``: the full trainer state, so that ``train_sac(..., resume=True)``
   continues an interrupted run (the replay buffer is rebuilt from the transitions).
@@ -23,7 +23,7 @@ medium checkpoint. :func:`train_sac` reproduces such a run with stock TorchRL pi
 Speed (one CPU thread): the update is SACLoss's forward, one backward of the summed
 losses and a step of each network's fused Adam, as in TorchRL's SAC example, run by the
 project's :class:`~torchrl_dmg.training.updater.ActorCriticUpdater`
-(:func:`~torchrl_dmg.datagen.sac.make_sac_updater`). By default the whole step runs under
+(:func:`~torchrl_dmg.datagen.behaviour.sac.make_sac_updater`). By default the whole step runs under
 ``torch.compile`` with the ``aot_eager`` backend, which removes TensorDict's per-op Python
 overhead but runs the ATen kernels eagerly.
 """
@@ -34,6 +34,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,27 +47,22 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import DoubleToFloat, GymEnv, ParallelEnv, SerialEnv, TransformedEnv
 from tqdm.auto import tqdm
 
-from torchrl_dmg.datagen.behaviour_policy import (
+from torchrl_dmg.datagen.behaviour.policy import (
     atomic_torch_save,
     checkpoint_path,
     evaluate_actor,
     load_behaviour_actor,
     read_progress,
-    resolve_env_name,
     write_progress,
 )
-from torchrl_dmg.datagen.sac import (
+from torchrl_dmg.datagen.behaviour.sac import (
     SACSettings,
     check_settings,
     load_updater_state,
     make_sac_updater,
 )
-from torchrl_dmg.datagen.transitions import (
-    TransitionStore,
-    mirrored_rows,
-    replay_entries,
-    store_rows,
-)
+from torchrl_dmg.datagen.behaviour.tasks import MIRROR_AUGMENTATIONS, resolve_env_name
+from torchrl_dmg.datagen.behaviour.transitions import TransitionStore, replay_entries, store_rows
 from torchrl_dmg.modules import make_sac_actor, make_sac_qvalue
 from torchrl_dmg.training.checkpoint import (
     restart_collection,
@@ -97,6 +93,19 @@ def _load_state(out_dir: Path, env_id: str, resume: bool) -> dict[str, Any] | No
         shutil.rmtree(out_dir / stale, ignore_errors=True)
     (out_dir / "progress.csv").unlink(missing_ok=True)
     return None
+
+
+def _augmentation(env_id: str, s: SACSettings) -> Callable[[dict], dict] | None:
+    """What makes the extra replay entries of a batch of rows: the task's mirror images
+    (``mirror_augment``), or nothing."""
+    if not s.mirror_augment:
+        return None
+    if env_id not in MIRROR_AUGMENTATIONS:
+        raise ValueError(
+            f"mirror_augment=True needs a mirror-symmetric task "
+            f"({', '.join(MIRROR_AUGMENTATIONS)}), not {env_id}."
+        )
+    return MIRROR_AUGMENTATIONS[env_id]
 
 
 def _make_envs(env_id: str, num_envs: int, processes: bool):
@@ -171,9 +180,10 @@ class _SACRun:
             out_dir / "transitions", self.obs_dim, self.act_dim, capacity=total_steps
         )
         self.capacity = min(s.buffer_size, total_steps)
+        self.augment = _augmentation(env_id, s)
         # batches are drawn sample_chunk at a time, the size given at each sample() call
         storage = LazyTensorStorage(
-            self.capacity * (2 if s.mirror_augment else 1), device=self.device
+            self.capacity * (1 if self.augment is None else 2), device=self.device
         )
         self.replay = TensorDictReplayBuffer(storage=storage)
         self.steps, self.wall_before, self.rows = 0, 0.0, []
@@ -203,8 +213,8 @@ class _SACRun:
 
     def to_replay(self, rows: dict[str, np.ndarray]) -> None:
         self.replay.extend(replay_entries(rows).to(self.device))
-        if self.s.mirror_augment:
-            self.replay.extend(replay_entries(mirrored_rows(rows)).to(self.device))
+        if self.augment is not None:
+            self.replay.extend(replay_entries(self.augment(rows)).to(self.device))
 
     def _restore(self) -> None:
         """Continue from the saved state: transitions after it are redone."""
@@ -449,6 +459,7 @@ def train_sac(
     env_id = resolve_env_name(env_name)
     s = SACSettings(**settings)
     check_settings(env_id, total_steps, s)
+    _augmentation(env_id, s)  # an unusable mirror_augment fails before any file is touched
     run = _SACRun(env_id, total_steps, Path(out_dir), s)
     run.stop = stop
     return run.train()

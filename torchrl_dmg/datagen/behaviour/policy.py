@@ -1,6 +1,6 @@
-"""Behaviour policies as data-collection tools: the tasks they are trained on and their
-scores, loading a trained actor, acting with it (stochastic, as D4RL collected) and
-evaluating it; the files of a training run (checkpoints, ``progress.csv``)."""
+"""Behaviour policies as data-collection tools: loading a trained actor, acting with it
+(stochastic, as D4RL collected) and evaluating it; the files of a training run
+(checkpoints, ``progress.csv``)."""
 
 from __future__ import annotations
 
@@ -16,55 +16,9 @@ from tensordict import TensorDict
 from torchrl.data import Bounded
 from torchrl.modules import ProbabilisticActor
 
-from torchrl_dmg.data.scores import D4RL_REF_SCORES  # D4RL's (random, expert) returns
-from torchrl_dmg.datagen.antgoal import AntGoalEnv, register_antgoal
+from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name
 from torchrl_dmg.modules import make_sac_actor
 from torchrl_dmg.recording import atomic_write
-
-# Gymnasium v5 ids of the D4RL locomotion tasks, by short name.
-ENV_IDS: dict[str, str] = {
-    "hopper": "Hopper-v5",
-    "halfcheetah": "HalfCheetah-v5",
-    "walker2d": "Walker2d-v5",
-}
-
-# Every task train_sac can learn: the locomotion tasks and the goal-reaching ant that
-# steers AntMaze data collection (torchrl_dmg.datagen.antgoal, registered on first use).
-TASK_IDS: dict[str, str] = {
-    **ENV_IDS,
-    "antgoal": "torchrl_dmg/AntGoal-v2",  # D4RL's ant (torchrl_dmg.datagen.antgoal)
-    "antgoal-uniform": "torchrl_dmg/AntGoalUniform-v2",  # no targets-ahead share
-}
-
-
-# ---------------------------------------------------------------- env names and scores
-def resolve_env_name(env_name: str) -> str:
-    """The Gymnasium id for a short name (``"hopper"``, ``"antgoal"``) or an id
-    (``"Hopper-v5"``); the goal-reaching ant's id is registered on the way."""
-    env_id = TASK_IDS.get(env_name, env_name)
-    if env_id.startswith("torchrl_dmg/AntGoal") and env_id not in TASK_IDS.values():
-        raise ValueError(
-            f"{env_id} was the goal-reaching task of Gymnasium's gear-150 ant, retired: the "
-            f"AntMaze ant is now D4RL's (torchrl_dmg.datagen.d4rl_ant); use env=antgoal "
-            f"({TASK_IDS['antgoal']}) or env=antgoal-uniform ({TASK_IDS['antgoal-uniform']})."
-        )
-    if env_id not in TASK_IDS.values():
-        allowed = ", ".join(f"{k} ({v})" for k, v in TASK_IDS.items())
-        raise ValueError(f"Unknown environment {env_name!r}; allowed: {allowed}.")
-    if env_id.startswith("torchrl_dmg/AntGoal"):
-        register_antgoal()  # idempotent
-    return env_id
-
-
-def env_short_name(env_name: str) -> str:
-    env_id = resolve_env_name(env_name)
-    return next(k for k, v in TASK_IDS.items() if v == env_id)
-
-
-def d4rl_normalized_score(env_name: str, returns: float | np.ndarray) -> float | np.ndarray:
-    """D4RL's normalised score: 0 = random policy, 100 = D4RL's expert."""
-    low, high = D4RL_REF_SCORES[env_short_name(env_name)]
-    return 100.0 * (np.asarray(returns, dtype=np.float64) - low) / (high - low)
 
 
 # ---------------------------------------------------------------- running a behaviour actor
@@ -151,61 +105,6 @@ def evaluate_actor(
     return returns
 
 
-def goal_reaching_success(
-    actor: Any,
-    *,
-    episodes: int = 50,
-    seed: int = 0,
-    min_dist: float = 2.0,
-    max_dist: float = 6.0,
-    max_steps: int = 300,
-    deterministic: bool = True,
-) -> dict[str, float]:
-    """Success rate of a goal-reaching ``actor`` (a :mod:`torchrl_dmg.datagen.behaviour` SAC actor)
-    in open space: each episode one target ``U(min_dist, max_dist)`` away in a uniformly
-    random direction (no targets-ahead share), success when the ant comes within the reach
-    radius in ``max_steps`` steps (a fall or a flip ends the episode as a failure, counted
-    in ``falls``). Episodes run side by side (episode ``i`` seeded ``seed + i``).
-
-    Returns ``success_rate`` (0..1), ``episodes``, ``mean_steps_to_reach`` (successes only;
-    None without any) and ``falls``.
-    """
-    envs = [
-        AntGoalEnv(min_dist=min_dist, max_dist=max_dist, forward_fraction=0.0)
-        for _ in range(episodes)
-    ]
-    generator = torch.Generator().manual_seed(seed)
-    try:
-        obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
-        reached_at = np.full(episodes, -1)
-        falls = 0
-        active = list(range(episodes))
-        for t in range(max_steps):
-            if not active:
-                break
-            actions = act(actor, np.stack([obs[i] for i in active]), deterministic, generator)
-            still = []
-            for i, a in zip(active, actions, strict=True):
-                obs[i], _, terminated, _, info = envs[i].step(a)
-                if info["reached"]:
-                    reached_at[i] = t + 1
-                elif terminated:
-                    falls += 1
-                else:
-                    still.append(i)
-            active = still
-    finally:
-        for env in envs:
-            env.close()
-    ok = reached_at > 0
-    return {
-        "success_rate": float(ok.mean()),
-        "episodes": int(episodes),
-        "mean_steps_to_reach": float(reached_at[ok].mean()) if ok.any() else None,
-        "falls": int(falls),
-    }
-
-
 def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -248,7 +147,7 @@ def checkpoint_path(out_dir: Path, step: int) -> Path:
 
 def evaluated_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, float, Path]]:
     """``(step, eval_return_mean, checkpoint path)`` of every evaluated checkpoint of a
-    :func:`~torchrl_dmg.datagen.behaviour.train_sac` run, in step order (its ``progress.csv``); an error if there is none."""
+    :func:`~torchrl_dmg.datagen.behaviour.trainer.train_sac` run, in step order (its ``progress.csv``); an error if there is none."""
     run_dir = Path(run_dir)
     rows = read_progress(run_dir / "progress.csv")
     if not rows:

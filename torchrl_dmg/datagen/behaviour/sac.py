@@ -110,7 +110,7 @@ def _split_group_state(group: dict[str, Any], updater: ActorCriticUpdater) -> di
 
 @dataclass(frozen=True)
 class SACSettings:
-    """Every option of :func:`train_sac` besides the task, its length and the run directory.
+    """Every option of :func:`~torchrl_dmg.datagen.behaviour.trainer.train_sac` besides the task, its length and the run directory.
 
     Standard SAC (double Q with Polyak targets, ``tau``; TanhNormal actor; automatic
     entropy tuning towards ``-act_dim``; Adam, ``lr``), update-to-data ratio 1: after each
@@ -164,9 +164,11 @@ class SACSettings:
         actor_freeze_updates: the first this many gradient steps update the critics
             and their targets only (actor and alpha held), so that fresh critics learn
             the warm-started actor's values before its first gradient.
-        mirror_augment: AntGoal tasks only: every transition also enters the replay buffer
-            as its mirror image (y -> -y in the torso frame; the ant, its physics and the
-            reward are symmetric), so SAC sees twice the data and both turning directions
+        mirror_augment: mirror-symmetric tasks only (the AntGoal tasks,
+            :data:`~torchrl_dmg.datagen.behaviour.tasks.MIRROR_AUGMENTATIONS`): every
+            transition also enters the replay buffer as its mirror image, made by the task
+            (the ant's: y -> -y in the torso frame; the ant, its physics and the reward are
+            symmetric), so SAC sees twice the data and both turning directions
             alike (a plain run's ant turned right far better than left). The buffer holds
             ``buffer_size`` real transitions and their images; ``transitions/`` keeps the
             real ones only.
@@ -245,11 +247,6 @@ def check_settings(env_id: str, total_steps: int, s: SACSettings) -> None:
         raise ValueError(f"actor_freeze_updates must be >= 0, got {s.actor_freeze_updates}.")
     if not s.alpha_init > 0:
         raise ValueError(f"alpha_init must be > 0, got {s.alpha_init}.")
-    if s.mirror_augment and not env_id.startswith("torchrl_dmg/AntGoal"):
-        raise ValueError(
-            f"mirror_augment=True needs an AntGoal task (its ant is mirror-symmetric), not "
-            f"{env_id}."
-        )
     if s.init_actor is not None and not Path(s.init_actor).is_file():
         raise FileNotFoundError(
             f"init_actor={s.init_actor} is not a file; give a checkpoints/step_*.pt of an "

@@ -3,9 +3,14 @@ dependency notice that is not about this project."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 from recipe_runner import ROOT
+
+from torchrl_dmg._compat import ADROIT_REWARD_NOTICE
 
 FAMILIES = ("antmaze", "pointmaze", "locomotion", "locomotion_expert")
 
@@ -26,3 +31,48 @@ def test_the_demo_budget_draws_a_curve_for_every_family(family):
 def test_the_paper_budget_keeps_the_family_s_evaluation_interval():
     assert _compose("budget=paper").eval.interval == 50_000  # AntMaze, spec
     assert _compose("budget=paper", "family=locomotion").eval.interval == 20_000
+
+
+def _stderr_of(code: str) -> str:
+    """stderr of ``code`` in a fresh interpreter (gymnasium-robotics prints once per process)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return proc.stderr
+
+
+def test_gymnasium_robotics_prints_the_adroit_notice_without_the_filter():
+    """The control: the notice this project drops is still there to drop."""
+    from farama_notifications import notifications
+
+    if not any(
+        ADROIT_REWARD_NOTICE.search(t) for t in notifications.get("gymnasium_robotics", {}).values()
+    ):
+        pytest.skip("this gymnasium-robotics has no Adroit notice any more")
+    assert ADROIT_REWARD_NOTICE.search(_stderr_of("import gymnasium_robotics"))
+
+
+def test_the_filter_drops_only_the_adroit_notice():
+    code = (
+        "from farama_notifications import notifications as n\n"
+        "n.setdefault('gymnasium_robotics', {})['0.0.0'] = 'another notice'\n"
+        "from torchrl_dmg._compat import drop_adroit_reward_notice\n"
+        "drop_adroit_reward_notice()\n"
+        "print(list(n['gymnasium_robotics'].values()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "['another notice']"
+
+
+def test_making_the_evaluation_and_online_envs_prints_no_adroit_notice(tiny_dataset_env):
+    code = (
+        "from torchrl_dmg.data.offline import load_offline_dataset\n"
+        "from torchrl_dmg.envs import make_env, make_online_env, max_episode_steps\n"
+        f"d = load_offline_dataset('{tiny_dataset_env}', obs_keys=['observation', 'desired_goal'],"
+        " progress=False)\n"
+        "make_env(d, num_envs=2).rollout(3)\n"
+        "make_online_env(d).rollout(3)\n"
+        "max_episode_steps(d)\n"
+        "import sys; assert 'gymnasium_robotics' in sys.modules\n"
+    )
+    assert "AdroitHand" not in _stderr_of(code)

@@ -127,3 +127,52 @@ def test_the_example_trains_with_each_loss(loss, tiny_dataset_env):
     last = sum(r["loss_qvalue"] for r in losses[-20:]) / 20
     assert last < first, f"{loss}: the critic loss went from {first:.4f} to {last:.4f}"
     assert math.isfinite(result["normalized_score"])  # evaluated with the trained actor
+
+
+@pytest.mark.parametrize("loss", ["iql", "dmg"])
+def test_each_loss_term_reaches_only_its_own_network(loss):
+    """Why one optimizer over the summed terms is each network's own step."""
+    import torch
+    from tensordict import TensorDict
+    from torchrl.data import Bounded
+    from torchrl.modules import MLP, ValueOperator
+    from torchrl.objectives import IQLLoss
+
+    from torchrl_dmg.objectives import DMGLoss
+
+    torch.manual_seed(0)
+    spec, batch = Bounded(-1.0, 1.0, shape=(2,)), 16
+    actor = _example().make_actor(loss, 4, spec, [32])
+    qvalue = ValueOperator(
+        MLP(in_features=6, out_features=1, num_cells=[32]), ["observation", "action"]
+    )
+    value = ValueOperator(MLP(in_features=4, out_features=1, num_cells=[32]), ["observation"])
+    if loss == "iql":
+        module = IQLLoss(actor, qvalue, value, temperature=3.0, expectile=0.7)
+    else:
+        module = DMGLoss(actor, qvalue, value, action_spec=spec)
+    module.make_value_estimator(gamma=0.99)
+    data = TensorDict(
+        {
+            "observation": torch.randn(batch, 4),
+            "action": torch.rand(batch, 2) * 2 - 1,
+            ("next", "observation"): torch.randn(batch, 4),
+            ("next", "reward"): torch.randn(batch, 1),
+            ("next", "done"): torch.zeros(batch, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(batch, 1, dtype=torch.bool),
+        },
+        [batch],
+    )
+    for term, network in [
+        ("loss_actor", "actor"),
+        ("loss_qvalue", "qvalue"),
+        ("loss_value", "value"),
+    ]:
+        module.zero_grad(set_to_none=True)
+        module(data)[term].backward()
+        reached = {
+            name.split("_network_params")[0]
+            for name, p in module.named_parameters()
+            if p.grad is not None and p.grad.abs().sum() > 0
+        }
+        assert reached == {network}, f"{loss}: {term} reaches {sorted(reached)}"

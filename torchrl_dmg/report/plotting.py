@@ -111,6 +111,9 @@ def plot_scores(
             ax.fill_between(steps, per_seed.min(0), per_seed.max(0), color=color, alpha=0.12, lw=0)
         else:
             _, low, high = episode_band(run_dir)
+            episodes = success_episodes(run_dir)
+            band = f"95% Wilson CI, {episodes} episodes" if episodes else "± std over episodes"
+            label = f"{label} (band: {band})"
             ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
         ax.plot(steps, mean, color=color, lw=2, marker="o", ms=3, label=label)
     for j, (label, value) in enumerate((hlines or {}).items()):

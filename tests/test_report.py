@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from torchrl_dmg.errors import RunRefused
-from torchrl_dmg.report.figures import ablations, line_labels, shared_mc_return
+from torchrl_dmg.report.figures import ablations, curve_band, line_labels, shared_mc_return
 from torchrl_dmg.report.results import read_intro, study_groups, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
-from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci
+from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci, wilson_interval
 from torchrl_dmg.report.tables import build_cells
 
 REPO = Path(__file__).resolve().parents[1]
@@ -402,6 +402,19 @@ def test_a_learning_curve_is_drawn_per_dataset(sweep, tmp_path):
     names = sorted(p.name for p in report.figures if p.name.startswith("curves_"))
     assert names == ["curves_mujoco-hopper-medium-v0.png", "curves_mujoco-walker2d-medium-v0.png"]
     assert all(p.stat().st_size > 0 for p in report.figures)
+
+
+def test_a_single_seed_success_rate_curve_gets_a_wilson_band(tmp_path):
+    antmaze = {"dataset": "local/antmaze/umaze-v1", "extra": {"eval": {"episodes": 100}}}
+    run = make_run(tmp_path / "runs", "a", scores=100.0, finished=False, **antmaze)
+    (seed,) = load_runs([run])
+    assert seed.success_episodes == 100
+    steps, mean, low, high = curve_band([seed])
+    assert steps.tolist() == [100, 200] and mean.tolist() == [50.0, 100.0]
+    wilson_low, wilson_high = wilson_interval([50, 100], 100)
+    assert np.allclose(low, wilson_low) and np.allclose(high, wilson_high) and high[-1] == 100.0
+    hopper = make_run(tmp_path / "runs", "b", scores=100.0, extra={"eval": {"episodes": 10}})
+    assert np.isnan(curve_band(load_runs([hopper]))[2]).all()  # one hopper seed: no band
 
 
 def test_the_overestimation_plot_appears_only_when_the_runs_logged_the_diagnostic(tmp_path):

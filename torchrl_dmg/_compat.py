@@ -1,7 +1,10 @@
 """Version-gated workarounds for issues in pinned dependencies (each removes itself once
-the dependency is new enough)."""
+the dependency is new enough), and the dependency notices that are not this project's
+concern."""
 
 from __future__ import annotations
+
+import re
 
 import tensordict
 import torch
@@ -32,3 +35,25 @@ def speed_up_tensordict_module_outputs() -> None:
     from_any.__doc__ = original.__doc__
     from_any._dmg_fast_tensor_path = True
     TensorDict.from_any = classmethod(from_any)
+
+
+#: farama-notifications' text that gymnasium-robotics prints at its import (1.2.1 onwards)
+ADROIT_REWARD_NOTICE = re.compile(r"AdroitHand\w*-v1.*reward functions were updated", re.S)
+
+
+def drop_adroit_reward_notice() -> None:
+    """gymnasium-robotics prints a notice to stderr when it is first imported (a ``print``
+    of ``farama_notifications.notifications``, not a warning that ``warnings`` could
+    filter): its Adroit hand v1 rewards changed in 1.2.1. No env here is an Adroit hand,
+    so this removes that one notice from the table gymnasium-robotics prints from; any
+    other notice still prints. Call it before the first import of gymnasium-robotics,
+    direct or through ``gym.make`` of one of its ids; idempotent, and a no-op once the
+    notice is gone from the package."""
+    try:
+        from farama_notifications import notifications
+    except ImportError:
+        return
+    by_version = notifications.get("gymnasium_robotics", {})
+    for version, text in list(by_version.items()):
+        if ADROIT_REWARD_NOTICE.search(str(text)):
+            del by_version[version]

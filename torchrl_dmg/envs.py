@@ -19,13 +19,15 @@ from torchrl.envs import (
 )
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from torchrl_dmg._compat import drop_adroit_reward_notice
 from torchrl_dmg.data.offline import OfflineDataset
 
 
 def _base_env(
     dataset: OfflineDataset, eval_env: bool, num_envs: int = 1, processes: bool = False
 ) -> EnvBase:
-    def gym_env():
+    def gym_env():  # also run in each worker process of an AsyncVectorEnv
+        drop_adroit_reward_notice()  # the env's entry point may import gymnasium-robotics
         return dataset.minari_dataset.recover_environment(eval_env=eval_env)
 
     if num_envs == 1:
@@ -256,6 +258,7 @@ def summarize_seeds(seeds: list[int], per_seed: list[dict]) -> dict:
 
 def max_episode_steps(dataset: OfflineDataset, eval_env: bool = True) -> int:
     """The time limit of the dataset's (evaluation) environment."""
+    drop_adroit_reward_notice()
     spec = dataset.minari_dataset.recover_environment(eval_env=eval_env).spec
     if spec is None or spec.max_episode_steps is None:
         raise ValueError(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from torchrl_dmg.report.runs import SeedRun, _canonical
-from torchrl_dmg.report.stats import bootstrap_ci
+from torchrl_dmg.report.stats import bootstrap_ci, wilson_interval
 from torchrl_dmg.report.tables import (
     ABLATION_KEYS,
     Cell,
@@ -26,6 +26,7 @@ __all__ = [
     "line_labels",
     "Ablation",
     "ablations",
+    "curve_band",
     "plot_ablation",
     "plot_curves",
     "plot_overestimation",
@@ -78,15 +79,30 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
+def curve_band(runs: Sequence[SeedRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(steps, mean, low, high)`` of one column's learning curve: over several seeds the
+    mean and its 95% bootstrap CI; a single seed scored by success rate gets the 95%
+    Wilson interval over its evaluation episodes instead (one seed has no spread to
+    resample)."""
+    steps, mean, low, high = _mean_band(
+        [r.curve_steps for r in runs], [r.curve_scores for r in runs]
+    )
+    if len(runs) == 1 and runs[0].success_episodes is not None:
+        n = runs[0].success_episodes
+        low, high = wilson_interval(np.round(mean * n / 100.0), n)
+    return steps, mean, low, high
+
+
 def plot_curves(cells: Sequence[Cell], dataset: str, out: str | os.PathLike) -> Path:
     """Learning curves of one dataset: per column, the mean normalised score over seeds
-    with its 95% bootstrap CI band."""
+    with its 95% bootstrap CI band (:func:`curve_band`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    wilson = False
     for i, cell in enumerate(c for c in cells if c.dataset == dataset):
-        steps, mean, low, high = _mean_band(
-            [r.curve_steps for r in cell.runs], [r.curve_scores for r in cell.runs]
-        )
+        steps, mean, low, high = curve_band(cell.runs)
+        one_rate = len(cell.runs) == 1 and cell.runs[0].success_episodes is not None
+        wilson |= one_rate
         color = f"C{i % 10}"
         ax.plot(
             steps,
@@ -95,10 +111,12 @@ def plot_curves(cells: Sequence[Cell], dataset: str, out: str | os.PathLike) -> 
             lw=2,
             marker="o",
             ms=3,
-            label=f"{cell.column} (n={len(cell.runs)})",
+            label=f"{cell.column} (n={len(cell.runs)}{', Wilson CI' if one_rate else ''})",
         )
         ax.fill_between(steps, low, high, color=color, alpha=0.18, lw=0)
     title = f"{dataset}: mean over seeds, 95% bootstrap CI"
+    if wilson:
+        title += " (one seed: Wilson CI over episodes)"
     return _finish_curve_plot(fig, ax, "normalised score", title, out)
 
 

@@ -1,18 +1,22 @@
 """Learning curves of recipe runs: normalised score against steps, one PNG.
 
-    python -m torchrl_dmg.report.plotting outputs/offline/<run> [more runs ...] --out scores.png \
-        --hline "behaviour policy=28.6"
-
 Reads each run's ``metrics.csv`` (the ``eval`` rows). A run of several stacked seeds
-(``recipes/offline.py seeds=N``) is drawn as one thin line per seed plus their mean; a
-single-seed run as its score with a band of ± the std over evaluation episodes. The
-recipes call :func:`plot_scores` at the end of every run (``scores.png`` in the run
-directory).
+(``recipes/offline.py seeds=N``) is drawn as one thin line per seed plus their mean, with
+the band between the lowest and highest seed; a single-seed run as its score with a band
+over its evaluation episodes: the 95% Wilson interval of a success rate (AntMaze, where
+every episode scores 0 or 100, :func:`~torchrl_dmg.report.stats.wilson_interval`), else ±
+the std. The recipes call :func:`plot_scores` at the end of every run (``scores.png`` in
+the run directory). Several runs on one plot, with reference lines::
+
+    python -c "from torchrl_dmg.report.plotting import plot_scores; plot_scores(
+        ['outputs/offline/<run a>', 'outputs/offline/<run b>'], 'scores.png',
+        hlines={'behaviour': 28.6})"
+
+``recipes/report.py`` draws the curves of whole sweeps (mean over seeds, bootstrap CIs).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import re
@@ -21,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_scores", "read_eval_rows"]
+from torchrl_dmg.report.runs import success_episodes
+from torchrl_dmg.report.stats import wilson_interval
+
+__all__ = ["episode_band", "plot_scores", "read_eval_rows"]
 
 _SEED_COLUMN = re.compile(r"^normalized_score/s(\d+)$")
 
@@ -38,6 +45,21 @@ def read_eval_rows(run_dir: str | os.PathLike) -> list[dict[str, str]]:
 
 def _floats(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
+
+
+def episode_band(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(score, low, high)`` at each eval row of a single-seed run: its normalised score
+    and the band over its evaluation episodes, the 95% Wilson interval for a success rate
+    (``score · n / 100`` successes of ``n`` episodes, :func:`success_episodes`), else
+    score ± std."""
+    rows = read_eval_rows(run_dir)
+    mean = np.array(_floats(rows, "normalized_score"))
+    episodes = success_episodes(run_dir)
+    if episodes is not None:
+        low, high = wilson_interval(np.round(mean * episodes / 100.0), episodes)
+        return mean, low, high
+    std = np.array(_floats(rows, "normalized_score_std"))
+    return mean, mean - std, mean + std
 
 
 def plot_scores(
@@ -88,8 +110,11 @@ def plot_scores(
             label = f"{label} (mean of {len(seed_cols)} seeds; thin: each seed)"
             ax.fill_between(steps, per_seed.min(0), per_seed.max(0), color=color, alpha=0.12, lw=0)
         else:
-            std = np.array(_floats(rows, "normalized_score_std"))
-            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            _, low, high = episode_band(run_dir)
+            episodes = success_episodes(run_dir)
+            band = f"95% Wilson CI, {episodes} episodes" if episodes else "± std over episodes"
+            label = f"{label} (band: {band})"
+            ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
         ax.plot(steps, mean, color=color, lw=2, marker="o", ms=3, label=label)
     for j, (label, value) in enumerate((hlines or {}).items()):
         ax.axhline(
@@ -110,30 +135,3 @@ def plot_scores(
     fig.savefig(out)
     plt.close(fig)
     return out
-
-
-def _parse_hline(text: str) -> tuple[str, float]:
-    label, sep, value = text.rpartition("=")
-    if not sep:
-        raise ValueError(f"--hline expects LABEL=VALUE, got {text!r}")
-    return label, float(value)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Plot recipe runs' normalised scores.")
-    parser.add_argument("runs", nargs="+", help="recipe run directories")
-    parser.add_argument("--out", default="scores.png")
-    parser.add_argument("--labels", nargs="+", default=None)
-    parser.add_argument("--hline", action="append", default=[], help="LABEL=VALUE")
-    parser.add_argument("--title", default=None)
-    parser.add_argument("--xlabel", default="step")
-    args = parser.parse_args()
-    path = plot_scores(
-        args.runs,
-        args.out,
-        labels=args.labels,
-        hlines=dict(_parse_hline(h) for h in args.hline),
-        title=args.title,
-        xlabel=args.xlabel,
-    )
-    print(f"wrote {path}")

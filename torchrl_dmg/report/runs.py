@@ -37,6 +37,7 @@ __all__ = [
     "flatten",
     "load_runs",
     "load_seed_runs",
+    "success_episodes",
 ]
 
 DEFAULT_ALGO = "dmg"
@@ -89,6 +90,8 @@ class SeedRun:
             run did not log it).
         score_reference: the reference the scores were normalised with, in words.
         finished: the run wrote its ``summary.json``.
+        success_episodes: the episodes per evaluation when the score is a success rate
+            (:func:`success_episodes`), else ``None``.
     """
 
     run_dir: Path
@@ -109,6 +112,7 @@ class SeedRun:
     mc_return: np.ndarray = field(default_factory=lambda: np.zeros(0))
     score_reference: str = "not recorded"
     finished: bool = False
+    success_episodes: int | None = None
 
     def value(self, key: str, default: Any = None) -> Any:
         """A config value by dotted key (``loss.mixture_coef``)."""
@@ -167,6 +171,33 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
             if metrics.is_file() and (run / "config.yaml").is_file() and ".hydra" not in run.parts:
                 found.add(run.resolve())
     return sorted(found)
+
+
+def success_episodes(run_dir: str | os.PathLike) -> int | None:
+    """The number of episodes behind each evaluation of ``run_dir`` when its normalised
+    score is a success rate in percent (AntMaze: every episode scores 0 or 100), else
+    ``None``.
+
+    A finished run says which in its ``summary.json`` (``score_reference``); an unfinished
+    one is read from its config as the data layer resolves it: ``data.score_reference``
+    ``success``, or ``auto`` (or absent) on an AntMaze dataset. The count is
+    ``eval.episodes`` (per seed in a run of stacked seeds)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        return None
+    config = yaml.safe_load(config_path.read_text()) or {}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    reference = summary.get("score_reference")
+    if reference is None:
+        choice = (config.get("data") or {}).get("score_reference", "auto")
+        antmaze = "antmaze" in str(config.get("dataset", "")).lower()
+        success = choice == "success" or (choice == "auto" and antmaze)
+    else:
+        success = reference == "success"
+    episodes = (config.get("eval") or {}).get("episodes")
+    return int(episodes) if success and episodes else None
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -253,6 +284,7 @@ def load_seed_runs(run_dir: str | os.PathLike) -> list[SeedRun]:
                 mc_return=np.array([_float(r, diag_mc_key) for r in diag]),
                 score_reference=reference,
                 finished=summary_path.is_file(),
+                success_episodes=success_episodes(run_dir),
             )
         )
     return runs

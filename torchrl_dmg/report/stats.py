@@ -1,4 +1,5 @@
-"""Statistics over seeds: mean ± std, percentile-bootstrap confidence intervals, IQM.
+"""Statistics over seeds: mean ± std, percentile-bootstrap confidence intervals, IQM;
+and over the episodes of one evaluation: the Wilson interval of a success rate.
 
 The definitions follow rliable (Agarwal et al., "Deep RL at the Edge of the Statistical
 Precipice", NeurIPS 2021) so numbers are comparable with papers that use it:
@@ -29,10 +30,12 @@ __all__ = [
     "iqm",
     "stratified_bootstrap_ci",
     "summarize",
+    "wilson_interval",
 ]
 
 BOOTSTRAP_REPS = 10_000
 CONFIDENCE = 0.95
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def iqm(scores: np.ndarray | Sequence[float], axis: int | None = None) -> np.ndarray | float:
@@ -124,3 +127,31 @@ def summarize(
         return SeedStats(0, nan, nan, nan, nan)
     low, high = bootstrap_ci(x, reps=reps, seed=seed)
     return SeedStats(int(x.size), float(x.mean()), float(x.std()), low, high)
+
+
+def wilson_interval(
+    successes: np.ndarray | float, episodes: int, z: float = Z_95
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Wilson score interval of a success rate, in percent (95% with the default ``z``).
+
+    With :math:`\hat p = k / n` the success fraction of ``n`` episodes,
+
+    .. math::
+        \frac{\hat p + z^2/2n \pm z \sqrt{\hat p(1-\hat p)/n + z^2/4n^2}}{1 + z^2/n}.
+
+    Unlike ``mean ± std`` of 0/100 outcomes it stays inside ``[0, 100]`` and is not empty at
+    0 or ``n`` successes (0 of 100: ``[0, 3.7]``). ``successes``: the count ``k`` (an array
+    gives one interval per entry). Returns ``(low, high)`` in percent.
+    """
+    if episodes < 1:
+        raise ValueError(f"a success rate needs at least one episode, got {episodes}")
+    n = float(episodes)
+    p = np.asarray(successes, dtype=np.float64) / n
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError(f"successes must lie in [0, {episodes}], got {successes}")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # exactly 0 at k = 0 and 1 at k = n, where the formula is only so up to rounding
+    low = np.where(p == 0.0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(p == 1.0, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return 100.0 * low, 100.0 * high

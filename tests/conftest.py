@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RL_WARNINGS", "False")
-warnings.filterwarnings("ignore", message=".*AdroitHand.*")
 
 TINY_DATASET = "local/pointmaze/umaze-v0"
 

@@ -21,6 +21,31 @@ os.environ.setdefault("RL_WARNINGS", "False")
 TINY_DATASET = "local/pointmaze/umaze-v0"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "inductor: compile with inductor, the CPU default; other in-process tests compile "
+        "with aot_eager (the same Dynamo and AOTAutograd graphs, without C++ code generation)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _compile_backend(request, monkeypatch):
+    """Tests of what compilation preserves (delay, fresh noise, stacking, resume) trace the
+    same graphs with aot_eager; the tests that compare inductor's numbers with eager's are
+    marked ``inductor``."""
+    if request.node.get_closest_marker("inductor"):
+        return
+    from torchrl_dmg.training import updater
+
+    default = updater.default_backend
+    monkeypatch.setattr(
+        updater,
+        "default_backend",
+        lambda device: "aot_eager" if str(device).startswith("cpu") else default(device),
+    )
+
+
 @pytest.fixture(scope="session")
 def minari_root(tmp_path_factory) -> str:
     """A Minari datasets root holding a tiny UMaze dataset (made once per test session)."""

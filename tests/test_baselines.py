@@ -242,6 +242,7 @@ def _any_loss(algo: str):
     return _sac_loss() if algo == "sac" else make_loss(algo)
 
 
+@pytest.mark.inductor
 @pytest.mark.parametrize("algo", ["dmg", "iql", "td3bc", "bc", "sac"])
 def test_the_compiled_iteration_equals_eager_for_every_loss(algo):
     """mode="auto" on a CPU (the whole iteration compiled with inductor, backward and Adam

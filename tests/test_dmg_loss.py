@@ -585,6 +585,7 @@ def _train(loss: DMGLoss, compile_fns: bool, steps: int = 4) -> None:
             updater.step()
 
 
+@pytest.mark.inductor
 def test_compiled_updates_match_eager(record_property):
     """Seeded smoothing noise; ``fallback_random`` makes inductor draw it with eager's RNG."""
     torch._dynamo.reset()

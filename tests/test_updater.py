@@ -102,6 +102,7 @@ def test_target_policy_noise_is_fresh_at_every_step(mode):
     assert len(set(targets)) == 1, targets
 
 
+@pytest.mark.inductor
 @pytest.mark.parametrize("mode", ["compile", FAST])
 def test_compiled_updater_matches_eager_for_several_steps(mode):
     from torch._inductor import config as inductor_config

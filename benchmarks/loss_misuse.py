@@ -1,5 +1,5 @@
 """Wire ``DMGLoss`` wrongly, as a TorchRL user might, and record the one line each mistake
-gets: the second table of docs/bad_inputs.md (``benchmarks/bad_inputs.py`` writes it).
+gets: the second table of docs/bad_inputs.md, which ``benchmarks/bad_inputs.py`` writes.
 
     python benchmarks/loss_misuse.py        # prints the table
 """

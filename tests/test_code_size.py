@@ -1,4 +1,4 @@
-"""The package stays readable: no function over 80 lines (issue 17)."""
+"""The package stays readable: no function over 80 lines."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Reliability: start-up validation, run-directory checks, safe checkpoints, NaN stop,
-SIGTERM, deterministic fine-tuning and exact resume (issue 16)."""
+SIGTERM, deterministic fine-tuning and exact resume."""
 
 from __future__ import annotations
 

@@ -364,8 +364,8 @@ def test_seeds_and_devices_do_not_make_columns(tmp_path):
 
 
 def test_a_run_older_than_a_config_key_counts_as_the_behaviour_it_ran_with(tmp_path):
-    """A run recorded before ``data.goal_terminal`` existed ran without it: the same column
-    as a run with ``goal_terminal: false``, another one than ``true``."""
+    """A run whose config lacks ``data.goal_terminal`` ran without goal terminals: the same
+    column as a run with ``goal_terminal: false``, another one than ``true``."""
     runs = tmp_path / "runs"
     make_run(runs, "old", seed=0)
     make_run(

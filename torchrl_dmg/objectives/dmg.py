@@ -268,6 +268,57 @@ class DMGLoss(LossModule):
         reduction = "mean" if reduction is None else reduction
         super().__init__()
         self._set_deprecated_ctor_keys(priority=priority_key)
+        self._check_arguments(
+            in_sample_estimator, expectile, max_weight, reduction, loss_function, num_qvalue_nets
+        )
+        self._check_networks(actor_network, qvalue_network, value_network)
+        self._in_keys = None
+        self.delay_actor = delay_actor
+        self.delay_qvalue = delay_qvalue
+        self.deactivate_vmap = deactivate_vmap
+        self.use_prioritized_weights = use_prioritized_weights
+        self.num_qvalue_nets = num_qvalue_nets
+        self.loss_function = loss_function
+        self.in_sample_estimator = in_sample_estimator
+        self.expectile = float(expectile)
+        self.temperature = float(temperature)
+        self.max_weight = float(max_weight)
+        self.policy_noise = float(policy_noise)
+        self.noise_clip = float(noise_clip)
+        self.xql_beta = float(xql_beta)
+        self.xql_clip = float(xql_clip)
+        self.sql_alpha = float(sql_alpha)
+        self.reduction = reduction
+        self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
+        # separate_losses: what V or Q share with the actor is held as the actor's
+        # parameters (detached), so only the actor's loss trains it
+        actor_params = list(actor_network.parameters()) if separate_losses else None
+        self.convert_to_functional(
+            value_network, "value_network", create_target_params=False, compare_against=actor_params
+        )
+        self.convert_to_functional(
+            qvalue_network,
+            "qvalue_network",
+            num_qvalue_nets,
+            create_target_params=delay_qvalue,
+            compare_against=(
+                actor_params + list(value_network.parameters()) if separate_losses else None
+            ),
+        )
+
+        device = next(iter(self.parameters())).device
+        self._register_bounds(action_spec, bounds, device)
+        # buffers, so that compiled code and captured CUDA graphs read the current value
+        self.register_buffer("mixture_coef", torch.tensor(float(mixture_coef), device=device))
+        self.register_buffer("penalty_coef", torch.tensor(float(penalty_coef), device=device))
+        self.make_value_estimator(ValueEstimators.TD0, gamma=0.99, device=device)
+        self._make_vmap()
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _check_arguments(
+        in_sample_estimator, expectile, max_weight, reduction, loss_function, num_qvalue_nets
+    ) -> None:
         if in_sample_estimator not in IN_SAMPLE_ESTIMATORS:
             raise ValueError(
                 f"in_sample_estimator={in_sample_estimator!r} is not supported; "
@@ -288,43 +339,10 @@ class DMGLoss(LossModule):
                 f"DMGLoss takes the minimum over two or more critics, got num_qvalue_nets="
                 f"{num_qvalue_nets}; pass num_qvalue_nets=2 (the paper's)."
             )
-        self._check_networks(actor_network, qvalue_network, value_network)
-        self._in_keys = None
-        self.delay_actor = delay_actor
-        self.delay_qvalue = delay_qvalue
-        self.deactivate_vmap = deactivate_vmap
-        self.use_prioritized_weights = use_prioritized_weights
-        self.num_qvalue_nets = num_qvalue_nets
-        self.loss_function = loss_function
-        self.in_sample_estimator = in_sample_estimator
-        self.expectile = float(expectile)
-        self.temperature = float(temperature)
-        self.max_weight = float(max_weight)
-        self.policy_noise = float(policy_noise)
-        self.noise_clip = float(noise_clip)
-        self.xql_beta = float(xql_beta)
-        self.xql_clip = float(xql_clip)
-        self.sql_alpha = float(sql_alpha)
-        self.reduction = reduction
 
-        self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
-        # separate_losses: what V or Q share with the actor is held as the actor's
-        # parameters (detached), so only the actor's loss trains it
-        actor_params = list(actor_network.parameters()) if separate_losses else None
-        self.convert_to_functional(
-            value_network, "value_network", create_target_params=False, compare_against=actor_params
-        )
-        self.convert_to_functional(
-            qvalue_network,
-            "qvalue_network",
-            num_qvalue_nets,
-            create_target_params=delay_qvalue,
-            compare_against=(
-                actor_params + list(value_network.parameters()) if separate_losses else None
-            ),
-        )
-
-        device = next(iter(self.parameters())).device
+    def _register_bounds(self, action_spec, bounds, device: torch.device) -> None:
+        """``min_action``/``max_action`` (finite, low ≤ high) and ``action_scale``, the
+        half-range in whose units the target noise σ and c are given."""
         low, high = self._resolve_bounds(action_spec, bounds)
         low = torch.as_tensor(low, dtype=torch.get_default_dtype(), device=device)
         high = torch.as_tensor(high, dtype=torch.get_default_dtype(), device=device)
@@ -340,13 +358,7 @@ class DMGLoss(LossModule):
         self.register_buffer("max_action", high)
         # noise σ and c are given in units of the action half-range
         self.register_buffer("action_scale", (high - low) / 2)
-        # buffers, so that compiled code and captured CUDA graphs read the current value
-        self.register_buffer("mixture_coef", torch.tensor(float(mixture_coef), device=device))
-        self.register_buffer("penalty_coef", torch.tensor(float(penalty_coef), device=device))
-        self.make_value_estimator(ValueEstimators.TD0, gamma=0.99, device=device)
-        self._make_vmap()
 
-    # ------------------------------------------------------------------ checks
     def _check_networks(self, actor, qvalue, value) -> None:
         """One-line errors for wiring that would otherwise train wrongly or fail late."""
         for module in actor.modules():

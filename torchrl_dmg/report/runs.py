@@ -62,9 +62,9 @@ IGNORED_KEYS = (
     "hydra",
 )
 
-#: Config keys added after some committed runs were recorded, with the value those runs ran
-#: with (the code's behaviour before the key existed): a run whose config lacks one is read
-#: as having it, so it is not a variant of its own only because it is older.
+#: Config keys that some committed runs' configs lack, with the value those runs ran with:
+#: a run whose config lacks one is read as having it, so that it is grouped with the runs
+#: that set that value, not counted as a variant of its own.
 ADDED_KEYS = {"data.goal_terminal": False, "network.value_init": None}
 
 Q_KEYS = ("q_data_mean", "state_action_value")  # final Q: the diagnostic's, else the batch's

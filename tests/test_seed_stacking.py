@@ -122,6 +122,17 @@ def test_stacked_target_noise_is_fresh_each_step_and_different_per_agent(mode):
     assert all(a != b for a, b in per_step), targets  # each agent draws its own noise
 
 
+def test_every_metric_of_a_stacked_update_has_one_value_per_agent():
+    """Per-sample diagnostics are averaged over each agent's batch, not over the agents."""
+    losses = [make_loss(), make_loss()]
+    stacked = SeedStackedDMGUpdater(losses, mode="eager", policy_freq=1)
+    batch = torch.stack([make_batch(0), make_batch(1)])
+    metrics = stacked.update(batch)
+    assert "loss_actor" in metrics.keys() and "target_value" in metrics.keys()
+    assert {k: tuple(v.shape) for k, v in metrics.items()} == {k: (2,) for k in metrics.keys()}
+    assert metrics["state_value"][0] != metrics["state_value"][1]
+
+
 def test_stacked_state_dict_round_trip_and_coefficients():
     def build():
         return SeedStackedDMGUpdater([make_loss(s) for s in (0, 1)], actor_cosine_steps=20)

@@ -91,9 +91,14 @@ class LossSteps:
     critic_only: Step | None = None
 
 
-def _scalars(metadata: dict) -> dict[str, torch.Tensor]:
-    """Metadata as detached means: what is logged (and copied out of a CUDA graph)."""
-    return {k: v.detach().float().mean() for k, v in metadata.items()}
+def _scalars(u: ActorCriticUpdater, metadata: dict) -> dict[str, torch.Tensor]:
+    """Metadata as detached means over the batch, one per agent of a seed-stacked updater
+    (its metadata lead with the agent dimension): what is logged (and copied out of a CUDA
+    graph)."""
+    lead = 0 if u._single_agent else 1
+    return {
+        k: v.detach().float().reshape(*v.shape[:lead], -1).mean(-1) for k, v in metadata.items()
+    }
 
 
 # ------------------------------------------------------------------------------ DMG
@@ -111,8 +116,8 @@ def _dmg_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
         {
             "loss_value": loss_value.detach(),
             "loss_qvalue": loss_qvalue.detach(),
-            **_scalars(md_value),
-            **_scalars(md_qvalue),
+            **_scalars(u, md_value),
+            **_scalars(u, md_qvalue),
             TARGET_Q_KEY: target_q,
         }
     )
@@ -122,7 +127,7 @@ def _dmg_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     loss_actor, md_actor = u.loss_call("actor_loss", batch, batch.get(TARGET_Q_KEY))
     u.descend("actor", loss_actor)
     u.update_targets()
-    return TensorDict({"loss_actor": loss_actor.detach(), **_scalars(md_actor)})
+    return TensorDict({"loss_actor": loss_actor.detach(), **_scalars(u, md_actor)})
 
 
 # ------------------------------------------------------------------------------ IQL
@@ -148,7 +153,7 @@ def _td3bc_critic(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     """TD3's clipped double-Q step with target-policy smoothing."""
     loss_qvalue, md = u.loss_call("qvalue_loss", batch)
     u.descend("qvalue", loss_qvalue)
-    md = _scalars(md)
+    md = _scalars(u, md)
     return TensorDict(
         {
             "loss_qvalue": loss_qvalue.detach(),
@@ -163,7 +168,7 @@ def _td3bc_actor(u: ActorCriticUpdater, batch: TensorDictBase) -> TensorDict:
     loss_actor, md = u.loss_call("actor_loss", batch)
     u.descend("actor", loss_actor)
     u.update_targets()
-    md = _scalars(md)
+    md = _scalars(u, md)
     return TensorDict(
         {
             "loss_actor": loss_actor.detach(),

@@ -17,6 +17,7 @@ import yaml
 
 from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.report.figures import ablations, curve_band, line_labels, shared_mc_return
+from torchrl_dmg.report.published import PUBLISHED_PATH, load_published, paper_dataset
 from torchrl_dmg.report.results import read_intro, study_groups, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
 from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci, wilson_interval
@@ -646,3 +647,43 @@ def test_a_fine_tuning_run_is_a_column_of_its_own_not_a_variant(tmp_path):
     assert {c.algo for c in report.cells} == {"dmg", "dmg+online"}
     online = next(c for c in report.cells if c.algo == "dmg+online")
     assert online.variant == () and online.stats.mean == 70.0
+
+
+# ---------------------------------------------------------------- the paper's published scores
+
+
+def test_the_loader_names_its_source_and_holds_table_2_and_table_4():
+    paper = load_published()
+    assert "Mao" in paper.source and "NeurIPS 2024" in paper.source
+    assert "2411.07934" in paper.source and "D4RL -v2" in paper.data
+    assert "Table 2" in PUBLISHED_PATH.read_text() and "Table 4" in PUBLISHED_PATH.read_text()
+    offline = [s for s in paper.scores.values() if s.table == "Table 2"]
+    assert len(offline) == 15 * 3  # IQL, TD3+BC, DMG on 15 datasets
+    assert paper.scores[("hopper-medium", "dmg")].score == 100.6
+    assert paper.scores[("antmaze-large-diverse", "dmg+online")].text() == "58.8 → 89.0"
+    assert paper.totals == {"iql+online": (392.4, 490.4), "dmg+online": (439.4, 556.4)}
+    assert ("antmaze-umaze", "iql+online") not in paper.scores  # not published per dataset
+
+
+def test_the_published_scores_ship_as_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["torchrl_dmg.report"]
+    assert any(PUBLISHED_PATH.match(p) for p in patterns)
+
+
+@pytest.mark.parametrize(
+    "dataset_id, name",
+    [
+        ("local/antmaze/medium-play-v1", "antmaze-medium-play"),
+        ("local/antmaze/umaze-diverse-onegoal-v1", "antmaze-umaze-diverse"),
+        ("D4RL/antmaze/large-play-v1", "antmaze-large-play"),
+        ("local/mujoco/hopper/medium-replay-v0", "hopper-medium-replay"),
+        ("mujoco/walker2d/medium-v0", "walker2d-medium"),
+        ("local/antmaze/medium-random-v1", None),
+        ("local/pointmaze/medium-v0", None),
+        ("D4RL/pointmaze/umaze-v2", None),
+    ],
+)
+def test_dataset_ids_map_to_the_paper_s_d4rl_dataset(dataset_id, name):
+    assert paper_dataset(dataset_id) == name

@@ -687,3 +687,110 @@ def test_the_published_scores_ship_as_package_data():
 )
 def test_dataset_ids_map_to_the_paper_s_d4rl_dataset(dataset_id, name):
     assert paper_dataset(dataset_id) == name
+
+
+MEDIUM_PLAY = "local/antmaze/medium-play-v1"
+
+
+@pytest.fixture
+def antmaze_study(tmp_path) -> Path:
+    """medium-play: dmg 20/30/40, iql 10/15; pointmaze medium (no published score): dmg
+    60/70."""
+    root = tmp_path / "runs"
+    make_run(root, "dmg", dataset=MEDIUM_PLAY, seeds=3, scores=[20.0, 30.0, 40.0])
+    make_run(root, "iql", dataset=MEDIUM_PLAY, algo="iql", seeds=2, scores=[10.0, 15.0])
+    make_run(root, "pm", dataset="local/pointmaze/medium-v0", seeds=2, scores=[60.0, 70.0])
+    return root
+
+
+def table_row(markdown: str, dataset: str) -> dict[str, str]:
+    """The cells of ``dataset``'s row of the Table 2 layout, by column name."""
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {dataset} |"))
+    cells = [c.strip() for c in line.strip().removeprefix("|").removesuffix("|").split(" | ")]
+    return dict(zip(table_header(markdown), cells, strict=True))
+
+
+def test_the_published_columns_show_the_paper_s_numbers_beside_local_runs(antmaze_study, tmp_path):
+    text = write_report([antmaze_study], tmp_path / "out", published=True).markdown.read_text()
+    assert table_header(text) == [
+        "dataset",
+        "dmg",
+        "iql",
+        "dmg (paper, D4RL data)",
+        "iql (paper, D4RL data)",
+        "score reference",
+    ]
+    row = table_row(text, MEDIUM_PLAY)
+    assert row["dmg (paper, D4RL data)"] == "*80.2*" and row["iql (paper, D4RL data)"] == "*76.4*"
+    assert row["dmg"].startswith("30.0 ± 8.2")
+
+
+def test_a_dataset_without_a_published_score_has_a_blank_published_cell(antmaze_study, tmp_path):
+    report = write_report([antmaze_study], tmp_path / "out", published=True)
+    row = table_row(report.markdown.read_text(), "local/pointmaze/medium-v0")
+    assert row["dmg (paper, D4RL data)"] == "" and row["iql (paper, D4RL data)"] == ""
+    published = [r for r in read_csv(report.csv) if r["kind"] == "published"]
+    assert {r["dataset"] for r in published} == {MEDIUM_PLAY}
+
+
+def test_published_scores_leave_the_measured_cells_cis_and_iqms_unchanged(antmaze_study, tmp_path):
+    without = write_report([antmaze_study], tmp_path / "without")
+    with_paper = write_report([antmaze_study], tmp_path / "with", published=True)
+    measured = [r for r in read_csv(with_paper.csv) if r["kind"] == "measured"]
+    plain = read_csv(without.csv)
+    for rows in (measured, plain):  # config links differ only by the output folder
+        for r in rows:
+            r.pop("configs")
+    assert measured == plain
+    iqm_row = next(
+        line for line in with_paper.markdown.read_text().splitlines() if "**IQM**" in line
+    )
+    assert iqm_row.endswith("<sub>2 seeds, 1 dataset</sub> |  |  | |")  # none for the paper's
+    assert [c.stats for c in with_paper.cells] == [c.stats for c in without.cells]
+
+
+def test_the_csv_marks_published_values_as_published(antmaze_study, tmp_path):
+    rows = read_csv(write_report([antmaze_study], tmp_path / "out", published=True).csv)
+    dmg = cell(rows, MEDIUM_PLAY, "dmg (paper, D4RL data)")
+    assert dmg["kind"] == "published" and float(dmg["mean"]) == 80.2
+    assert dmg["std"] == dmg["ci95_low"] == dmg["scores"] == dmg["configs"] == ""
+    assert dmg["score_reference"].startswith("published: Mao")
+    assert "Table 2, D4RL antmaze-medium-play" in dmg["score_reference"]
+    assert cell(rows, MEDIUM_PLAY, "dmg")["kind"] == "measured"
+
+
+def test_the_footnote_says_the_published_scores_are_on_d4rl_data_not_these_runs(
+    antmaze_study, tmp_path
+):
+    text = write_report([antmaze_study], tmp_path / "out", published=True).markdown.read_text()
+    (note,) = [line for line in text.splitlines() if line.startswith("*(paper, D4RL data)*")]
+    assert "arXiv 2411.07934, Table 2 (" in note
+    assert "measured on D4RL's datasets, not on these runs'" in note
+    assert "no CI, IQM or ranking" in note and "Table 4" not in note
+
+
+def test_a_fine_tuning_run_gets_table_4_before_and_after_beside_it(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "offline", dataset=MEDIUM_PLAY, seeds=2, scores=[40.0, 50.0])
+    online = {"online_steps": 200, "checkpoint_seed": 0}
+    make_run(runs, "online", dataset=MEDIUM_PLAY, scores=70.0, extra=online)
+    make_run(runs, "iql", dataset=MEDIUM_PLAY, algo="iql", scores=60.0, extra=online)
+    text = write_report([runs], tmp_path / "out", published=True).markdown.read_text()
+    row = table_row(text, MEDIUM_PLAY)
+    assert row["dmg+online (paper, D4RL data)"] == "*80.2 → 96.8*"
+    assert "iql+online (paper, D4RL data)" not in row  # Table 4 gives IQL's totals only
+    assert "totals over its six AntMaze datasets: dmg+online 439.4 → 556.4, " in text
+    assert "iql+online 392.4 → 490.4." in text
+
+
+def test_a_study_s_table_gets_the_published_scores_of_its_own_algorithms(tmp_path):
+    results = tmp_path / "results"
+    make_run(results / "antmaze", "dmg", dataset=MEDIUM_PLAY, scores=30.0)
+    make_run(results / "pointmaze", "dmg", dataset="local/pointmaze/medium-v0", scores=60.0)
+    make_run(results / "pointmaze", "td3bc", dataset="local/pointmaze/medium-v0", algo="td3bc")
+    text = write_report([results], tmp_path / "out", studies=True, published=True)
+    headers = [table_header(part) for part in text.markdown.read_text().split("\n## ")[2:4]]
+    assert headers == [
+        ["dataset", "dmg", "dmg (paper, D4RL data)", "score reference"],
+        ["dataset", "dmg", "td3bc", "score reference"],  # no published pointmaze score
+    ]

@@ -592,6 +592,7 @@ def test_an_intro_file_goes_under_the_title_before_the_tables(sweep, tmp_path):
     "args, message",
     [
         (["intro=nope.md"], "[report] error: config: intro=nope.md is not a file"),
+        (["published=maybe"], "[report] error: config: published=maybe is not true/false"),
         ([], "[report] error: no run with an eval row under"),
     ],
 )
@@ -794,3 +795,11 @@ def test_a_study_s_table_gets_the_published_scores_of_its_own_algorithms(tmp_pat
         ["dataset", "dmg", "dmg (paper, D4RL data)", "score reference"],
         ["dataset", "dmg", "td3bc", "score reference"],  # no published pointmaze score
     ]
+
+
+def test_the_recipe_shows_the_published_scores_unless_told_not_to(antmaze_study, tmp_path):
+    for flag, shown in (("published=true", True), ("published=false", False)):
+        out = tmp_path / flag.replace("=", "_")
+        proc = run_report(f"runs={antmaze_study}", f"out={out}", flag)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("| *80.2* |" in (out / "results.md").read_text()) == shown

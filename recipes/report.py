@@ -10,7 +10,10 @@ CIs, IQM across datasets; every number linked to its run's config), ``results.cs
 ``figures/``: learning curves per dataset, the overestimation diagnostic where the runs
 logged it, and the λ / ν ablations of the paper's Figures 1–2 where the runs sweep them.
 ``studies=true`` writes one such section per folder under ``runs`` (a study), so that runs
-are compared only within their study. The machinery is :mod:`torchrl_dmg.report`.
+are compared only within their study. ``published=true`` (the default) puts the paper's
+published scores (Table 2; Table 4 beside fine-tuning runs) in columns of their own beside
+each table, as context: they were measured on D4RL's data, not the runs', and enter no CI
+or IQM. The machinery is :mod:`torchrl_dmg.report`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main(cfg: DictConfig) -> None:
             seed=cfg.bootstrap_seed,
             intro=intro,
             studies=cfg.studies,
+            published=cfg.published,
         )
     except FileNotFoundError as err:  # no run under runs=
         raise RunRefused(str(err)) from err

@@ -460,6 +460,7 @@ REPORT = (
     _f("intro", str, nullable=True, example="results/README.md", check=file_problem),
     _f("bootstrap_seed", low=0, high=2**32 - 1),
     _f("studies"),
+    _f("published"),
 )
 
 SCHEMAS: dict[str, tuple[Field, ...]] = {

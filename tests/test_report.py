@@ -17,6 +17,7 @@ import yaml
 
 from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.report.figures import ablations, curve_band, line_labels, shared_mc_return
+from torchrl_dmg.report.published import PUBLISHED_PATH, load_published, paper_dataset
 from torchrl_dmg.report.results import read_intro, study_groups, write_report
 from torchrl_dmg.report.runs import find_run_dirs, load_runs
 from torchrl_dmg.report.stats import bootstrap_ci, iqm, stratified_bootstrap_ci, wilson_interval
@@ -591,6 +592,7 @@ def test_an_intro_file_goes_under_the_title_before_the_tables(sweep, tmp_path):
     "args, message",
     [
         (["intro=nope.md"], "[report] error: config: intro=nope.md is not a file"),
+        (["published=maybe"], "[report] error: config: published=maybe is not true/false"),
         ([], "[report] error: no run with an eval row under"),
     ],
 )
@@ -646,3 +648,158 @@ def test_a_fine_tuning_run_is_a_column_of_its_own_not_a_variant(tmp_path):
     assert {c.algo for c in report.cells} == {"dmg", "dmg+online"}
     online = next(c for c in report.cells if c.algo == "dmg+online")
     assert online.variant == () and online.stats.mean == 70.0
+
+
+# ---------------------------------------------------------------- the paper's published scores
+
+
+def test_the_loader_names_its_source_and_holds_table_2_and_table_4():
+    paper = load_published()
+    assert "Mao" in paper.source and "NeurIPS 2024" in paper.source
+    assert "2411.07934" in paper.source and "D4RL -v2" in paper.data
+    assert "Table 2" in PUBLISHED_PATH.read_text() and "Table 4" in PUBLISHED_PATH.read_text()
+    offline = [s for s in paper.scores.values() if s.table == "Table 2"]
+    assert len(offline) == 15 * 3  # IQL, TD3+BC, DMG on 15 datasets
+    assert paper.scores[("hopper-medium", "dmg")].score == 100.6
+    assert paper.scores[("antmaze-large-diverse", "dmg+online")].text() == "58.8 → 89.0"
+    assert paper.totals == {"iql+online": (392.4, 490.4), "dmg+online": (439.4, 556.4)}
+    assert ("antmaze-umaze", "iql+online") not in paper.scores  # not published per dataset
+
+
+def test_the_published_scores_ship_as_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["torchrl_dmg.report"]
+    assert any(PUBLISHED_PATH.match(p) for p in patterns)
+
+
+@pytest.mark.parametrize(
+    "dataset_id, name",
+    [
+        ("local/antmaze/medium-play-v1", "antmaze-medium-play"),
+        ("local/antmaze/umaze-diverse-onegoal-v1", "antmaze-umaze-diverse"),
+        ("D4RL/antmaze/large-play-v1", "antmaze-large-play"),
+        ("local/mujoco/hopper/medium-replay-v0", "hopper-medium-replay"),
+        ("mujoco/walker2d/medium-v0", "walker2d-medium"),
+        ("local/antmaze/medium-random-v1", None),
+        ("local/pointmaze/medium-v0", None),
+        ("D4RL/pointmaze/umaze-v2", None),
+    ],
+)
+def test_dataset_ids_map_to_the_paper_s_d4rl_dataset(dataset_id, name):
+    assert paper_dataset(dataset_id) == name
+
+
+MEDIUM_PLAY = "local/antmaze/medium-play-v1"
+
+
+@pytest.fixture
+def antmaze_study(tmp_path) -> Path:
+    """medium-play: dmg 20/30/40, iql 10/15; pointmaze medium (no published score): dmg
+    60/70."""
+    root = tmp_path / "runs"
+    make_run(root, "dmg", dataset=MEDIUM_PLAY, seeds=3, scores=[20.0, 30.0, 40.0])
+    make_run(root, "iql", dataset=MEDIUM_PLAY, algo="iql", seeds=2, scores=[10.0, 15.0])
+    make_run(root, "pm", dataset="local/pointmaze/medium-v0", seeds=2, scores=[60.0, 70.0])
+    return root
+
+
+def table_row(markdown: str, dataset: str) -> dict[str, str]:
+    """The cells of ``dataset``'s row of the Table 2 layout, by column name."""
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {dataset} |"))
+    cells = [c.strip() for c in line.strip().removeprefix("|").removesuffix("|").split(" | ")]
+    return dict(zip(table_header(markdown), cells, strict=True))
+
+
+def test_the_published_columns_show_the_paper_s_numbers_beside_local_runs(antmaze_study, tmp_path):
+    text = write_report([antmaze_study], tmp_path / "out", published=True).markdown.read_text()
+    assert table_header(text) == [
+        "dataset",
+        "dmg",
+        "iql",
+        "dmg (paper, D4RL data)",
+        "iql (paper, D4RL data)",
+        "score reference",
+    ]
+    row = table_row(text, MEDIUM_PLAY)
+    assert row["dmg (paper, D4RL data)"] == "*80.2*" and row["iql (paper, D4RL data)"] == "*76.4*"
+    assert row["dmg"].startswith("30.0 ± 8.2")
+
+
+def test_a_dataset_without_a_published_score_has_a_blank_published_cell(antmaze_study, tmp_path):
+    report = write_report([antmaze_study], tmp_path / "out", published=True)
+    row = table_row(report.markdown.read_text(), "local/pointmaze/medium-v0")
+    assert row["dmg (paper, D4RL data)"] == "" and row["iql (paper, D4RL data)"] == ""
+    published = [r for r in read_csv(report.csv) if r["kind"] == "published"]
+    assert {r["dataset"] for r in published} == {MEDIUM_PLAY}
+
+
+def test_published_scores_leave_the_measured_cells_cis_and_iqms_unchanged(antmaze_study, tmp_path):
+    without = write_report([antmaze_study], tmp_path / "without")
+    with_paper = write_report([antmaze_study], tmp_path / "with", published=True)
+    measured = [r for r in read_csv(with_paper.csv) if r["kind"] == "measured"]
+    plain = read_csv(without.csv)
+    for rows in (measured, plain):  # config links differ only by the output folder
+        for r in rows:
+            r.pop("configs")
+    assert measured == plain
+    iqm_row = next(
+        line for line in with_paper.markdown.read_text().splitlines() if "**IQM**" in line
+    )
+    assert iqm_row.endswith("<sub>2 seeds, 1 dataset</sub> |  |  | |")  # none for the paper's
+    assert [c.stats for c in with_paper.cells] == [c.stats for c in without.cells]
+
+
+def test_the_csv_marks_published_values_as_published(antmaze_study, tmp_path):
+    rows = read_csv(write_report([antmaze_study], tmp_path / "out", published=True).csv)
+    dmg = cell(rows, MEDIUM_PLAY, "dmg (paper, D4RL data)")
+    assert dmg["kind"] == "published" and float(dmg["mean"]) == 80.2
+    assert dmg["std"] == dmg["ci95_low"] == dmg["scores"] == dmg["configs"] == ""
+    assert dmg["score_reference"].startswith("published: Mao")
+    assert "Table 2, D4RL antmaze-medium-play" in dmg["score_reference"]
+    assert cell(rows, MEDIUM_PLAY, "dmg")["kind"] == "measured"
+
+
+def test_the_footnote_says_the_published_scores_are_on_d4rl_data_not_these_runs(
+    antmaze_study, tmp_path
+):
+    text = write_report([antmaze_study], tmp_path / "out", published=True).markdown.read_text()
+    (note,) = [line for line in text.splitlines() if line.startswith("*(paper, D4RL data)*")]
+    assert "arXiv 2411.07934, Table 2 (" in note
+    assert "measured on D4RL's datasets, not on these runs'" in note
+    assert "no CI, IQM or ranking" in note and "Table 4" not in note
+
+
+def test_a_fine_tuning_run_gets_table_4_before_and_after_beside_it(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "offline", dataset=MEDIUM_PLAY, seeds=2, scores=[40.0, 50.0])
+    online = {"online_steps": 200, "checkpoint_seed": 0}
+    make_run(runs, "online", dataset=MEDIUM_PLAY, scores=70.0, extra=online)
+    make_run(runs, "iql", dataset=MEDIUM_PLAY, algo="iql", scores=60.0, extra=online)
+    text = write_report([runs], tmp_path / "out", published=True).markdown.read_text()
+    row = table_row(text, MEDIUM_PLAY)
+    assert row["dmg+online (paper, D4RL data)"] == "*80.2 → 96.8*"
+    assert "iql+online (paper, D4RL data)" not in row  # Table 4 gives IQL's totals only
+    assert "totals over its six AntMaze datasets: dmg+online 439.4 → 556.4, " in text
+    assert "iql+online 392.4 → 490.4." in text
+
+
+def test_a_study_s_table_gets_the_published_scores_of_its_own_algorithms(tmp_path):
+    results = tmp_path / "results"
+    make_run(results / "antmaze", "dmg", dataset=MEDIUM_PLAY, scores=30.0)
+    make_run(results / "pointmaze", "dmg", dataset="local/pointmaze/medium-v0", scores=60.0)
+    make_run(results / "pointmaze", "td3bc", dataset="local/pointmaze/medium-v0", algo="td3bc")
+    text = write_report([results], tmp_path / "out", studies=True, published=True)
+    headers = [table_header(part) for part in text.markdown.read_text().split("\n## ")[2:4]]
+    assert headers == [
+        ["dataset", "dmg", "dmg (paper, D4RL data)", "score reference"],
+        ["dataset", "dmg", "td3bc", "score reference"],  # no published pointmaze score
+    ]
+
+
+def test_the_recipe_shows_the_published_scores_unless_told_not_to(antmaze_study, tmp_path):
+    for flag, shown in (("published=true", True), ("published=false", False)):
+        out = tmp_path / flag.replace("=", "_")
+        proc = run_report(f"runs={antmaze_study}", f"out={out}", flag)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("| *80.2* |" in (out / "results.md").read_text()) == shown

@@ -18,6 +18,13 @@ from torchrl_dmg.report.figures import (
     plot_overestimation,
     slug,
 )
+from torchrl_dmg.report.published import (
+    Published,
+    load_published,
+    published_columns,
+    published_csv_rows,
+    published_note,
+)
 from torchrl_dmg.report.runs import SeedRun, load_runs
 from torchrl_dmg.report.stats import BOOTSTRAP_REPS
 from torchrl_dmg.report.tables import (
@@ -25,6 +32,7 @@ from torchrl_dmg.report.tables import (
     Cell,
     _link,
     _num,
+    algos,
     build_cells,
     column_iqms,
     csv_rows,
@@ -141,6 +149,7 @@ def write_report(
     seed: int = 0,
     intro: str | None = None,
     studies: bool = False,
+    published: bool = False,
 ) -> Report:
     """Read every run at or below ``paths`` and write ``out_dir/results.md``,
     ``out_dir/results.csv`` and the figures (``out_dir/figures/*.png``).
@@ -157,6 +166,10 @@ def write_report(
             only runs of one study are compared (figures in ``figures/<study>/``); the
             λ/ν ablations stay over every run, as a sweep's crossing point may come from
             another study. Otherwise one table of every run.
+        published: beside each table, the paper's published scores for its datasets and
+            algorithms (:mod:`torchrl_dmg.report.published`: columns of their own, marked
+            ``kind=published`` in the CSV, in no CI or IQM), with a footnote saying they
+            were measured on D4RL's data, not these runs'.
     """
     paths = [Path(p) for p in paths]
     out_dir = Path(out_dir)
@@ -179,18 +192,15 @@ def write_report(
     figures: list[Path] = []
     md = _header(title, paths, runs, intro, len(sections) if studies else 0)
     rows = []
+    paper = load_published() if published else None
     for name, study_cells in sections:
-        table, folded, stand_ins = table_cells(study_cells)
-        iqms = column_iqms(table, seed=seed)
-        rows += csv_rows(study_cells, column_iqms(study_cells, seed=seed), out_dir, study=name)
         level = "###" if studies else "##"
         fig_dir = out_dir / "figures" / slug(name) if studies else out_dir / "figures"
         if studies:
             md += [f"## {name}", ""]
-        md += [f"{level} Final normalised score (the paper's Table 2 layout)", ""]
-        md += [markdown_table(table, iqms, out_dir), ""]
-        if folded:
-            md += [_folded_note(folded, stand_ins), ""]
+        table_md, table_rows = _score_table(name, study_cells, out_dir, level, seed, paper)
+        md += table_md
+        rows += table_rows
         if not studies:
             md += _legend(csv_path.name)
         md += _curves_section(study_cells, out_dir, fig_dir, figures, level)
@@ -205,6 +215,27 @@ def write_report(
     md_path = out_dir / "results.md"
     md_path.write_text("\n".join(md))
     return Report(md_path, csv_path, figures, every, runs)
+
+
+def _score_table(
+    name: str, cells: list[Cell], out_dir: Path, level: str, seed: int, paper: Published | None
+) -> tuple[list[str], list[dict]]:
+    """One study's Table 2 layout (the paper's published columns beside it when ``paper``
+    is given) and its ``results.csv`` rows."""
+    table, folded, stand_ins = table_cells(cells)
+    rows = csv_rows(cells, column_iqms(cells, seed=seed), out_dir, study=name)
+    paper_cols = []
+    if paper is not None:
+        paper_cols = published_columns(algos(table), sorted({c.dataset for c in table}), paper)
+        rows += published_csv_rows(paper_cols, paper, study=name)
+    md = [f"{level} Final normalised score (the paper's Table 2 layout)", ""]
+    md += [markdown_table(table, column_iqms(table, seed=seed), out_dir, paper_cols), ""]
+    if folded:
+        md += [_folded_note(folded, stand_ins), ""]
+    note = published_note(algos(table), paper_cols, paper) if paper is not None else None
+    if note:
+        md += [note, ""]
+    return md, rows
 
 
 def _header(title, paths, runs, intro: str | None, n_studies: int) -> list[str]:

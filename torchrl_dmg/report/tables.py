@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from torchrl_dmg.errors import RunRefused
+from torchrl_dmg.report.published import PublishedColumn
 from torchrl_dmg.report.runs import SeedRun, varying_keys
 from torchrl_dmg.report.stats import SeedStats, iqm, stratified_bootstrap_ci, summarize
 
@@ -30,6 +31,7 @@ __all__ = [
     "ALGO_ORDER",
     "Cell",
     "ColumnIQM",
+    "algos",
     "build_cells",
     "column_iqms",
     "markdown_table",
@@ -217,20 +219,24 @@ def build_cells(
     return sorted(cells, key=order)
 
 
+def _algo_rank(algo: str) -> tuple[int, str]:
+    return (ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER), algo)
+
+
 def columns(cells: Sequence[Cell]) -> list[str]:
     """The columns in the order of :func:`build_cells`."""
     seen: dict[str, None] = {}
     ordered = sorted(
-        cells,
-        key=lambda c: (
-            ALGO_ORDER.index(c.algo) if c.algo in ALGO_ORDER else len(ALGO_ORDER),
-            c.algo,
-            [_sort_key(v) for _, v in c.variant],
-        ),
+        cells, key=lambda c: (*_algo_rank(c.algo), [_sort_key(v) for _, v in c.variant])
     )
     for cell in ordered:
         seen.setdefault(cell.column)
     return list(seen)
+
+
+def algos(cells: Sequence[Cell]) -> list[str]:
+    """The algorithms of ``cells`` in the order of their columns."""
+    return sorted({c.algo for c in cells}, key=_algo_rank)
 
 
 def sweep_lines(group: Sequence[Cell], key: str) -> dict[tuple, list[Cell]]:
@@ -334,21 +340,30 @@ def _references(cells: Iterable[Cell]) -> str:
     return "; ".join(refs)
 
 
-def markdown_table(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], out_dir: Path) -> str:
-    """Table 2: one row per dataset, one column per algorithm (+ variant), the score
-    reference of each row in the last column, then the IQM row."""
+def markdown_table(
+    cells: Sequence[Cell],
+    iqms: Sequence[ColumnIQM],
+    out_dir: Path,
+    published: Sequence[PublishedColumn] = (),
+) -> str:
+    """Table 2: one row per dataset, one column per algorithm (+ variant), then the
+    ``published`` columns (the paper's numbers in italics, blank where it has none), the
+    score reference of each row in the last column, then the IQM row (measured columns
+    only)."""
     cols = columns(cells)
     by_key = {(c.dataset, c.column): c for c in cells}
     datasets = sorted({c.dataset for c in cells})
+    header = cols + [p.column for p in published]
     lines = [
-        "| dataset | " + " | ".join(cols) + " | score reference |",
-        "|---|" + "---|" * len(cols) + "---|",
+        "| dataset | " + " | ".join(header) + " | score reference |",
+        "|---|" + "---|" * len(header) + "---|",
     ]
     for dataset in datasets:
         row = [
             _cell_markdown(by_key[(dataset, col)], out_dir) if (dataset, col) in by_key else "—"
             for col in cols
         ]
+        row += [f"*{p.scores[dataset].text()}*" if dataset in p.scores else "" for p in published]
         refs = _references(c for c in cells if c.dataset == dataset)
         lines.append(f"| {dataset} | " + " | ".join(row) + f" | {refs} |")
     by_col = {q.column: q for q in iqms}
@@ -364,6 +379,7 @@ def markdown_table(cells: Sequence[Cell], iqms: Sequence[ColumnIQM], out_dir: Pa
         iqm_row.append(
             text + f"<br><sub>{_count(q.seeds, 'seed')}, {_count(q.datasets, 'dataset')}</sub>"
         )
+    iqm_row += [""] * len(published)  # the paper's numbers are in no aggregate of ours
     lines.append("| **IQM** (all datasets) | " + " | ".join(iqm_row) + " | |")
     return "\n".join(lines)
 
@@ -387,6 +403,7 @@ def markdown_seed_table(cells: Sequence[Cell], out_dir: Path) -> str:
 
 CSV_FIELDS = (
     "study",
+    "kind",  # measured (our runs) or published (the paper's, :mod:`.published`)
     "dataset",
     "column",
     "algo",
@@ -416,6 +433,7 @@ def csv_rows(
         rows.append(
             {
                 "study": study,
+                "kind": "measured",
                 "dataset": c.dataset,
                 "column": c.column,
                 "algo": c.algo,
@@ -439,6 +457,7 @@ def csv_rows(
         rows.append(
             {
                 "study": study,
+                "kind": "measured",
                 "dataset": "IQM",
                 "column": q.column,
                 "n_seeds": q.seeds,

@@ -284,17 +284,18 @@ def run_trials(
     minari_root: str,
     seed: int = 0,
     points: Sequence[str] = POINTS,
+    extra: Sequence[str] = (),
     log=print,
 ) -> list[Trial]:
     """``kills`` trials spread over ``recipes`` (round robin) and kill ``points``; returns
-    their outcomes."""
+    their outcomes. ``extra``: overrides added to every command (reference, killed, resumed)."""
     rng = random.Random(seed)
     env = environment(minari_root)
     references: dict[str, tuple[dict, list, float]] = {}
     for recipe in recipes:
         ref_dir = workdir / f"ref_{recipe}"
         t0 = time.perf_counter()
-        proc = run_to_end(command(recipe, ref_dir), env, workdir)
+        proc = run_to_end(command(recipe, ref_dir, extra), env, workdir)
         if proc.returncode != 0:
             raise RuntimeError(f"reference {recipe} run failed:\n{proc.stderr[-3000:]}")
         references[recipe] = (final_state(recipe, ref_dir), rows(recipe, ref_dir), 0.0)
@@ -309,7 +310,7 @@ def run_trials(
         nth = rng.randint(1, 3)
         detail = f"#{nth}" if point != "time" else f"{rng.uniform(0.4, 0.95) * ref_time:.1f}s"
         trial = Trial(recipe, point, detail)
-        argv = command(recipe, run_dir)
+        argv = command(recipe, run_dir, extra)
         # the first attempt is killed; one trial in three is killed again while resuming
         attempts = [(point, nth, detail)]
         if i % 3 == 2:
@@ -328,7 +329,7 @@ def run_trials(
                 trial.kills += 1
             elif proc.returncode != 0:
                 trial.note = f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
-            argv = command(recipe, run_dir, resume_args(recipe, run_dir))
+            argv = command(recipe, run_dir, (*extra, *resume_args(recipe, run_dir)))
             if how != point:
                 trial.extra.append(f"+kill@{when}")
         done = run_to_end(argv, env, workdir)

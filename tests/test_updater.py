@@ -362,3 +362,30 @@ def test_auto_mode_compiles_on_a_cpu_and_skips_guards_for_one_agent():
     updater = DMGUpdater(make_loss(), mode="auto")
     assert (updater.mode, updater.skip_guards) == ("compile", True)
     assert DMGUpdater(make_loss(), mode="compile").skip_guards is False
+
+
+def _failing_backend(graph_module, example_inputs):
+    raise RuntimeError("g++: internal compiler error: File size limit exceeded")
+
+
+def test_auto_mode_falls_back_to_eager_when_the_compiler_fails(capfd):
+    """No C++ compiler, a full disk: mode="auto" warns in one line and trains in eager mode,
+    with eager's numbers and iteration count; an explicit mode="compile" raises instead."""
+    batches = [make_batch(seed) for seed in range(4)]
+    updater = DMGUpdater(make_loss(), mode="auto", compile_backend=_failing_backend)
+    eager = DMGUpdater(make_loss(), mode="eager")
+    results = []
+    for run in (updater, eager):  # from the same seed: the same target-policy noise
+        torch.manual_seed(1)
+        # policy_freq 2: critic and full iterations both fall back
+        results.append([run.update(batch.clone()).to_dict() for batch in batches])
+    torch.testing.assert_close(results[0], results[1])
+    err = capfd.readouterr().err.strip().splitlines()
+    warnings = [line for line in err if line.startswith("[dmg] WARNING")]
+    assert len(warnings) == 1 and "File size limit exceeded" in warnings[0], err
+    assert "compile.mode=eager" in warnings[0]
+    assert (updater.mode, updater.num_updates) == ("eager", 4)
+    torch.testing.assert_close(updater.loss.state_dict(), eager.loss.state_dict())
+    strict = DMGUpdater(make_loss(), mode="compile", compile_backend=_failing_backend)
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed):
+        strict.update(batches[0])

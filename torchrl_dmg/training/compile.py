@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -42,8 +43,11 @@ def default_backend(device: torch.device) -> str:
 def prepare_compile() -> None:
     """Before compiling a step: TensorDicts as pytree nodes make tensordict's vmap swap
     pytree registrations on every call, which torch.compile guards on (a recompile per
-    call). Compiled code (and CudaGraphModule, which does the same) wants them excluded."""
+    call). Compiled code (and CudaGraphModule, which does the same) wants them excluded.
+    Tensordict's note that ``lock_()`` skips a check under ``torch.compile`` concerns code
+    that unlocks a child of a locked parent, which the steps never do: it is silenced."""
     _exclude_td_from_pytree().set()
+    warnings.filterwarnings("ignore", message=r"Using lock_\(\) inside a compiled graph")
 
 
 def compile_step(function: Callable, backend: str, *, private: bool = False) -> Callable:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -111,6 +112,7 @@ class ActorCriticUpdater:
         device = next(iter(loss.parameters())).device
         auto = mode == "auto"
         mode = resolve_mode(mode, device)
+        self._auto = auto
         if skip_guards is None:  # auto: skip them where it is safe (one agent, compiled)
             skip_guards = auto and mode == "compile" and self._single_agent
         if mode == "cudagraphs" and device.type != "cuda":
@@ -310,10 +312,35 @@ class ActorCriticUpdater:
             function = "critic_only"
         else:
             function = "critic" if (self.num_updates + 1) % self.policy_freq else "full"
-        with self._dynamo_context(batch, "update", function):
-            if not train_actor:
-                return self._update_critics(batch)
-            return self._update(batch)
+        num_updates = self.num_updates
+        try:
+            with self._dynamo_context(batch, "update", function):
+                if not train_actor:
+                    return self._update_critics(batch)
+                return self._update(batch)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            if not self._auto or self.mode != "compile":
+                raise
+            self.num_updates = num_updates  # the failed compile ran nothing
+            self._fall_back_to_eager(err)
+            return self.update(batch, train_actor)
+
+    def _fall_back_to_eager(self, err: Exception) -> None:
+        """``mode="auto"`` when inductor cannot build the compiled steps (no C++ compiler,
+        a full disk): the eager steps, which give the same numbers, slower; one warning."""
+        cause = str(getattr(err, "inner_exception", err)).strip().splitlines()
+        print(
+            "[dmg] WARNING: compile.mode=auto could not compile the update with inductor "
+            f"({cause[-1][:160] if cause else type(err).__name__}); training goes on in eager "
+            "mode (the same numbers, slower). Fix the cause (is g++ installed? is the disk "
+            "full?), or set compile.mode=eager to skip the attempt.",
+            file=sys.stderr,
+        )
+        self.mode = "eager"
+        self.skip_guards = False
+        self._many_step = None
+        self._build_steps(None)
+        self._restore_lr_kind()
 
     def _update_critics(self, batch: TensorDict) -> TensorDict:
         if self.steps.critic_only is None and self.steps.critic is None:
@@ -400,8 +427,14 @@ class ActorCriticUpdater:
         if self._many_step is None:
             graphs = self.mode == "cudagraphs"
             self._many_step = self._captured(self.many_step) if graphs else self.many_step
-        with self._dynamo_context(batches, "update_many"):
-            metrics = self._many_step(inputs)
+        try:
+            with self._dynamo_context(batches, "update_many"):
+                metrics = self._many_step(inputs)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            if not self._auto or self.mode != "compile":
+                raise
+            self._fall_back_to_eager(err)
+            return self.update_many(batches)
         self.num_updates += num
         if self.scheduler is not None:  # its state, as num_actor scheduler.step() leave it
             self.scheduler.last_epoch += num_actor

@@ -120,6 +120,8 @@ def _antmaze(cfg: DictConfig, variant: str) -> str:
     params = dataset.storage.metadata.get("generator_params", {})
     flips = params.get("episodes_ended_flipped")
     flipped = "" if flips is None else f", {flips} ended by a flip"
+    if params.get("flip_steps_cut") is not None:
+        flipped += f" ({params['flip_steps_cut']} tumbling steps cut)"
     print(
         f"[make_dataset] {dataset_id}: {dataset.total_episodes} episodes, "
         f"{dataset.total_steps} steps; {reached.mean() * 100:.0f}% of the episodes reach "

@@ -14,6 +14,7 @@ from torchrl.objectives import LossModule
 
 from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, load_offline_dataset
 from torchrl_dmg.data.returns import monte_carlo_returns
+from torchrl_dmg.datagen.antmaze.mazes import ANTMAZE_VARIANTS, antmaze_dataset_id
 from torchrl_dmg.datagen.registry import make_if_missing
 from torchrl_dmg.training import (
     ActorCriticUpdater,
@@ -167,16 +168,17 @@ def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictC
 def load_finetune_dataset(cfg: DictConfig, *, progress: bool = True) -> OfflineDataset:
     """:func:`load_offline_dataset` with ``cfg.data``; a ``D4RL/antmaze/*`` id that is not
     available fails early, naming the local AntMaze dataset this project makes instead
-    (``local/antmaze/<variant>-v1``, generated on first use like any local dataset)."""
+    (:func:`~torchrl_dmg.datagen.antmaze.mazes.antmaze_dataset_id`, generated on first
+    use like any local dataset)."""
     try:
         return load_dataset(cfg, progress)
     except DatasetUnavailableError as err:
-        if str(cfg.dataset).startswith(ANTMAZE_PREFIX):
-            variant = str(cfg.dataset).removeprefix(ANTMAZE_PREFIX).rsplit("-v", 1)[0]
+        variant = str(cfg.dataset).removeprefix(ANTMAZE_PREFIX).rsplit("-v", 1)[0]
+        if str(cfg.dataset).startswith(ANTMAZE_PREFIX) and variant in ANTMAZE_VARIANTS:
             raise DatasetUnavailableError(
                 f"AntMaze data '{cfg.dataset}' is not available here (no internet?). This "
                 "project makes D4RL-style AntMaze data itself: use "
-                f"dataset=local/antmaze/{variant}-v1 (generated on first use from the shipped "
+                f"dataset={antmaze_dataset_id(variant)} (generated on first use from the shipped "
                 "goal-reaching ant; `python recipes/make_dataset.py env=antmaze-"
                 f"{variant}` makes it ahead). Details: {err}"
             ) from None

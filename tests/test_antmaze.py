@@ -212,7 +212,7 @@ def test_retired_gear150_ids_fail_with_the_new_ids():
     from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name
     from torchrl_dmg.datagen.registry import ensure_dataset
 
-    with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v1"):
+    with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v2"):
         ensure_dataset("local/antmaze/umaze-v0", download=False)
     with pytest.raises(ValueError, match="retired.*env=antgoal"):
         resolve_env_name("torchrl_dmg/AntGoal-v1")

@@ -274,7 +274,7 @@ def test_navigator_dataset_structure(nav_root, monkeypatch):
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", nav_root)
     dataset_id = antmaze_dataset_id("umaze")
-    assert dataset_id == "local/antmaze/umaze-v1"
+    assert dataset_id == "local/antmaze/umaze-v2"
     dataset = minari.load_dataset(dataset_id)
     assert dataset.total_episodes == EPISODES and dataset.total_steps == EPISODES * EPISODE_STEPS
     assert dataset.spec.env_spec.id == "torchrl_dmg/AntMazeD4RL_UMaze-v0"
@@ -364,7 +364,7 @@ def test_a_onegoal_dataset_keeps_each_episodes_goal_and_is_not_mistaken_for_a_ne
         dataset_id = generate_antmaze_navigator_dataset(
             "medium-play", goal_rule="onegoal", policy_dir=policy_dir, **kwargs
         )
-        assert dataset_id == "local/antmaze/medium-play-onegoal-v1"
+        assert dataset_id == "local/antmaze/medium-play-onegoal-v2"
         dataset = minari.load_dataset(dataset_id)
         assert dataset.storage.metadata["generator_params"]["goal_rule"] == "onegoal"
         for ep in dataset.iterate_episodes():
@@ -380,8 +380,8 @@ def test_a_onegoal_dataset_keeps_each_episodes_goal_and_is_not_mistaken_for_a_ne
         assert (np.abs(np.diff(goals, axis=0)).sum(axis=1) > 0).all()
     with pytest.raises(ValueError, match="goal_rule must be one of"):
         generate_antmaze_navigator_dataset("umaze", goal_rule="hold", policy_dir=policy_dir)
-    assert generator_for("local/antmaze/umaze-onegoal-v1", False) is not None
-    assert generator_for("local/antmaze/umaze-twogoal-v1", False) is None
+    assert generator_for("local/antmaze/umaze-onegoal-v2", False) is not None
+    assert generator_for("local/antmaze/umaze-twogoal-v2", False) is None
 
 
 def test_navigator_dataset_is_deterministic_and_reused(nav_root, policy_dir, tmp_path):
@@ -471,8 +471,10 @@ def test_make_dataset_recipe_for_antmaze(policy_dir, tmp_path):
         "progress=false",
         base=(),
     )
-    assert "[make_dataset] local/antmaze/umaze-diverse-v1: 1 episodes, 30 steps" in proc.stdout
-    assert re.search(r"steps there, [01] ended by a flip, at ", proc.stdout), proc.stdout
+    assert "[make_dataset] local/antmaze/umaze-diverse-v2: 1 episodes, 30 steps" in proc.stdout
+    assert re.search(
+        r"steps there, [01] ended by a flip \(\d+ tumbling steps cut\), at ", proc.stdout
+    ), proc.stdout
     bad = run_recipe(
         "make_dataset.py",
         tmp_path / "bad",
@@ -543,6 +545,60 @@ def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
         assert not ep.terminations.any()
     assert params["episodes"] == len(episodes)
     assert params["episodes_ended_flipped"] >= len(episodes) - 1  # the last may be cut
+
+
+def test_flip_cut_keeps_the_steps_up_to_the_last_upright_state():
+    from torchrl_dmg.datagen.antmaze.datasets import flip_cut
+
+    def ant_states(upright):  # torso quaternion (w, x, 0, 0) with 1 - 2x^2 = upright
+        obs = np.zeros((len(upright), 27))
+        obs[:, 2] = np.sqrt((1 - np.asarray(upright)) / 2)
+        return obs
+
+    # observations 0..5; the last upright one (> 0.8) is 3: transitions 0, 1, 2 stay and
+    # the final next-observation is observation 3
+    assert flip_cut(ant_states([1.0, 1.0, 0.9, 0.85, 0.5, -0.2])) == 3
+    assert flip_cut(ant_states([1.0, 0.95, -0.5])) == 1
+    assert flip_cut(ant_states([0.5, -0.5])) == 0  # never upright: nothing kept
+
+
+def test_flip_ending_episodes_lose_their_tumble_and_the_budget_is_still_filled(
+    policy_dir, tmp_path, monkeypatch
+):
+    """A flip-ending episode is cut back to its last upright state: no flipped or tumbling
+    next-state for the critics to bootstrap from. More episodes fill num_steps."""
+    import minari
+
+    from torchrl_dmg.data.local import minari_datasets_path
+    from torchrl_dmg.datagen.antmaze import datasets, goal_task
+
+    calls = {"n": 0}
+
+    def flips_every_9th_step(ant_obs):
+        calls["n"] += 1
+        return calls["n"] % 9 == 0
+
+    def last_two_tumbling(obs):  # an episode's last two states lean past 37 degrees
+        upright = np.ones(len(obs))
+        upright[-2:] = (0.5, -0.5)
+        return upright
+
+    monkeypatch.setattr(goal_task, "is_flipped", flips_every_9th_step)
+    monkeypatch.setattr(datasets, "torso_upright", last_two_tumbling)
+    with minari_datasets_path(tmp_path):
+        dataset_id = generate_antmaze_navigator_dataset(
+            "umaze", num_steps=100, episode_steps=40, policy_dir=policy_dir, progress=False
+        )
+        dataset = minari.load_dataset(dataset_id)
+        episodes = list(dataset.iterate_episodes())
+        params = dataset.storage.metadata["generator_params"]
+    assert dataset.total_steps == 100
+    assert params["episodes_ended_flipped"] >= len(episodes) - 1
+    # two steps cut from each flip-ending episode (also from those drawn but not needed)
+    assert params["flip_steps_cut"] >= 2 * params["episodes_ended_flipped"] > 0
+    for ep in episodes:
+        assert ep.truncations[-1] and not ep.terminations.any()
+        assert len(ep.observations["observation"]) == len(ep.actions) + 1
 
 
 def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch):

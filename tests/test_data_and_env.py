@@ -147,7 +147,7 @@ def test_dataset_families_are_checked_early():
     assert expected_family("local/mujoco/hopper/medium-expert-v0") == "locomotion_expert"
     assert expected_family("mujoco/halfcheetah/expert-v0") == "locomotion_expert"
     assert expected_family("D4RL/antmaze/umaze-v1") == "antmaze"
-    assert expected_family("local/antmaze/medium-play-v1") == "antmaze"
+    assert expected_family("local/antmaze/medium-play-v2") == "antmaze"
     assert expected_family("local/pointmaze/medium-v0") == "pointmaze"
     assert expected_family("someone/else/data-v0") is None
     check_family("local/mujoco/hopper/medium-v0", "locomotion")

@@ -49,7 +49,7 @@ def test_single_and_stacked_runs_plot_to_png(tmp_path):
 
 
 def _success_run(
-    tmp_path, name, scores, *, episodes=100, summary=True, dataset="local/antmaze/umaze-v1"
+    tmp_path, name, scores, *, episodes=100, summary=True, dataset="local/antmaze/umaze-v2"
 ):
     """A fine-tuning run on AntMaze: success rates (percent) of ``episodes`` episodes."""
     run = _run(

@@ -406,7 +406,7 @@ def test_a_learning_curve_is_drawn_per_dataset(sweep, tmp_path):
 
 
 def test_a_single_seed_success_rate_curve_gets_a_wilson_band(tmp_path):
-    antmaze = {"dataset": "local/antmaze/umaze-v1", "extra": {"eval": {"episodes": 100}}}
+    antmaze = {"dataset": "local/antmaze/umaze-v2", "extra": {"eval": {"episodes": 100}}}
     run = make_run(tmp_path / "runs", "a", scores=100.0, finished=False, **antmaze)
     (seed,) = load_runs([run])
     assert seed.success_episodes == 100
@@ -676,8 +676,8 @@ def test_the_published_scores_ship_as_package_data():
 @pytest.mark.parametrize(
     "dataset_id, name",
     [
-        ("local/antmaze/medium-play-v1", "antmaze-medium-play"),
-        ("local/antmaze/umaze-diverse-onegoal-v1", "antmaze-umaze-diverse"),
+        ("local/antmaze/medium-play-v2", "antmaze-medium-play"),
+        ("local/antmaze/umaze-diverse-onegoal-v2", "antmaze-umaze-diverse"),
         ("D4RL/antmaze/large-play-v1", "antmaze-large-play"),
         ("local/mujoco/hopper/medium-replay-v0", "hopper-medium-replay"),
         ("mujoco/walker2d/medium-v0", "walker2d-medium"),
@@ -690,7 +690,7 @@ def test_dataset_ids_map_to_the_paper_s_d4rl_dataset(dataset_id, name):
     assert paper_dataset(dataset_id) == name
 
 
-MEDIUM_PLAY = "local/antmaze/medium-play-v1"
+MEDIUM_PLAY = "local/antmaze/medium-play-v2"
 
 
 @pytest.fixture

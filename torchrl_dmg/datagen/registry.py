@@ -13,9 +13,11 @@ from collections.abc import Callable
 from torchrl_dmg.data.local import dataset_lock, validate_dataset_id
 from torchrl_dmg.data.offline import DatasetUnavailableError, open_dataset
 from torchrl_dmg.datagen.antmaze.datasets import (
+    RANDOM_DATASET_VERSION,
     generate_antmaze_dataset,
     generate_antmaze_navigator_dataset,
 )
+from torchrl_dmg.datagen.antmaze.mazes import DATASET_VERSION
 from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset
 from torchrl_dmg.datagen.pointmaze import generate_pointmaze_dataset
 
@@ -29,13 +31,15 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
         generate_pointmaze_dataset,
     ),
     (
-        re.compile(r"^local/antmaze/(?P<maze>umaze|medium|large)-random-v1$"),
+        re.compile(
+            rf"^local/antmaze/(?P<maze>umaze|medium|large)-random-v{RANDOM_DATASET_VERSION}$"
+        ),
         generate_antmaze_dataset,
     ),
     (
         re.compile(
             r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
-            r"large-play|large-diverse)(?:-(?P<goal_rule>onegoal))?-v1$"
+            rf"large-play|large-diverse)(?:-(?P<goal_rule>onegoal))?-v{DATASET_VERSION}$"
         ),
         generate_antmaze_navigator_dataset,
     ),
@@ -50,19 +54,32 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
 
 
 #: local AntMaze ids of the gear-150 ant (v0), which flipped over in half of its maze episodes
-_RETIRED = re.compile(r"^local/antmaze/(?P<name>[a-z-]+)-v0$")
+_RETIRED_V0 = re.compile(r"^local/antmaze/(?P<name>[a-z-]+)-v0$")
+#: the navigator's v1 data, which kept the ant's tumble at the end of a flip-ending episode
+_RETIRED_V1 = re.compile(
+    r"^local/antmaze/(?P<name>(?:umaze|umaze-diverse|medium-play|medium-diverse|large-play|"
+    r"large-diverse)(?:-onegoal)?)-v1$"
+)
 
 
 def generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
     """A call that makes ``dataset_id`` (and returns at once when an up-to-date complete
     copy exists), or ``None`` for an id this project does not make; a retired id is an
     error naming its successor."""
-    retired = _RETIRED.match(dataset_id)
+    current = f"-v{DATASET_VERSION}"
+    retired = _RETIRED_V0.match(dataset_id)
     if retired:
         raise DatasetUnavailableError(
             f"{dataset_id} was made with Gymnasium's gear-150 ant (it flipped over in half "
-            f"of its maze episodes) and is retired; use local/antmaze/{retired['name']}-v1 "
-            "(D4RL's ant), made on first use"
+            f"of its maze episodes) and is retired; use local/antmaze/{retired['name']}"
+            f"{current} (D4RL's ant), made on first use"
+        )
+    retired = _RETIRED_V1.match(dataset_id)
+    if retired:
+        raise DatasetUnavailableError(
+            f"{dataset_id} kept the ant's tumble at the end of its flip-ending episodes, from "
+            "which the critics bootstrap and diverge; it is retired: use "
+            f"local/antmaze/{retired['name']}{current} (the tumbles cut), made on first use"
         )
     for pattern, generate in _GENERATORS:
         match = pattern.match(dataset_id)
@@ -77,14 +94,16 @@ def local_dataset_ids() -> list[str]:
     spelled out)."""
     ids = [f"local/pointmaze/{m}-v0" for m in ("umaze", "medium", "large")]
     ids += [
-        f"local/antmaze/{v}{rule}-v1"
+        f"local/antmaze/{v}{rule}-v{DATASET_VERSION}"
         for rule in ("", "-onegoal")
         for v in (
             "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
             "large-diverse",
         )
     ]  # fmt: skip
-    ids += [f"local/antmaze/{m}-random-v1" for m in ("umaze", "medium", "large")]
+    ids += [
+        f"local/antmaze/{m}-random-v{RANDOM_DATASET_VERSION}" for m in ("umaze", "medium", "large")
+    ]
     ids += [
         f"local/mujoco/{e}/{q}-v0"
         for e in ("hopper", "halfcheetah", "walker2d")
@@ -112,8 +131,8 @@ def make_if_missing(dataset_id: str, *, progress: bool = True) -> None:
 def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
     """The :class:`minari.MinariDataset` for ``dataset_id``, made available first: a
     dataset this project generates (``local/pointmaze/<maze>-v0``,
-    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v1``, its D4RL-goal-rule
-    twin ``local/antmaze/<variant>-onegoal-v1`` and the placeholder
+    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v2``, its D4RL-goal-rule
+    twin ``local/antmaze/<variant>-onegoal-v2`` and the placeholder
     ``local/antmaze/<maze>-random-v1``) is made once (:func:`make_if_missing`); then
     :func:`torchrl_dmg.data.offline.open_dataset` (a complete local copy, or Minari's
     remote server with ``download=True``)."""

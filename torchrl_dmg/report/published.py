@@ -61,7 +61,7 @@ _PAPER_DATASETS = (
 
 def paper_dataset(dataset_id: str) -> str | None:
     """The D4RL name (``antmaze-medium-play``, ``hopper-medium``) of the task of
-    ``dataset_id`` (``local/antmaze/medium-play-v1``, ``mujoco/hopper/medium-v0``), or
+    ``dataset_id`` (``local/antmaze/medium-play-v2``, ``mujoco/hopper/medium-v0``), or
     ``None`` for a dataset of no D4RL task (PointMaze, the random-walk AntMaze data)."""
     for pattern, name in _PAPER_DATASETS:
         match = pattern.match(dataset_id)
@@ -124,9 +124,9 @@ def load_published(path: str | os.PathLike = PUBLISHED_PATH) -> Published:
     al., NeurIPS 2024, arXiv 2411.07934), with the source they came from.
 
     >>> paper = load_published()
-    >>> paper.score("local/antmaze/medium-play-v1", "dmg").score
+    >>> paper.score("local/antmaze/medium-play-v2", "dmg").score
     80.2
-    >>> paper.score("local/antmaze/medium-play-v1", "dmg+online").text()
+    >>> paper.score("local/antmaze/medium-play-v2", "dmg+online").text()
     '80.2 → 96.8'
     >>> paper.score("local/pointmaze/medium-v0", "dmg") is None
     True

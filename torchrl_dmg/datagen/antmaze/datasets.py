@@ -56,8 +56,8 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
 from torchrl_dmg.data.local import is_complete, stored_generator_params, stored_generator_version
+from torchrl_dmg.datagen.antmaze.goal_task import torso_upright
 from torchrl_dmg.datagen.antmaze.mazes import (
-    DATASET_VERSION,
     antmaze_dataset_id,
     antmaze_entry,
     make_antmaze_env,
@@ -90,7 +90,7 @@ EPISODE_GROUP = 16
 
 #: Bumped whenever the data a given set of arguments produces changes; a stored dataset of
 #: another version is rebuilt.
-_NAVIGATOR_VERSION = 3
+_NAVIGATOR_VERSION = 4
 
 #: What the navigator does when the ant reaches its commanded goal: ``"next"`` sends it to
 #: the next goal cell (the ``local/antmaze/<variant>-v1`` datasets); ``"onegoal"`` keeps
@@ -153,6 +153,27 @@ def navigate_episodes(
     return episodes
 
 
+#: A flip-ending episode keeps its steps up to its last state whose torso's up axis is
+#: above this (cos 37°): the tumble is cut.
+FLIP_CUT_UPRIGHT = 0.8
+
+
+def flip_cut(observations: np.ndarray) -> int:
+    """How many transitions of a flip-ending episode the datasets keep: those before its
+    last observation (``[T + 1, 27]``, the ant's own state) with ``torso_upright >
+    FLIP_CUT_UPRIGHT``, so that its final next-observation is that upright state.
+
+    Why: an episode is truncated, not terminated, at the flip, so the critics would
+    bootstrap V(s') at a state lying on its back or tumbling, which no observation of the
+    data resembles; V there is pure extrapolation, and the in-sample value steps (IQL's and
+    DMG's expectile) spread it until the critics diverge (AntMaze medium-play at 1M steps:
+    Q reached +1e7 against a Monte-Carlo return of -89; with the tumbles cut, it stayed at
+    the return). D4RL's ant rarely flips, and ``d4rl.qlearning_dataset`` drops every
+    timeout transition."""
+    upright = np.flatnonzero(torso_upright(observations) > FLIP_CUT_UPRIGHT)
+    return int(upright[-1]) if len(upright) else 0
+
+
 def generate_antmaze_navigator_dataset(
     variant: str = "umaze",
     num_steps: int | None = None,
@@ -173,7 +194,9 @@ def generate_antmaze_navigator_dataset(
     a :class:`~torchrl_dmg.datagen.antmaze.navigator.WaypointNavigator`, its deterministic action plus ``N(0, noise^2)`` (clipped
     to [-1, 1]); when the ant reaches its commanded goal, the next one is drawn from the
     variant's goal cells (:data:`~torchrl_dmg.datagen.antmaze.mazes.ANTMAZE_VARIANTS`). Episodes of ``episode_steps`` steps,
-    every one truncated (never terminated); episode ``i`` resets with seed ``seed + i``
+    every one truncated (never terminated); an episode whose ant flips over stops there and
+    is cut back to its last upright state (:func:`flip_cut`), so the data hold no flipped
+    or tumbling state. Episode ``i`` resets with seed ``seed + i``
     and draws its start, goals, waypoint jitter and action noise from its own stream
     (``SeedSequence(seed, spawn_key=(i,))``): the same arguments give the same data.
 
@@ -245,14 +268,14 @@ def _collect_navigated(
     hold_goal: bool = False,
 ) -> tuple[list, dict[str, int]]:
     """The episode buffers of a navigator dataset and their counts (``steps_at_goal``,
-    ``flipped``)."""
+    ``flipped``: episodes ended by a flip, ``flip_steps_cut``: their tumbles' steps)."""
     # groups of EPISODE_GROUP episodes (stepped side by side) are drawn in order until their
     # steps fill num_steps (episodes that end with a flip are shorter); the last episode is
     # cut to fit. Each group is a function of its index only: any number of workers gives
     # the same data.
     group_lengths = [episode_steps] * EPISODE_GROUP
     buffers = []
-    steps_at_goal = flipped = collected = 0
+    steps_at_goal = flipped = steps_cut = collected = 0
     pool = None
     if workers > 1:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -280,11 +303,17 @@ def _collect_navigated(
                 for j, ep in enumerate(group_episodes):
                     if collected >= num_steps:
                         break
-                    length = min(len(ep["actions"]), num_steps - collected)
+                    kept = len(ep["actions"])
+                    if ep["flipped"]:
+                        kept = flip_cut(np.stack(ep["observations"]["observation"]))
+                        steps_cut += len(ep["actions"]) - kept
+                    if kept == 0:
+                        continue
+                    length = min(kept, num_steps - collected)
                     collected += length
-                    flipped += int(ep["flipped"] and length == len(ep["actions"]))
+                    flipped += int(ep["flipped"] and length == kept)
                     steps_at_goal += int(np.sum(ep["success"][1 : length + 1]))
-                    buffers.append(_episode_buffer(ep, f + j, seed, length))
+                    buffers.append(_episode_buffer(ep, len(buffers), seed + f + j, length))
                     bar.update(length)
             first = starts[-1] + EPISODE_GROUP
     finally:
@@ -292,7 +321,8 @@ def _collect_navigated(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
-    return buffers, {"steps_at_goal": steps_at_goal, "flipped": flipped}
+    stats = {"steps_at_goal": steps_at_goal, "flipped": flipped, "flip_steps_cut": steps_cut}
+    return buffers, stats
 
 
 def _publish_navigated(
@@ -329,12 +359,15 @@ def _publish_navigated(
         "steps_at_goal": stats["steps_at_goal"],
         "episodes": len(buffers),
         "episodes_ended_flipped": stats["flipped"],
+        "flip_steps_cut": stats["flip_steps_cut"],
+        "flip_cut_upright": FLIP_CUT_UPRIGHT,
     }
     description = (
         f"D4RL-style AntMaze data on {env_id} ({variant}: {task} task) made by "
         "torchrl_dmg: a goal-reaching SAC ant steered along jittered waypoints of shortest "
         f"maze paths, Gaussian action noise sigma={noise}, {num_steps} steps in episodes of "
-        f"{episode_steps} (truncated, never terminated). Rewards are the evaluation task's "
+        f"{episode_steps} (truncated, never terminated; an episode whose ant flips over is "
+        "cut back to its last upright state). Rewards are the evaluation task's "
         f"(sparse, goal cell {goal}); evaluation env: reset cell {start}, goal cell {goal}, "
         "terminated at the goal; ref scores 0 / 1, so the normalised score is the success "
         f"rate. Parameters: {params}."
@@ -351,15 +384,16 @@ def _publish_navigated(
     )
 
 
-def _episode_buffer(ep: dict[str, Any], index: int, seed: int, length: int):
+def _episode_buffer(ep: dict[str, Any], index: int, episode_seed: int, length: int):
     """Minari episode ``index`` from the first ``length`` steps of a navigated episode
-    (the last one marked truncated: the episodes never terminate)."""
+    reset with ``episode_seed`` (the last step marked truncated: the episodes never
+    terminate)."""
 
     truncations = np.zeros(length, dtype=bool)
     truncations[-1] = True
     return EpisodeBuffer(
         id=index,
-        seed=seed + index,
+        seed=episode_seed,
         observations={k: np.stack(v[: length + 1]) for k, v in ep["observations"].items()},
         actions=np.stack(ep["actions"][:length]),
         rewards=np.asarray(ep["rewards"][:length], dtype=np.float64),
@@ -456,12 +490,14 @@ _RANDOM_VERSION = 2
 
 
 _POLICIES = ("random",)
+#: Version of the random-action AntMaze ids (``local/antmaze/<maze>-random-v1``)
+RANDOM_DATASET_VERSION = 1
 
 
 def default_antmaze_dataset_id(maze: str, policy: str = "random") -> str:
     """Default local Minari id, e.g. ``local/antmaze/umaze-random-v1``."""
     antmaze_entry(maze)
-    return f"local/antmaze/{maze.lower()}-{policy}-v{DATASET_VERSION}"
+    return f"local/antmaze/{maze.lower()}-{policy}-v{RANDOM_DATASET_VERSION}"
 
 
 def _collect_episode(

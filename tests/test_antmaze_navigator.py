@@ -513,11 +513,10 @@ def test_ship_ant_policy_records_its_measurements(policy_dir, tmp_path):
     }
 
 
-def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
-    policy_dir, tmp_path, monkeypatch
-):
-    """A flipped ant cannot get up: its episode stops there (truncated), and the generator
-    draws further episodes until num_steps are collected."""
+def _generate_with_flips(policy_dir, tmp_path, monkeypatch, every: int):
+    """A 100-step umaze navigator dataset (episodes of 40) whose ant counts as flipped at
+    every ``every``-th flip check; returns its total steps, episodes and generator
+    parameters."""
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
@@ -525,11 +524,11 @@ def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
 
     calls = {"n": 0}
 
-    def flips_every_7th_step(ant_obs):
+    def flips_periodically(ant_obs):
         calls["n"] += 1
-        return calls["n"] % 7 == 0
+        return calls["n"] % every == 0
 
-    monkeypatch.setattr(goal_task, "is_flipped", flips_every_7th_step)
+    monkeypatch.setattr(goal_task, "is_flipped", flips_periodically)
     with minari_datasets_path(tmp_path):
         dataset_id = generate_antmaze_navigator_dataset(
             "umaze", num_steps=100, episode_steps=40, policy_dir=policy_dir, progress=False
@@ -537,7 +536,16 @@ def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
         dataset = minari.load_dataset(dataset_id)
         episodes = list(dataset.iterate_episodes())
         params = dataset.storage.metadata["generator_params"]
-    assert dataset.total_steps == 100
+    return dataset.total_steps, episodes, params
+
+
+def test_an_episode_ends_when_the_ant_flips_and_the_budget_is_still_filled(
+    policy_dir, tmp_path, monkeypatch
+):
+    """A flipped ant cannot get up: its episode stops there (truncated), and the generator
+    draws further episodes until num_steps are collected."""
+    total_steps, episodes, params = _generate_with_flips(policy_dir, tmp_path, monkeypatch, 7)
+    assert total_steps == 100
     assert all(len(ep.actions) < 40 for ep in episodes)  # every one ended by a flip
     assert len(episodes) > 100 // 40 + 1
     for ep in episodes:
@@ -567,32 +575,16 @@ def test_flip_ending_episodes_lose_their_tumble_and_the_budget_is_still_filled(
 ):
     """A flip-ending episode is cut back to its last upright state: no flipped or tumbling
     next-state for the critics to bootstrap from. More episodes fill num_steps."""
-    import minari
-
-    from torchrl_dmg.data.local import minari_datasets_path
-    from torchrl_dmg.datagen.antmaze import datasets, goal_task
-
-    calls = {"n": 0}
-
-    def flips_every_9th_step(ant_obs):
-        calls["n"] += 1
-        return calls["n"] % 9 == 0
+    from torchrl_dmg.datagen.antmaze import datasets
 
     def last_two_tumbling(obs):  # an episode's last two states lean past 37 degrees
         upright = np.ones(len(obs))
         upright[-2:] = (0.5, -0.5)
         return upright
 
-    monkeypatch.setattr(goal_task, "is_flipped", flips_every_9th_step)
     monkeypatch.setattr(datasets, "torso_upright", last_two_tumbling)
-    with minari_datasets_path(tmp_path):
-        dataset_id = generate_antmaze_navigator_dataset(
-            "umaze", num_steps=100, episode_steps=40, policy_dir=policy_dir, progress=False
-        )
-        dataset = minari.load_dataset(dataset_id)
-        episodes = list(dataset.iterate_episodes())
-        params = dataset.storage.metadata["generator_params"]
-    assert dataset.total_steps == 100
+    total_steps, episodes, params = _generate_with_flips(policy_dir, tmp_path, monkeypatch, 9)
+    assert total_steps == 100
     assert params["episodes_ended_flipped"] >= len(episodes) - 1
     # two steps cut from each flip-ending episode (also from those drawn but not needed)
     assert params["flip_steps_cut"] >= 2 * params["episodes_ended_flipped"] > 0

@@ -17,11 +17,14 @@ from torchrl_dmg.datagen.antmaze.datasets import (
     generate_antmaze_dataset,
     generate_antmaze_navigator_dataset,
 )
-from torchrl_dmg.datagen.antmaze.mazes import DATASET_VERSION
+from torchrl_dmg.datagen.antmaze.mazes import ANTMAZE_VARIANTS, DATASET_VERSION
 from torchrl_dmg.datagen.locomotion import generate_locomotion_dataset
 from torchrl_dmg.datagen.pointmaze import generate_pointmaze_dataset
 
 __all__ = ["ensure_dataset", "generator_for", "local_dataset_ids", "make_if_missing"]
+
+#: the navigator datasets' variants as a regex alternation (umaze|umaze-diverse|...)
+_NAVIGATOR_VARIANTS = "|".join(map(re.escape, ANTMAZE_VARIANTS))
 
 # Local datasets the project can make itself: id pattern -> generator, called with the
 # pattern's named groups as keyword arguments.
@@ -38,8 +41,8 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
     ),
     (
         re.compile(
-            r"^local/antmaze/(?P<variant>umaze|umaze-diverse|medium-play|medium-diverse|"
-            rf"large-play|large-diverse)(?:-(?P<goal_rule>onegoal))?-v{DATASET_VERSION}$"
+            rf"^local/antmaze/(?P<variant>{_NAVIGATOR_VARIANTS})"
+            rf"(?:-(?P<goal_rule>onegoal))?-v{DATASET_VERSION}$"
         ),
         generate_antmaze_navigator_dataset,
     ),
@@ -56,10 +59,7 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
 #: local AntMaze ids of the gear-150 ant (v0), which flipped over in half of its maze episodes
 _RETIRED_V0 = re.compile(r"^local/antmaze/(?P<name>[a-z-]+)-v0$")
 #: the navigator's v1 data, which kept the ant's tumble at the end of a flip-ending episode
-_RETIRED_V1 = re.compile(
-    r"^local/antmaze/(?P<name>(?:umaze|umaze-diverse|medium-play|medium-diverse|large-play|"
-    r"large-diverse)(?:-onegoal)?)-v1$"
-)
+_RETIRED_V1 = re.compile(rf"^local/antmaze/(?P<name>(?:{_NAVIGATOR_VARIANTS})(?:-onegoal)?)-v1$")
 
 
 def generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
@@ -96,11 +96,8 @@ def local_dataset_ids() -> list[str]:
     ids += [
         f"local/antmaze/{v}{rule}-v{DATASET_VERSION}"
         for rule in ("", "-onegoal")
-        for v in (
-            "umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play",
-            "large-diverse",
-        )
-    ]  # fmt: skip
+        for v in ANTMAZE_VARIANTS
+    ]
     ids += [
         f"local/antmaze/{m}-random-v{RANDOM_DATASET_VERSION}" for m in ("umaze", "medium", "large")
     ]

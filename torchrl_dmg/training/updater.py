@@ -319,15 +319,16 @@ class ActorCriticUpdater:
                     return self._update_critics(batch)
                 return self._update(batch)
         except torch._dynamo.exc.BackendCompilerFailed as err:
-            if not self._auto or self.mode != "compile":
-                raise
-            self.num_updates = num_updates  # the failed compile ran nothing
             self._fall_back_to_eager(err)
+            self.num_updates = num_updates  # the failed compile ran nothing
             return self.update(batch, train_actor)
 
     def _fall_back_to_eager(self, err: Exception) -> None:
         """``mode="auto"`` when inductor cannot build the compiled steps (no C++ compiler,
-        a full disk): the eager steps, which give the same numbers, slower; one warning."""
+        a full disk): the eager steps, which give the same numbers, slower; one warning.
+        Any other mode re-raises ``err``."""
+        if not self._auto or self.mode != "compile":
+            raise err
         cause = str(getattr(err, "inner_exception", err)).strip().splitlines()
         print(
             "[dmg] WARNING: compile.mode=auto could not compile the update with inductor "
@@ -431,8 +432,6 @@ class ActorCriticUpdater:
             with self._dynamo_context(batches, "update_many"):
                 metrics = self._many_step(inputs)
         except torch._dynamo.exc.BackendCompilerFailed as err:
-            if not self._auto or self.mode != "compile":
-                raise
             self._fall_back_to_eager(err)
             return self.update_many(batches)
         self.num_updates += num

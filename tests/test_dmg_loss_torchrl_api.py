@@ -137,6 +137,7 @@ def test_a_prioritized_replay_buffer_trains_on_the_losses_td_errors(prioritized_
         sampler=prioritized_sampler,
         batch_size=BATCH,
         priority_key="td_error",
+        generator=torch.Generator().manual_seed(0),  # not NumPy's global generator
     )
     buffer.extend(batch(64))
     sample = buffer.sample()

@@ -82,6 +82,50 @@ def test_two_stacked_agents_equal_two_separate_updates(mode):
     )
 
 
+def test_stacked_agents_run_their_matmuls_in_bf16_when_asked(monkeypatch):
+    """matmul_precision="medium" reaches every stacked agent: the update's matrix products
+    (forward and backward) take bf16 inputs, the agents stay float32 and train close to
+    their float32 selves."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchrl_dmg.training import compile as compile_module
+
+    products = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
+
+    class ProductDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in products:
+                self.seen |= {a.dtype for a in args if isinstance(a, torch.Tensor)}
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(compile_module, "cpu_has_bf16", lambda: True)
+    runs = {}
+    for precision in ("highest", "medium"):
+        stacked = SeedStackedDMGUpdater(
+            [make_loss(seed, policy_noise=0.0) for seed in (0, 1)], matmul_precision=precision
+        )
+        spy = ProductDtypes()
+        for step in range(4):
+            batch = make_batch(seed=step)
+            with spy:
+                stacked.update(torch.stack([batch, batch]))
+        runs[precision] = (stacked, spy.seen)
+    (fp32, fp32_seen), (bf16, bf16_seen) = runs["highest"], runs["medium"]
+    assert fp32_seen == {torch.float32}
+    assert bf16_seen == {torch.bfloat16}
+    for i in range(2):
+        assert all(
+            t.dtype == torch.float32
+            for t in bf16.agent_state(i).values(True, True)
+            if t.is_floating_point()
+        )
+        assert_same_state(fp32.agent_state(i), bf16.agent_state(i), rtol=0.05, atol=5e-3)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_stacked_actor_and_targets_update_exactly_every_policy_freq_steps(mode):
     device = device_for(mode)

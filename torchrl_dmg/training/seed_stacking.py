@@ -11,6 +11,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import LossModule
 
 from torchrl_dmg.modules import SeedStackedPolicy
+from torchrl_dmg.training.compile import precision_context
 from torchrl_dmg.training.steps import loss_method, steps_for
 from torchrl_dmg.training.updater import ActorCriticUpdater, DMGUpdater
 
@@ -94,7 +95,10 @@ class SeedStackedUpdater(ActorCriticUpdater):
                     skeleton._erase_cache()
 
         in_dims = (0, 0) + (0,) * len(args)
-        return torch.vmap(one_agent, in_dims, randomness="different")(self.stacked, batch, *args)
+        with precision_context(self.autocast_dtype, self.device):  # as the single agent's
+            return torch.vmap(one_agent, in_dims, randomness="different")(
+                self.stacked, batch, *args
+            )
 
     def _make_target_updater(self):
         # update_targets below is this loss's target updater (on the stacked tensors); tell

@@ -126,6 +126,34 @@ def test_stacked_agents_run_their_matmuls_in_bf16_when_asked(monkeypatch):
         assert_same_state(fp32.agent_state(i), bf16.agent_state(i), rtol=0.05, atol=5e-3)
 
 
+@pytest.mark.parametrize("algo", ["dmg", "iql", "td3bc"])
+def test_a_compiled_stacked_iteration_is_one_graph(algo):
+    """The stacked agents' losses, their backward passes and Adam compile into the step's
+    graph: vmap over plain tensors, no TensorDict batching inside (which broke the graph in
+    ten places and left the backward pass and Adam to eager code)."""
+    from test_baselines import make_loss as make_baseline_loss
+    from torch._dynamo.utils import counters
+
+    from torchrl_dmg.training import SeedStackedUpdater
+
+    torch._dynamo.reset()
+    counters.clear()
+    if algo == "dmg":
+        losses = [make_loss(seed) for seed in (0, 1)]
+        batch = torch.stack([make_batch(seed=0), make_batch(seed=1)])
+    else:
+        from test_baselines import make_batch as make_baseline_batch
+
+        losses = [make_baseline_loss(algo, seed) for seed in (0, 1)]
+        batch = make_baseline_batch(seeds=2)
+    stacked = SeedStackedUpdater(losses, mode="compile", policy_freq=2)
+    for _ in range(4):  # critic-only iterations and critic+actor iterations
+        stacked.update(batch)
+    assert dict(counters["graph_break"]) == {}
+    # one graph per compiled step: the critic iteration and the critic+actor iteration
+    assert counters["stats"]["unique_graphs"] == 2
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_stacked_actor_and_targets_update_exactly_every_policy_freq_steps(mode):
     device = device_for(mode)

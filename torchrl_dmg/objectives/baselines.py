@@ -76,12 +76,25 @@ def make_dmg_loss(
 
 class _StackableIQLLoss(IQLLoss):
     """:class:`IQLLoss` whose critic target reads the current ``V`` (IQL keeps no target
-    copy of it) through ``detach()`` instead of TorchRL's ``.data`` fallback, which
-    ``torch.vmap`` (stacked seeds) forbids. The same tensors, without gradients."""
+    copy of it; nor of its actor) through ``detach()`` instead of TorchRL's ``.data``
+    fallback, which ``torch.vmap`` (stacked seeds) forbids. The same tensors, without
+    gradients."""
 
     @property
     def target_value_network_params(self):
         return self.value_network_params.detach()
+
+    def __getattr__(self, item: str):
+        # Any target IQL keeps no copy of (V's, the actor's: IQLLoss names them all when
+        # it clears references under compile), read the same way: Dynamo, tracing stacked
+        # seeds, resolves them through LossModule.__getattr__ and its ``.data`` fallback
+        if (
+            item.startswith("target_")
+            and item.endswith("_network_params")
+            and item not in self._modules
+        ):
+            return getattr(self, item[len("target_") :]).detach()
+        return super().__getattr__(item)
 
 
 def make_iql_loss(

@@ -50,13 +50,16 @@ def prepare_compile() -> None:
     warnings.filterwarnings("ignore", message=r"Using lock_\(\) inside a compiled graph")
 
 
-def compile_step(function: Callable, backend: str, *, private: bool = False) -> Callable:
+def compile_step(
+    function: Callable, backend: str, *, private: bool = False, dynamic: bool | None = None
+) -> Callable:
     """``torch.compile(function)``; ``private``: on a copy of its code (:func:`private_code`).
     Inductor draws random numbers with ATen's generator (``fallback_random``), so a compiled
-    step draws the target-policy noise an eager one draws from the same seed."""
+    step draws the target-policy noise an eager one draws from the same seed. ``dynamic``:
+    as for ``torch.compile`` (``False``: static sizes, even after a recompile for others)."""
     options = {"fallback_random": True} if backend == "inductor" else None
     function = private_code(function) if private else function
-    return torch.compile(function, backend=backend, options=options)
+    return torch.compile(function, backend=backend, options=options, dynamic=dynamic)
 
 
 def captured(function: Callable, warmup: int) -> Callable:

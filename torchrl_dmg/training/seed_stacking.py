@@ -65,6 +65,17 @@ class SeedStackedUpdater(ActorCriticUpdater):
                 if isinstance(source, torch.nn.Parameter) and source.requires_grad:
                     params.set(key, torch.nn.Parameter(value))
         self.stacked = stacked
+        self._state_keys = list(stacked.keys(True, True))
+        #: each nested TensorDict's batch size in one agent's state (a vmapped ensemble's
+        #: parameters lead with their own dimension), innermost first
+        self._state_sizes = sorted(
+            (
+                (key, value.batch_size[1:])
+                for key, value in stacked.items(True)
+                if isinstance(value, TensorDictBase) and value.batch_size[1:]
+            ),
+            key=lambda item: -len(item[0]) if isinstance(item[0], tuple) else -1,
+        )
         self.num_seeds = len(losses)
         super().__init__(losses[0], **kwargs)
 
@@ -80,25 +91,42 @@ class SeedStackedUpdater(ActorCriticUpdater):
                 f"got {list(batch.batch_size)}; sample with DeviceSampler(num_seeds=...)."
             )
         skeleton, function = self.loss, loss_method(self.loss, method)
+        # vmapped over plain tensors, each agent's state and batch rebuilt as unbatched
+        # TensorDicts inside: vmapping the stacked TensorDicts themselves goes through
+        # TensorDict's own batching (new TensorDictParams per call) and breaks the
+        # compiled graph in ten places, so the backward pass and Adam ran outside it
+        state_keys = self._state_keys
+        batch_keys = list(batch.keys(True, True))
+        batch_size = batch.batch_size[1:]
 
-        def one_agent(state: TensorDictBase, batch: TensorDictBase, *args: torch.Tensor):
-            with state.to_module(skeleton):
+        def one_agent(state_leaves, batch_leaves, *args: torch.Tensor):
+            state = _unflatten(state_keys, state_leaves, torch.Size(), self._state_sizes)
+            agent_batch = _unflatten(batch_keys, batch_leaves, batch_size)
+            saved = _swap_in(skeleton, state)
+            try:
                 # TorchRL's losses cache views of their parameters (TD3BCLoss's detached
                 # critic): computed from this agent's, and not kept past the call
                 # (compiled code uses no cache)
                 if torch.compiler.is_compiling():
-                    return function(batch, *args)
-                skeleton._erase_cache()
-                try:
-                    return function(batch, *args)
-                finally:
+                    out = function(agent_batch, *args)
+                else:
                     skeleton._erase_cache()
+                    try:
+                        out = function(agent_batch, *args)
+                    finally:
+                        skeleton._erase_cache()
+            finally:
+                _swap_in(skeleton, saved)
+            return _plain(out)
 
+        state_leaves = [self.stacked.get(k) for k in state_keys]
+        batch_leaves = [batch.get(k) for k in batch_keys]
         in_dims = (0, 0) + (0,) * len(args)
         with precision_context(self.autocast_dtype, self.device):  # as the single agent's
-            return torch.vmap(one_agent, in_dims, randomness="different")(
-                self.stacked, batch, *args
+            out = torch.vmap(one_agent, in_dims, randomness="different")(
+                state_leaves, batch_leaves, *args
             )
+        return _restore(out, self.num_seeds)
 
     def _make_target_updater(self):
         # update_targets below is this loss's target updater (on the stacked tensors); tell
@@ -140,6 +168,65 @@ class SeedStackedUpdater(ActorCriticUpdater):
             self.stacked.update_(state["stacked"].to(self.stacked.device))
         state = {**state, "loss": self.loss.state_dict()}
         super().load_state_dict(state)
+
+
+def _swap_in(loss: torch.nn.Module, state: dict | TensorDictBase) -> dict:
+    """Put ``state``'s top-level entries (the networks' parameter TensorDicts, the loss's
+    own buffers and parameters) in the loss in place of its own; returns what they
+    replaced, to swap back. TensorDict's ``to_module`` would do this by copying the loss's
+    ``TensorDictParams`` (new modules), which breaks a compiled graph."""
+    saved = {}
+    for key, value in state.items():
+        module = loss._modules.get(key)
+        if module is not None and not isinstance(module, TensorDictBase):
+            # a plain submodule holding buffers (the value estimator's γ): into it
+            saved[key] = _swap_in(module, value)
+            continue
+        for store in (loss._modules, loss._parameters, loss._buffers):
+            if key in store:
+                saved[key] = store[key]
+                store[key] = value
+                break
+        else:
+            raise KeyError(f"{type(loss).__name__} has no module, parameter or buffer {key!r}")
+    return saved
+
+
+def _unflatten(
+    keys: list, leaves: list, batch_size: torch.Size, nested_sizes: list = ()
+) -> TensorDict:
+    """A TensorDict of ``batch_size`` from its leaves' (nested) keys and values, its nested
+    TensorDicts given the batch sizes of ``nested_sizes`` (``(key, size)``, innermost first)."""
+    out = TensorDict(batch_size=batch_size)
+    for key, value in zip(keys, leaves, strict=True):
+        out.set(key, value)
+    for key, size in nested_sizes:
+        out.get(key).batch_size = size
+    return out
+
+
+#: how a TensorDict returned by a loss method crosses vmap (which returns pytrees of tensors)
+_TD_MARK = "_tensordict_leaves"
+
+
+def _plain(out: Any) -> Any:
+    """A loss method's output as vmap can return it: a TensorDict as ``{_TD_MARK: {key:
+    leaf}}``."""
+    if isinstance(out, TensorDictBase):
+        return {_TD_MARK: {key: out.get(key) for key in out.keys(True, True)}}
+    if isinstance(out, tuple):
+        return tuple(_plain(o) for o in out)
+    return out
+
+
+def _restore(out: Any, num_seeds: int) -> Any:
+    """:func:`_plain` undone, each TensorDict of batch size ``[num_seeds]``."""
+    if isinstance(out, dict) and set(out) == {_TD_MARK}:
+        leaves = out[_TD_MARK]
+        return _unflatten(list(leaves), list(leaves.values()), torch.Size([num_seeds]))
+    if isinstance(out, tuple):
+        return tuple(_restore(o, num_seeds) for o in out)
+    return out
 
 
 class SeedStackedDMGUpdater(SeedStackedUpdater, DMGUpdater):

@@ -181,9 +181,13 @@ class ActorCriticUpdater:
             # apart once guards are skipped). Without it, later updaters reuse the traced
             # graphs of earlier ones where the guards allow (much faster to build).
             private = self.skip_guards
+            # Stacked seeds: static sizes. A step recompiled for another updater's sizes
+            # turns dynamic (Dynamo keeps that state per function name and line, private
+            # copies included), and vmap cannot batch tensors of symbolic size (torch.cat).
+            dynamic = None if self._single_agent else False
 
             def compiled(function):
-                return compile_step(function, backend, private=private)
+                return compile_step(function, backend, private=private, dynamic=dynamic)
 
             if self.steps.critic is not None:  # BC, SAC: no critic step to compile
                 self._critic_step = compiled(self.critic_step)

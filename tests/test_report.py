@@ -43,9 +43,12 @@ def make_run(
     diagnostic: tuple[float, float] | None = None,
     finished: bool = True,
     extra: dict | None = None,
+    start_score: float | None = None,
 ) -> Path:
     """A run directory as recipes/offline.py writes it: eval rows at steps 100 and 200
-    (the final score at 200, half of it at 100), train rows with the critic's Q."""
+    (the final score at 200, half of it at 100), train rows with the critic's Q;
+    ``start_score``: an eval row at step 0 too (a fine-tuning run's score before its online
+    steps)."""
     run = root / name
     run.mkdir(parents=True)
     scores = [scores] if isinstance(scores, int | float) else scores
@@ -64,6 +67,9 @@ def make_run(
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     seed_ids = [seed + i for i in range(seeds)]
     rows = []
+    if start_score is not None:
+        rows.append({"step": 0, "kind": "eval", "normalized_score": start_score})
+        rows[-1].update({f"normalized_score/s{s}": start_score for s in seed_ids})
     for step, frac in ((100, 0.5), (200, 1.0)):
         train = {"step": step, "kind": "train", "state_action_value": final_q * frac}
         train["q_out_of_bounds"] = float(out_of_bounds and step == 200)
@@ -782,6 +788,31 @@ def test_a_fine_tuning_run_gets_table_4_before_and_after_beside_it(tmp_path):
     assert "iql+online (paper, D4RL data)" not in row  # Table 4 gives IQL's totals only
     assert "totals over its six AntMaze datasets: dmg+online 439.4 → 556.4, " in text
     assert "iql+online 392.4 → 490.4." in text
+
+
+def test_a_fine_tuning_study_shows_each_run_before_and_after_its_online_steps(tmp_path):
+    """Table 4's shape: a fine-tuning cell reads "before → after" (its evaluation at online
+    step 0, then its last); one seed says so instead of a spread of ± 0.0."""
+    results = tmp_path / "results"
+    online = {"online_steps": 200, "checkpoint_seed": 0}
+    make_run(
+        results / "ft", "dmg", dataset=MEDIUM_PLAY, scores=70.0, start_score=30.0, extra=online
+    )
+    make_run(
+        results / "ft", "iql", dataset=MEDIUM_PLAY, algo="iql", seeds=2, scores=[20.0, 40.0],
+        start_score=10.0, extra=online,
+    )  # fmt: skip
+    make_run(results / "off", "dmg", dataset=MEDIUM_PLAY, scores=45.0)
+    text = write_report([results], tmp_path / "out", studies=True).markdown.read_text()
+    finetune, offline = (part for part in text.split("\n## ")[2:4])
+    assert "(the paper's Table 4 layout: before → after the online steps)" in finetune
+    row = table_row(finetune, MEDIUM_PLAY)
+    assert row["dmg+online"].startswith("30.0 → 70.0 (1 seed)<br>")
+    assert "30.0 → 70.0](" in row["dmg+online"]  # the seed's own link
+    assert row["iql+online"].startswith("10.0 → 30.0 ± 10.0<br>[")
+    assert "(the paper's Table 2 layout)" in offline
+    assert table_row(offline, MEDIUM_PLAY)["dmg"].startswith("45.0 (1 seed)<br>")
+    assert "±" not in table_row(offline, MEDIUM_PLAY)["dmg"]
 
 
 def test_a_study_s_table_gets_the_published_scores_of_its_own_algorithms(tmp_path):

@@ -25,7 +25,7 @@ from torchrl_dmg.report.published import (
     published_csv_rows,
     published_note,
 )
-from torchrl_dmg.report.runs import SeedRun, load_runs
+from torchrl_dmg.report.runs import ONLINE_SUFFIX, SeedRun, load_runs
 from torchrl_dmg.report.stats import BOOTSTRAP_REPS
 from torchrl_dmg.report.tables import (
     ABLATION_KEYS,
@@ -228,7 +228,9 @@ def _score_table(
     if paper is not None:
         paper_cols = published_columns(algos(table), sorted({c.dataset for c in table}), paper)
         rows += published_csv_rows(paper_cols, paper, study=name)
-    md = [f"{level} Final normalised score (the paper's Table 2 layout)", ""]
+    online = bool(table) and all(c.algo.endswith(ONLINE_SUFFIX) for c in table)
+    layout = "Table 4 layout: before → after the online steps" if online else "Table 2 layout"
+    md = [f"{level} Final normalised score (the paper's {layout})", ""]
     md += [markdown_table(table, column_iqms(table, seed=seed), out_dir, paper_cols), ""]
     if folded:
         md += [_folded_note(folded, stand_ins), ""]

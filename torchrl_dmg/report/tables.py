@@ -23,7 +23,7 @@ import numpy as np
 
 from torchrl_dmg.errors import RunRefused
 from torchrl_dmg.report.published import PublishedColumn
-from torchrl_dmg.report.runs import SeedRun, varying_keys
+from torchrl_dmg.report.runs import ONLINE_SUFFIX, SeedRun, varying_keys
 from torchrl_dmg.report.stats import SeedStats, iqm, stratified_bootstrap_ci, summarize
 
 __all__ = [
@@ -321,13 +321,31 @@ def _link(text: str, run: SeedRun, out_dir: Path) -> str:
     return f"[{text}]({Path(os.path.relpath(run.config_path, out_dir)).as_posix()})"
 
 
+def _start_score(run: SeedRun) -> float | None:
+    """A fine-tuning run's score before its online steps (its evaluation at step 0), else
+    ``None``."""
+    if not run.algo.endswith(ONLINE_SUFFIX) or not len(run.curve_steps):
+        return None
+    return float(run.curve_scores[0]) if run.curve_steps[0] == 0 else None
+
+
 def _cell_markdown(cell: Cell, out_dir: Path) -> str:
     s = cell.stats
-    text = f"{_num(s.mean)} ± {_num(s.std)}"
+    # one seed has no spread: "± 0.0" would read as a measured one
+    text = f"{_num(s.mean)} ± {_num(s.std)}" if s.n >= 2 else f"{_num(s.mean)} (1 seed)"
+    starts = [_start_score(r) for r in cell.runs]
+    if cell.runs and all(x is not None for x in starts):  # fine-tuning: before → after
+        text = f"{_num(float(np.mean(starts)))} → {text}"
     if s.n >= 2:
         text += f"<br>[{_num(s.ci_low)}, {_num(s.ci_high)}]"
     seeds = " ".join(
-        _link(f"{_num(r.score)}{'†' if r.diverged else ''}", r, out_dir) for r in cell.runs
+        _link(
+            (f"{_num(x)} → " if x is not None else "")
+            + f"{_num(r.score)}{'†' if r.diverged else ''}",
+            r,
+            out_dir,
+        )
+        for r, x in zip(cell.runs, starts, strict=True)
     )
     text += f"<br><sub>{seeds}</sub>"
     if cell.diverged:

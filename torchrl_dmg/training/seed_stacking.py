@@ -42,8 +42,8 @@ class SeedStackedUpdater(ActorCriticUpdater):
     def __init__(self, losses: list[LossModule], **kwargs) -> None:
         if kwargs.get("skip_guards"):
             raise ValueError(
-                "skip_guards=True is for a single agent (seeds=1): the vmapped loss of stacked "
-                "seeds is compiled in frames shared across calls, whose guards must run."
+                "skip_guards=True is for a single agent (seeds=1): stacked seeds keep their "
+                "guards (a graph break inside a loss would leave frames shared across calls)."
             )
         if len(losses) < 1:
             raise ValueError(f"{type(self).__name__} needs at least one loss.")

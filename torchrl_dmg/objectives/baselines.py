@@ -75,19 +75,14 @@ def make_dmg_loss(
 
 
 class _StackableIQLLoss(IQLLoss):
-    """:class:`IQLLoss` whose critic target reads the current ``V`` (IQL keeps no target
-    copy of it; nor of its actor) through ``detach()`` instead of TorchRL's ``.data``
-    fallback, which ``torch.vmap`` (stacked seeds) forbids. The same tensors, without
-    gradients."""
-
-    @property
-    def target_value_network_params(self):
-        return self.value_network_params.detach()
+    """:class:`IQLLoss` whose targets without a copy of their own (the critic target's
+    ``V``; the actor's, which IQLLoss names when it clears references under compile) read
+    the current network through ``detach()`` instead of TorchRL's ``.data`` fallback, which
+    ``torch.vmap`` (stacked seeds) forbids. The same tensors, without gradients."""
 
     def __getattr__(self, item: str):
-        # Any target IQL keeps no copy of (V's, the actor's: IQLLoss names them all when
-        # it clears references under compile), read the same way: Dynamo, tracing stacked
-        # seeds, resolves them through LossModule.__getattr__ and its ``.data`` fallback
+        # in __getattr__, not a property: Dynamo, tracing stacked seeds, resolves these
+        # names through __getattr__ (a property was bypassed for LossModule's fallback)
         if (
             item.startswith("target_")
             and item.endswith("_network_params")

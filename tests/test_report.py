@@ -370,6 +370,21 @@ def test_seeds_and_devices_do_not_make_columns(tmp_path):
     assert [r["column"] for r in rows if r["dataset"] != "IQM"] == ["dmg"]
 
 
+def test_bf16_matmuls_make_a_column_and_other_compile_settings_do_not(tmp_path):
+    """compile.* only changes speed, except matmul_precision, which changes the numbers; a
+    run older than the key ran in float32."""
+    runs = tmp_path / "runs"
+    make_run(runs, "old", seed=0)
+    make_run(
+        runs, "fp32", seed=1, extra={"compile": {"mode": "eager", "matmul_precision": "highest"}}
+    )
+    make_run(
+        runs, "bf16", seed=0, extra={"compile": {"mode": "auto", "matmul_precision": "medium"}}
+    )
+    columns = sorted({c.column: len(c.runs) for c in build_cells(load_runs([runs]))}.items())
+    assert columns == [("dmg (matmuls=bf16/TF32)", 1), ("dmg (matmuls=fp32)", 2)]
+
+
 def test_a_run_older_than_a_config_key_counts_as_the_behaviour_it_ran_with(tmp_path):
     """A run whose config lacks ``data.goal_terminal`` ran without goal terminals: the same
     column as a run with ``goal_terminal: false``, another one than ``true``."""

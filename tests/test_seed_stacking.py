@@ -42,33 +42,27 @@ def eager_random_numbers():
     return inductor_config.patch(fallback_random=True)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_one_stacked_agent_equals_the_single_agent_update(mode):
-    device = device_for(mode)
-    single = DMGUpdater(make_loss(device=device), mode=mode, actor_cosine_steps=10)
-    stacked = SeedStackedDMGUpdater([make_loss(device=device)], mode=mode, actor_cosine_steps=10)
-    with eager_random_numbers():
-        for step in range(6):
-            batch = make_batch(seed=step, device=device)
-            torch.manual_seed(100 + step)
-            single.update(batch)
-            torch.manual_seed(100 + step)
-            metrics = stacked.update(batch.unsqueeze(0))
+def test_one_stacked_agent_equals_the_single_agent_update():
+    single = DMGUpdater(make_loss(), mode="eager", actor_cosine_steps=10)
+    stacked = SeedStackedDMGUpdater([make_loss()], mode="eager", actor_cosine_steps=10)
+    for step in range(6):
+        batch = make_batch(seed=step)
+        torch.manual_seed(100 + step)
+        single.update(batch)
+        torch.manual_seed(100 + step)
+        metrics = stacked.update(batch.unsqueeze(0))
     assert metrics["loss_qvalue"].shape == (1,)
-    tol = {} if mode == "eager" else {"rtol": 1e-4, "atol": 1e-5}
-    assert_same_state(state_of(single.loss), stacked.agent_state(0), **tol)
+    assert_same_state(state_of(single.loss), stacked.agent_state(0))
     assert single.actor_lr == pytest.approx(stacked.actor_lr)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_two_stacked_agents_equal_two_separate_updates(mode):
+def test_two_stacked_agents_equal_two_separate_updates():
     """Noise off and the same batch for both: each agent evolves exactly as alone."""
-    device = device_for(mode)
-    losses = [make_loss(seed, device=device, policy_noise=0.0) for seed in (0, 1)]
-    separate = [DMGUpdater(copy.deepcopy(loss), mode=mode) for loss in losses]
-    stacked = SeedStackedDMGUpdater(losses, mode=mode)
+    losses = [make_loss(seed, policy_noise=0.0) for seed in (0, 1)]
+    separate = [DMGUpdater(copy.deepcopy(loss), mode="eager") for loss in losses]
+    stacked = SeedStackedDMGUpdater(losses, mode="eager")
     for step in range(6):
-        batch = make_batch(seed=step, device=device)
+        batch = make_batch(seed=step)
         for updater in separate:
             updater.update(batch)
         stacked.update(torch.stack([batch, batch]))
@@ -80,6 +74,34 @@ def test_two_stacked_agents_equal_two_separate_updates(mode):
         a["value_network_params", "module", "0", "weight"],
         b["value_network_params", "module", "0", "weight"],
     )
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "eager"])
+def test_a_compiled_stack_equals_the_eager_stack(mode):
+    """The compiled (or captured) stacked iteration gives the eager stack's numbers: two
+    agents, each on its own batch, target noise on, the actor's cosine learning rate. With
+    the two tests above, every stacked agent equals its single-agent run in every mode
+    (one compiled stack per mode keeps the suite short)."""
+    device = device_for(mode)
+
+    def stack(update_mode):
+        losses = [make_loss(seed, device=device) for seed in (0, 1)]
+        return SeedStackedDMGUpdater(losses, mode=update_mode, actor_cosine_steps=10)
+
+    eager, compiled = stack("eager"), stack(mode)
+    with eager_random_numbers():
+        for step in range(6):
+            batch = torch.stack(
+                [make_batch(seed=step, device=device), make_batch(seed=step + 10, device=device)]
+            )
+            torch.manual_seed(100 + step)
+            eager.update(batch)
+            torch.manual_seed(100 + step)
+            metrics = compiled.update(batch)
+    assert metrics["loss_qvalue"].shape == (2,)
+    for i in (0, 1):
+        assert_same_state(eager.agent_state(i), compiled.agent_state(i), rtol=1e-4, atol=1e-5)
+    assert eager.actor_lr == pytest.approx(compiled.actor_lr)
 
 
 def test_stacked_agents_run_their_matmuls_in_bf16_when_asked(monkeypatch):
@@ -126,11 +148,13 @@ def test_stacked_agents_run_their_matmuls_in_bf16_when_asked(monkeypatch):
         assert_same_state(fp32.agent_state(i), bf16.agent_state(i), rtol=0.05, atol=5e-3)
 
 
-@pytest.mark.parametrize("algo", ["dmg", "iql", "td3bc"])
+@pytest.mark.parametrize("algo", ["dmg", "iql"])
 def test_a_compiled_stacked_iteration_is_one_graph(algo):
     """The stacked agents' losses, their backward passes and Adam compile into the step's
     graph: vmap over plain tensors, no TensorDict batching inside (which broke the graph in
-    ten places and left the backward pass and Adam to eager code)."""
+    ten places and left the backward pass and Adam to eager code). DMG and IQL (a value
+    network, targets IQL keeps no copy of); TD3+BC's stacked compile is checked against
+    separate agents in tests/test_baselines.py."""
     from test_baselines import make_loss as make_baseline_loss
     from torch._dynamo.utils import counters
 

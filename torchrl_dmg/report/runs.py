@@ -47,7 +47,8 @@ ONLINE_SUFFIX = "+online"
 
 # Config keys that differ between runs without making them different experiments: seeds,
 # where and how fast a run computes, how it logs. Any other key that differs between runs
-# of one dataset and algorithm makes a variant (a column of its own).
+# of one dataset and algorithm makes a variant (a column of its own), and so do the keys of
+# NUMERIC_KEYS below an ignored one.
 IGNORED_KEYS = (
     "seed",
     "seeds",
@@ -65,7 +66,15 @@ IGNORED_KEYS = (
 #: Config keys that some committed runs' configs lack, with the value those runs ran with:
 #: a run whose config lacks one is read as having it, so that it is grouped with the runs
 #: that set that value, not counted as a variant of its own.
-ADDED_KEYS = {"data.goal_terminal": False, "network.value_init": None}
+ADDED_KEYS = {
+    "data.goal_terminal": False,
+    "network.value_init": None,
+    "compile.matmul_precision": "highest",
+}
+
+#: Keys below an ignored one that change the numbers, not only the speed: bf16 matmuls
+#: (``compile.matmul_precision=high|medium`` on a CPU) make a variant of their own.
+NUMERIC_KEYS = ("compile.matmul_precision",)
 
 Q_KEYS = ("q_data_mean", "state_action_value")  # final Q: the diagnostic's, else the batch's
 
@@ -296,7 +305,10 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[SeedRun]:
 
 
 def ignored(key: str) -> bool:
-    """Whether ``key`` is one of :data:`IGNORED_KEYS` (or below one)."""
+    """Whether ``key`` is one of :data:`IGNORED_KEYS` (or below one), and not one of
+    :data:`NUMERIC_KEYS`."""
+    if key in NUMERIC_KEYS:
+        return False
     return any(key == k or key.startswith(f"{k}.") for k in IGNORED_KEYS)
 
 

@@ -61,6 +61,7 @@ SHORT_KEYS = {
     "optim.actor_cosine_horizon": "cosine horizon",
     "data.goal_terminal": "goal terminal",
     "network.value_init": "value init",
+    "compile.matmul_precision": "matmuls",
 }
 
 
@@ -79,6 +80,8 @@ INERT_SETTINGS: dict[str, tuple[str, Any]] = {
 VALUE_WORDS: dict[str, dict[Any, str]] = {
     "optim.actor_cosine_horizon": {None: "run length"},
     "network.value_init": {None: "default", "mc": "data's MC return"},
+    # high / medium: bf16 on a CPU with bf16 units, TF32 on a GPU (training/compile.py)
+    "compile.matmul_precision": {"highest": "fp32", "high": "bf16/TF32", "medium": "bf16/TF32"},
 }
 
 

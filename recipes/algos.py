@@ -14,7 +14,7 @@ from utils import value_init
 
 from torchrl_dmg.data.offline import OfflineDataset
 from torchrl_dmg.data.rewards import scale_rewards
-from torchrl_dmg.modules import make_exploration_policy
+from torchrl_dmg.modules import clip_actions, make_exploration_policy
 from torchrl_dmg.objectives import DMGLoss
 from torchrl_dmg.objectives.baselines import (
     make_bc_loss,
@@ -106,10 +106,10 @@ def exploration_policy(
 ) -> TensorDictModuleBase:
     """How ``algo``'s ``actor`` acts while fine-tuning. DMG's deterministic actor gets
     Gaussian noise (``noise · max_action``, clipped; spec); IQL's stochastic actor samples
-    its actions, as IQL's fine-tuning does. Both act deterministically under
-    ``ExplorationType.DETERMINISTIC`` (evaluation)."""
+    its actions, clipped to the bounds, as IQL's fine-tuning does. Both act
+    deterministically under ``ExplorationType.DETERMINISTIC`` (evaluation)."""
     if algo == "iql":
-        return actor  # a TanhNormal: samples under the collector's RANDOM exploration
+        return clip_actions(actor, action_spec)  # samples under a collector's RANDOM
     return make_exploration_policy(actor, action_spec, noise=noise)
 
 

@@ -278,3 +278,32 @@ def test_the_compiled_iteration_equals_eager_for_every_loss(algo):
     assert not torch.equal(
         next(iter(_any_loss(algo).parameters())), next(iter(compiled.loss.parameters()))
     )
+
+
+def test_iql_s_actor_is_its_authors_gaussian_with_finite_log_probs_on_the_bounds():
+    """IQL's policy: mean tanh(net) inside the bounds, a state-independent std, not squashed,
+    so a dataset action on a bound (a fifth of the local AntMaze actions' components) has
+    a finite log-probability; under the TanhNormal SAC actor it is near -inf."""
+    from tensordict.nn import InteractionType, set_interaction_type
+
+    torch.manual_seed(0)
+    low, high = -torch.ones(2), torch.ones(2)
+    obs = torch.randn(64, 3)
+    on_bounds = torch.tensor([[1.0, -1.0]]).expand(64, 2)
+    log_probs = {}
+    for actor in ("gaussian", "tanh_normal"):
+        loss = make_iql_loss(3, 2, low, high, num_cells=(8,), actor=actor)
+        td = TensorDict({"observation": obs}, [64])
+        dist = loss.actor_network.get_dist(td)
+        log_probs[actor] = dist.log_prob(on_bounds)
+    gaussian, tanh_normal = log_probs["gaussian"], log_probs["tanh_normal"]
+    assert torch.isfinite(gaussian).all() and gaussian.min() > -10
+    assert tanh_normal.mean() < gaussian.mean() - 10
+    loss = make_iql_loss(3, 2, low, high, num_cells=(8,))
+    head = loss.actor_network.module[0].module[1]
+    assert head.log_std.shape == (2,)  # one std per action dimension, for every state
+    with set_interaction_type(InteractionType.DETERMINISTIC):
+        mean = loss.actor_network(TensorDict({"observation": 100 * obs}, [64]))["action"]
+    assert mean.abs().max() <= 1.0
+    with pytest.raises(ValueError, match="iql actor must be one of"):
+        make_iql_loss(3, 2, low, high, actor="beta")

@@ -83,6 +83,7 @@ def test_iql_explores_by_sampling_its_actor_and_evaluates_deterministically():
     with set_exploration_type(ExplorationType.DETERMINISTIC):  # evaluation's
         mode = policy(td.clone())["action"]
     assert sampled.std(0).min() > 0.1  # one state, many actions
+    assert (sampled.abs() == 1.0).any()  # samples beyond the bounds, clipped
     assert mode.std(0).max() == 0
     assert sampled.abs().max() <= 1.0
 

@@ -111,6 +111,27 @@ def test_a_format_0_finetune_checkpoint_is_recognised_by_its_online_data():
     assert "seeds" not in state["config"]  # an offline key only
 
 
+def test_a_format_1_iql_checkpoint_ran_with_the_tanh_normal_actor():
+    """IQL's actor became its authors' Gaussian (iql.actor=gaussian) in format 2: an IQL
+    checkpoint written before reads as the TanhNormal actor it holds; other algorithms
+    get no iql group."""
+    iql = migrate(
+        {
+            "format": 1,
+            "recipe": "offline",
+            "step": 1,
+            "updater": {},
+            "config": {"algo": "iql", "iql": {"expectile": 0.9}},
+        }
+    )
+    assert iql["config"]["iql"] == {"expectile": 0.9, "actor": "tanh_normal"}
+    assert iql["format"] == CHECKPOINT_FORMAT
+    dmg = migrate(
+        {"format": 1, "recipe": "offline", "step": 1, "updater": {}, "config": {"algo": "dmg"}}
+    )
+    assert "iql" not in dmg["config"]
+
+
 def test_a_baseline_config_loses_the_dmg_loss_group_and_keeps_its_gamma():
     config = {"algo": "bc", "loss": {"gamma": 0.95, "mixture_coef": 0.25}}
     state = migrate({"step": 1, "updater": {}, "config": config})

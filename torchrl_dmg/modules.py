@@ -25,6 +25,7 @@ from torchrl.data import Bounded
 from torchrl.modules import (
     MLP,
     AdditiveGaussianModule,
+    IndependentNormal,
     ProbabilisticActor,
     TanhModule,
     TanhNormal,
@@ -191,6 +192,60 @@ def make_sac_actor(
     )
 
 
+class TanhMeanGaussianHead(nn.Module):
+    """IQL's policy head (its authors' ``NormalTanhPolicy`` with ``state_dependent_std=False,
+    tanh_squash_distribution=False``): the mean is ``tanh`` of the network's output, the
+    standard deviation ``exp(clamp(log_std, -5, 2))`` with ``log_std`` a parameter of its own
+    (one per action dimension, starting at 0), not a function of the state. The Gaussian is
+    not squashed, so a dataset action on the bounds (±1, a fifth of the local AntMaze
+    actions' components) has a finite log-probability; under a TanhNormal it has one near
+    ``-inf``, which then dominates an advantage-weighted regression."""
+
+    def __init__(self, act_dim: int, log_std_min: float = -5.0, log_std_max: float = 2.0):
+        super().__init__()
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = torch.tanh(x)
+        scale = self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(loc)
+        return loc, scale
+
+
+def make_iql_actor(
+    obs_dim: int,
+    act_dim: int,
+    action_spec: Bounded | None = None,
+    num_cells: Sequence[int] = (256, 256),
+) -> ProbabilisticActor:
+    """IQL's actor: ReLU MLP -> :class:`TanhMeanGaussianHead` -> a Gaussian (TorchRL's
+    ``IndependentNormal``) with mean in the action bounds ``[-1, 1]``. Reads
+    ``observation``, writes ``action``: the mean under ``DETERMINISTIC`` (evaluation), a
+    sample under ``RANDOM``, which may leave the bounds (:func:`clip_actions` clips them
+    for fine-tuning's exploration, as its authors do)."""
+    if action_spec is None:
+        action_spec = Bounded(-1.0, 1.0, shape=(act_dim,))
+    net = nn.Sequential(
+        MLP(
+            in_features=obs_dim,
+            out_features=act_dim,
+            num_cells=list(num_cells),
+            activation_class=nn.ReLU,
+        ),
+        TanhMeanGaussianHead(act_dim),
+    )
+    return ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        out_keys=["action"],
+        spec=action_spec,
+        distribution_class=IndependentNormal,
+        distribution_kwargs={"tanh_loc": False},
+        default_interaction_type=InteractionType.RANDOM,
+        return_log_prob=False,
+    )
+
+
 def make_sac_qvalue(obs_dim: int, act_dim: int, num_cells: Sequence[int] = (256, 256)):
     """Critic Q(s, a): ReLU MLP on ``[observation, action]``; writes ``state_action_value``."""
     mlp = MLP(
@@ -259,6 +314,24 @@ def exploration_sigma(action_spec: Bounded, noise: float) -> float:
     space = action_spec.space
     max_action = torch.maximum(space.low.abs(), space.high.abs()).max()
     return float(noise * max_action)
+
+
+class _Clip(nn.Module):
+    def __init__(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("low", low.clone())
+        self.register_buffer("high", high.clone())
+
+    def forward(self, action: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(action, self.low, self.high)
+
+
+def clip_actions(actor: TensorDictModuleBase, action_spec: Bounded) -> TensorDictSequential:
+    """``actor`` with its ``action`` clipped to the spec's bounds (an unsquashed Gaussian's
+    samples, e.g. IQL's, can leave them)."""
+    space = action_spec.space
+    clip = TensorDictModule(_Clip(space.low, space.high), in_keys=["action"], out_keys=["action"])
+    return TensorDictSequential(actor, clip)
 
 
 def make_exploration_policy(

@@ -20,6 +20,7 @@ from torchrl.objectives import BCLoss, IQLLoss, TD3BCLoss
 from torchrl_dmg.modules import (
     make_actor,
     make_dmg_networks,
+    make_iql_actor,
     make_qvalue,
     make_sac_actor,
     make_value,
@@ -101,23 +102,35 @@ def make_iql_loss(
     expectile: float = 0.7,
     temperature: float = 3.0,
     gamma: float = 0.99,
+    actor: str = "gaussian",
     num_cells: Sequence[int] = (256, 256),
     deactivate_vmap: bool = False,
     device: torch.device | str = "cpu",
 ) -> IQLLoss:
     r"""Implicit Q-Learning (Kostrikov, Nair, Levine; ICLR 2022), TorchRL's :class:`IQLLoss`.
 
-    A TanhNormal actor (:func:`~torchrl_dmg.modules.make_sac_actor`; evaluation acts with
-    its deterministic action), two critics with Polyak targets, a state value :math:`V`.
+    ``actor="gaussian"``: its authors' policy (:func:`~torchrl_dmg.modules.make_iql_actor`:
+    a Gaussian, mean ``tanh`` of the network, a state-independent standard deviation, not
+    squashed); ``"tanh_normal"``: the TanhNormal SAC actor
+    (:func:`~torchrl_dmg.modules.make_sac_actor`) the project's IQL used before 2026-12-06,
+    under which a dataset action on the bounds has a log-probability near ``-inf``.
+    Evaluation acts with the deterministic action. Two critics with Polyak targets, a state
+    value :math:`V`.
     :math:`V` regresses on :math:`\min_i Q_{\theta_i'}(s, a)` with the expectile loss
     (τ = ``expectile``); the critics on :math:`r + \gamma (1 - \text{terminated}) V(s')`;
     the actor by advantage-weighted regression,
     :math:`-\min(e^{\beta (Q' - V)}, 100) \log \pi(a|s)` (β = ``temperature``).
     """
     spec = Bounded(low.to(device), high.to(device), shape=(action_dim,), device=device)
-    actor = make_sac_actor(obs_dim, action_dim, spec, num_cells=num_cells).to(device)
+    builders = {"gaussian": make_iql_actor, "tanh_normal": make_sac_actor}
+    if actor not in builders:
+        raise ValueError(
+            f"iql actor must be one of {sorted(builders)}, got {actor!r} (iql.actor=gaussian "
+            "is its authors' policy)."
+        )
+    policy = builders[actor](obs_dim, action_dim, spec, num_cells=num_cells).to(device)
     loss = _StackableIQLLoss(
-        actor,
+        policy,
         make_qvalue(obs_dim, action_dim, num_cells=num_cells).to(device),
         make_value(obs_dim, num_cells=num_cells).to(device),
         expectile=expectile,

@@ -29,6 +29,7 @@ import yaml
 
 __all__ = [
     "DEFAULT_ALGO",
+    "ADDED_ALGO_KEYS",
     "ADDED_KEYS",
     "IGNORED_KEYS",
     "ONLINE_SUFFIX",
@@ -71,6 +72,10 @@ ADDED_KEYS = {
     "network.value_init": None,
     "compile.matmul_precision": "highest",
 }
+
+#: The same, for the runs of one algorithm only: IQL's actor was TorchRL's TanhNormal until
+#: ``iql.actor`` (default ``gaussian``, its authors' policy) came in.
+ADDED_ALGO_KEYS = {"iql": {"iql.actor": "tanh_normal"}}
 
 #: Keys below an ignored one that change the numbers, not only the speed: bf16 matmuls
 #: (``compile.matmul_precision=high|medium`` on a CPU) make a variant of their own.
@@ -238,8 +243,8 @@ def load_seed_runs(run_dir: str | os.PathLike) -> list[SeedRun]:
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) or {}
-    flat = {**ADDED_KEYS, **flatten(config)}
     algo = str(config.get("algo", DEFAULT_ALGO))  # missing: a run made before baselines
+    flat = {**ADDED_KEYS, **ADDED_ALGO_KEYS.get(algo, {}), **flatten(config)}
     if "online_steps" in config:
         algo += ONLINE_SUFFIX
     flat["algo"] = algo

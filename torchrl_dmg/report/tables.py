@@ -62,6 +62,7 @@ SHORT_KEYS = {
     "data.goal_terminal": "goal terminal",
     "network.value_init": "value init",
     "compile.matmul_precision": "matmuls",
+    "iql.actor": "actor",
 }
 
 
@@ -82,6 +83,7 @@ VALUE_WORDS: dict[str, dict[Any, str]] = {
     "network.value_init": {None: "default", "mc": "data's MC return"},
     # high / medium: bf16 on a CPU with bf16 units, TF32 on a GPU (training/compile.py)
     "compile.matmul_precision": {"highest": "fp32", "high": "bf16/TF32", "medium": "bf16/TF32"},
+    "iql.actor": {"gaussian": "Gaussian", "tanh_normal": "TanhNormal"},
 }
 
 

@@ -103,7 +103,7 @@ def _to_device(state: Any, device: str | torch.device) -> Any:
 
 
 #: the version of the checkpoint format written here (see :func:`migrate`)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 def offline_checkpoint_state(step: int, updater: DMGUpdater, config: dict, dataset) -> dict:
@@ -173,6 +173,8 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "guard.check_interval": 1,
     "guard.stop_on_q_out_of_bounds": False,
 }
+#: the same, for the runs of one algorithm (format 1: IQL's actor was TorchRL's TanhNormal)
+_ALGO_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {"iql": {"iql.actor": "tanh_normal"}}
 _OFFLINE_CONFIG_DEFAULTS: dict[str, Any] = {
     "seeds": 1,
     "compile.updates_per_call": 1,
@@ -187,6 +189,7 @@ def migrate_config(config: dict[str, Any], recipe: str) -> dict[str, Any]:
     with the values it ran with, and DMG's ``loss`` group on DMG runs only (a baseline's
     γ is its own group's: ``iql.gamma``, ``td3bc.gamma``, ``bc.gamma``)."""
     defaults = {**_CONFIG_DEFAULTS, **(_OFFLINE_CONFIG_DEFAULTS if recipe == "offline" else {})}
+    defaults.update(_ALGO_CONFIG_DEFAULTS.get(config.get("algo", "dmg"), {}))
     for dotted, value in defaults.items():
         *groups, key = dotted.split(".")
         node = config
@@ -208,25 +211,27 @@ def migrate(checkpoint: dict[str, Any]) -> dict[str, Any]:
     checkpoints hold ``update_step`` and ``online_data``); the config gets the keys that
     came later (:func:`migrate_config`); DMG's γ, saved as the loss's ``gamma`` buffer
     before it lived in the TorchRL value estimator, moves to ``_value_estimator.gamma``
-    (one loss, or the stacked agents of ``recipes/offline.py seeds=N``)."""
+    (one loss, or the stacked agents of ``recipes/offline.py seeds=N``). Format 1: the
+    config gets the keys that came later (an IQL run's ``iql.actor``: ``tanh_normal``)."""
     if "updater" not in checkpoint or checkpoint.get("format") == CHECKPOINT_FORMAT:
         return checkpoint
     version = checkpoint.get("format", 0)
-    if version != 0:
+    if version not in (0, 1):
         raise RunRefused(
             f"a checkpoint of format {version} is newer than this code reads (format "
             f"{CHECKPOINT_FORMAT}); update torchrl-dmg to load it"
         )
-    finetune = "update_step" in checkpoint or "online_data" in checkpoint
-    checkpoint["recipe"] = "finetune" if finetune else "offline"
+    if version == 0:
+        finetune = "update_step" in checkpoint or "online_data" in checkpoint
+        checkpoint["recipe"] = "finetune" if finetune else "offline"
+        updater = checkpoint["updater"]
+        if "gamma" in updater.get("loss", {}):
+            updater["loss"]["_value_estimator.gamma"] = updater["loss"].pop("gamma")
+        stacked = updater.get("stacked")
+        if stacked is not None and "gamma" in stacked.keys():
+            stacked.rename_key_("gamma", ("_value_estimator", "gamma"))
     if "config" in checkpoint:
         migrate_config(checkpoint["config"], checkpoint["recipe"])
-    updater = checkpoint["updater"]
-    if "gamma" in updater.get("loss", {}):
-        updater["loss"]["_value_estimator.gamma"] = updater["loss"].pop("gamma")
-    stacked = updater.get("stacked")
-    if stacked is not None and "gamma" in stacked.keys():
-        stacked.rename_key_("gamma", ("_value_estimator", "gamma"))
     checkpoint["format"] = CHECKPOINT_FORMAT
     return checkpoint
 

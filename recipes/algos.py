@@ -22,6 +22,7 @@ from torchrl_dmg.objectives.baselines import (
     make_iql_loss,
     make_td3bc_loss,
 )
+from torchrl_dmg.training.compile import cpu_has_bf16
 
 
 def algo_name(cfg: DictConfig) -> str:
@@ -30,10 +31,16 @@ def algo_name(cfg: DictConfig) -> str:
 
 
 def _deactivate_vmap(cfg: DictConfig, device: torch.device) -> bool:
-    """``network.vmap_critics``; ``auto``: a loop over the critics on CPU (each matmul then
-    uses every core, ~25% faster than one vmapped batched matmul), vmapped on GPU."""
+    """``network.vmap_critics``; ``auto``: a loop over the critics on CPU in float32 (each
+    matmul then uses every core, ~25% faster than one vmapped batched matmul), vmapped on
+    GPU and under bf16 matmuls on a CPU (``compile.matmul_precision=high|medium`` with bf16
+    units: one bf16 batched matmul is faster there, and stacked seeds compiled with looped
+    critics in bf16 hit an inductor bug, see SeedStackedUpdater)."""
     vmap = cfg.network.vmap_critics
-    return (device.type == "cpu") if vmap == "auto" else not vmap
+    if vmap != "auto":
+        return not vmap
+    bf16 = cfg.compile.matmul_precision != "highest" and cpu_has_bf16()
+    return device.type == "cpu" and not bf16
 
 
 def _networks(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) -> dict:

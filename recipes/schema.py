@@ -526,6 +526,12 @@ def validate(cfg: DictConfig, recipe: str) -> None:
 MAKE_DATASET_ANTMAZE_ONLY = {"workers": 1, "goal_rule": "next"}
 
 
+def _cpu_has_bf16() -> bool:
+    from torchrl_dmg.training.compile import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
 def cross_key_problems(cfg: DictConfig, recipe: str) -> list[str]:
     """Rules joining keys: intervals that must divide, steps that must be multiples, keys
     that apply to one kind of env only."""
@@ -536,6 +542,20 @@ def cross_key_problems(cfg: DictConfig, recipe: str) -> list[str]:
             found.append(
                 f"config: compile.updates_per_call={k} must be a multiple of optim.policy_freq "
                 f"({cfg.optim.policy_freq}); e.g. compile.updates_per_call=1"
+            )
+        if (
+            int(cfg.get("seeds", 1)) > 1
+            and cfg.compile.mode != "eager"
+            and cfg.compile.matmul_precision != "highest"
+            and cfg.network.vmap_critics is False
+            and str(cfg.device) in ("auto", "cpu")
+            and _cpu_has_bf16()
+        ):
+            found.append(
+                f"config: seeds={cfg.seeds} compiled with bf16 matmuls "
+                f"(compile.matmul_precision={cfg.compile.matmul_precision}) need "
+                "network.vmap_critics=true or auto: with a loop over the critics, inductor's "
+                "AVX-512 code returns NaN (torch 2.13); or compile.mode=eager"
             )
     if recipe == "make_dataset" and not str(cfg.env).startswith("antmaze-"):
         for key, default in MAKE_DATASET_ANTMAZE_ONLY.items():  # else silently ignored

@@ -110,6 +110,19 @@ def test_the_baselines_and_layout_keys_are_checked_too(overrides):
         schema.validate(config("offline", *overrides), "offline")
 
 
+def test_stacked_bf16_seeds_with_looped_critics_are_refused_naming_the_fix(monkeypatch):
+    """seeds > 1 compiled under bf16 matmuls with a loop over the critics returned NaN
+    (an inductor bug, torch 2.13): refused in one line, on a CPU with bf16 units."""
+    monkeypatch.setattr(schema, "_cpu_has_bf16", lambda: True)
+    bad = ("seeds=3", "compile.matmul_precision=medium", "network.vmap_critics=false")
+    with pytest.raises(RunRefused, match=r"network.vmap_critics=true or auto.*compile.mode=eager"):
+        schema.validate(config("offline", *bad), "offline")
+    schema.validate(config("offline", *bad[:2]), "offline")  # auto: vmapped under bf16
+    schema.validate(config("offline", *bad, "compile.mode=eager"), "offline")
+    monkeypatch.setattr(schema, "_cpu_has_bf16", lambda: False)  # stays float32
+    schema.validate(config("offline", *bad), "offline")
+
+
 def test_every_config_key_has_a_schema_field():
     """A key added to recipes/config/ without a range in recipes/schema.py fails here."""
     from omegaconf import DictConfig

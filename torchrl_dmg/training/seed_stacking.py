@@ -78,6 +78,18 @@ class SeedStackedUpdater(ActorCriticUpdater):
         )
         self.num_seeds = len(losses)
         super().__init__(losses[0], **kwargs)
+        if (
+            self.autocast_dtype is not None
+            and self.mode != "eager"
+            and self.num_seeds > 1
+            and getattr(losses[0], "deactivate_vmap", False)
+        ):
+            raise ValueError(
+                "stacked seeds compiled with bf16 matmuls need their critics vmapped: with a "
+                "loop over the critics, inductor's AVX-512 code for this graph returns NaN "
+                "(torch 2.13); build the losses with deactivate_vmap=False (the recipes: "
+                "network.vmap_critics=true), or use mode='eager' or matmul_precision='highest'."
+            )
 
     _single_agent = False
 

@@ -707,3 +707,22 @@ def test_adv_weight_clipped_frac_counts_raw_weights_above_max_weight():
     raw = torch.exp(HP["temperature"] * (q_tgt - v_const))
     torch.testing.assert_close(out["adv_weight"], raw.clamp(max=HP["max_weight"]).mean())
     torch.testing.assert_close(out["state_value"], v_const)
+
+
+def test_critics_as_a_loop_give_the_vmapped_critics_losses_and_gradients():
+    """deactivate_vmap=True (the recipes' CPU default in float32) and vmapped critics (their
+    default under bf16 and on a GPU) compute the same losses and gradients."""
+    results = []
+    for loop in (False, True):
+        loss = make_loss(deactivate_vmap=loop)
+        torch.manual_seed(3)  # the same target-policy noise
+        out = loss(make_batch())
+        total = out["loss_value"] + out["loss_qvalue"] + out["loss_actor"]
+        params = [p for p in loss.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(total, params, allow_unused=True, materialize_grads=True)
+        results.append((out, grads))
+    (vmapped, grads_v), (looped, grads_l) = results
+    for key in ("loss_value", "loss_qvalue", "loss_actor"):
+        torch.testing.assert_close(vmapped[key], looped[key])
+    for a, b in zip(grads_v, grads_l, strict=True):
+        torch.testing.assert_close(a, b)

@@ -305,5 +305,13 @@ def test_iql_s_actor_is_its_authors_gaussian_with_finite_log_probs_on_the_bounds
     with set_interaction_type(InteractionType.DETERMINISTIC):
         mean = loss.actor_network(TensorDict({"observation": 100 * obs}, [64]))["action"]
     assert mean.abs().max() <= 1.0
+    # other bounds: the mean maps onto them
+    shifted = make_iql_loss(
+        3, 2, torch.tensor([0.0, -3.0]), torch.tensor([2.0, 1.0]), num_cells=(8,)
+    )
+    with set_interaction_type(InteractionType.DETERMINISTIC):
+        mean = shifted.actor_network(TensorDict({"observation": 100 * obs}, [64]))["action"]
+    assert (mean[:, 0] >= 0).all() and (mean[:, 0] <= 2).all()
+    assert (mean[:, 1] >= -3).all() and (mean[:, 1] <= 1).all() and mean[:, 1].min() < -1
     with pytest.raises(ValueError, match="iql actor must be one of"):
         make_iql_loss(3, 2, low, high, actor="beta")

@@ -194,20 +194,28 @@ def make_sac_actor(
 
 class TanhMeanGaussianHead(nn.Module):
     """IQL's policy head (its authors' ``NormalTanhPolicy`` with ``state_dependent_std=False,
-    tanh_squash_distribution=False``): the mean is ``tanh`` of the network's output, the
-    standard deviation ``exp(clamp(log_std, -5, 2))`` with ``log_std`` a parameter of its own
-    (one per action dimension, starting at 0), not a function of the state. The Gaussian is
-    not squashed, so a dataset action on the bounds (±1, a fifth of the local AntMaze
-    actions' components) has a finite log-probability; under a TanhNormal it has one near
-    ``-inf``, which then dominates an advantage-weighted regression."""
+    tanh_squash_distribution=False``): the mean is ``tanh`` of the network's output, mapped
+    onto the action bounds (``[-1, 1]``: itself), the standard deviation
+    ``exp(clamp(log_std, -5, 2))`` with ``log_std`` a parameter of its own (one per action
+    dimension, starting at 0), not a function of the state. The Gaussian is not squashed, so
+    a dataset action on the bounds (±1, a fifth of the local AntMaze actions' components)
+    has a finite log-probability; under a TanhNormal it has one near ``-inf``."""
 
-    def __init__(self, act_dim: int, log_std_min: float = -5.0, log_std_max: float = 2.0):
+    def __init__(
+        self,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+    ):
         super().__init__()
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.log_std = nn.Parameter(torch.zeros(low.shape[-1]))
+        self.register_buffer("middle", (high + low) / 2)
+        self.register_buffer("half_range", (high - low) / 2)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc = torch.tanh(x)
+        loc = self.middle + self.half_range * torch.tanh(x)
         scale = self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(loc)
         return loc, scale
 
@@ -232,7 +240,7 @@ def make_iql_actor(
             num_cells=list(num_cells),
             activation_class=nn.ReLU,
         ),
-        TanhMeanGaussianHead(act_dim),
+        TanhMeanGaussianHead(action_spec.space.low, action_spec.space.high),
     )
     return ProbabilisticActor(
         TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),

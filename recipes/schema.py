@@ -265,6 +265,7 @@ ALGO_SETTINGS = (
     _f("iql.expectile", float, **_PROBABILITY, meaning="IQL's τ, the expectile"),
     _f("iql.temperature", float, **_POSITIVE, meaning="IQL's β, the temperature"),
     _unit("iql.gamma", high_open=True, meaning="IQL's γ"),
+    _f("iql.actor", choices=("gaussian", "tanh_normal")),
     _f("td3bc.alpha", float, **_POSITIVE, meaning="TD3+BC's α"),
     _f("td3bc.policy_noise", float, low=0, meaning="σ of TD3+BC's target policy noise"),
     _f("td3bc.noise_clip", float, low=0, meaning="c, TD3+BC's target noise clip"),

@@ -92,6 +92,7 @@ def test_each_out_of_range_value_is_refused_naming_its_key(override):
     [
         ("algo=iql", "iql.expectile=1.0"),
         ("algo=iql", "iql.temperature=0"),
+        ("algo=iql", "iql.actor=beta"),
         ("algo=td3bc", "td3bc.alpha=-1"),
         ("algo=td3bc", "td3bc.noise_clip=-0.1"),
         ("optim.actor_cosine_horizon=0",),

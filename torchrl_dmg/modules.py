@@ -227,7 +227,8 @@ def make_iql_actor(
     num_cells: Sequence[int] = (256, 256),
 ) -> ProbabilisticActor:
     """IQL's actor: ReLU MLP -> :class:`TanhMeanGaussianHead` -> a Gaussian (TorchRL's
-    ``IndependentNormal``) with mean in the action bounds ``[-1, 1]``. Reads
+    ``IndependentNormal``) with its mean inside the action bounds (``action_spec``, default
+    ``[-1, 1]``). Reads
     ``observation``, writes ``action``: the mean under ``DETERMINISTIC`` (evaluation), a
     sample under ``RANDOM``, which may leave the bounds (:func:`clip_actions` clips them
     for fine-tuning's exploration, as its authors do)."""

@@ -12,9 +12,12 @@ Polyak target update; batch 256, 256-256 networks):
 * ``compile``        the whole iteration (losses, ``autograd.grad``, Adam, targets) compiled by
                      inductor as one graph (two: with and without the delayed actor step)
 * ``auto``           the recipes' default: ``compile`` with Dynamo's guards skipped after
-                     warm-up on a CPU, ``cudagraphs`` on a GPU
+                     warm-up on a CPU, ``cudagraphs`` on a GPU; the critics laid out as
+                     ``network.vmap_critics=auto`` lays them out (a loop on a CPU in
+                     float32, vmapped on a GPU and under bf16)
 * ``cudagraphs``     the compiled iteration captured as a CUDA graph
-* ``<mode>-loop``    any of the above with a Python loop over the critics instead of vmap
+* ``<mode>-loop``    any of the above with a Python loop over the critics
+* ``<mode>-vmap``    any of the above with the critics vmapped (the default but for ``auto``)
 * ``<mode>-skipguards``  ``compile`` with ``skip_guards=True`` (what ``auto`` picks on a CPU)
 * ``<mode>-bf16``    ``matmul_precision="medium"``: on a CPU with bf16 units the losses run
                      under bf16 autocast (weights, gradients and Adam stay float32)
@@ -52,6 +55,7 @@ from torchrl_dmg.data.samplers import DeviceSampler  # noqa: E402
 from torchrl_dmg.modules import make_dmg_networks  # noqa: E402
 from torchrl_dmg.objectives import DMGLoss  # noqa: E402
 from torchrl_dmg.training import DMGUpdater, SeedStackedDMGUpdater  # noqa: E402
+from torchrl_dmg.training.compile import vmap_critics_by_default  # noqa: E402
 
 PROBLEMS = {"locomotion": (17, 6), "antmaze": (29, 8)}
 
@@ -97,7 +101,10 @@ class Runner:
         skip_guards = update_mode.endswith("-skipguards")
         update_mode = update_mode.removesuffix("-skipguards")
         loop = update_mode.endswith("-loop")
-        update_mode = update_mode.removesuffix("-loop")
+        vmap = update_mode.endswith("-vmap")
+        update_mode = update_mode.removesuffix("-loop").removesuffix("-vmap")
+        if update_mode == "auto" and not (loop or vmap):  # the recipes' layout
+            loop = not vmap_critics_by_default(device, "medium" if bf16 else "highest")
         losses = []
         for seed in range(self.seeds):
             torch.manual_seed(seed)
@@ -174,7 +181,7 @@ def main() -> None:
         single = ["eager", "compile", "cudagraphs"]
         modes = ["reference", *single] + [f"x{n}-cudagraphs" for n in args.seeds]
     else:
-        single = ["eager", "eager-loop", "compile", "auto", "auto-loop", "auto-bf16"]
+        single = ["eager", "eager-loop", "compile", "auto", "auto-vmap", "auto-bf16"]
         stacked = [f"x{n}-{m}" for n in args.seeds for m in ("eager", "auto", "auto-bf16")]
         modes = ["reference", *single, *stacked]
     results = {

@@ -22,7 +22,7 @@ from torchrl_dmg.objectives.baselines import (
     make_iql_loss,
     make_td3bc_loss,
 )
-from torchrl_dmg.training.compile import cpu_has_bf16
+from torchrl_dmg.training.compile import vmap_critics_by_default
 
 
 def algo_name(cfg: DictConfig) -> str:
@@ -31,16 +31,11 @@ def algo_name(cfg: DictConfig) -> str:
 
 
 def _deactivate_vmap(cfg: DictConfig, device: torch.device) -> bool:
-    """``network.vmap_critics``; ``auto``: a loop over the critics on CPU in float32 (each
-    matmul then uses every core, ~25% faster than one vmapped batched matmul), vmapped on
-    GPU and under bf16 matmuls on a CPU (``compile.matmul_precision=high|medium`` with bf16
-    units: one bf16 batched matmul is faster there, and stacked seeds compiled with looped
-    critics in bf16 hit an inductor bug, see SeedStackedUpdater)."""
+    """``network.vmap_critics``; ``auto``: :func:`vmap_critics_by_default`."""
     vmap = cfg.network.vmap_critics
     if vmap != "auto":
         return not vmap
-    bf16 = cfg.compile.matmul_precision != "highest" and cpu_has_bf16()
-    return device.type == "cpu" and not bf16
+    return not vmap_critics_by_default(device, cfg.compile.matmul_precision)
 
 
 def _networks(cfg: DictConfig, dataset: OfflineDataset, device: torch.device) -> dict:

@@ -389,3 +389,32 @@ def test_auto_mode_falls_back_to_eager_when_the_compiler_fails(capfd):
     strict = DMGUpdater(make_loss(), mode="compile", compile_backend=_failing_backend)
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed):
         strict.update(batches[0])
+
+
+@pytest.mark.parametrize("resume_at", [0, 5])
+def test_compiled_functional_adam_is_torch_adam_also_after_loading_a_saved_state(resume_at):
+    """FunctionalAdam's compiled step against torch.optim.Adam, step by step; the bias
+    corrections it keeps for the coming step follow a loaded state's step count."""
+    from torchrl_dmg.training.compile import FunctionalAdam
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 3), (7,), (2, 7)]
+    reference = [torch.randn(s, generator=g) for s in shapes]
+    torch_adam = torch.optim.Adam([p.clone().requires_grad_() for p in reference], lr=1e-2)
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(resume_at + 4)]
+    for step_grads in grads[:resume_at]:
+        for p, grad in zip(torch_adam.param_groups[0]["params"], step_grads, strict=True):
+            p.grad = grad
+        torch_adam.step()
+    params = [p.detach().clone().requires_grad_() for p in torch_adam.param_groups[0]["params"]]
+    mine = FunctionalAdam(torch.optim.Adam(params, lr=torch.tensor(1e-2), foreach=False))
+    mine.load_state_dict(copy.deepcopy(torch_adam.state_dict()))
+    step = torch.compile(mine.step, backend="inductor")
+    for step_grads in grads[resume_at:]:
+        for p, grad in zip(torch_adam.param_groups[0]["params"], step_grads, strict=True):
+            p.grad = grad
+        torch_adam.step()
+        step(step_grads)
+        for a, b in zip(torch_adam.param_groups[0]["params"], params, strict=True):
+            torch.testing.assert_close(b, a.detach(), rtol=1e-5, atol=1e-6)
+    assert float(mine.steps[0]) == resume_at + 4

@@ -33,6 +33,19 @@ from torchrl.modules import (
 )
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) whose compiled form is a matmul then a
+    bias add. Inductor fuses that add into the activation's loop; as one ``addmm`` on a CPU,
+    ATen first copies the bias into every row of the output, a separate pass over it (~4%
+    of a float32 DMG iteration at batch 256, more under bf16). Eager calls are
+    ``nn.Linear``'s."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None and torch.compiler.is_compiling():
+            return torch.matmul(input, self.weight.mT) + self.bias
+        return super().forward(input)
+
+
 class _ConcatMLP(nn.Module):
     """An MLP on the concatenation of its inputs (state and action for a critic)."""
 
@@ -50,6 +63,7 @@ def _mlp(
     norm_class = nn.LayerNorm if layer_norm else None
     norm_kwargs = [{"normalized_shape": n} for n in num_cells] if layer_norm else None
     return MLP(
+        layer_class=Linear,
         in_features=in_features,
         out_features=out_features,
         num_cells=list(num_cells),
@@ -169,6 +183,7 @@ def make_sac_actor(
         action_spec = Bounded(-1.0, 1.0, shape=(act_dim,))
     net = nn.Sequential(
         MLP(
+            layer_class=Linear,
             in_features=obs_dim,
             out_features=2 * act_dim,
             num_cells=list(num_cells),
@@ -236,6 +251,7 @@ def make_iql_actor(
         action_spec = Bounded(-1.0, 1.0, shape=(act_dim,))
     net = nn.Sequential(
         MLP(
+            layer_class=Linear,
             in_features=obs_dim,
             out_features=act_dim,
             num_cells=list(num_cells),
@@ -258,6 +274,7 @@ def make_iql_actor(
 def make_sac_qvalue(obs_dim: int, act_dim: int, num_cells: Sequence[int] = (256, 256)):
     """Critic Q(s, a): ReLU MLP on ``[observation, action]``; writes ``state_action_value``."""
     mlp = MLP(
+        layer_class=Linear,
         in_features=obs_dim + act_dim,
         out_features=1,
         num_cells=list(num_cells),

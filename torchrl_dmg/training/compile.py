@@ -51,13 +51,23 @@ def prepare_compile() -> None:
 
 
 def compile_step(
-    function: Callable, backend: str, *, private: bool = False, dynamic: bool | None = None
+    function: Callable,
+    backend: str,
+    *,
+    private: bool = False,
+    dynamic: bool | None = None,
+    cpu: bool = False,
 ) -> Callable:
     """``torch.compile(function)``; ``private``: on a copy of its code (:func:`private_code`).
     Inductor draws random numbers with ATen's generator (``fallback_random``), so a compiled
     step draws the target-policy noise an eager one draws from the same seed. ``dynamic``:
-    as for ``torch.compile`` (``False``: static sizes, even after a recompile for others)."""
+    as for ``torch.compile`` (``False``: static sizes, even after a recompile for others).
+    ``cpu``: the step runs on a CPU (inductor then writes its launcher in C++ too)."""
     options = {"fallback_random": True} if backend == "inductor" else None
+    if options is not None and cpu:
+        # the graph's launcher in C++: on a CPU its Python (~100 allocations and kernel
+        # calls per iteration) is ~3% of a DMG iteration at batch 256
+        options["cpp_wrapper"] = True
     function = private_code(function) if private else function
     return torch.compile(function, backend=backend, options=options, dynamic=dynamic)
 
@@ -86,6 +96,17 @@ def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX), as
     oneDNN reports it."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def vmap_critics_by_default(device: torch.device, precision: str) -> bool:
+    """The critics' layout that ``network.vmap_critics=auto`` picks: vmapped (one batched
+    matmul for both) on a GPU, and under bf16 matmuls on a CPU with bf16 units (one bf16
+    batched matmul is faster there, and stacked seeds compiled with looped critics in bf16
+    hit an inductor bug, see ``SeedStackedUpdater``); a Python loop on a CPU in float32
+    (each critic's matmuls then run at the full float32 rate, ~15% above a batched matmul
+    of two at batch 256 on one thread)."""
+    bf16 = precision != "highest" and cpu_has_bf16()
+    return device.type != "cpu" or bf16
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -170,6 +191,12 @@ class FunctionalAdam:
                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
             }
+        # the coming step's bias corrections, [1 / (1 - beta1^t), sqrt(1 - beta2^t)], kept
+        # beside the step count: computed inside the compiled step from the step count,
+        # inductor would recompute both powers in every vector of every parameter's loop
+        # (Adam ~1.5x slower on a CPU); read from a tensor, they cost one load
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.coefficients = torch.zeros(2, dtype=torch.float32, device=device)
         self._bind()
 
     def _bind(self) -> None:
@@ -177,6 +204,23 @@ class FunctionalAdam:
         self.steps = [s["step"] for s in states]
         self.exp_avgs = [s["exp_avg"] for s in states]
         self.exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        self._refresh_coefficients()
+
+    @torch.no_grad()
+    def _refresh_coefficients(self) -> None:
+        """:attr:`coefficients` for the step after the current step count (eager)."""
+        if not self.steps:
+            return
+        _, (beta1, beta2) = self._hyper()[:2]
+        self.coefficients.copy_(self._coefficients_for(self.steps[0] + 1, beta1, beta2))
+
+    @staticmethod
+    def _coefficients_for(step: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
+        return torch.stack([1 / (1 - beta1**step), (1 - beta2**step).sqrt()]).to(torch.float32)
+
+    def _hyper(self) -> tuple:
+        group = self.optimizer.param_groups[0]
+        return group["lr"], group["betas"], group["eps"]
 
     def load_state_dict(self, state: dict) -> None:
         """``optimizer.load_state_dict(state)``, its tensors copied into the existing ones."""
@@ -193,11 +237,10 @@ class FunctionalAdam:
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor]) -> None:
-        group = self.optimizer.param_groups[0]
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        lr, (beta1, beta2), eps = self._hyper()
         grads = list(grads)
-        torch._foreach_add_(self.steps, 1)
         if not torch.compiler.is_compiling():
+            torch._foreach_add_(self.steps, 1)
             # eager: PyTorch's fused Adam kernel, what torch.optim.Adam(fused=True) runs; it
             # reads gradients laid out as their parameters (autograd.grad may return a
             # transposed one, where .grad would have been made contiguous)
@@ -216,17 +259,19 @@ class FunctionalAdam:
                 amsgrad=False,
                 maximize=False,
             )
+            self._refresh_coefficients()
             return
-        # compiled: the same update in foreach ops, which inductor fuses
+        # compiled: the same update in foreach ops, which inductor fuses into one loop per
+        # parameter; the bias corrections are this step's coefficients, computed last step
+        inv_bias_correction1, bias_correction2_sqrt = self.coefficients.unbind()
         torch._foreach_lerp_(self.exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(self.exp_avg_sqs, beta2)
         torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, 1 - beta2)
-        step = self.steps[0]  # every parameter of one optimiser steps together
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step).sqrt()
         denom = torch._foreach_sqrt(self.exp_avg_sqs)
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, eps)
         updates = torch._foreach_div(self.exp_avgs, denom)
-        torch._foreach_mul_(updates, -lr / bias_correction1)
+        torch._foreach_mul_(updates, -lr * inv_bias_correction1)
         torch._foreach_add_(self.params, updates)
+        torch._foreach_add_(self.steps, 1)  # every parameter of one optimiser steps together
+        self.coefficients.copy_(self._coefficients_for(self.steps[0] + 1, beta1, beta2))

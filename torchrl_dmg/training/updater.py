@@ -185,9 +185,10 @@ class ActorCriticUpdater:
             # turns dynamic (Dynamo keeps that state per function name and line, private
             # copies included), and vmap cannot batch tensors of symbolic size (torch.cat).
             dynamic = None if self._single_agent else False
+            cpu = self.device.type == "cpu"
 
             def compiled(function):
-                return compile_step(function, backend, private=private, dynamic=dynamic)
+                return compile_step(function, backend, private=private, dynamic=dynamic, cpu=cpu)
 
             if self.steps.critic is not None:  # BC, SAC: no critic step to compile
                 self._critic_step = compiled(self.critic_step)

@@ -103,8 +103,9 @@ def vmap_critics_by_default(device: torch.device, precision: str) -> bool:
     matmul for both) on a GPU, and under bf16 matmuls on a CPU with bf16 units (one bf16
     batched matmul is faster there, and stacked seeds compiled with looped critics in bf16
     hit an inductor bug, see ``SeedStackedUpdater``); a Python loop on a CPU in float32
-    (each critic's matmuls then run at the full float32 rate, ~15% above a batched matmul
-    of two at batch 256 on one thread)."""
+    (each critic's matmuls run at the full float32 rate, ~15% above a batched matmul of two
+    at batch 256 on one thread; for a whole iteration on an AMX Xeon the two layouts are
+    level at one thread and the vmapped one 4% faster at two, docs/benchmarks.md)."""
     bf16 = precision != "highest" and cpu_has_bf16()
     return device.type != "cpu" or bf16
 

@@ -418,3 +418,26 @@ def test_compiled_functional_adam_is_torch_adam_also_after_loading_a_saved_state
         for a, b in zip(torch_adam.param_groups[0]["params"], params, strict=True):
             torch.testing.assert_close(b, a.detach(), rtol=1e-5, atol=1e-6)
     assert float(mine.steps[0]) == resume_at + 4
+
+
+def test_the_package_linear_compiles_to_nn_linear_s_numbers_and_keeps_its_state_dict():
+    """``modules.Linear`` (matmul + bias add when compiled): the same outputs and gradients
+    as ``nn.Linear`` eagerly, and the same parameters, so checkpoints load either way."""
+    from torchrl_dmg.modules import Linear
+
+    torch.manual_seed(0)
+    mine, theirs = Linear(5, 3), torch.nn.Linear(5, 3)
+    theirs.load_state_dict(mine.state_dict())
+    assert list(mine.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(7, 5)
+
+    def forward_backward(layer):
+        out = layer(x).relu().sum()
+        return out, torch.autograd.grad(out, [layer.weight, layer.bias])
+
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        got, got_grads = torch.compile(forward_backward, backend="inductor")(mine)
+    want, want_grads = forward_backward(theirs)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)

@@ -209,15 +209,14 @@ class FunctionalAdam:
 
     @torch.no_grad()
     def _refresh_coefficients(self) -> None:
-        """:attr:`coefficients` for the step after the current step count (eager)."""
+        """:attr:`coefficients` for the step after the current step count (every parameter
+        of one optimiser steps together)."""
         if not self.steps:
             return
-        _, (beta1, beta2) = self._hyper()[:2]
-        self.coefficients.copy_(self._coefficients_for(self.steps[0] + 1, beta1, beta2))
-
-    @staticmethod
-    def _coefficients_for(step: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
-        return torch.stack([1 / (1 - beta1**step), (1 - beta2**step).sqrt()]).to(torch.float32)
+        beta1, beta2 = self.optimizer.param_groups[0]["betas"]
+        step = self.steps[0] + 1
+        coefficients = torch.stack([1 / (1 - beta1**step), (1 - beta2**step).sqrt()])
+        self.coefficients.copy_(coefficients)
 
     def _hyper(self) -> tuple:
         group = self.optimizer.param_groups[0]
@@ -274,5 +273,5 @@ class FunctionalAdam:
         updates = torch._foreach_div(self.exp_avgs, denom)
         torch._foreach_mul_(updates, -lr * inv_bias_correction1)
         torch._foreach_add_(self.params, updates)
-        torch._foreach_add_(self.steps, 1)  # every parameter of one optimiser steps together
-        self.coefficients.copy_(self._coefficients_for(self.steps[0] + 1, beta1, beta2))
+        torch._foreach_add_(self.steps, 1)
+        self._refresh_coefficients()

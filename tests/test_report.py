@@ -252,6 +252,22 @@ def test_an_unfinished_run_says_its_reference_was_not_resolved(tmp_path):
     assert run.score_reference == "data.score_reference=auto (run unfinished)"
 
 
+def test_a_run_in_flight_is_shown_beside_its_finished_seeds_never_pooled_with_them(tmp_path):
+    """A seed at 100k of a 1M run averaged with a finished seed would read as a 1M score."""
+    make_run(tmp_path / "runs", "done", seed=0, scores=80.0)
+    make_run(tmp_path / "runs", "flight", seed=1, scores=20.0, finished=False)
+    cells = build_cells(load_runs([tmp_path / "runs"]))
+    assert [(c.column, c.stats.n, c.stats.mean) for c in cells] == [
+        ("dmg", 1, 80.0),
+        ("dmg (unfinished, at 0.2k steps)", 1, 20.0),
+    ]
+    rows = read_csv(write_report([tmp_path / "runs"], tmp_path / "out").csv)
+    assert {r["column"]: r["mean"] for r in rows if r["dataset"] != "IQM"} == {
+        "dmg": "80.0",
+        "dmg (unfinished, at 0.2k steps)": "20.0",
+    }
+
+
 def test_a_swept_hyperparameter_makes_a_column_per_value(tmp_path):
     for i, lam in enumerate((0.0, 0.5)):
         make_run(tmp_path / "runs", f"r{i}", mixture_coef=lam)

@@ -29,6 +29,7 @@ from torchrl_dmg.report.stats import SeedStats, iqm, stratified_bootstrap_ci, su
 __all__ = [
     "ABLATION_KEYS",
     "ALGO_ORDER",
+    "UNFINISHED",
     "Cell",
     "ColumnIQM",
     "algos",
@@ -87,6 +88,12 @@ VALUE_WORDS: dict[str, dict[Any, str]] = {
 }
 
 
+#: the variant entry that keeps an unfinished run (no ``summary.json`` yet) out of its
+#: configuration's finished seeds: its value is the step of its last evaluation, so a run
+#: in flight is never averaged with runs of the full length
+UNFINISHED = "unfinished"
+
+
 def _fmt_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -100,6 +107,9 @@ def settings_label(
     settings = {**(others or {}), **dict(pairs)}
     shown = []
     for key, value in pairs:
+        if key == UNFINISHED:
+            shown.append(f"unfinished, at {value / 1000:g}k steps")
+            continue
         inert = INERT_SETTINGS.get(key)
         if inert is not None and inert[0] in settings and settings[inert[0]] == inert[1]:
             continue
@@ -192,7 +202,9 @@ def build_cells(
 ) -> list[Cell]:
     """Group seeds by dataset, algorithm and the config keys that vary among that
     dataset's runs of that algorithm; one :class:`Cell` each, sorted by dataset, then
-    algorithm (:data:`ALGO_ORDER` first), then variant values.
+    algorithm (:data:`ALGO_ORDER` first), then variant values. An unfinished run is a
+    variant of its own, by the step of its last evaluation (:data:`UNFINISHED`): a seed
+    in flight is shown beside its configuration's finished seeds, never pooled with them.
 
     Raises:
         RunRefused: one seed of one cell comes from two run directories (unless
@@ -207,7 +219,10 @@ def build_cells(
         keys = varying_keys(group)
         by_variant: dict[tuple, list[SeedRun]] = defaultdict(list)
         for run in group:
-            by_variant[tuple((k, run.value(k)) for k in keys)].append(run)
+            variant = tuple((k, run.value(k)) for k in keys)
+            if not run.finished:
+                variant += ((UNFINISHED, run.steps),)
+            by_variant[variant].append(run)
         for variant, members in by_variant.items():
             members.sort(key=lambda r: (r.seed, str(r.run_dir)))
             if refuse_repeats:

@@ -280,18 +280,14 @@ class ActorCriticUpdater:
     def _dynamo_context(
         self, batch: TensorDictBase, entry: str = "update", function: str = "update_many"
     ) -> contextlib.AbstractContextManager:
-        """What the compiled steps run under: the tracing of ``torch.autograd.grad`` and,
-        with ``skip_guards``, no guard evaluation once the compiled ``function`` (``critic``,
-        ``full``, ``critic_only``, ``update_many``) has been called ``guard_warmup`` times by
-        this updater (a resumed run warms up again), and ``batch`` matched the warm-up's
-        batches of its ``entry`` point."""
-        if self.mode == "eager":
+        """What the compiled steps run under: with ``skip_guards``, no guard evaluation once
+        the compiled ``function`` (``critic``, ``full``, ``critic_only``, ``update_many``)
+        has been called ``guard_warmup`` times by this updater (a resumed run warms up
+        again), and ``batch`` matched the warm-up's batches of its ``entry`` point. (The
+        tracing of ``torch.autograd.grad`` is on for the process: :func:`prepare_compile`.)"""
+        if self.mode == "eager" or not self.skip_guards:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        # torch.autograd.grad traced into the step's graph
-        stack.enter_context(torch._dynamo.config.patch(trace_autograd_ops=True))
-        if not self.skip_guards:
-            return stack
         signature = [
             (key, value.shape, value.dtype, value.device)
             for key, value in batch.items(include_nested=True, leaves_only=True)

@@ -441,3 +441,34 @@ def test_the_package_linear_compiles_to_nn_linear_s_numbers_and_keeps_its_state_
     torch.testing.assert_close(got, want)
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("mode", [*MODES, FAST])
+def test_the_update_s_finite_flag_is_true_until_a_metric_is_not_and_never_a_metric(mode):
+    """The NaN guard reads the flag the compiled step computes (``last_finite``), not each
+    metric: it must turn false at the first non-finite loss, on the critic-only and the
+    actor iterations and in ``update_many``, and stay out of the returned metrics."""
+    from torchrl_dmg.errors import TrainingDiverged
+    from torchrl_dmg.training.guards import FiniteGuard
+    from torchrl_dmg.training.updater import FINITE_KEY
+
+    device = device_for(mode)
+    updater = make_updater(make_loss(device), mode, policy_freq=2)
+    guard = FiniteGuard("unused.pt")
+    for step in range(1, 5):  # critic-only iterations and ones with the actor step
+        metrics = updater.update(make_batch(step, device=device))
+        assert FINITE_KEY not in metrics.keys() and bool(updater.last_finite)
+        guard(step, metrics, updater.last_finite)
+    many = updater.update_many(torch.stack([make_batch(s, device=device) for s in (5, 6)]))
+    assert FINITE_KEY not in many["critic"].keys() and FINITE_KEY not in many["actor"].keys()
+    assert bool(updater.last_finite)
+    bad = make_batch(7, device=device)
+    bad["next", "reward"][0] = float("inf")  # the critic's target and loss become inf
+    metrics = updater.update(bad)  # iteration 7: critic-only
+    assert "loss_actor" not in metrics.keys() and not bool(updater.last_finite)
+    with pytest.raises(TrainingDiverged, match="diverged at step 7: "):
+        guard(7, metrics, updater.last_finite)
+    metrics = updater.update(bad)  # iteration 8: the flag joins the critic and actor steps
+    assert "loss_actor" in metrics.keys() and not bool(updater.last_finite)
+    many = updater.update_many(torch.stack([make_batch(9, device=device), bad]))
+    assert not bool(updater.last_finite)

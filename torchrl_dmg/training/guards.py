@@ -38,10 +38,20 @@ class FiniteGuard:
         self.checkpoint = Path(checkpoint)
         self.interval = int(interval)
 
-    def __call__(self, step: int, metrics: Mapping[str, torch.Tensor]) -> None:
+    def __call__(
+        self,
+        step: int,
+        metrics: Mapping[str, torch.Tensor],
+        finite: torch.Tensor | None = None,
+    ) -> None:
         """Raise :class:`TrainingDiverged` when a floating-point entry of ``metrics`` (the
-        update's losses and diagnostics) holds a NaN or an infinity."""
+        update's losses and diagnostics) holds a NaN or an infinity. ``finite``: the
+        update's own all-finite flag (:attr:`ActorCriticUpdater.last_finite`, computed
+        inside the compiled step); when it is true the metrics are not looked at one by one
+        (one host read instead of a reduction per metric)."""
         if step % self.interval:
+            return
+        if finite is not None and bool(finite.all()):
             return
         values = {
             k: v

@@ -48,8 +48,8 @@ def train_offline(
     Without a batch estimate (``state_action_value``) the diagnostic's ``q_data_mean`` is
     checked. With ``stop_on_q_out_of_bounds`` it stops the run (``guard.out_of_bounds``).
 
-    ``guard(step, metrics)`` (:class:`~torchrl_dmg.training.guards.FiniteGuard`) runs after
-    every update call; ``stop`` (:class:`~torchrl_dmg.training.guards.StopRequest`) is
+    ``guard(step, metrics, updater.last_finite)``
+    (:class:`~torchrl_dmg.training.guards.FiniteGuard`) runs after every update call; ``stop`` (:class:`~torchrl_dmg.training.guards.StopRequest`) is
     checked at every iteration boundary (SIGTERM / SIGINT: checkpoint, then stop).
 
     ``diagnostic() -> dict`` (:class:`~torchrl_dmg.training.diagnostics.OverestimationDiagnostic`):
@@ -70,7 +70,7 @@ def train_offline(
         step += per_call
         bar.update(per_call)
         if guard is not None:
-            guard(step, metrics)
+            guard(step, metrics, updater.last_finite)
         if step % log_interval == 0:
             train_time += time.perf_counter() - t0
             row = _train_row(metrics, updater.actor_lr, log_interval / max(train_time, 1e-9))

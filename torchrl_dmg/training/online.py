@@ -169,7 +169,8 @@ def _updates(
         metrics = updater.update(buffer.sample())
         state.update_step += 1
         if guard is not None:
-            guard(state.update_step, metrics)  # a NaN/inf loss or Q: stop now, name the step
+            # a NaN/inf loss or Q: stop now, name the step
+            guard(state.update_step, metrics, updater.last_finite)
     return metrics
 
 

@@ -41,7 +41,12 @@ from torchrl_dmg.training.steps import (
     steps_for,
 )
 
-__all__ = ["ActorCriticUpdater", "DMGUpdater", "UpdateMode"]
+__all__ = ["FINITE_KEY", "ActorCriticUpdater", "DMGUpdater", "UpdateMode"]
+
+#: an iteration's all-finite flag (a bool tensor), computed inside the compiled step and
+#: taken out of the metrics before they are returned (:attr:`ActorCriticUpdater.last_finite`):
+#: the NaN guard then reads one flag, not every metric (~2% of a CPU iteration)
+FINITE_KEY = "all_finite"
 
 
 class ActorCriticUpdater:
@@ -156,6 +161,10 @@ class ActorCriticUpdater:
         self.tau = tau
         self.target_updater = self._make_target_updater()
         self.num_updates = 0
+        #: whether every metric of the last :meth:`update` / :meth:`update_many` call was
+        #: finite (a bool tensor, one per stacked seed), for the NaN guard; ``None`` when
+        #: the steps reported none (a loss with no metrics)
+        self.last_finite: torch.Tensor | None = None
         self._build_steps(compile_backend)
 
     def _build_steps(self, compile_backend: str | None) -> None:
@@ -261,12 +270,12 @@ class ActorCriticUpdater:
         only: that is what a CUDA graph copies in and out at each replay."""
         if self.steps.critic is None:
             return TensorDict()
-        return self.steps.critic(self, batch)
+        return _flag_finite(self.steps.critic(self, batch))
 
     def actor_step(self, batch: TensorDict) -> TensorDict:
         """The loss's actor step then the Polyak update of the targets; ``batch`` carries
         the critic step's ``CARRY_PREFIX`` entries."""
-        return self.steps.actor(self, batch)
+        return _flag_finite(self.steps.actor(self, batch))
 
     def full_step(self, batch: TensorDict) -> TensorDict:
         """An iteration with an actor step: the critic step, then the actor step and the
@@ -274,7 +283,12 @@ class ActorCriticUpdater:
         entries); returns every metric of both."""
         metrics = self.critic_step(batch)
         carry = _pop_carry(metrics)
+        critic_finite = metrics.pop(FINITE_KEY, None)
         metrics.update(self.actor_step(batch.copy().update(carry)))
+        if critic_finite is not None:
+            actor_finite = metrics.get(FINITE_KEY, None)
+            both = critic_finite if actor_finite is None else actor_finite & critic_finite
+            metrics.set(FINITE_KEY, both)
         return metrics
 
     def _dynamo_context(
@@ -350,6 +364,7 @@ class ActorCriticUpdater:
         step = self._critic_step if self._critic_only_step is None else self._critic_only_step
         metrics = step(batch)
         _pop_carry(metrics)
+        self.last_finite = metrics.pop(FINITE_KEY, None)
         self.num_updates += 1
         return metrics
 
@@ -358,10 +373,11 @@ class ActorCriticUpdater:
         if self.num_updates % self.policy_freq:
             metrics = self._critic_step(batch)
             _pop_carry(metrics)
-            return metrics
-        metrics = self._full_step(batch)
-        if self.scheduler is not None:
-            self.scheduler.step()
+        else:
+            metrics = self._full_step(batch)
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.last_finite = metrics.pop(FINITE_KEY, None)
         return metrics
 
     #: the actor's learning rates for the actor steps of an :meth:`update_many` call
@@ -435,6 +451,9 @@ class ActorCriticUpdater:
         except torch._dynamo.exc.BackendCompilerFailed as err:
             self._fall_back_to_eager(err)
             return self.update_many(batches)
+        flags = [metrics[part].pop(FINITE_KEY, None) for part in ("critic", "actor")]
+        flags = [f.flatten() for f in flags if f is not None]
+        self.last_finite = torch.cat(flags).all() if flags else None
         self.num_updates += num
         if self.scheduler is not None:  # its state, as num_actor scheduler.step() leave it
             self.scheduler.last_epoch += num_actor
@@ -498,6 +517,22 @@ class ActorCriticUpdater:
             for group in optimizer.param_groups:
                 lr = float(group["lr"])
                 group["lr"] = torch.tensor(lr, device=self.device) if self.mode != "eager" else lr
+
+
+def _flag_finite(metrics: TensorDict) -> TensorDict:
+    """``metrics`` with :data:`FINITE_KEY`: whether every floating-point metric (not the
+    carried entries) is finite, per stacked seed where the metrics have a seed dimension.
+    Inside a compiled step this is a few fused reductions."""
+    values = [
+        v
+        for k, v in metrics.items()
+        if not k.startswith(CARRY_PREFIX) and torch.is_tensor(v) and v.is_floating_point()
+    ]
+    if values:
+        dims = metrics.batch_dims
+        finite = [torch.isfinite(v).flatten(dims).all(-1) for v in values]
+        metrics.set(FINITE_KEY, torch.stack(finite).all(0))
+    return metrics
 
 
 def _pop_carry(metrics: TensorDict) -> dict[str, torch.Tensor]:

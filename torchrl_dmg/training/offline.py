@@ -49,8 +49,9 @@ def train_offline(
     checked. With ``stop_on_q_out_of_bounds`` it stops the run (``guard.out_of_bounds``).
 
     ``guard(step, metrics, updater.last_finite)``
-    (:class:`~torchrl_dmg.training.guards.FiniteGuard`) runs after every update call; ``stop`` (:class:`~torchrl_dmg.training.guards.StopRequest`) is
-    checked at every iteration boundary (SIGTERM / SIGINT: checkpoint, then stop).
+    (:class:`~torchrl_dmg.training.guards.FiniteGuard`) runs after every update call;
+    ``stop`` (:class:`~torchrl_dmg.training.guards.StopRequest`) is checked at every
+    iteration boundary (SIGTERM / SIGINT: checkpoint, then stop).
 
     ``diagnostic() -> dict`` (:class:`~torchrl_dmg.training.diagnostics.OverestimationDiagnostic`):
     entries added to every logged row."""

@@ -280,7 +280,8 @@ class ActorCriticUpdater:
     def full_step(self, batch: TensorDict) -> TensorDict:
         """An iteration with an actor step: the critic step, then the actor step and the
         target update on the same batch (with the critic step's ``CARRY_PREFIX``
-        entries); returns every metric of both."""
+        entries); returns every metric of both, and one :data:`FINITE_KEY` flag for both
+        (:meth:`critic_step` and :meth:`actor_step` each add theirs)."""
         metrics = self.critic_step(batch)
         carry = _pop_carry(metrics)
         critic_finite = metrics.pop(FINITE_KEY, None)

@@ -321,6 +321,50 @@ def test_stacked_policy_acts_as_each_agent_in_its_block_of_envs():
         stacked.policy()(TensorDict({"observation": torch.randn(5, OBS)}, batch_size=[5]))
 
 
+@pytest.mark.parametrize("algo", ["dmg", "iql"])
+def test_a_stacked_policy_leaves_the_shared_actor_as_it_was(algo):
+    """Acting leaves the skeleton actor's parameters the very tensors they were, with
+    their ``requires_grad``: ``to_module`` under ``vmap`` once left them without it, and a
+    compiled stacked update, which guards on them, recompiled after the first evaluation.
+    IQL's stochastic actor acts with its deterministic action, as each agent alone."""
+    from test_baselines import make_loss as make_baseline_loss
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    from torchrl_dmg.training import SeedStackedUpdater
+
+    build = make_loss if algo == "dmg" else (lambda seed: make_baseline_loss(algo, seed))
+    losses = [build(s) for s in (0, 1)]
+    stacked = SeedStackedUpdater(losses)
+    actor = stacked.loss.actor_network
+    before = {name: (p, p.requires_grad) for name, p in actor.named_parameters()}
+    obs = torch.randn(2 * 3, OBS)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        td = stacked.policy()(TensorDict({"observation": obs}, batch_size=[6]))
+        for i, loss in enumerate(losses):
+            alone = ParamsPolicy(loss.actor_network, loss.actor_network_params)
+            expected = alone(TensorDict({"observation": obs[3 * i : 3 * i + 3]}, [3]))
+            torch.testing.assert_close(td["action"][3 * i : 3 * i + 3], expected["action"])
+    after = {name: (p, p.requires_grad) for name, p in actor.named_parameters()}
+    assert before.keys() == after.keys()
+    for name, (param, grad) in before.items():
+        assert after[name][0] is param and after[name][1] == grad, name
+
+
+def test_a_compiled_stacked_update_does_not_recompile_after_an_evaluation():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    stacked = SeedStackedDMGUpdater([make_loss(s) for s in (0, 1)], mode="compile")
+    batch = torch.stack([make_batch(seed=0), make_batch(seed=1)])
+    for _ in range(2):  # the critic iteration and the critic+actor iteration
+        stacked.update(batch)
+    stacked.policy()(TensorDict({"observation": torch.randn(4, OBS)}, batch_size=[4]))
+    for _ in range(2):
+        stacked.update(batch)
+    assert counters["stats"]["unique_graphs"] == 2
+
+
 def test_one_agent_of_a_stack_continues_alone_exactly():
     """unstack_updater_state: agent 1's weights, targets and Adam moments, as a single
     DMGUpdater state; training it alone then matches training it inside the stack."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import (
     InteractionType,
     TensorDictModule,
@@ -306,7 +306,12 @@ class ParamsPolicy(TensorDictModuleBase):
 
 class SeedStackedPolicy(ParamsPolicy):
     """``N`` stacked actors (``params`` of batch size ``[N]``) acting in one batched env:
-    its ``N * E`` copies are split in consecutive blocks of ``E``, one block per agent."""
+    its ``N * E`` copies are split in consecutive blocks of ``E``, one block per agent.
+
+    The actor runs under ``torch.func.functional_call`` inside ``vmap``, over plain
+    tensors: the shared actor module is left exactly as it was. (``to_module`` under
+    ``vmap`` put back its parameters with ``requires_grad=False``: a compiled stacked
+    update guards on them, and recompiled after the first evaluation, ~35 s a run.)"""
 
     @torch.no_grad()
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -316,14 +321,24 @@ class SeedStackedPolicy(ParamsPolicy):
                 f"{n} stacked agents need a batched env with a multiple of {n} copies, "
                 f"got batch size {list(tensordict.batch_size)}."
             )
-        inputs = tensordict.select(*self.actor.in_keys).reshape(n, -1)
+        flat = self.params.flatten_keys(".")
+        names, leaves = list(flat.keys()), list(flat.values())
+        in_keys = self.in_keys
+        inputs = [tensordict.get(key) for key in in_keys]
+        inputs = [x.reshape(n, -1, *x.shape[1:]) for x in inputs]
 
-        def one_agent(params: TensorDictBase, inputs: TensorDictBase) -> TensorDictBase:
-            with params.to_module(self.actor):
-                return self.actor(inputs)
+        def one_agent(leaves: list[torch.Tensor], inputs: list[torch.Tensor]) -> dict:
+            agent_inputs = TensorDict(batch_size=inputs[0].shape[:1])
+            for key, value in zip(in_keys, inputs, strict=True):
+                agent_inputs.set(key, value)
+            params = dict(zip(names, leaves, strict=True))
+            out = torch.func.functional_call(self.actor, params, (agent_inputs,))
+            return {k: out.get(k) for k in out.keys(True, True) if k not in in_keys}
 
-        outputs = torch.vmap(one_agent, (0, 0))(self.params, inputs)
-        return tensordict.update(outputs.reshape(tensordict.shape))
+        outputs = torch.vmap(one_agent, (0, 0))(leaves, inputs)
+        for key, value in outputs.items():
+            tensordict.set(key, value.reshape(-1, *value.shape[2:]))
+        return tensordict
 
 
 class RolloutActor(ParamsPolicy):

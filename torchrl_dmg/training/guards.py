@@ -20,6 +20,7 @@ import torch
 
 from torchrl_dmg.errors import RunInterrupted, TrainingDiverged
 from torchrl_dmg.training.checkpoint import previous_path
+from torchrl_dmg.training.steps import checked_metrics
 
 
 class FiniteGuard:
@@ -44,20 +45,17 @@ class FiniteGuard:
         metrics: Mapping[str, torch.Tensor],
         finite: torch.Tensor | None = None,
     ) -> None:
-        """Raise :class:`TrainingDiverged` when a floating-point entry of ``metrics`` (the
-        update's losses and diagnostics) holds a NaN or an infinity. ``finite``: the
-        update's own all-finite flag (:attr:`ActorCriticUpdater.last_finite`, computed
-        inside the compiled step); when it is true the metrics are not looked at one by one
-        (one host read instead of a reduction per metric)."""
+        """Raise :class:`TrainingDiverged` when a checked entry of ``metrics`` (the
+        update's losses and diagnostics: :func:`~torchrl_dmg.training.steps.checked_metrics`)
+        holds a NaN or an infinity. ``finite``: the update's own all-finite flag
+        (:attr:`ActorCriticUpdater.last_finite`, computed inside the compiled step); when it
+        is true the metrics are not looked at one by one (one host read instead of a
+        reduction per metric)."""
         if step % self.interval:
             return
         if finite is not None and bool(finite.all()):
             return
-        values = {
-            k: v
-            for k, v in metrics.items()
-            if torch.is_tensor(v) and v.is_floating_point() and not k.startswith("_")
-        }
+        values = checked_metrics(metrics)
         if not values:
             return
         finite = torch.stack([torch.isfinite(v).all() for v in values.values()])

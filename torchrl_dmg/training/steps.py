@@ -49,12 +49,25 @@ from torchrl_dmg.objectives import DMGLoss
 if TYPE_CHECKING:
     from torchrl_dmg.training.updater import ActorCriticUpdater
 
-__all__ = ["CARRY_PREFIX", "LossSteps", "loss_method", "steps_for"]
+__all__ = ["CARRY_PREFIX", "LossSteps", "checked_metrics", "loss_method", "steps_for"]
 
 #: critic-step outputs whose key starts with this are not metrics: they are handed to
 #: the actor step of the same iteration (DMG's ``min_i Q_θi'(s, a)``) and then dropped
 CARRY_PREFIX = "_"
 TARGET_Q_KEY = "_target_min_q"
+
+
+def checked_metrics(metrics) -> dict[str, torch.Tensor]:
+    """The entries of a step's metrics (a TensorDict or a mapping) that the NaN stop
+    checks: floating-point tensors, the carried entries (``CARRY_PREFIX``) left out. One
+    rule for the update's in-graph all-finite flag and for
+    :class:`~torchrl_dmg.training.guards.FiniteGuard`, which names the culprit."""
+    return {
+        k: v
+        for k, v in metrics.items()
+        if not k.startswith(CARRY_PREFIX) and torch.is_tensor(v) and v.is_floating_point()
+    }
+
 
 Step = Callable[["ActorCriticUpdater", TensorDictBase], TensorDict]
 

@@ -37,6 +37,7 @@ from torchrl_dmg.training.steps import (
     CARRY_PREFIX,
     TARGET_Q_KEY,
     LossSteps,
+    checked_metrics,
     loss_method,
     steps_for,
 )
@@ -521,14 +522,11 @@ class ActorCriticUpdater:
 
 
 def _flag_finite(metrics: TensorDict) -> TensorDict:
-    """``metrics`` with :data:`FINITE_KEY`: whether every floating-point metric (not the
-    carried entries) is finite, per stacked seed where the metrics have a seed dimension.
-    Inside a compiled step this is a few fused reductions."""
-    values = [
-        v
-        for k, v in metrics.items()
-        if not k.startswith(CARRY_PREFIX) and torch.is_tensor(v) and v.is_floating_point()
-    ]
+    """``metrics`` with :data:`FINITE_KEY`: whether every checked metric
+    (:func:`~torchrl_dmg.training.steps.checked_metrics`) is finite, per stacked seed
+    where the metrics have a seed dimension. Inside a compiled step this is a few fused
+    reductions."""
+    values = list(checked_metrics(metrics).values())
     if values:
         dims = metrics.batch_dims
         finite = [torch.isfinite(v).flatten(dims).all(-1) for v in values]

@@ -82,8 +82,9 @@ class ActorCriticUpdater:
         compile_backend: ``torch.compile`` backend. Default: ``"inductor"``.
         matmul_precision: ``"highest"`` (float32), or ``"high"`` / ``"medium"``: bf16
             matmuls on a CPU that has bf16 units (the losses under ``torch.autocast``; see
-            :func:`~torchrl_dmg.training.compile.autocast_dtype`). On a GPU TF32 is set
-            process-wide by ``torch.set_float32_matmul_precision``, not here.
+            :func:`~torchrl_dmg.training.compile.autocast_dtype`); ~2x faster, and it can
+            change scores (docs/recipes.md). On a GPU TF32 is set process-wide by
+            ``torch.set_float32_matmul_precision``, not here.
         skip_guards: ``mode="compile"`` only, for a host-bound update (a CPU): after
             ``guard_warmup`` iterations, Dynamo's guards are no longer evaluated
             before each call (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).

@@ -443,6 +443,65 @@ def test_the_package_linear_compiles_to_nn_linear_s_numbers_and_keeps_its_state_
         torch.testing.assert_close(g, w)
 
 
+def test_the_bias_add_pass_splits_an_addmm_only_where_its_users_are_element_wise():
+    """``unfused_bias_add_pass``: ``relu(addmm(b, x, w))`` becomes ``relu(mm(x, w) + b)``
+    (the add then joins the ReLU's loop); an ``addmm`` feeding a reduction, or a scaled one,
+    stays whole; the graph computes the same numbers."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torchrl_dmg.training.compile import unfused_bias_add_pass
+
+    aten = torch.ops.aten
+
+    def f(b, x, w, b2, w2):
+        hidden = aten.addmm(b, x, w).relu()
+        return aten.addmm(b2, hidden, w2).sum(), aten.addmm(b, x, w, beta=2).relu()
+
+    args = (torch.randn(4), torch.randn(3, 5), torch.randn(5, 4), torch.randn(2), torch.randn(4, 2))
+    gm = make_fx(f)(*args)
+    want = gm(*args)
+    unfused_bias_add_pass()(gm.graph)
+    gm.recompile()
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets.count(aten.addmm.default) == 2  # the reduction's and the scaled one
+    assert targets.count(aten.mm.default) == 1
+    relu = next(n for n in gm.graph.nodes if n.target == aten.relu.default)
+    assert relu.args[0].target == aten.add.Tensor
+    for got, expected in zip(gm(*args), want, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_a_compiled_linear_relu_on_a_cpu_copies_no_bias_into_its_output():
+    """What the pass is for: ATen's CPU ``addmm`` copies the bias into every row of its
+    output before the product; the compiled step (``compile_step(cpu=True)``) runs none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from torchrl_dmg.training.compile import compile_step, prepare_compile
+
+    prepare_compile()
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    x = torch.randn(32, 8)
+
+    class Step:
+        def run(self, x):
+            out = layers(x).relu().square().mean()  # detached, as the update's metrics
+            return out.detach(), torch.autograd.grad(out, list(layers.parameters()))
+
+    step = compile_step(Step().run, "inductor", private=True, cpu=True)
+    got = step(x)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step(x)
+    copies = [
+        e for e in prof.events() if e.name == "aten::copy_" and e.input_shapes[:1] == [[32, 64]]
+    ]
+    assert copies == []
+    want = Step().run(x)
+    torch.testing.assert_close(got[0], want[0])
+    for g, w in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(g, w)
+
+
 @pytest.mark.parametrize("mode", [*MODES, FAST])
 def test_the_update_s_finite_flag_is_true_until_a_metric_is_not_and_never_a_metric(mode):
     """The NaN guard reads the flag the compiled step computes (``last_finite``), not each

@@ -35,10 +35,12 @@ from torchrl.modules import (
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state dict) whose compiled form is a matmul then a
-    bias add. Inductor fuses that add into the activation's loop; as one ``addmm`` on a CPU,
-    ATen first copies the bias into every row of the output, a separate pass over it (~4%
-    of a float32 DMG iteration at batch 256, more under bf16). Eager calls are
-    ``nn.Linear``'s."""
+    bias add, also when vmapped over stacked agents. Eager calls are ``nn.Linear``'s.
+
+    For a single agent inductor folds the two back into one ``addmm``, which on a CPU first
+    copies the bias into every row of the output (a separate pass over it); the update's
+    compiled steps split it again where the add can join the activation's loop
+    (:func:`~torchrl_dmg.training.compile.unfused_bias_add_pass`)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.bias is not None and torch.compiler.is_compiling():

@@ -307,6 +307,39 @@ def test_device_sampler_draws_dataset_rows_per_seed():
         DeviceSampler(data, batch_size=0)
 
 
+@pytest.mark.parametrize("num_seeds, num", [(None, None), (3, None), (None, 4), (2, 4)])
+def test_device_sampler_batches_are_the_dataset_indexed_by_the_same_draw(num_seeds, num):
+    """The leaf-by-leaf batch equals ``data[index]`` for the same seeded draw: every key
+    (nested ones too), dtype, batch size and value; a dataset whose leaves are not plain
+    tensors is indexed as a whole."""
+    from torchrl_dmg.data.samplers import _tensor_leaves
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDict(
+        {
+            "observation": torch.randn(50, 3, generator=g),
+            "action": torch.randn(50, 2, generator=g),
+            "next": {"reward": torch.randn(50, 1, generator=g), "done": torch.rand(50, 1) > 0.5},
+        },
+        batch_size=[50],
+    )
+    sampler = DeviceSampler(data, batch_size=8, num_seeds=num_seeds)
+    assert sampler._leaves is not None
+    shape = sampler.shape if num is None else (num, *sampler.shape)
+    torch.manual_seed(3)
+    got = sampler.sample(num)
+    torch.manual_seed(3)
+    want = data[torch.randint(len(data), shape)]
+    assert got.batch_size == want.batch_size == torch.Size(shape)
+    assert set(got.keys(True, True)) == set(want.keys(True, True))
+    for key in want.keys(True, True):
+        assert got.get(key).dtype == want.get(key).dtype
+        assert torch.equal(got.get(key), want.get(key)), key
+    lazy = TensorDict.lazy_stack(list(data.unbind(0)), 0)  # rows as separate TensorDicts
+    assert _tensor_leaves(lazy) is None
+    assert DeviceSampler(lazy, batch_size=8).sample().batch_size == torch.Size([8])
+
+
 def test_stacked_policy_acts_as_each_agent_in_its_block_of_envs():
     losses = [make_loss(s) for s in (0, 1, 2)]
     stacked = SeedStackedDMGUpdater(losses)

@@ -213,6 +213,28 @@ def test_loaded_learning_rate_takes_the_kind_the_mode_needs(saved, loaded):
         assert b.optim_actor.param_groups[0]["lr"] is lr_object
 
 
+@pytest.mark.parametrize("mode", ["eager", FAST])
+def test_the_actor_s_cosine_schedule_follows_torch_s_cosine_annealing(mode):
+    """The updater moves the actor's lr by the closed form (one float, written in place on
+    a compiled step's tensor) instead of ``CosineAnnealingLR.step``: the same learning rates
+    as PyTorch's scheduler stepped once per actor update, past its horizon too, and the
+    scheduler's state as those steps leave it (what a checkpoint keeps)."""
+    updater = make_updater(make_loss(), mode, policy_freq=2, actor_cosine_steps=3)
+    lr_object = updater.optim_actor.param_groups[0]["lr"]
+    param = torch.nn.Parameter(torch.zeros(1))
+    torch_lr = torch.optim.Adam([param], lr=3e-4)
+    theirs = torch.optim.lr_scheduler.CosineAnnealingLR(torch_lr, T_max=3)
+    for step in range(1, 11):  # 5 actor updates: past T_max = 3, where the cosine rises
+        updater.update(make_batch(step))
+        if step % 2 == 0:
+            theirs.step()
+        assert updater.actor_lr == pytest.approx(theirs.get_last_lr()[0], rel=1e-6, abs=1e-12)
+    assert updater.scheduler.state_dict()["last_epoch"] == theirs.last_epoch == 5
+    assert updater.scheduler.state_dict()["_step_count"] == theirs._step_count
+    if mode != "eager":  # the tensor a compiled step reads, updated in place
+        assert updater.optim_actor.param_groups[0]["lr"] is lr_object
+
+
 def stacked_batches(num: int, device="cpu", first_seed: int = 0) -> TensorDict:
     return torch.stack([make_batch(seed=first_seed + k, device=device) for k in range(num)])
 
@@ -443,10 +465,11 @@ def test_the_package_linear_compiles_to_nn_linear_s_numbers_and_keeps_its_state_
         torch.testing.assert_close(g, w)
 
 
-def test_the_bias_add_pass_splits_an_addmm_only_where_its_users_are_element_wise():
+def test_the_bias_add_pass_splits_every_unscaled_addmm_and_keeps_the_numbers():
     """``unfused_bias_add_pass``: ``relu(addmm(b, x, w))`` becomes ``relu(mm(x, w) + b)``
-    (the add then joins the ReLU's loop); an ``addmm`` feeding a reduction, or a scaled one,
-    stays whole; the graph computes the same numbers."""
+    (the add then joins the ReLU's loop), an ``addmm`` feeding a reduction becomes
+    ``mm + b`` too (its add a loop of its own), a scaled one stays whole; the graph
+    computes the same numbers."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from torchrl_dmg.training.compile import unfused_bias_add_pass
@@ -463,17 +486,22 @@ def test_the_bias_add_pass_splits_an_addmm_only_where_its_users_are_element_wise
     unfused_bias_add_pass()(gm.graph)
     gm.recompile()
     targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
-    assert targets.count(aten.addmm.default) == 2  # the reduction's and the scaled one
-    assert targets.count(aten.mm.default) == 1
+    assert targets.count(aten.addmm.default) == 1  # the scaled one
+    assert targets.count(aten.mm.default) == 2
     relu = next(n for n in gm.graph.nodes if n.target == aten.relu.default)
     assert relu.args[0].target == aten.add.Tensor
+    total = next(n for n in gm.graph.nodes if n.target == aten.sum.default)
+    assert total.args[0].target == aten.add.Tensor
+    assert total.args[0].args[0].target == aten.mm.default
     for got, expected in zip(gm(*args), want, strict=True):
         torch.testing.assert_close(got, expected)
 
 
 def test_a_compiled_linear_relu_on_a_cpu_copies_no_bias_into_its_output():
     """What the pass is for: ATen's CPU ``addmm`` copies the bias into every row of its
-    output before the product; the compiled step (``compile_step(cpu=True)``) runs none."""
+    output before the product; the compiled step (``compile_step(cpu=True)``) runs none,
+    neither for a hidden layer nor for 1-wide heads whose outputs meet in a ``min`` (a
+    double critic's last layers)."""
     from torch.profiler import ProfilerActivity, profile
 
     from torchrl_dmg.training.compile import compile_step, prepare_compile
@@ -481,21 +509,27 @@ def test_a_compiled_linear_relu_on_a_cpu_copies_no_bias_into_its_output():
     prepare_compile()
     torch.manual_seed(0)
     layers = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    heads = torch.nn.ModuleList([torch.nn.Linear(64, 1), torch.nn.Linear(64, 1)])
+    params = [*layers.parameters(), *heads.parameters()]
     x = torch.randn(32, 8)
 
     class Step:
         def run(self, x):
-            out = layers(x).relu().square().mean()  # detached, as the update's metrics
-            return out.detach(), torch.autograd.grad(out, list(layers.parameters()))
+            hidden = layers(x).relu()
+            q = torch.stack([head(hidden) for head in heads]).amin(0)
+            out = q.square().mean()  # detached, as the update's metrics
+            return out.detach(), torch.autograd.grad(out, params)
 
     step = compile_step(Step().run, "inductor", private=True, cpu=True)
     got = step(x)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step(x)
+    # addmm's bias copy: an expand of the bias, then a copy_ into the output
+    broadcasts = [e.input_shapes[0] for e in prof.events() if e.name == "aten::expand"]
     copies = [
         e for e in prof.events() if e.name == "aten::copy_" and e.input_shapes[:1] == [[32, 64]]
     ]
-    assert copies == []
+    assert broadcasts == [] and copies == []
     want = Step().run(x)
     torch.testing.assert_close(got[0], want[0])
     for g, w in zip(got[1], want[1], strict=True):

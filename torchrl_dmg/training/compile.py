@@ -86,20 +86,23 @@ def compile_step(
 
 def unfused_bias_add_pass():
     """An inductor post-grad pass for CPU graphs, or ``None`` where this torch lacks the
-    hooks it needs: each ``addmm(bias, x, w)`` whose users are all element-wise becomes
-    ``mm(x, w) + bias``, the add then fused into its users' loop (the activation).
+    hooks it needs: each unscaled ``addmm(bias, x, w)`` becomes ``mm(x, w) + bias``; where
+    the users are element-wise (the activation) the add joins their loop, elsewhere it is a
+    loop of its own.
 
     On a CPU, ATen's ``addmm`` first copies the broadcast bias into every row of its output
-    and then accumulates the product onto it: a separate pass over the output. Inductor
+    and then accumulates the product onto it: a separate pass over the output, and for the
+    1-wide outputs of the critics' and the value network's last layers an ``expand``, a
+    ``copy_`` and a ``clone`` through the dispatcher, each a few microseconds. Inductor
     folds ``mm + bias`` back into ``addmm`` on every device and undoes it only on GPUs
     (``unfuse_bias_add_to_pointwise``); this pass does on a CPU what that one does on a
-    GPU. In a float32 DMG iteration at batch 256 on one thread it removes 22 copies of a
-    256x256 output (~300 us of profiler time) and the iteration takes ~2.4% less
-    (docs/benchmarks.md). Numbers: the product and the bias are added in another order
-    (float rounding)."""
+    GPU, and more. In a float32 DMG iteration at batch 256 on one thread, splitting the
+    ``addmm``s with element-wise users removed 22 copies of a 256x256 output (~2.4% of an
+    iteration); splitting the rest too (the last layers, whose outputs feed a ``min`` or a
+    ``stack``) gained another ~1.5-2% (docs/benchmarks.md). Numbers: the product and the
+    bias are added in another order (float rounding)."""
     try:
         from torch._inductor.custom_graph_pass import CustomGraphPass
-        from torch._inductor.utils import is_pointwise_use
     except ImportError:  # another torch: inductor's own choice stands
         return None
 
@@ -109,7 +112,7 @@ def unfused_bias_add_pass():
             for node in list(graph.find_nodes(op="call_function", target=addmm)):
                 bias, mat1, mat2 = node.args[:3]
                 scaled = node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1
-                if scaled or not node.users or not all(map(is_pointwise_use, node.users)):
+                if scaled or not node.users:
                     continue
                 with graph.inserting_before(node):
                     product = graph.call_function(torch.ops.aten.mm.default, (mat1, mat2))
@@ -120,7 +123,7 @@ def unfused_bias_add_pass():
                 graph.erase_node(node)
 
         def uuid(self) -> str:  # part of inductor's cache key
-            return "torchrl_dmg.unfused_bias_add.v1"
+            return "torchrl_dmg.unfused_bias_add.v2"
 
     return UnfusedBiasAdd()
 

@@ -379,7 +379,7 @@ class ActorCriticUpdater:
         else:
             metrics = self._full_step(batch)
             if self.scheduler is not None:
-                self.scheduler.step()
+                self._advance_cosine(1)
         self.last_finite = metrics.pop(FINITE_KEY, None)
         return metrics
 
@@ -458,10 +458,21 @@ class ActorCriticUpdater:
         flags = [f.flatten() for f in flags if f is not None]
         self.last_finite = torch.cat(flags).all() if flags else None
         self.num_updates += num
-        if self.scheduler is not None:  # its state, as num_actor scheduler.step() leave it
-            self.scheduler.last_epoch += num_actor
-            self.scheduler._last_lr = [self._cosine_lr(self.scheduler.last_epoch)]
+        if self.scheduler is not None:
+            self._advance_cosine(num_actor)
         return metrics
+
+    def _advance_cosine(self, num_actor: int) -> None:
+        """The actor's cosine schedule after ``num_actor`` more actor updates: the scheduler's
+        state as that many ``scheduler.step()`` calls leave it, and the learning rate set
+        from the closed form. ``CosineAnnealingLR.step`` itself uses a recursive formula
+        that, on a tensor learning rate (compiled modes), runs as a dozen ATen ops on a 0-d
+        tensor: ~0.6% of a compiled DMG iteration on one CPU thread."""
+        self.scheduler.last_epoch += num_actor
+        self.scheduler._step_count += num_actor
+        lr = self._cosine_lr(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [lr]
+        self.set_actor_lr(lr)
 
     def _cosine_lr(self, epoch: int) -> float:
         """``CosineAnnealingLR``'s closed form (η_min = 0) at actor update ``epoch``."""

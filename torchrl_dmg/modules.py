@@ -39,8 +39,8 @@ class Linear(nn.Linear):
 
     For a single agent inductor folds the two back into one ``addmm``, which on a CPU first
     copies the bias into every row of the output (a separate pass over it); the update's
-    compiled steps split it again where the add can join the activation's loop
-    (:func:`~torchrl_dmg.training.compile.unfused_bias_add_pass`)."""
+    compiled steps split every unscaled ``addmm`` again, the add joining the activation's
+    loop where there is one (:func:`~torchrl_dmg.training.compile.unfused_bias_add_pass`)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.bias is not None and torch.compiler.is_compiling():

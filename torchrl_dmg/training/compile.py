@@ -220,22 +220,15 @@ def adam(
 
 class FunctionalAdam:
     """``torch.optim.Adam``'s update (no weight decay, no AMSGrad) applied to given
-    gradients, on the optimiser's own state, so that it can be traced into the same graph
-    as the loss and its backward pass (``torch.optim.Adam.step`` reads ``.grad``; its foreach
-    form refuses a tensor lr on a CPU, its fused kernel does not trace). Eager calls run
-    PyTorch's fused Adam kernel; compiled ones the same formula on flat tensors (equal
-    within float rounding).
+    gradients, in foreach ops on the optimiser's own state, so that it can be traced into
+    the same graph as the loss and its backward pass (``torch.optim.Adam.step`` reads
+    ``.grad``; its foreach form refuses a tensor lr on a CPU, its fused kernel does not trace).
+    Eager calls run PyTorch's fused Adam kernel; compiled ones the same formula in foreach
+    ops (equal within float rounding).
 
     The state is created at construction (step 0, zero moments) and never replaced:
     :meth:`load_state_dict` copies a saved state into it, so compiled code and captured
-    CUDA graphs keep reading the same tensors. It is laid out for a compiled step that
-    reads few tensors: each moment of every parameter is a view into one flat tensor per
-    optimiser (:attr:`flat_exp_avg`, :attr:`flat_exp_avg_sq`), and the parameters share
-    one step count (they always step together). ``optimizer.state`` holds those views, so
-    ``state_dict`` and checkpoints keep torch's per-parameter layout. A compiled step reads
-    the two flat moments and one step count instead of three tensors per parameter: on a
-    CPU each tensor a compiled function reads costs ~1.5 µs per call outside its graph
-    (DMG: 54 tensors fewer per iteration, docs/benchmarks.md).
+    CUDA graphs keep reading the same tensors.
     """
 
     def __init__(self, optimizer: torch.optim.Adam) -> None:
@@ -249,31 +242,17 @@ class FunctionalAdam:
         optimizer._opt_called = True
         # the trained tensors (a network's buffers sit in its Adam too, never stepped)
         self.params: list[torch.Tensor] = [p for p in group["params"] if p.requires_grad]
-        device = self.params[0].device if self.params else torch.device("cpu")
-        self._numels = [p.numel() for p in self.params]
-        total = sum(self._numels)
-        #: every parameter's first and second moments, end to end (views in ``state``)
-        self.flat_exp_avg = torch.zeros(total, dtype=torch.float32, device=device)
-        self.flat_exp_avg_sq = torch.zeros(total, dtype=torch.float32, device=device)
-        #: the step count every parameter's ``state["step"]`` is
-        self.step_count = torch.zeros((), dtype=torch.float32, device=device)
-        avgs = self.flat_exp_avg.split(self._numels)
-        avg_sqs = self.flat_exp_avg_sq.split(self._numels)
-        for p, avg, avg_sq in zip(self.params, avgs, avg_sqs, strict=True):
-            if p.dtype != torch.float32 or not p.is_contiguous():
-                raise ValueError(
-                    "FunctionalAdam steps contiguous float32 parameters, got "
-                    f"{p.dtype} of shape {tuple(p.shape)} (contiguous: {p.is_contiguous()})."
-                )
+        for p in self.params:
             optimizer.state[p] = {
-                "step": self.step_count,
-                "exp_avg": avg.view_as(p),
-                "exp_avg_sq": avg_sq.view_as(p),
+                "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
             }
         # the coming step's bias corrections, [1 / (1 - beta1^t), sqrt(1 - beta2^t)], kept
         # beside the step count: computed inside the compiled step from the step count,
-        # inductor would recompute both powers in every vector of the moments' loop
+        # inductor would recompute both powers in every vector of every parameter's loop
         # (Adam ~1.5x slower on a CPU); read from a tensor, they cost one load
+        device = self.params[0].device if self.params else torch.device("cpu")
         self.coefficients = torch.zeros(2, dtype=torch.float32, device=device)
         self._bind()
 
@@ -286,11 +265,12 @@ class FunctionalAdam:
 
     @torch.no_grad()
     def _refresh_coefficients(self) -> None:
-        """:attr:`coefficients` for the step after the current step count."""
-        if not self.params:
+        """:attr:`coefficients` for the step after the current step count (every parameter
+        of one optimiser steps together)."""
+        if not self.steps:
             return
         beta1, beta2 = self.optimizer.param_groups[0]["betas"]
-        step = self.step_count + 1
+        step = self.steps[0] + 1
         coefficients = torch.stack([1 / (1 - beta1**step), (1 - beta2**step).sqrt()])
         self.coefficients.copy_(coefficients)
 
@@ -299,37 +279,24 @@ class FunctionalAdam:
         return group["lr"], group["betas"], group["eps"]
 
     def load_state_dict(self, state: dict) -> None:
-        """``optimizer.load_state_dict(state)``, its tensors copied into the existing ones
-        (a saved state's per-parameter step counts must agree: they step together)."""
+        """``optimizer.load_state_dict(state)``, its tensors copied into the existing ones."""
         mine = [dict(self.optimizer.state[p]) for p in self.params]
         self.optimizer.load_state_dict(state)
         with torch.no_grad():
-            loaded_steps = set()
             for p, own in zip(self.params, mine, strict=True):
                 loaded = self.optimizer.state.get(p, {})
                 for key, tensor in own.items():
                     if key in loaded:
-                        value = torch.as_tensor(loaded[key])
-                        if key == "step":
-                            loaded_steps.add(float(value))
-                        tensor.copy_(value.reshape(tensor.shape))
+                        tensor.copy_(torch.as_tensor(loaded[key]).reshape(tensor.shape))
                 self.optimizer.state[p] = own
-            if len(loaded_steps) > 1:
-                raise ValueError(
-                    f"This optimiser state's parameters have different step counts "
-                    f"({sorted(loaded_steps)}); FunctionalAdam steps them together. Load a "
-                    "state saved by this project's updater."
-                )
         self._bind()
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor]) -> None:
         lr, (beta1, beta2), eps = self._hyper()
         grads = list(grads)
-        if not self.params:
-            return
         if not torch.compiler.is_compiling():
-            self.step_count.add_(1)
+            torch._foreach_add_(self.steps, 1)
             # eager: PyTorch's fused Adam kernel, what torch.optim.Adam(fused=True) runs; it
             # reads gradients laid out as their parameters (autograd.grad may return a
             # transposed one, where .grad would have been made contiguous)
@@ -339,7 +306,7 @@ class FunctionalAdam:
                 self.exp_avgs,
                 self.exp_avg_sqs,
                 [],
-                [self.step_count] * len(self.params),
+                self.steps,
                 lr=lr,
                 beta1=beta1,
                 beta2=beta2,
@@ -350,15 +317,17 @@ class FunctionalAdam:
             )
             self._refresh_coefficients()
             return
-        # compiled: the same update on the flat moments, which inductor fuses into a few
-        # loops; the bias corrections are this step's coefficients, computed last step
+        # compiled: the same update in foreach ops, which inductor fuses into one loop per
+        # parameter; the bias corrections are this step's coefficients, computed last step
         inv_bias_correction1, bias_correction2_sqrt = self.coefficients.unbind()
-        grad = torch.cat([g.reshape(-1) for g in grads])
-        self.flat_exp_avg.lerp_(grad, 1 - beta1)
-        self.flat_exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (self.flat_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        update = (self.flat_exp_avg / denom) * (-lr * inv_bias_correction1)
-        for p, u in zip(self.params, update.split(self._numels), strict=True):
-            p.add_(u.view_as(p))
-        self.step_count.add_(1)
+        torch._foreach_lerp_(self.exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(self.exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, 1 - beta2)
+        denom = torch._foreach_sqrt(self.exp_avg_sqs)
+        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_add_(denom, eps)
+        updates = torch._foreach_div(self.exp_avgs, denom)
+        torch._foreach_mul_(updates, -lr * inv_bias_correction1)
+        torch._foreach_add_(self.params, updates)
+        torch._foreach_add_(self.steps, 1)
         self._refresh_coefficients()

@@ -43,7 +43,7 @@ from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.data.samplers import make_finetune_buffer
 from torchrl_dmg.envs import evaluate_scores, make_env, make_online_env, max_episode_steps
 from torchrl_dmg.modules import RolloutActor
-from torchrl_dmg.recording import MetricsLogger, write_json
+from torchrl_dmg.recording import MetricsLogger, machine_info, write_json
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
     resolve_device,
@@ -247,6 +247,7 @@ def main(cfg: DictConfig) -> dict:
         "dataset": cfg.dataset,
         "seed": int(cfg.seed),
         "family": cfg.family,
+        "dataset_fingerprint": dataset.fingerprint,
         "offline_checkpoint": cfg.checkpoint,
         "online_steps": int(step),
         "update_steps": int(state.update_step),
@@ -256,6 +257,7 @@ def main(cfg: DictConfig) -> dict:
         **dataset.reference.as_dict(),
         **coefs,
         **result,
+        "machine": machine_info(),
     }
     write_json(run_dir / "summary.json", summary)
     plot_scores(

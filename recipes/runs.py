@@ -180,8 +180,19 @@ def check_start_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> None:
 
 
 def check_same_data(state: dict[str, Any], dataset: Any, source: str) -> None:
-    """The checkpoint's observation normalisation is the dataset's: otherwise the data
-    changed (regenerated, another dataset under the same id) since it was trained."""
+    """The checkpoint's data are the dataset's: the same fingerprint
+    (:func:`~torchrl_dmg.data.offline.data_fingerprint`, kept by checkpoints since
+    2026-12-07) and the same observation normalisation; otherwise the data changed
+    (regenerated on another machine, another dataset under the same id) since it was
+    trained."""
+    saved, now = state.get("dataset_fingerprint"), getattr(dataset, "fingerprint", "")
+    if saved and now and saved != now:
+        raise RunRefused(
+            f"{source} was trained on other data than {dataset.dataset_id} holds now "
+            f"(fingerprint {saved}, now {now}: regenerated, on another machine or by another "
+            "MuJoCo build, or another dataset); train a new run on this data, or restore "
+            "the dataset it was trained on"
+        )
     for key in ("obs_loc", "obs_scale"):
         saved, now = state.get(key), getattr(dataset, key, None)
         if saved is None or now is None:

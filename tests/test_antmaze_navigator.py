@@ -594,16 +594,28 @@ def test_flip_ending_episodes_lose_their_tumble_and_the_budget_is_still_filled(
 
 
 def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch):
-    """workers=2 (spawned processes, whole groups of episodes each) = one process."""
+    """workers=2 (spawned processes, whole groups of episodes each) = one process, whose
+    actor runs on one thread as the workers' do, whatever the process's thread count (the
+    count changes the actions' last bits, and with them the episodes), then gets it back."""
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
     from torchrl_dmg.datagen.antmaze import datasets
 
     monkeypatch.setattr(datasets, "EPISODE_GROUP", 2)  # 3 episodes -> groups [0, 1], [2]
+    threads_seen = []
+    navigate = datasets.navigate_episodes
+
+    def counting(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return navigate(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "navigate_episodes", counting)
     data = {}
+    threads = torch.get_num_threads()
     for workers in (1, 2):
         root = tmp_path / f"w{workers}"
+        torch.set_num_threads(2)
         with minari_datasets_path(root):
             dataset_id = generate_antmaze_navigator_dataset(
                 "umaze-diverse",
@@ -614,6 +626,9 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
                 workers=workers,
             )
             data[workers] = list(minari.load_dataset(dataset_id).iterate_episodes())
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(threads)
+    assert threads_seen == [1, 1]  # workers=1's two groups (the workers' own run apart)
     assert len(data[1]) == len(data[2]) == 3
     for a, b in zip(data[1], data[2], strict=True):
         np.testing.assert_array_equal(a.actions, b.actions)

@@ -41,6 +41,34 @@ def test_episode_ends_are_truncations_and_done_is_their_union(tiny_dataset_env):
     assert torch.equal(data["next", "done"], data["next", "terminated"] | data["next", "truncated"])
 
 
+def test_the_fingerprint_names_the_stored_transitions_whatever_the_preprocessing(
+    tiny_dataset_env,
+):
+    """One fingerprint for one set of transitions, normalised, shifted or not; a single
+    changed value in any fingerprinted entry gives another."""
+    from torchrl_dmg.data.offline import FINGERPRINT_KEYS, data_fingerprint
+
+    raw = load_offline_dataset(tiny_dataset_env, progress=False)
+    prepared = load_offline_dataset(
+        tiny_dataset_env, normalize_obs=True, reward_shift=-1.0, goal_terminal=True, progress=False
+    )
+    assert (
+        raw.fingerprint
+        == prepared.fingerprint
+        == data_fingerprint(
+            load_transitions(minari.load_dataset(tiny_dataset_env), ["observation", "desired_goal"])
+        )
+    )
+    assert raw.fingerprint.startswith("sha256:") and len(raw.fingerprint) == 7 + 16
+    for key in FINGERPRINT_KEYS:
+        changed = raw.data.clone()
+        value = changed.get(key)
+        value.view(-1)[3] = (
+            ~value.view(-1)[3] if value.dtype == torch.bool else value.view(-1)[3] + 1e-3
+        )
+        assert data_fingerprint(changed) != raw.fingerprint, key
+
+
 def test_dict_observations_need_obs_keys(tiny_dataset_env):
     with pytest.raises(ValueError, match="obs_keys"):
         load_transitions(minari.load_dataset(tiny_dataset_env), None)

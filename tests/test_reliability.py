@@ -212,6 +212,29 @@ def test_finetune_resume_of_an_offline_run_is_refused_before_writing(runs, minar
     assert snapshot(offline) == before
 
 
+def test_resume_on_data_with_another_fingerprint_is_refused_before_writing(
+    runs, minari_root, tmp_path
+):
+    """A dataset regenerated on another machine can keep its id and its observation
+    statistics to the last digit shown, yet hold other episodes: a checkpoint names the
+    data it was trained on (their fingerprint) and a resume on other data is refused."""
+    import shutil
+
+    offline, _ = runs
+    run = tmp_path / "other_data"
+    shutil.copytree(offline, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["dataset_fingerprint"].startswith("sha256:")
+    state["dataset_fingerprint"] = "sha256:0000000000000000"
+    torch.save(state, run / "checkpoint.pt")
+    before = snapshot(run)
+    proc = run_recipe("offline.py", None, minari_root, f"resume={run}", check=False)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "trained on other data" in line and "sha256:0000000000000000" in line, line
+    assert snapshot(run) == before
+
+
 def test_resume_with_other_settings_is_refused(runs, minari_root):
     offline, _ = runs
     args = (f"resume={offline}", "loss.mixture_coef=0.9")

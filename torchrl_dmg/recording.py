@@ -134,3 +134,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True)
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def machine_info() -> dict[str, Any]:
+    """What a run's numbers depend on besides its config and data, for its ``summary.json``:
+    the CPU model (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), its logical
+    cores, torch's CPU threads, and the torch build. Speeds differ across CPUs, and so can
+    the last bits of every float result (AVX-512 against AMX kernels, thread counts)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }

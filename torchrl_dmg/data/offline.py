@@ -12,6 +12,7 @@ TorchRL replay buffer or kept on the training device as is.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -199,6 +200,32 @@ def load_transitions(
     )
 
 
+#: the transition entries :func:`data_fingerprint` reads, in this order
+FINGERPRINT_KEYS = (
+    "observation",
+    "action",
+    ("next", "observation"),
+    ("next", "reward"),
+    ("next", "terminated"),
+    ("next", "truncated"),
+)
+
+
+def data_fingerprint(data: TensorDictBase) -> str:
+    """A short digest of a dataset's transitions as stored (before any normalisation,
+    shift or goal marking): ``sha256:`` and the first 16 hex digits of SHA-256 over
+    :data:`FINGERPRINT_KEYS`' bytes. Runs record it (``summary.json``, checkpoints), so
+    two runs on one dataset id can be told apart when their data differ: a local dataset
+    is made by simulation, and another CPU, thread count or MuJoCo build can give other
+    episodes from the same command and seed (docs/datasets.md)."""
+    digest = hashlib.sha256()
+    for key in FINGERPRINT_KEYS:
+        value = data.get(key)
+        digest.update(repr((key, str(value.dtype), tuple(value.shape))).encode())
+        digest.update(value.contiguous().numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
 def observation_stats(data: TensorDict, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and ``std + eps`` of the dataset's observations (the spec's state normalisation)."""
     obs = data["observation"]
@@ -228,6 +255,8 @@ class OfflineDataset:
         minari_dataset: the underlying :class:`minari.MinariDataset`.
         score_reference: the reference returns of the normalised score
             (:mod:`torchrl_dmg.data.scores`); ``None``: resolved with ``"auto"``.
+        fingerprint: :func:`data_fingerprint` of the transitions as loaded (``""``:
+            not computed).
     """
 
     dataset_id: str
@@ -239,6 +268,7 @@ class OfflineDataset:
     minari_dataset: object
     score_reference: ScoreReference | None = None
     goal_terminal: bool = False
+    fingerprint: str = ""
 
     @property
     def obs_dim(self) -> int:
@@ -327,6 +357,7 @@ def load_offline_dataset(
     if obs_keys is None:
         obs_keys = default_obs_keys(dataset)
     data = load_transitions(dataset, obs_keys, progress=progress)
+    fingerprint = data_fingerprint(data)
     obs_dim = data["observation"].shape[-1]
     if normalize_obs:
         loc, scale = observation_stats(data, obs_eps)
@@ -347,6 +378,7 @@ def load_offline_dataset(
         reward_shift=float(reward_shift),
         goal_terminal=bool(goal_terminal),
         minari_dataset=dataset,
+        fingerprint=fingerprint,
         score_reference=resolve_score_reference(
             dataset_id, dataset.storage.metadata, score_reference, is_antmaze(dataset)
         ),

@@ -118,6 +118,7 @@ def offline_checkpoint_state(step: int, updater: DMGUpdater, config: dict, datas
         "obs_loc": dataset.obs_loc,
         "obs_scale": dataset.obs_scale,
         "dataset_id": config["dataset"],
+        "dataset_fingerprint": dataset.fingerprint,
     }
 
 
@@ -152,6 +153,7 @@ def finetune_checkpoint_state(
         "obs_loc": dataset.obs_loc,
         "obs_scale": dataset.obs_scale,
         "dataset_id": config["dataset"],
+        "dataset_fingerprint": dataset.fingerprint,
     }
 
 

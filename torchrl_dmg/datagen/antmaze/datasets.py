@@ -42,6 +42,7 @@ What both store:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -292,13 +293,14 @@ def _collect_navigated(
             starts = [first + g * EPISODE_GROUP for g in range(max(1, min(workers, needed)))]
             if pool is not None:
                 wave = pool.map(job, [(f, group_lengths) for f in starts])
-            else:
-                wave = (
-                    navigate_episodes(
-                        maze, task, group_lengths, seed, f, actor, noise, hold_goal=hold_goal
-                    )
-                    for f in starts
-                )
+            else:  # one torch thread, as in a worker: the data must not depend on it
+                with _one_torch_thread():
+                    wave = [
+                        navigate_episodes(
+                            maze, task, group_lengths, seed, f, actor, noise, hold_goal=hold_goal
+                        )
+                        for f in starts
+                    ]
             for f, group_episodes in zip(starts, wave, strict=True):
                 for j, ep in enumerate(group_episodes):
                     if collected >= num_steps:
@@ -404,6 +406,21 @@ def _episode_buffer(ep: dict[str, Any], index: int, episode_seed: int, length: i
             "commanded_goal": np.stack(ep["commanded_goal"][: length + 1]),
         },
     )
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """The ant's actor on one CPU thread, as in :func:`_navigate_group`'s workers: its
+    matmuls round differently on two threads, and one different last bit in an action
+    sends the simulation elsewhere (large-play at 1M steps: 1,194 episodes with one thread,
+    with two, 1,194 too but 918 steps at the goal against 925, 3,131 tumbling steps cut
+    against 3,141)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _navigate_group(group, *, maze, task, seed, policy, noise, hold_goal=False):

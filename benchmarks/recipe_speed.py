@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from torchrl_dmg.recording import machine_info
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from reference_dmg import ReferenceDMG  # noqa: E402
@@ -102,7 +104,7 @@ def main() -> None:
         recipe["obs_dim"], recipe["action_dim"], recipe["transitions"], args.reference_updates
     )
     result = {
-        "cpu": _cpu_name(),
+        "cpu": machine_info()["cpu"],
         "torch": torch.__version__,
         "recipe": recipe,
         "reference_updates_per_s": reference,
@@ -119,16 +121,6 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

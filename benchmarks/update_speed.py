@@ -54,6 +54,7 @@ from reference_dmg import ReferenceDMG  # noqa: E402
 from torchrl_dmg.data.samplers import DeviceSampler  # noqa: E402
 from torchrl_dmg.modules import make_dmg_networks  # noqa: E402
 from torchrl_dmg.objectives import DMGLoss  # noqa: E402
+from torchrl_dmg.recording import machine_info  # noqa: E402
 from torchrl_dmg.training import DMGUpdater, SeedStackedDMGUpdater  # noqa: E402
 from torchrl_dmg.training.compile import vmap_critics_by_default  # noqa: E402
 
@@ -186,6 +187,7 @@ def main() -> None:
         modes = ["reference", *single, *stacked]
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu": machine_info()["cpu"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "batch_size": args.batch_size,

@@ -28,6 +28,7 @@ from utils import (
     make_updater,
     register_resolvers,
     save_config,
+    updates_per_call,
     value_init,
 )
 
@@ -35,7 +36,7 @@ from torchrl_dmg.data.offline import OfflineDataset, check_family
 from torchrl_dmg.data.returns import diagnostic_sample
 from torchrl_dmg.data.samplers import DeviceSampler
 from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps, summarize_seeds
-from torchrl_dmg.recording import MetricsLogger, write_json
+from torchrl_dmg.recording import MetricsLogger, machine_info, write_json
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
     ActorCriticUpdater,
@@ -107,7 +108,8 @@ def train(
         device=device,
     )
     print(
-        f"[dmg] algo={algo} dataset={cfg.dataset} transitions={len(sampler)} obs_dim={dataset.obs_dim} "
+        f"[dmg] algo={algo} dataset={cfg.dataset} ({dataset.fingerprint}) transitions={len(sampler)} "
+        f"obs_dim={dataset.obs_dim} "
         f"action_dim={dataset.action_dim} seeds={seeds} device={device} run_dir={run_dir}"
     )
     print(f"[dmg] scores: {dataset.reference.describe()}")
@@ -131,6 +133,11 @@ def train(
         set_rng_state(resume_state["rng"])
         step = int(resume_state["step"])
         print(f"[dmg] resumed {run_dir} at step {step}")
+
+    per_call = updates_per_call(cfg, device, step)  # compile.updates_per_call, auto resolved
+    print(
+        f"[dmg] update: compile.mode={cfg.compile.mode} resolved to {updater.mode}, {per_call} iteration(s) per call"
+    )
 
     run_eval, diagnostic = None, None
     if evaluate:
@@ -199,7 +206,7 @@ def train(
             evaluate=evaluate_and_log if evaluate else None,
             eval_interval=cfg.eval.interval if evaluate else 0,
             progress=cfg.progress,
-            updates_per_call=cfg.compile.updates_per_call,
+            updates_per_call=per_call,
             value_bounds=value_bounds(dataset.data["next", "reward"], gamma),
             diagnostic=diagnostic,
             desc=algo if evaluate else f"{algo} offline",
@@ -224,10 +231,14 @@ def train(
         "seeds": seeds,
         "steps": int(step),
         "family": cfg.family,
+        "dataset_fingerprint": dataset.fingerprint,
+        "transitions": len(dataset.data),
+        "updates_per_call": per_call,
         "config": str(run_dir / "config.yaml"),
         "plot": str(run_dir / "scores.png"),
         **dataset.reference.as_dict(),
         **result,
+        "machine": machine_info(),
     }
     write_json(run_dir / "summary.json", summary)
     plot_scores(

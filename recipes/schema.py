@@ -346,7 +346,13 @@ OFFLINE = (
     *BASELINES,
     _f("seeds", low=1, meaning="agents trained side by side"),
     _f("steps", low=1, meaning="gradient steps"),
-    _f("compile.updates_per_call", low=1),
+    _f(
+        "compile.updates_per_call",
+        object,
+        check=lambda v: None if v == "auto" or _is_count(v) else "is not auto or an integer >= 1",
+        allowed_text=lambda: "auto, or an integer >= 1",
+        example=1,
+    ),
     _f("checkpoint.interval", low=0, meaning="steps between checkpoints, 0: at the end"),
     _f("resume", str, nullable=True, example="outputs/offline/<run dir>"),
 )
@@ -527,6 +533,10 @@ def validate(cfg: DictConfig, recipe: str) -> None:
 MAKE_DATASET_ANTMAZE_ONLY = {"workers": 1, "goal_rule": "next"}
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _cpu_has_bf16() -> bool:
     from torchrl_dmg.training.compile import cpu_has_bf16
 
@@ -538,7 +548,8 @@ def cross_key_problems(cfg: DictConfig, recipe: str) -> list[str]:
     that apply to one kind of env only."""
     found = []
     if recipe == "offline":
-        k = int(cfg.compile.get("updates_per_call", 1))
+        k = cfg.compile.get("updates_per_call", 1)
+        k = 1 if k == "auto" else int(k)  # auto picks a K that fits (recipes/utils.py)
         if k > 1 and k % int(cfg.optim.policy_freq):
             found.append(
                 f"config: compile.updates_per_call={k} must be a multiple of optim.policy_freq "

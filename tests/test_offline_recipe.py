@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -30,6 +31,15 @@ def test_offline_recipe_trains_evaluates_and_records_the_run(tmp_path, minari_ro
     assert not list(run_dir.glob("*.tmp"))
     assert summary["plot"] == str(run_dir / "scores.png")
     assert (run_dir / "scores.png").read_bytes().startswith(b"\x89PNG")
+    # the run names the data it trained on and the machine it ran on
+    from torchrl_dmg.data.offline import data_fingerprint, load_offline_dataset
+
+    os.environ["MINARI_DATASETS_PATH"] = minari_root
+    data = load_offline_dataset("local/pointmaze/umaze-v0", progress=False).data
+    assert summary["dataset_fingerprint"] == data_fingerprint(data) == ckpt["dataset_fingerprint"]
+    assert summary["transitions"] == len(data)
+    assert summary["machine"]["cpu"] and summary["machine"]["torch_threads"] == 1
+    assert f"({summary['dataset_fingerprint']})" in proc.stdout
 
 
 def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):
@@ -63,8 +73,13 @@ def test_the_default_compiled_mode_trains_and_resumes_as_eager_does(tmp_path, mi
     up again) continues as the uninterrupted eager run."""
     eager, compiled = tmp_path / "eager", tmp_path / "auto"
     common = ("eval.interval=0", "logger.log_interval=20")
-    run_recipe("offline.py", eager, minari_root, "steps=80", *common)
-    run_recipe("offline.py", compiled, minari_root, "steps=40", "compile.mode=auto", *common)
+    # auto on a CPU: two iterations per compiled call, which draws both batches at once;
+    # eager is given the same K (it runs the same update_many loop, uncompiled)
+    run_recipe("offline.py", eager, minari_root, "steps=80", "compile.updates_per_call=2", *common)
+    first = run_recipe(
+        "offline.py", compiled, minari_root, "steps=40", "compile.mode=auto", *common
+    )
+    assert "resolved to compile, 2 iteration(s) per call" in first.stdout
     proc = run_recipe(
         "offline.py",
         compiled,
@@ -86,6 +101,52 @@ def test_the_default_compiled_mode_trains_and_resumes_as_eager_does(tmp_path, mi
                 a["step"],
                 key,
             )
+
+
+def test_auto_iterations_per_call_are_two_only_where_a_compiled_cpu_run_allows_them():
+    """compile.updates_per_call=auto: 2 for one seed compiled on a CPU when the steps, the
+    start, every interval and policy_freq are compatible; 1 otherwise; a number stands."""
+    import sys
+
+    from omegaconf import OmegaConf
+    from recipe_runner import ROOT
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from utils import updates_per_call
+
+    cpu = torch.device("cpu")
+
+    def k(start=0, **changes):
+        cfg = {
+            "compile": {"updates_per_call": "auto", "mode": "auto"},
+            "seeds": 1,
+            "steps": 1000,
+            "optim": {"policy_freq": 2},
+            "logger": {"log_interval": 100},
+            "eval": {"interval": 500},
+            "checkpoint": {"interval": 0},
+        }
+        for dotted, value in changes.items():
+            node = cfg
+            *path, last = dotted.split("__")
+            for name in path:
+                node = node[name]
+            node[last] = value
+        return updates_per_call(OmegaConf.create(cfg), cpu, start)
+
+    assert k() == 2
+    assert k(compile__mode="compile") == 2
+    assert k(optim__policy_freq=1) == 2
+    assert k(compile__mode="eager") == 1
+    assert k(seeds=5) == 1
+    assert k(steps=1001) == 1
+    assert k(start=7) == 1
+    assert k(logger__log_interval=25) == 1
+    assert k(eval__interval=5) == 1
+    assert k(checkpoint__interval=333) == 1
+    assert k(optim__policy_freq=3) == 1
+    assert k(compile__updates_per_call=8) == 8
+    assert k(compile__updates_per_call=1) == 1
 
 
 @pytest.mark.parametrize("backend", ["tensorboard", "wandb"])

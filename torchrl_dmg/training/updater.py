@@ -174,48 +174,51 @@ class ActorCriticUpdater:
         (:meth:`critic_step`) and the critic+actor iteration (:meth:`full_step`), each one
         graph with its losses, backward passes, Adam steps and target update;
         ``"cudagraphs"`` then captures each as a CUDA graph. The delay counter stays in
-        Python, so no branch lives inside a graph. The critic step and the actor step are
-        also compiled on their own for :meth:`update_many`. A loss with a ``critic_only``
-        step (SAC) gets it compiled and captured the same way."""
+        Python, so no branch lives inside a graph. :meth:`update_many` is built on its first
+        call (:meth:`_build_many_step`). A loss with a ``critic_only`` step (SAC) gets it
+        compiled and captured the same way."""
         critic_only = self.steps.critic_only
         self._critic_step = self.critic_step
-        self._actor_step = self.actor_step
         self._full_step = self.full_step
         self._critic_only_step = (
             None if critic_only is None else types.MethodType(critic_only, self)
         )
         if self.mode != "eager":
             prepare_compile()
-            backend = self._backend = compile_backend or default_backend(self.device)
-            # skip_guards: private code objects, as Dynamo caches per code object, so this
-            # updater's steps get a cache of their own (no other updater's entries to tell
-            # apart once guards are skipped). Without it, later updaters reuse the traced
-            # graphs of earlier ones where the guards allow (much faster to build).
-            private = self.skip_guards
-            # Stacked seeds: static sizes. A step recompiled for another updater's sizes
-            # turns dynamic (Dynamo keeps that state per function name and line, private
-            # copies included), and vmap cannot batch tensors of symbolic size (torch.cat).
-            dynamic = None if self._single_agent else False
-            cpu = self.device.type == "cpu"
-
-            def compiled(function):
-                return compile_step(function, backend, private=private, dynamic=dynamic, cpu=cpu)
-
+            self._backend = compile_backend or default_backend(self.device)
             if self.steps.critic is not None:  # BC, SAC: no critic step to compile
-                self._critic_step = compiled(self.critic_step)
-            self._actor_step = compiled(self.actor_step)
-            self._full_step = compiled(self.full_step)
+                self._critic_step = self._compiled(self.critic_step)
+            self._full_step = self._compiled(self.full_step)
             if critic_only is not None:
-                self._critic_only_step = compiled(self._critic_only_step)
-        #: the steps :meth:`many_step` calls: the compiled ones, which a CUDA graph then
-        #: captures; or, where :meth:`many_step` is compiled itself, the plain methods
-        self._many_inner = (self._critic_step, self._actor_step)
+                self._critic_only_step = self._compiled(self._critic_only_step)
+        #: the steps :meth:`many_step` calls: the plain methods (traced inline where
+        #: :meth:`many_step` is compiled whole), or under ``"cudagraphs"`` each step
+        #: compiled on its own, the loop then captured as one CUDA graph
+        self._many_inner = (self.critic_step, self.actor_step)
         if self.mode == "cudagraphs":
+            self._many_inner = (self._critic_step, self._compiled(self.actor_step))
             if self.steps.critic is not None:
                 self._critic_step = self._captured(self._critic_step)
             self._full_step = self._captured(self._full_step)
             if critic_only is not None:
                 self._critic_only_step = self._captured(self._critic_only_step)
+
+    def _compiled(self, function: Callable) -> Callable:
+        """``function`` compiled for this updater (:func:`compile_step`). With
+        ``skip_guards``, on a private code object: Dynamo caches per code object, so this
+        updater's steps get a cache of their own (no other updater's entries to tell apart
+        once guards are skipped); without it, later updaters reuse the traced graphs of
+        earlier ones where the guards allow (much faster to build). Stacked seeds: static
+        sizes. A step recompiled for another updater's sizes turns dynamic (Dynamo keeps
+        that state per function name and line, private copies included), and vmap cannot
+        batch tensors of symbolic size (``torch.cat``)."""
+        return compile_step(
+            function,
+            self._backend,
+            private=self.skip_guards,
+            dynamic=None if self._single_agent else False,
+            cpu=self.device.type == "cpu",
+        )
 
     def _captured(self, function: Callable) -> Callable:
         """``function`` (TensorDicts in and out) replayed as a CUDA graph after warm-up."""
@@ -472,14 +475,7 @@ class ActorCriticUpdater:
         if self.mode == "cudagraphs":
             return self._captured(self.many_step)
         if self.mode == "compile":
-            self._many_inner = (self.critic_step, self.actor_step)
-            return compile_step(
-                self.many_step,
-                self._backend,
-                private=self.skip_guards,
-                dynamic=None if self._single_agent else False,
-                cpu=self.device.type == "cpu",
-            )
+            return self._compiled(self.many_step)
         return self.many_step
 
     def _advance_cosine(self, num_actor: int) -> None:

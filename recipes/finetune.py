@@ -1,7 +1,7 @@
 """Offline-to-online DMG (or IQL) fine-tuning on a Minari dataset (spec: "Offline-to-online
 fine-tuning"; IQL for the paper's Table 4).
 
-    python recipes/finetune.py                      # local/antmaze/umaze-v2 (made on first use), demo budget
+    python recipes/finetune.py                      # local/antmaze/umaze-v3 (made on first use), demo budget
     python recipes/finetune.py budget=paper         # the paper's 1M offline + 1M online steps
     python recipes/finetune.py dataset=local/pointmaze/medium-v0 family=pointmaze budget=demo
     python recipes/finetune.py checkpoint=outputs/offline/<run dir> budget=demo   # from an offline run

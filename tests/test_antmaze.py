@@ -212,10 +212,28 @@ def test_retired_gear150_ids_fail_with_the_new_ids():
     from torchrl_dmg.datagen.behaviour.tasks import resolve_env_name
     from torchrl_dmg.datagen.registry import ensure_dataset
 
-    with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v2"):
+    with pytest.raises(DatasetUnavailableError, match="retired.*local/antmaze/umaze-v3"):
         ensure_dataset("local/antmaze/umaze-v0", download=False)
     with pytest.raises(ValueError, match="retired.*env=antgoal"):
         resolve_env_name("torchrl_dmg/AntGoal-v1")
+
+
+def test_retired_v2_ids_name_v3_unless_a_copy_is_stored(monkeypatch):
+    """v2's data depended on the CPU that made them: an id with no stored copy fails with a
+    line naming v3; a stored copy still serves its own runs (their fingerprints say which)."""
+    from torchrl_dmg.data.offline import DatasetUnavailableError
+    from torchrl_dmg.datagen import registry
+
+    monkeypatch.setattr(registry, "is_complete", lambda dataset_id: False)
+    with pytest.raises(
+        DatasetUnavailableError, match=r"depended on the CPU.*local/antmaze/large-play-v3"
+    ):
+        registry.generator_for("local/antmaze/large-play-v2", False)
+    monkeypatch.setattr(registry, "is_complete", lambda dataset_id: True)
+    assert registry.generator_for("local/antmaze/large-play-v2", False)() == (
+        "local/antmaze/large-play-v2"
+    )
+    assert registry.generator_for("local/antmaze/large-play-v3", False) is not None
 
 
 # ------------------------------------------------------------------ Minari D4RL/antmaze v1

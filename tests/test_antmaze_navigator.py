@@ -274,7 +274,7 @@ def test_navigator_dataset_structure(nav_root, monkeypatch):
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", nav_root)
     dataset_id = antmaze_dataset_id("umaze")
-    assert dataset_id == "local/antmaze/umaze-v2"
+    assert dataset_id == "local/antmaze/umaze-v3"
     dataset = minari.load_dataset(dataset_id)
     assert dataset.total_episodes == EPISODES and dataset.total_steps == EPISODES * EPISODE_STEPS
     assert dataset.spec.env_spec.id == "torchrl_dmg/AntMazeD4RL_UMaze-v0"
@@ -364,7 +364,7 @@ def test_a_onegoal_dataset_keeps_each_episodes_goal_and_is_not_mistaken_for_a_ne
         dataset_id = generate_antmaze_navigator_dataset(
             "medium-play", goal_rule="onegoal", policy_dir=policy_dir, **kwargs
         )
-        assert dataset_id == "local/antmaze/medium-play-onegoal-v2"
+        assert dataset_id == "local/antmaze/medium-play-onegoal-v3"
         dataset = minari.load_dataset(dataset_id)
         assert dataset.storage.metadata["generator_params"]["goal_rule"] == "onegoal"
         for ep in dataset.iterate_episodes():
@@ -380,8 +380,8 @@ def test_a_onegoal_dataset_keeps_each_episodes_goal_and_is_not_mistaken_for_a_ne
         assert (np.abs(np.diff(goals, axis=0)).sum(axis=1) > 0).all()
     with pytest.raises(ValueError, match="goal_rule must be one of"):
         generate_antmaze_navigator_dataset("umaze", goal_rule="hold", policy_dir=policy_dir)
-    assert generator_for("local/antmaze/umaze-onegoal-v2", False) is not None
-    assert generator_for("local/antmaze/umaze-twogoal-v2", False) is None
+    assert generator_for("local/antmaze/umaze-onegoal-v3", False) is not None
+    assert generator_for("local/antmaze/umaze-twogoal-v3", False) is None
 
 
 def test_navigator_dataset_is_deterministic_and_reused(nav_root, policy_dir, tmp_path):
@@ -471,7 +471,7 @@ def test_make_dataset_recipe_for_antmaze(policy_dir, tmp_path):
         "progress=false",
         base=(),
     )
-    assert "[make_dataset] local/antmaze/umaze-diverse-v2: 1 episodes, 30 steps" in proc.stdout
+    assert "[make_dataset] local/antmaze/umaze-diverse-v3: 1 episodes, 30 steps" in proc.stdout
     assert re.search(
         r"steps there, [01] ended by a flip \(\d+ tumbling steps cut\), at ", proc.stdout
     ), proc.stdout
@@ -594,41 +594,33 @@ def test_flip_ending_episodes_lose_their_tumble_and_the_budget_is_still_filled(
 
 
 def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch):
-    """workers=2 (spawned processes, whole groups of episodes each) = one process, whose
-    actor runs on one thread as the workers' do, whatever the process's thread count (the
-    count changes the actions' last bits, and with them the episodes), then gets it back."""
+    """workers=2 (spawned processes, whole groups of episodes each) = one process on two
+    torch threads: the ant's actions do not go through torch's matmul
+    (:class:`~torchrl_dmg.datagen.behaviour.policy.PortableActions`)."""
     import minari
 
     from torchrl_dmg.data.local import minari_datasets_path
     from torchrl_dmg.datagen.antmaze import datasets
 
     monkeypatch.setattr(datasets, "EPISODE_GROUP", 2)  # 3 episodes -> groups [0, 1], [2]
-    threads_seen = []
-    navigate = datasets.navigate_episodes
-
-    def counting(*args, **kwargs):
-        threads_seen.append(torch.get_num_threads())
-        return navigate(*args, **kwargs)
-
-    monkeypatch.setattr(datasets, "navigate_episodes", counting)
     data = {}
     threads = torch.get_num_threads()
     for workers in (1, 2):
         root = tmp_path / f"w{workers}"
         torch.set_num_threads(2)
-        with minari_datasets_path(root):
-            dataset_id = generate_antmaze_navigator_dataset(
-                "umaze-diverse",
-                num_steps=3 * EPISODE_STEPS,
-                episode_steps=EPISODE_STEPS,
-                policy_dir=policy_dir,
-                progress=False,
-                workers=workers,
-            )
-            data[workers] = list(minari.load_dataset(dataset_id).iterate_episodes())
-        assert torch.get_num_threads() == 2
-        torch.set_num_threads(threads)
-    assert threads_seen == [1, 1]  # workers=1's two groups (the workers' own run apart)
+        try:
+            with minari_datasets_path(root):
+                dataset_id = generate_antmaze_navigator_dataset(
+                    "umaze-diverse",
+                    num_steps=3 * EPISODE_STEPS,
+                    episode_steps=EPISODE_STEPS,
+                    policy_dir=policy_dir,
+                    progress=False,
+                    workers=workers,
+                )
+                data[workers] = list(minari.load_dataset(dataset_id).iterate_episodes())
+        finally:
+            torch.set_num_threads(threads)
     assert len(data[1]) == len(data[2]) == 3
     for a, b in zip(data[1], data[2], strict=True):
         np.testing.assert_array_equal(a.actions, b.actions)
@@ -637,6 +629,79 @@ def test_navigator_workers_give_the_same_data(policy_dir, tmp_path, monkeypatch)
             np.testing.assert_array_equal(a.observations[key], b.observations[key])
     with pytest.raises(ValueError, match="workers"):
         generate_antmaze_navigator_dataset("umaze", num_steps=10, workers=0, policy_dir=policy_dir)
+
+
+#: SHA-256 (first 16 hex digits) of the shipped ant's portable actions on
+#: ``_portable_probe()``: the same on every machine (IEEE-754 float64, no BLAS). It changes
+#: only with the shipped policy or PortableActions' arithmetic, and then the AntMaze data
+#: change too: bump ``DATASET_VERSION``.
+SHIPPED_ANT_ACTIONS_DIGEST = "ca6a725b2aea"
+
+
+def _portable_probe() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(256, 29)).astype(np.float32)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()[
+        :12
+    ]
+
+
+def test_portable_actions_are_the_actors_deterministic_actions(policy_dir):
+    """PortableActions = ``act(..., deterministic=True)`` up to the float32 actor's rounding, for the
+    test's small actor and the shipped ant; the shipped ant's are the recorded bits; an
+    actor that is not a ReLU MLP is refused."""
+    from torchrl_dmg.datagen.antmaze.navigator import ant_policy_path
+    from torchrl_dmg.datagen.behaviour.policy import PortableActions, act, load_behaviour_actor
+
+    obs = _portable_probe()
+    for path in (policy_dir / "antgoal.pt", ant_policy_path()):
+        actor, _ = load_behaviour_actor(path)
+        portable = PortableActions(actor)(obs)
+        assert portable.dtype == np.float32 and portable.shape == (256, 8)
+        np.testing.assert_allclose(portable, act(actor, obs, deterministic=True), atol=2e-5)
+    assert _digest(portable) == SHIPPED_ANT_ACTIONS_DIGEST
+    actor.module[0].module[0][1] = torch.nn.Tanh()  # the first activation, swapped
+    with pytest.raises(ValueError, match="ReLU-MLP SAC actor"):
+        PortableActions(actor)
+    with pytest.raises(ValueError, match=r"expected observations \[B, 29\]"):
+        PortableActions(load_behaviour_actor(ant_policy_path())[0])(obs[:, :28])
+
+
+_NAVIGATED_PROBE = """
+import numpy as np
+from torchrl_dmg.datagen.antmaze.datasets import navigate_episodes
+from torchrl_dmg.datagen.antmaze.navigator import ant_policy_path, load_ant_policy
+actor, _ = load_ant_policy(ant_policy_path())
+episodes = navigate_episodes("large", "play", [30] * 4, 0, 0, actor, 0.2)
+for ep in episodes:
+    print(np.stack(ep["actions"]).tobytes().hex()[-64:], np.stack(ep["observations"]["observation"]).sum())
+"""
+
+
+def test_navigated_episodes_do_not_depend_on_the_blas_threads_or_vector_units():
+    """The same AntMaze episodes under MKL's reproducible mode (other matmul kernels: it
+    changed the v2 data), two threads and torch's scalar kernels as under the defaults:
+    nothing in the ant's actions depends on the CPU's BLAS."""
+    import os
+    import subprocess
+    import sys
+
+    runs = []
+    for extra in (
+        {"OMP_NUM_THREADS": "1"},
+        {"OMP_NUM_THREADS": "2", "MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"},
+    ):
+        env = {**os.environ, **extra}
+        proc = subprocess.run(
+            [sys.executable, "-c", _NAVIGATED_PROBE], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs.append(proc.stdout)
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 4
 
 
 def test_the_shipped_ant_loads_and_its_record_holds_the_measurements():

@@ -231,7 +231,7 @@ def test_unavailable_antmaze_fails_early_and_names_the_local_dataset(tmp_path, m
             },
         }
     )
-    with pytest.raises(DatasetUnavailableError, match="dataset=local/antmaze/medium-play-v2"):
+    with pytest.raises(DatasetUnavailableError, match="dataset=local/antmaze/medium-play-v3"):
         load_finetune_dataset(cfg, progress=False)
 
 
@@ -244,7 +244,7 @@ def test_finetune_defaults_are_local_antmaze_umaze_at_the_demo_budget():
     with initialize_config_dir(str(ROOT / "recipes" / "config"), version_base="1.3"):
         cfg = compose("finetune")
         paper = compose("finetune", overrides=["budget=paper"])
-    assert cfg.dataset == "local/antmaze/umaze-v2" and cfg.family == "antmaze"
+    assert cfg.dataset == "local/antmaze/umaze-v3" and cfg.family == "antmaze"
     assert cfg.budget == "demo" and cfg.offline_steps < 1_000_000
     assert cfg.utd == 1 and cfg.loss.expectile == 0.9 and cfg.data.reward_shift == -1.0
     assert paper.budget == "paper" and paper.online_steps == paper.offline_steps == 1_000_000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from torchrl_dmg.data.local import dataset_lock, validate_dataset_id
+from torchrl_dmg.data.local import dataset_lock, is_complete, validate_dataset_id
 from torchrl_dmg.data.offline import DatasetUnavailableError, open_dataset
 from torchrl_dmg.datagen.antmaze.datasets import (
     RANDOM_DATASET_VERSION,
@@ -60,6 +60,9 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
 _RETIRED_V0 = re.compile(r"^local/antmaze/(?P<name>[a-z-]+)-v0$")
 #: the navigator's v1 data, which kept the ant's tumble at the end of a flip-ending episode
 _RETIRED_V1 = re.compile(rf"^local/antmaze/(?P<name>(?:{_NAVIGATOR_VARIANTS})(?:-onegoal)?)-v1$")
+#: the navigator's v2 data, whose ant acted through a float32 BLAS matmul: other CPUs, other
+#: data (a stored copy is still used; none is made)
+_RETIRED_V2 = re.compile(rf"^local/antmaze/(?P<name>(?:{_NAVIGATOR_VARIANTS})(?:-onegoal)?)-v2$")
 
 
 def generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
@@ -80,6 +83,16 @@ def generator_for(dataset_id: str, progress: bool) -> Callable[[], str] | None:
             f"{dataset_id} kept the ant's tumble at the end of its flip-ending episodes, from "
             "which the critics bootstrap and diverge; it is retired: use "
             f"local/antmaze/{retired['name']}{current} (the tumbles cut), made on first use"
+        )
+    retired = _RETIRED_V2.match(dataset_id)
+    if retired and is_complete(dataset_id):  # a stored copy still serves its own runs
+        return lambda: dataset_id
+    if retired:
+        raise DatasetUnavailableError(
+            f"{dataset_id}'s data depended on the CPU that made them (the ant's actions came "
+            "from a float32 BLAS matmul) and it is retired: use "
+            f"local/antmaze/{retired['name']}{current} (the same data on every machine), made "
+            "on first use"
         )
     for pattern, generate in _GENERATORS:
         match = pattern.match(dataset_id)
@@ -128,8 +141,8 @@ def make_if_missing(dataset_id: str, *, progress: bool = True) -> None:
 def ensure_dataset(dataset_id: str, *, download: bool = True, progress: bool = True):
     """The :class:`minari.MinariDataset` for ``dataset_id``, made available first: a
     dataset this project generates (``local/pointmaze/<maze>-v0``,
-    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v2``, its D4RL-goal-rule
-    twin ``local/antmaze/<variant>-onegoal-v2`` and the placeholder
+    ``local/mujoco/<env>/<quality>-v0``, ``local/antmaze/<variant>-v3``, its D4RL-goal-rule
+    twin ``local/antmaze/<variant>-onegoal-v3`` and the placeholder
     ``local/antmaze/<maze>-random-v1``) is made once (:func:`make_if_missing`); then
     :func:`torchrl_dmg.data.offline.open_dataset` (a complete local copy, or Minari's
     remote server with ``download=True``)."""

@@ -2,13 +2,13 @@
 
 Two generators share the environments of :mod:`torchrl_dmg.datagen.antmaze.mazes`:
 
-* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v1``): D4RL-style
+* :func:`generate_antmaze_navigator_dataset` (``local/antmaze/<variant>-v3``): D4RL-style
   data from a goal-reaching ant (:mod:`torchrl_dmg.datagen.antmaze.goal_task`, trained with
   the project's SAC and shipped as ``policies/antgoal.pt``) steered along maze waypoints by
   a :class:`~torchrl_dmg.datagen.antmaze.navigator.WaypointNavigator`, with D4RL's variants
   (umaze, umaze-diverse, medium-play, medium-diverse, large-play, large-diverse). With ``goal_rule="onegoal"`` the ant keeps its
   first commanded goal to the episode's end, as D4RL's generator did
-  (``local/antmaze/<variant>-onegoal-v1``).
+  (``local/antmaze/<variant>-onegoal-v3``).
 * :func:`generate_antmaze_dataset` (``local/antmaze/<maze>-random-v1``): a *placeholder* whose
   behaviour policy is **uniform random actions**: the ant jitters around its start cell and
   practically never reaches the goal, so the data only exercise the AntMaze code path end to
@@ -42,7 +42,6 @@ What both store:
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -52,7 +51,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from minari.data_collector.episode_buffer import EpisodeBuffer
 from tqdm.auto import tqdm
 
@@ -91,12 +89,12 @@ EPISODE_GROUP = 16
 
 #: Bumped whenever the data a given set of arguments produces changes; a stored dataset of
 #: another version is rebuilt.
-_NAVIGATOR_VERSION = 4
+_NAVIGATOR_VERSION = 5
 
 #: What the navigator does when the ant reaches its commanded goal: ``"next"`` sends it to
-#: the next goal cell (the ``local/antmaze/<variant>-v1`` datasets); ``"onegoal"`` keeps
+#: the next goal cell (the ``local/antmaze/<variant>-v3`` datasets); ``"onegoal"`` keeps
 #: that goal to the episode's end, as D4RL's generator did (one target per reset;
-#: ``local/antmaze/<variant>-onegoal-v1``).
+#: ``local/antmaze/<variant>-onegoal-v3``).
 GOAL_RULES = ("next", "onegoal")
 
 
@@ -293,14 +291,13 @@ def _collect_navigated(
             starts = [first + g * EPISODE_GROUP for g in range(max(1, min(workers, needed)))]
             if pool is not None:
                 wave = pool.map(job, [(f, group_lengths) for f in starts])
-            else:  # one torch thread, as in a worker: the data must not depend on it
-                with _one_torch_thread():
-                    wave = [
-                        navigate_episodes(
-                            maze, task, group_lengths, seed, f, actor, noise, hold_goal=hold_goal
-                        )
-                        for f in starts
-                    ]
+            else:
+                wave = [
+                    navigate_episodes(
+                        maze, task, group_lengths, seed, f, actor, noise, hold_goal=hold_goal
+                    )
+                    for f in starts
+                ]
             for f, group_episodes in zip(starts, wave, strict=True):
                 for j, ep in enumerate(group_episodes):
                     if collected >= num_steps:
@@ -408,26 +405,10 @@ def _episode_buffer(ep: dict[str, Any], index: int, episode_seed: int, length: i
     )
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """The ant's actor on one CPU thread, as in :func:`_navigate_group`'s workers: its
-    matmuls round differently on two threads, and one different last bit in an action
-    sends the simulation elsewhere (large-play at 1M steps: 1,194 episodes with one thread,
-    with two, 1,194 too but 918 steps at the goal against 925, 3,131 tumbling steps cut
-    against 3,141)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _navigate_group(group, *, maze, task, seed, policy, noise, hold_goal=False):
     """:func:`navigate_episodes` of ``group = (first episode, lengths)`` in a worker
     process, with the actor loaded from ``policy`` (once per process)."""
 
-    torch.set_num_threads(1)
     cached = _WORKER_ACTOR.get(policy)
     if cached is None:
         cached = _WORKER_ACTOR[policy] = load_behaviour_actor(policy)[0]

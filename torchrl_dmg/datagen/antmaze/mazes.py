@@ -27,10 +27,12 @@ ANTMAZE_MAZES: dict[str, tuple[str, tuple[int, int], tuple[int, int], int]] = {
 }
 
 
-#: Version of the local AntMaze dataset ids (``local/antmaze/<variant>-v2``). v2: the
+#: Version of the local AntMaze dataset ids (``local/antmaze/<variant>-v3``). v2: the
 #: navigator's flip-ending episodes are cut back to their last upright state (v1 kept the
-#: tumble, and the critics diverged bootstrapping from it).
-DATASET_VERSION = 2
+#: tumble, and the critics diverged bootstrapping from it). v3: the ant's actions are the
+#: same bits on every machine (:class:`~torchrl_dmg.datagen.behaviour.policy.PortableActions`;
+#: v2's came from a float32 BLAS matmul, and a Xeon and an AMD EPYC made different data).
+DATASET_VERSION = 3
 
 
 def antmaze_entry(maze: str) -> tuple[str, tuple[int, int], tuple[int, int], int]:
@@ -144,9 +146,9 @@ def variant_entry(variant: str) -> tuple[str, str]:
 
 
 def antmaze_dataset_id(variant: str, goal_rule: str = "next") -> str:
-    """Local Minari id of a navigator dataset, e.g. ``local/antmaze/medium-play-v2``
+    """Local Minari id of a navigator dataset, e.g. ``local/antmaze/medium-play-v3``
     (mirrors Minari's ``D4RL/antmaze/medium-play-v1``); made under D4RL's one goal per
-    episode (``goal_rule="onegoal"``), ``local/antmaze/medium-play-onegoal-v2``."""
+    episode (``goal_rule="onegoal"``), ``local/antmaze/medium-play-onegoal-v3``."""
     variant_entry(variant)
     rule = "" if goal_rule == "next" else f"-{goal_rule}"
     return f"local/antmaze/{variant.lower()}{rule}-v{DATASET_VERSION}"

@@ -6,6 +6,7 @@ batched episodes it drives.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,7 @@ import numpy as np
 from torchrl_dmg.datagen.antmaze import goal_task
 from torchrl_dmg.datagen.antmaze.goal_task import ANTGOAL_ID, RETIRED_ANTGOAL_IDS
 from torchrl_dmg.datagen.antmaze.mazes import make_antmaze_env, make_antmaze_eval_env, task_cells
-from torchrl_dmg.datagen.behaviour.policy import (
-    act,
-    load_behaviour_actor,
-)
+from torchrl_dmg.datagen.behaviour.policy import PortableActions, load_behaviour_actor
 from torchrl_dmg.datagen.locomotion import POLICY_DIR
 from torchrl_dmg.datagen.maze import (
     MazeGrid,
@@ -190,9 +188,19 @@ class NavigatedAnt:
         return bool(goal_task.is_flipped(self.obs["observation"]))
 
 
-def noisy_actions(actor, ants: list[NavigatedAnt], noise: float) -> np.ndarray:
+#: Each actor's :class:`PortableActions`, built at its first use.
+_PORTABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    actions = act(actor, np.stack([a.policy_input() for a in ants]), deterministic=True)
+
+def noisy_actions(actor, ants: list[NavigatedAnt], noise: float) -> np.ndarray:
+    """The ants' actions: the actor's deterministic action, the same bits on every machine
+    (:class:`~torchrl_dmg.datagen.behaviour.policy.PortableActions`: the datasets must not
+    depend on the CPU that made them), plus each ant's ``N(0, noise^2)``, clipped to
+    [-1, 1]."""
+    portable = _PORTABLE.get(actor)
+    if portable is None:
+        portable = _PORTABLE[actor] = PortableActions(actor)
+    actions = portable(np.stack([a.policy_input() for a in ants])).astype(np.float64)
     if noise > 0:
         actions = actions + np.stack([a.rng.normal(0.0, noise, actions.shape[1]) for a in ants])
     return np.clip(actions, -1.0, 1.0).astype(np.float32)

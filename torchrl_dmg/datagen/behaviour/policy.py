@@ -70,6 +70,72 @@ def act(
     return action[0] if single else action
 
 
+class PortableActions:
+    """The deterministic action of a behaviour actor (``tanh(loc)`` within the bounds, as
+    :func:`act` with ``deterministic=True`` gives it, to ~1e-5), computed so that every
+    machine gets the same bits: the data a simulated dataset holds must not depend on the
+    CPU that made it.
+
+    Why: a float32 matmul (MKL's, or any BLAS's) sums its products in an order that
+    depends on the CPU's vendor, vector units and thread count, and one different last bit
+    in an action sends a MuJoCo ant elsewhere a few hundred steps later. On this project's
+    two machines, a Xeon and an AMD EPYC, the same command made AntMaze large-play data
+    with 1,172 and 1,194 episodes; on one machine, MKL's reproducible mode
+    (``MKL_CBWR=COMPATIBLE``) alone changed the data.
+
+    How: the MLP runs in float64, each layer as ``bias + sum_i x[:, i] * W[:, i]`` taken in
+    index order by elementwise NumPy operations: every multiply and add is one IEEE-754
+    rounding whatever the vector width, with no reduction whose order a library chooses.
+    The result is rounded to float32 at the end, which also absorbs the last-bit
+    differences of ``tanh`` between math libraries (a float64 ulp moves the float32
+    result with probability ~1e-9). The parameters are read once, at construction: build
+    it from a frozen actor (a loaded behaviour policy).
+    """
+
+    def __init__(self, actor: ProbabilisticActor) -> None:
+        leaves = [type(m).__name__ for m in actor.modules() if not list(m.children())]
+        linears = [m for m in actor.modules() if isinstance(m, torch.nn.Linear)]
+        mlp = ["Linear", "ReLU"] * (len(linears) - 1) + ["Linear"]
+        if not linears or leaves[: len(mlp)] != mlp or "Linear" in leaves[len(mlp) :]:
+            raise ValueError(
+                "PortableActions takes a ReLU-MLP SAC actor (torchrl_dmg.modules."
+                f"make_sac_actor); got the modules {leaves}"
+            )
+        act_dim = linears[-1].out_features // 2  # (loc, scale) halves; loc comes first
+        with torch.no_grad():
+            weights = [m.weight.detach().double().numpy() for m in linears]
+            biases = [m.bias.detach().double().numpy() for m in linears]
+        weights[-1], biases[-1] = weights[-1][:act_dim], biases[-1][:act_dim]
+        # W^T rows: row i holds the weights of input i, contiguous for the sums below
+        self.layers = [
+            (np.ascontiguousarray(w.T), b.copy()) for w, b in zip(weights, biases, strict=True)
+        ]
+        spec = actor.spec["action"]
+        self.low = np.asarray(spec.space.low, dtype=np.float64)
+        self.high = np.asarray(spec.space.high, dtype=np.float64)
+        self.obs_dim, self.act_dim = linears[0].in_features, act_dim
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """Float32 actions ``[B, act_dim]`` of float32 observations ``[B, obs_dim]``."""
+        x = np.asarray(obs, dtype=np.float32).astype(np.float64)
+        if x.ndim != 2 or x.shape[1] != self.obs_dim:
+            raise ValueError(f"expected observations [B, {self.obs_dim}], got {x.shape}")
+        product = np.empty(0)
+        for k, (w_t, b) in enumerate(self.layers):
+            y = np.repeat(b[None], len(x), axis=0)
+            if product.shape != y.shape:
+                product = np.empty_like(y)
+            for i in range(w_t.shape[0]):
+                np.multiply(x[:, i : i + 1], w_t[i], out=product)
+                y += product
+            x = np.maximum(y, 0.0) if k < len(self.layers) - 1 else y
+        lim = 1.0 - float(torch.finfo(torch.float32).resolution)  # TorchRL's safe tanh
+        t = np.clip(np.tanh(x), -lim, lim)
+        if np.any(self.low != -1.0) or np.any(self.high != 1.0):
+            t = (self.high + self.low) / 2 + (self.high - self.low) / 2 * t
+        return t.astype(np.float32)
+
+
 def evaluate_actor(
     actor: ProbabilisticActor,
     env_name: str,

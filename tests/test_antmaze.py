@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -234,6 +235,26 @@ def test_retired_v2_ids_name_v3_unless_a_copy_is_stored(monkeypatch):
         "local/antmaze/large-play-v2"
     )
     assert registry.generator_for("local/antmaze/large-play-v3", False) is not None
+
+
+def test_a_navigator_dataset_made_on_first_use_steps_its_episodes_on_every_core(monkeypatch):
+    from torchrl_dmg.datagen import registry
+
+    calls = []
+    monkeypatch.setattr(
+        registry, "generate_antmaze_navigator_dataset", lambda **kw: calls.append(kw) or "id"
+    )
+    registry.generator_for("local/antmaze/medium-play-onegoal-v3", False)()
+    assert calls == [
+        {
+            "variant": "medium-play",
+            "goal_rule": "onegoal",
+            "dataset_id": "local/antmaze/medium-play-onegoal-v3",
+            "progress": False,
+            "workers": registry.FIRST_USE_WORKERS,
+        }
+    ]
+    assert registry.FIRST_USE_WORKERS == min(os.cpu_count() or 1, 8)
 
 
 # ------------------------------------------------------------------ Minari D4RL/antmaze v1

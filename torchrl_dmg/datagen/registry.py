@@ -7,6 +7,7 @@ opens it the way the data layer does (a complete local copy, else Minari's serve
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -26,6 +27,15 @@ __all__ = ["ensure_dataset", "generator_for", "local_dataset_ids", "make_if_miss
 #: the navigator datasets' variants as a regex alternation (umaze|umaze-diverse|...)
 _NAVIGATOR_VARIANTS = "|".join(map(re.escape, ANTMAZE_VARIANTS))
 
+#: processes that step a navigator dataset made on first use: one per core, up to 8 (the
+#: data are the same for any number; ``make_dataset``'s ``workers`` sets it there)
+FIRST_USE_WORKERS = min(os.cpu_count() or 1, 8)
+
+
+def _navigator_on_first_use(**kwargs) -> str:
+    return generate_antmaze_navigator_dataset(workers=FIRST_USE_WORKERS, **kwargs)
+
+
 # Local datasets the project can make itself: id pattern -> generator, called with the
 # pattern's named groups as keyword arguments.
 _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
@@ -44,7 +54,7 @@ _GENERATORS: tuple[tuple[re.Pattern, Callable[..., str]], ...] = (
             rf"^local/antmaze/(?P<variant>{_NAVIGATOR_VARIANTS})"
             rf"(?:-(?P<goal_rule>onegoal))?-v{DATASET_VERSION}$"
         ),
-        generate_antmaze_navigator_dataset,
+        _navigator_on_first_use,
     ),
     (
         re.compile(

@@ -671,39 +671,6 @@ def test_portable_actions_are_the_actors_deterministic_actions(policy_dir):
         PortableActions(load_behaviour_actor(ant_policy_path())[0])(obs[:, :28])
 
 
-_NAVIGATED_PROBE = """
-import numpy as np
-from torchrl_dmg.datagen.antmaze.datasets import navigate_episodes
-from torchrl_dmg.datagen.antmaze.navigator import ant_policy_path, load_ant_policy
-actor, _ = load_ant_policy(ant_policy_path())
-episodes = navigate_episodes("large", "play", [30] * 4, 0, 0, actor, 0.2)
-for ep in episodes:
-    print(np.stack(ep["actions"]).tobytes().hex()[-64:], np.stack(ep["observations"]["observation"]).sum())
-"""
-
-
-def test_navigated_episodes_do_not_depend_on_the_blas_threads_or_vector_units():
-    """The same AntMaze episodes under MKL's reproducible mode (other matmul kernels: it
-    changed the v2 data), two threads and torch's scalar kernels as under the defaults:
-    nothing in the ant's actions depends on the CPU's BLAS."""
-    import os
-    import subprocess
-    import sys
-
-    runs = []
-    for extra in (
-        {"OMP_NUM_THREADS": "1"},
-        {"OMP_NUM_THREADS": "2", "MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"},
-    ):
-        env = {**os.environ, **extra}
-        proc = subprocess.run(
-            [sys.executable, "-c", _NAVIGATED_PROBE], env=env, capture_output=True, text=True
-        )
-        assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stdout)
-    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 4
-
-
 def test_the_shipped_ant_loads_and_its_record_holds_the_measurements():
     """torchrl_dmg/datagen/policies/antgoal.pt acts in AntMaze's 29-dim policy space, and
     policies.json records its step, open-space and per-maze navigator success."""

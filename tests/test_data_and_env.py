@@ -367,3 +367,36 @@ def test_a_wrong_family_is_one_line_without_a_traceback(tmp_path, minari_root):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "family=pointmaze" in proc.stderr.strip().splitlines()[-1]
+
+
+_GENERATORS_PROBE = """
+import hashlib
+import numpy as np
+from torchrl_dmg.datagen import pointmaze as pm
+from torchrl_dmg.datagen.antmaze.datasets import navigate_episodes
+from torchrl_dmg.datagen.antmaze.navigator import ant_policy_path, load_ant_policy
+
+def digest(arrays):
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()
+
+actor, _ = load_ant_policy(ant_policy_path())
+episodes = navigate_episodes("large", "play", [30] * 4, 0, 0, actor, 0.2)
+print("antmaze", digest([np.stack(ep["actions"]) for ep in episodes]
+                        + [np.stack(ep["observations"]["observation"]) for ep in episodes]))
+settings = dict(kp=pm.DEFAULT_KP, kd=pm.DEFAULT_KD, noise=pm.DEFAULT_NOISE, max_episode_steps=600,
+                split_on_success=True, max_dwell=pm.DEFAULT_MAX_DWELL)
+_, data = pm._collect_with_controller("medium", 2000, 0, settings, False)
+print("pointmaze", digest([v for _, v in sorted(data.items()) if isinstance(v, np.ndarray)]))
+"""
+
+
+def test_antmaze_and_pointmaze_data_do_not_depend_on_the_cpus_arithmetic():
+    """The AntMaze navigator's episodes (the shipped ant, large-play) and the PointMaze
+    controller's transitions are the same bits under another CPU's arithmetic as one machine
+    imitates it (:data:`cpu_variants.CPU_VARIANTS`: MKL's reproducible kernels alone changed
+    the AntMaze v2 data) as under the defaults (docs/datasets.md, "Same seed, same data")."""
+    from cpu_variants import outputs_on_cpu_variants
+
+    runs = outputs_on_cpu_variants(_GENERATORS_PROBE)
+    assert runs[0] == runs[1]
+    assert [line.split()[0] for line in runs[0].splitlines()] == ["antmaze", "pointmaze"]

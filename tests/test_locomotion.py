@@ -233,7 +233,8 @@ def test_a_corrupt_dataset_is_rebuilt_not_loaded(root):
 def test_batched_evaluation_returns_equal_a_plain_gymnasium_loop(root):
     """make_env(num_envs=N) + evaluate: copy i seeded seed + i (``set_seed`` resets it once
     with the seed, the rollout's reset follows), first episode's return; the copies that
-    fall early (hopper terminates) are reset without disturbing the others."""
+    fall early (hopper terminates) are not stepped again (``SkipFinishedVectorEnv``), and the
+    rollout stops when the last copy is done: the simulation runs each episode's own steps."""
     import gymnasium as gym
     from tensordict import TensorDict
 
@@ -245,9 +246,19 @@ def test_batched_evaluation_returns_equal_a_plain_gymnasium_loop(root):
     dataset = load_offline_dataset(dataset_id, normalize_obs=True, progress=False)
     torch.manual_seed(0)
     actor = make_dmg_networks(OBS, ACT, -1.0, 1.0, num_cells=(16, 16))[0]
-    returns = evaluate(make_env(dataset, num_envs=3), actor, max_steps=200, seed=7)
+    env = make_env(dataset, num_envs=3)
+    stepped = []
+    for copy in env.base_env._env.envs:
+        real_step = copy.step
 
-    expected = []
+        def counted(action, real_step=real_step):
+            stepped.append(1)
+            return real_step(action)
+
+        copy.step = counted
+    returns = evaluate(env, actor, max_steps=200, seed=7)
+
+    expected, lengths = [], []
     for i in range(3):
         env = gym.make("Hopper-v5", max_episode_steps=200)
         env.reset(seed=7 + i)
@@ -258,8 +269,10 @@ def test_batched_evaluation_returns_equal_a_plain_gymnasium_loop(root):
                 action = actor(TensorDict({"observation": x[None]}, [1]))["action"][0]
             obs, reward, terminated, truncated, _ = env.step(action.numpy())
             total, done = total + reward, terminated or truncated
+            lengths.append(1)
         expected.append(total)
     np.testing.assert_allclose(returns, expected, rtol=1e-4)
+    assert len(stepped) == len(lengths) < 3 * 200  # random hoppers fall long before 200
 
 
 def test_shipping_picks_the_best_checkpoint_as_expert_and_a_third_of_it_as_medium(tmp_path):

@@ -23,6 +23,46 @@ from torchrl_dmg._compat import drop_adroit_reward_notice
 from torchrl_dmg.data.offline import OfflineDataset
 
 
+class _FinishedCopy:
+    """Stands in for a copy whose episode has ended (and that was not reset) during one
+    :meth:`SkipFinishedVectorEnv.step`: it answers with its last observation, reward 0
+    and the same ``terminated`` / ``truncated``, without stepping the simulation."""
+
+    def __init__(self, obs, terminated: bool, truncated: bool) -> None:
+        self.obs, self.terminated, self.truncated = obs, bool(terminated), bool(truncated)
+
+    def step(self, action):
+        return self.obs, 0.0, self.terminated, self.truncated, {}
+
+
+class SkipFinishedVectorEnv(gym.vector.SyncVectorEnv):
+    """Gymnasium's ``SyncVectorEnv`` (autoreset off) that does not step a copy whose episode
+    has ended until it is reset: it stays at its last observation with reward 0 and its
+    ``done`` flags. Gymnasium refuses such a step; TorchRL's rollout asks for one when it
+    stops only once every copy is done (``break_when_all_done``), which is what an
+    evaluation of one episode per copy wants: the copies that finish early cost nothing
+    after, and the rollout ends with the last episode instead of at the time limit."""
+
+    def __init__(self, env_fns) -> None:
+        super().__init__(env_fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+    def step(self, actions):
+        finished = np.flatnonzero(self._autoreset_envs)
+        if not len(finished):
+            return super().step(actions)
+        real = {i: self.envs[i] for i in finished}
+        for i in finished:
+            self.envs[i] = _FinishedCopy(
+                self._env_obs[i], self._terminations[i], self._truncations[i]
+            )
+        self._autoreset_envs[finished] = False  # Gymnasium's check: stepping them is meant
+        try:
+            return super().step(actions)
+        finally:
+            for i, env in real.items():
+                self.envs[i] = env
+
+
 def _base_env(
     dataset: OfflineDataset, eval_env: bool, num_envs: int = 1, processes: bool = False
 ) -> EnvBase:
@@ -37,8 +77,14 @@ def _base_env(
     # TorchRL resets finished copies itself (partial resets), so Gymnasium's autoreset is off.
     # ``processes``: one process per copy (Gymnasium's AsyncVectorEnv), for machines with
     # cores to spare (a GPU machine, where evaluation otherwise waits on one CPU core).
-    vector_cls = gym.vector.AsyncVectorEnv if processes else gym.vector.SyncVectorEnv
-    vector = vector_cls([gym_env] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    # In one process, a copy whose episode has ended is not stepped again before its reset
+    # (SkipFinishedVectorEnv): an evaluation's rollout stops when every copy is done.
+    if processes:
+        vector = gym.vector.AsyncVectorEnv(
+            [gym_env] * num_envs, autoreset_mode=gym.vector.AutoresetMode.DISABLED
+        )
+    else:
+        vector = SkipFinishedVectorEnv([gym_env] * num_envs)
     return GymWrapper(vector)
 
 
@@ -142,6 +188,12 @@ def episode_successes(rollout) -> torch.Tensor:
     return reached.any(-1).to(reward.dtype)
 
 
+def _gym_env(env: EnvBase):
+    """The Gymnasium env under a (transformed) TorchRL wrapper, or ``None``."""
+    base = env.base_env if isinstance(env, TransformedEnv) else env
+    return getattr(base, "_env", None)
+
+
 @torch.no_grad()
 def _rollout(env: EnvBase, policy, *, max_steps: int, seed: int | None):
     if seed is not None:
@@ -149,8 +201,13 @@ def _rollout(env: EnvBase, policy, *, max_steps: int, seed: int | None):
     device = policy_device(policy)
     if device is not None and env.device is not None and device != env.device:
         policy = PolicyOnDevice(policy, device)
+    # one episode per copy: stop once every copy is done where finished copies are not
+    # stepped (one env, or SkipFinishedVectorEnv), else run the time limit out
+    until_all_done = not env.batch_size or isinstance(_gym_env(env), SkipFinishedVectorEnv)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+        rollout = env.rollout(
+            max_steps, policy, break_when_any_done=False, break_when_all_done=until_all_done
+        )
     if not env.batch_size:
         rollout = rollout.unsqueeze(0)
     return rollout
@@ -162,8 +219,10 @@ def evaluate(
     """Deterministic returns of one episode per batched env copy (``success``: 1/0 per
     episode instead, :func:`episode_successes`).
 
-    Runs ``max_steps`` steps (the env's time limit), so every copy finishes its first
-    episode; anything after a copy's first ``done`` is ignored.
+    Runs up to ``max_steps`` steps (the env's time limit), so every copy finishes its first
+    episode; anything after a copy's first ``done`` is ignored. In one process a copy is
+    not stepped after its episode ends and the rollout stops when every copy is done
+    (:class:`SkipFinishedVectorEnv`); copies in processes run to ``max_steps``.
     """
     rollout = _rollout(env, policy, max_steps=max_steps, seed=seed)
     per_episode = episode_successes(rollout) if success else episode_returns(rollout)

@@ -111,8 +111,15 @@ class PortableActions:
             (np.ascontiguousarray(w.T), b.copy()) for w, b in zip(weights, biases, strict=True)
         ]
         spec = actor.spec["action"]
-        self.low = np.asarray(spec.space.low, dtype=np.float64)
-        self.high = np.asarray(spec.space.high, dtype=np.float64)
+        low = np.asarray(spec.space.low, dtype=np.float64)
+        high = np.asarray(spec.space.high, dtype=np.float64)
+        # tanh's [-1, 1] mapped onto the bounds, or None for [-1, 1] itself
+        self.affine = (
+            None
+            if np.all(low == -1.0) and np.all(high == 1.0)
+            else ((high + low) / 2, (high - low) / 2)
+        )
+        self.lim = 1.0 - float(torch.finfo(torch.float32).resolution)  # TorchRL's safe tanh
         self.obs_dim, self.act_dim = linears[0].in_features, act_dim
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
@@ -129,10 +136,9 @@ class PortableActions:
                 np.multiply(x[:, i : i + 1], w_t[i], out=product)
                 y += product
             x = np.maximum(y, 0.0) if k < len(self.layers) - 1 else y
-        lim = 1.0 - float(torch.finfo(torch.float32).resolution)  # TorchRL's safe tanh
-        t = np.clip(np.tanh(x), -lim, lim)
-        if np.any(self.low != -1.0) or np.any(self.high != 1.0):
-            t = (self.high + self.low) / 2 + (self.high - self.low) / 2 * t
+        t = np.clip(np.tanh(x), -self.lim, self.lim)
+        if self.affine is not None:
+            t = self.affine[0] + self.affine[1] * t
         return t.astype(np.float32)
 
 

@@ -22,6 +22,7 @@ from torchrl_dmg.objectives.baselines import (
     make_iql_loss,
     make_td3bc_loss,
 )
+from torchrl_dmg.recording import say
 from torchrl_dmg.training.compile import vmap_critics_by_default
 
 
@@ -99,7 +100,7 @@ def prepare_rewards(cfg: DictConfig, dataset: OfflineDataset) -> float:
     returns the factor (fine-tuning applies it to the online rewards too)."""
     factor = scale_rewards(dataset.data, cfg.data.get("reward_scale"))
     if factor != 1.0:
-        print(f"[dmg] rewards x {factor:.4g} (data.reward_scale={cfg.data.reward_scale})")
+        say(f"[dmg] rewards x {factor:.4g} (data.reward_scale={cfg.data.reward_scale})")
     return factor
 
 

@@ -20,6 +20,7 @@ import functools
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from torchrl_dmg.errors import RunFailure, RunInterrupted, RunRefused
+from torchrl_dmg.recording import close_run_log, say
 
 DEBUG_ENV = "TORCHRL_DMG_DEBUG"
 #: what a run directory holds before the recipe starts: Hydra's folder and the run's lock
@@ -76,24 +78,31 @@ def guarded(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[Di
         def run(cfg: DictConfig) -> Any:
             run_dir = hydra_run_dir()
             fresh = run_dir is not None and only_hydra_files(run_dir)
-            failed = True
+            failed, ending = True, "failed"
+            started = time.monotonic()
             try:
                 validate(cfg, recipe)
                 result = main(cfg)
-                failed = False
+                failed, ending = False, "finished"
                 return result
             except RunFailure as err:
                 if debug():
                     raise
                 prefix = "" if isinstance(err, RunInterrupted) else "error: "
-                print(f"{tag(recipe)} {prefix}{err}", file=sys.stderr, flush=True)
+                say(f"{tag(recipe)} {prefix}{err}", file=sys.stderr)
+                ending = "stopped" if isinstance(err, RunInterrupted) else "failed"
                 code = err.exit_code
             except _plain_errors() as err:
                 if debug():
                     raise
-                print(f"{tag(recipe)} error: {_one_line(err)}", file=sys.stderr, flush=True)
+                say(f"{tag(recipe)} error: {_one_line(err)}", file=sys.stderr)
                 code = 2
             finally:
+                # the run's log (opened by the recipe once it has a run directory): how this
+                # session ended and its wall time, so the log adds up a run's sessions
+                elapsed = _duration(time.monotonic() - started)
+                say(f"{tag(recipe)} session {ending} after {elapsed} (wall time)", echo=False)
+                close_run_log()
                 if fresh and run_dir is not None:
                     discard_stub(run_dir, failed=failed)
             sys.exit(code)
@@ -109,6 +118,13 @@ def _plain_errors() -> tuple[type[BaseException], ...]:
     from torchrl_dmg.data.offline import DatasetUnavailableError
 
     return (InvalidDatasetIdError, DatasetUnavailableError, PermissionError)
+
+
+def _duration(seconds: float) -> str:
+    """``3725.2`` -> ``"1 h 02 min 05 s"``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
 
 
 def _one_line(err: BaseException) -> str:

@@ -17,6 +17,7 @@ torchrl_dmg.training.online.train_online.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from offline import train as train_offline_phase
 from omegaconf import DictConfig, OmegaConf
-from runs import check_same_data, check_start_checkpoint, command_line, resume_finetune
+from runs import (
+    check_same_data,
+    check_start_checkpoint,
+    command_line,
+    resume_finetune,
+    score_line,
+)
 from utils import (
     finetune_schedule,
     load_finetune_dataset,
@@ -43,7 +50,14 @@ from torchrl_dmg.data.offline import check_family
 from torchrl_dmg.data.samplers import make_finetune_buffer
 from torchrl_dmg.envs import evaluate_scores, make_env, make_online_env, max_episode_steps
 from torchrl_dmg.modules import RolloutActor
-from torchrl_dmg.recording import MetricsLogger, machine_info, write_json
+from torchrl_dmg.recording import (
+    MetricsLogger,
+    describe_machine,
+    machine_info,
+    open_run_log,
+    say,
+    write_json,
+)
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
     resolve_device,
@@ -90,6 +104,7 @@ def main(cfg: DictConfig) -> dict:
     lock_run_dir(run_dir)  # one process per run directory
     if changed:
         save_config(cfg, run_dir)
+    open_run_log(run_dir / "finetune.log")  # every session's messages, stamped, appended
     guard = FiniteGuard(run_dir / "checkpoint.pt", interval=cfg.guard.check_interval)
     resume_hint = f"python recipes/finetune.py resume={run_dir}"
     stop = StopRequest(resume_hint).install()
@@ -109,11 +124,13 @@ def main(cfg: DictConfig) -> dict:
         offline_fraction=cfg.offline_fraction,
     )
     num_offline = len(buffer)
-    print(
-        f"[dmg] algo={algo} dataset={cfg.dataset} offline_transitions={num_offline} online_steps="
+    say(
+        f"[dmg] algo={algo} dataset={cfg.dataset} ({dataset.fingerprint}) "
+        f"offline_transitions={num_offline} online_steps="
         f"{cfg.online_steps} obs_dim={dataset.obs_dim} action_dim={dataset.action_dim} "
         f"seed={cfg.seed} device={device} run_dir={run_dir}"
     )
+    say(f"[dmg] machine: {describe_machine()}", echo=False)
 
     # ---------------------------------------------------------------- loss, updater, schedules
     loss = make_loss(cfg, dataset, device)
@@ -125,7 +142,7 @@ def main(cfg: DictConfig) -> dict:
         saved = load_offline_checkpoint(cfg.checkpoint)
         check_same_data(saved, dataset, f"checkpoint={cfg.checkpoint}")
         start = offline_start_state(cfg, loss)
-        print(f"[dmg] starting from the offline checkpoint {cfg.checkpoint}")
+        say(f"[dmg] starting from the offline checkpoint {cfg.checkpoint}")
     else:  # the offline phase: an offline run in run_dir/offline, continued on a resume
         offline_dir = run_dir / "offline"
         phase_cfg = offline_phase_config(cfg)
@@ -154,7 +171,7 @@ def main(cfg: DictConfig) -> dict:
             buffer.extend(resume_state["online_data"].to(device))
         state.step, state.update_step = int(resume_state["step"]), int(resume_state["update_step"])
         state.start_eval = resume_state["start_eval"]
-        print(f"[dmg] resumed {run_dir} at online step {state.step} (the env starts a new episode)")
+        say(f"[dmg] resumed {run_dir} at online step {state.step} (the env starts a new episode)")
 
     # ---------------------------------------------------------------- online env, exploring actor
     actor = RolloutActor(loss)  # the actor with the current weights (deterministic in evaluation)
@@ -177,9 +194,16 @@ def main(cfg: DictConfig) -> dict:
     eval_steps = cfg.eval.max_steps or max_episode_steps(dataset)
 
     def run_eval() -> dict:
-        return evaluate_scores(
+        t0 = time.perf_counter()
+        result = evaluate_scores(
             eval_env, actor, dataset, max_steps=eval_steps, seed=cfg.seed + 10_000
         )
+        seconds = time.perf_counter() - t0
+        say(
+            f"[dmg] online step {state.step}: {score_line(result)} (evaluation {seconds:.0f} s)",
+            echo=False,
+        )
+        return result
 
     config = OmegaConf.to_container(cfg, resolve=True)
     logger = MetricsLogger(
@@ -267,13 +291,13 @@ def main(cfg: DictConfig) -> dict:
         title=f"{algo.upper()} fine-tuning, {cfg.dataset}",
         xlabel="online env steps",
     )
-    print(
+    say(
         f"[dmg] FINAL dataset={cfg.dataset} seed={cfg.seed} online_steps={step} "
         f"normalized_score={result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
         f"(return {result['return_mean']:.1f}, {cfg.eval.episodes} episodes; "
         f"start {start_result['normalized_score']:.1f}) algo={algo} config={run_dir / 'config.yaml'}"
     )
-    print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
+    say(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary
 
 

@@ -21,7 +21,7 @@ from algos import algo_name, make_loss, prepare_rewards
 from cli import guarded, preflight
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from runs import check_same_data, command_line, logged, resume_offline
+from runs import check_same_data, command_line, logged, resume_offline, score_line
 from utils import (
     discount,
     load_dataset,
@@ -36,7 +36,14 @@ from torchrl_dmg.data.offline import OfflineDataset, check_family
 from torchrl_dmg.data.returns import diagnostic_sample
 from torchrl_dmg.data.samplers import DeviceSampler
 from torchrl_dmg.envs import evaluate_agents, make_env, max_episode_steps, summarize_seeds
-from torchrl_dmg.recording import MetricsLogger, machine_info, write_json
+from torchrl_dmg.recording import (
+    MetricsLogger,
+    describe_machine,
+    machine_info,
+    open_run_log,
+    say,
+    write_json,
+)
 from torchrl_dmg.report.plotting import plot_scores
 from torchrl_dmg.training import (
     ActorCriticUpdater,
@@ -70,6 +77,7 @@ def main(cfg: DictConfig) -> dict:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         lock_run_dir(run_dir)
         save_config(cfg, run_dir)
+    open_run_log(run_dir / "offline.log")  # every session's messages, stamped, appended
     summary, _ = train(cfg, run_dir, resume_state)
     return summary
 
@@ -107,12 +115,13 @@ def train(
         num_seeds=len(seeds) if stacked else None,
         device=device,
     )
-    print(
+    say(
         f"[dmg] algo={algo} dataset={cfg.dataset} ({dataset.fingerprint}) transitions={len(sampler)} "
         f"obs_dim={dataset.obs_dim} "
         f"action_dim={dataset.action_dim} seeds={seeds} device={device} run_dir={run_dir}"
     )
-    print(f"[dmg] scores: {dataset.reference.describe()}")
+    say(f"[dmg] scores: {dataset.reference.describe()}")
+    say(f"[dmg] machine: {describe_machine()}", echo=False)
 
     # ---------------------------------------------------------------- losses and updater
     losses = []
@@ -120,7 +129,7 @@ def train(
         seed_everything(seed)
         losses.append(make_loss(cfg, dataset, device))
     if cfg.network.value_init is not None:
-        print(
+        say(
             f"[dmg] critics and V start at {value_init(cfg, dataset):.2f} "
             f"(network.value_init={cfg.network.value_init})"
         )
@@ -132,10 +141,10 @@ def train(
         updater.load_state_dict(resume_state["updater"])
         set_rng_state(resume_state["rng"])
         step = int(resume_state["step"])
-        print(f"[dmg] resumed {run_dir} at step {step}")
+        say(f"[dmg] resumed {run_dir} at step {step}")
 
     per_call = updates_per_call(cfg, device, step)  # compile.updates_per_call, auto resolved
-    print(
+    say(
         f"[dmg] update: compile.mode={cfg.compile.mode} resolved to {updater.mode}, {per_call} iteration(s) per call"
     )
 
@@ -188,7 +197,12 @@ def train(
     def evaluate_and_log(step: int) -> float:
         t0 = time.perf_counter()
         result = run_eval(step)
-        logger.log(step, "eval", {**result, "eval_s": time.perf_counter() - t0})
+        seconds = time.perf_counter() - t0
+        logger.log(step, "eval", {**result, "eval_s": seconds})
+        say(
+            f"[dmg] step {step}: {score_line(result, seeds)} (evaluation {seconds:.0f} s)",
+            echo=False,
+        )
         return result["normalized_score"]
 
     # ---------------------------------------------------------------- training loop
@@ -249,7 +263,7 @@ def train(
         xlabel="gradient steps",
     )
     for seed in seeds:
-        print(
+        say(
             f"[dmg] FINAL dataset={cfg.dataset} seed={seed} steps={step} "
             f"normalized_score={result[f'normalized_score/s{seed}']:.1f} "
             f"± {result[f'normalized_score_std/s{seed}']:.1f} "
@@ -257,12 +271,12 @@ def train(
             f"algo={algo} config={run_dir / 'config.yaml'}"
         )
     if stacked:
-        print(
+        say(
             f"[dmg] FINAL dataset={cfg.dataset} seeds={seeds} steps={step} normalized_score "
             f"mean over seeds {result['normalized_score']:.1f} ± {result['normalized_score_std']:.1f} "
             f"(std across seeds) algo={algo} config={run_dir / 'config.yaml'}"
         )
-    print(f"[dmg] learning curve: {run_dir / 'scores.png'}")
+    say(f"[dmg] learning curve: {run_dir / 'scores.png'}")
     return summary, updater
 
 

@@ -209,3 +209,15 @@ def logged(logger: Any, step: int, kind: str) -> bool:
     """Whether ``logger`` (a :class:`~torchrl_dmg.recording.MetricsLogger`) holds a
     ``kind`` row at ``step`` (resuming a finished run must not log its final row twice)."""
     return logger.has_row(step, kind)
+
+
+def score_line(result: dict[str, Any], seeds: Sequence[int] | None = None) -> str:
+    """An evaluation's result in one line for the run's log: the normalised score ± its std
+    over episodes and the mean return; for stacked seeds each seed's score and their mean."""
+    if seeds is None or len(seeds) == 1:
+        return (
+            f"normalized_score={result['normalized_score']:.1f} "
+            f"± {result['normalized_score_std']:.1f} (return {result['return_mean']:.4g})"
+        )
+    each = ", ".join(f"s{s} {result[f'normalized_score/s{s}']:.1f}" for s in seeds)
+    return f"normalized_score {each}; mean over seeds {result['normalized_score']:.1f}"

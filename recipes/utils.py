@@ -17,6 +17,7 @@ from torchrl_dmg.data.offline import DatasetUnavailableError, OfflineDataset, lo
 from torchrl_dmg.data.returns import monte_carlo_returns
 from torchrl_dmg.datagen.antmaze.mazes import ANTMAZE_VARIANTS, antmaze_dataset_id
 from torchrl_dmg.datagen.registry import make_if_missing
+from torchrl_dmg.recording import say
 from torchrl_dmg.training import (
     ActorCriticUpdater,
     FinetuneSchedule,
@@ -170,7 +171,7 @@ def with_offline_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictC
     for key in OFFLINE_CONFIG_KEYS:
         if key in saved:
             if key == "dataset" and saved.dataset != cfg.dataset:
-                print(f"[dmg] using the checkpoint's dataset {saved.dataset} (not {cfg.dataset})")
+                say(f"[dmg] using the checkpoint's dataset {saved.dataset} (not {cfg.dataset})")
             cfg[key] = saved[key]
     for key in ALGO_CONFIG_KEYS:
         if key in saved and key in cfg:

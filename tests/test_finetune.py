@@ -317,6 +317,15 @@ def test_finetune_recipe_runs_offline_then_online(tmp_path, minari_root):
     assert ckpt["online_data"].shape[0] == 60
     assert ckpt["updater"]["optim_actor"]["param_groups"][0]["lr"] == pytest.approx(3e-4)
     assert not list(run_dir.glob("*.tmp"))
+    # the run's log: its data, every evaluation of the online phase, how the session ended
+    messages = [
+        line.split(" ", 1)[1] for line in (run_dir / "finetune.log").read_text().splitlines()
+    ]
+    assert f"({summary['dataset_fingerprint']})" in messages[0]
+    evals = [m.split(":")[0] for m in messages if m.startswith("[dmg] online step ")]
+    assert evals == ["[dmg] online step 0", "[dmg] online step 30", "[dmg] online step 60"]
+    assert "FINAL dataset=local/pointmaze/umaze-v0 seed=0 online_steps=60" in messages[-3]
+    assert messages[-1].startswith("[dmg] session finished after ")
 
 
 def test_finetune_starts_from_an_offline_recipe_checkpoint(tmp_path, minari_root):

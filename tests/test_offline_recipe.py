@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 
 import pytest
 import torch
@@ -40,6 +41,24 @@ def test_offline_recipe_trains_evaluates_and_records_the_run(tmp_path, minari_ro
     assert summary["transitions"] == len(data)
     assert summary["machine"]["cpu"] and summary["machine"]["torch_threads"] == 1
     assert f"({summary['dataset_fingerprint']})" in proc.stdout
+    # ... and its log says the same, every line stamped with the UTC time
+    log = read_run_log(run_dir / "offline.log")
+    assert f"({summary['dataset_fingerprint']})" in log[0][1] and "seeds=[0]" in log[0][1]
+    assert any(m.startswith("[dmg] machine: ") and summary["machine"]["cpu"] in m for _, m in log)
+    evals = [m for _, m in log if m.startswith("[dmg] step ")]  # the last one: FINAL below
+    assert len(evals) == 1 and evals[0].startswith("[dmg] step 30: normalized_score=")
+    assert sum("FINAL dataset=local/pointmaze/umaze-v0 seed=0 steps=60" in m for _, m in log) == 1
+    assert log[-1][1].startswith("[dmg] session finished after ")
+    assert "machine: " not in proc.stdout  # the console shows what it showed before
+
+
+def read_run_log(path) -> list[tuple[datetime, str]]:
+    """A run log's lines as (UTC time, message); fails on a line without its stamp."""
+    lines = []
+    for line in path.read_text().splitlines():
+        stamp, message = line.split(" ", 1)
+        lines.append((datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"), message))
+    return lines
 
 
 def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):
@@ -65,6 +84,14 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):
     assert first["updater"]["optim_actor"]["state"]
     steps = [int(r["step"]) for r in read_metrics(run_dir) if r["kind"] == "train"]
     assert steps == [20, 40, 60, 80]
+    # the run's log holds both sessions, in order: the resume appended to it
+    messages = [m for _, m in read_run_log(run_dir / "offline.log")]
+    sessions = [i for i, m in enumerate(messages) if m.startswith("[dmg] session finished")]
+    assert len(sessions) == 2 and sessions[1] == len(messages) - 1
+    assert [m for m in messages if m.startswith("[dmg] resumed")] == [
+        f"[dmg] resumed {run_dir} at step 40"
+    ]
+    assert messages.index(f"[dmg] resumed {run_dir} at step 40") > sessions[0]
 
 
 def test_the_default_compiled_mode_trains_and_resumes_as_eager_does(tmp_path, minari_root):

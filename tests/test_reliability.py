@@ -403,6 +403,9 @@ def test_sigterm_saves_a_checkpoint_and_names_the_resume_command(tmp_path, minar
     assert f"Resume with: python recipes/offline.py resume={run_dir}" in stderr
     step = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
     assert step >= 10
+    log = (run_dir / "offline.log").read_text().splitlines()  # the session's end, recorded
+    assert f"[dmg] stopped by SIGTERM at step {step}; checkpoint saved." in log[-2]
+    assert "[dmg] session stopped after " in log[-1]
 
 
 # ---------------------------------------------------------------- determinism and exact resume

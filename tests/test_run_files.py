@@ -198,3 +198,47 @@ def test_the_lock_of_a_killed_run_does_not_block_its_resume(tmp_path, minari_roo
     )
     assert "at step 40" in proc.stdout
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 60
+
+
+def test_the_run_log_appends_stamped_lines_and_a_failed_write_is_said_once(
+    tmp_path, capsys, monkeypatch
+):
+    from torchrl_dmg.recording import close_run_log, open_run_log, say
+
+    path = tmp_path / "offline.log"
+    path.write_text("2026-01-01T00:00:00Z [dmg] an earlier session\n")
+    open_run_log(path)
+    try:
+        say("[dmg] shown and kept")
+        say("[dmg] kept only", echo=False)
+        assert capsys.readouterr().out == "[dmg] shown and kept\n"
+        lines = path.read_text().splitlines()
+        assert lines[0] == "2026-01-01T00:00:00Z [dmg] an earlier session"  # appended to
+        assert [line.split(" ", 1)[1] for line in lines[1:]] == [
+            "[dmg] shown and kept",
+            "[dmg] kept only",
+        ]
+        assert all(len(line.split(" ", 1)[0]) == len("2026-01-01T00:00:00Z") for line in lines)
+
+        # a full disk: one warning on stderr, the run goes on, the messages still printed
+        import logging
+
+        from torchrl_dmg.recording import RUN_LOGGER
+
+        (handler,) = logging.getLogger(RUN_LOGGER).handlers
+
+        def full(*_):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(handler.stream, "write", full)
+        say("[dmg] a")
+        say("[dmg] b")
+        captured = capsys.readouterr()
+        assert captured.out == "[dmg] a\n[dmg] b\n"
+        warnings = [line for line in captured.err.splitlines() if line]
+        assert len(warnings) == 1 and "cannot write the run log" in warnings[0]
+        assert "No space left on device" in warnings[0]
+    finally:
+        close_run_log()
+    say("[dmg] no log open")  # printed, written nowhere
+    assert len(path.read_text().splitlines()) == 3

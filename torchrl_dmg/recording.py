@@ -1,13 +1,17 @@
-"""Run directories: metrics CSV, optional TensorBoard / wandb mirror, atomic file writes.
-(The recipes write the resolved Hydra config themselves: the package reads no config.)"""
+"""Run directories: metrics CSV, optional TensorBoard / wandb mirror, the run's log of
+messages, atomic file writes. (The recipes write the resolved Hydra config themselves: the
+package reads no config.)"""
 
 from __future__ import annotations
 
 import csv
 import functools
 import json
+import logging
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -96,6 +100,58 @@ class MetricsLogger:
             self._rewrite()
 
 
+#: the logger of a run's messages (:func:`say`): a file handler on the run's log only
+RUN_LOGGER = "torchrl_dmg.run"
+
+
+class _RunLogHandler(logging.FileHandler):
+    """Appends to the run's log; a failed write (a full disk) is said once on stderr and the
+    run goes on: the log is a record for people, the checkpoint and metrics are the state."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            err = sys.exc_info()[1]
+            print(
+                f"[dmg] warning: cannot write the run log {self.baseFilename} ({err}); "
+                "the run goes on without it",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def open_run_log(path: str | os.PathLike) -> None:
+    """From now on, :func:`say` also appends its messages to ``path`` (one per line, stamped
+    with the UTC time): the record of a run across its sessions, kept in its directory (a
+    resumed run appends to the same file). Replaces a log opened before."""
+    close_run_log()
+    handler = _RunLogHandler(path, mode="a", encoding="utf-8")
+    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(RUN_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not on the console again through Hydra's root handler
+
+
+def close_run_log() -> None:
+    logger = logging.getLogger(RUN_LOGGER)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def say(message: str, *, echo: bool = True, file: IO[str] | None = None) -> None:
+    """Print ``message`` (``echo``; on ``file``, stdout by default) and append it to the
+    run's log when one is open (:func:`open_run_log`)."""
+    if echo:
+        print(message, file=file or sys.stdout, flush=True)
+    logging.getLogger(RUN_LOGGER).info(message)
+
+
 def _wandb_has_account() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -159,3 +215,13 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def describe_machine() -> str:
+    """:func:`machine_info` in one line, for a run's log."""
+    info = machine_info()
+    gpu = f", {info['cuda']}" if info["cuda"] else ""
+    return (
+        f"{info['cpu']} ({info['cpu_count']} logical cores), {info['torch_threads']} torch "
+        f"thread(s), torch {info['torch']}{gpu}"
+    )

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from torchrl_dmg.errors import RunFailure, RunInterrupted, RunRefused
-from torchrl_dmg.recording import close_run_log, say
+from torchrl_dmg.recording import end_session, say
 
 DEBUG_ENV = "TORCHRL_DMG_DEBUG"
 #: what a run directory holds before the recipe starts: Hydra's folder and the run's lock
@@ -100,9 +100,7 @@ def guarded(recipe: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[Di
             finally:
                 # the run's log (opened by the recipe once it has a run directory): how this
                 # session ended and its wall time, so the log adds up a run's sessions
-                elapsed = _duration(time.monotonic() - started)
-                say(f"{tag(recipe)} session {ending} after {elapsed} (wall time)", echo=False)
-                close_run_log()
+                end_session(tag(recipe), ending, time.monotonic() - started)
                 if fresh and run_dir is not None:
                     discard_stub(run_dir, failed=failed)
             sys.exit(code)
@@ -118,13 +116,6 @@ def _plain_errors() -> tuple[type[BaseException], ...]:
     from torchrl_dmg.data.offline import DatasetUnavailableError
 
     return (InvalidDatasetIdError, DatasetUnavailableError, PermissionError)
-
-
-def _duration(seconds: float) -> str:
-    """``3725.2`` -> ``"1 h 02 min 05 s"``."""
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
 
 
 def _one_line(err: BaseException) -> str:

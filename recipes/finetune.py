@@ -199,6 +199,7 @@ def main(cfg: DictConfig) -> dict:
             eval_env, actor, dataset, max_steps=eval_steps, seed=cfg.seed + 10_000
         )
         seconds = time.perf_counter() - t0
+        result["eval_s"] = seconds  # in its eval row, as the offline recipe's
         say(
             f"[dmg] online step {state.step}: {score_line(result)} (evaluation {seconds:.0f} s)",
             echo=False,

@@ -42,7 +42,7 @@ def test_offline_recipe_trains_evaluates_and_records_the_run(tmp_path, minari_ro
     assert summary["machine"]["cpu"] and summary["machine"]["torch_threads"] == 1
     assert f"({summary['dataset_fingerprint']})" in proc.stdout
     # ... and its log says the same, every line stamped with the UTC time
-    log = read_run_log(run_dir / "offline.log")
+    log = log_lines(run_dir / "offline.log")
     assert f"({summary['dataset_fingerprint']})" in log[0][1] and "seeds=[0]" in log[0][1]
     assert any(m.startswith("[dmg] machine: ") and summary["machine"]["cpu"] in m for _, m in log)
     evals = [m for _, m in log if m.startswith("[dmg] step ")]  # the last one: FINAL below
@@ -52,7 +52,7 @@ def test_offline_recipe_trains_evaluates_and_records_the_run(tmp_path, minari_ro
     assert "machine: " not in proc.stdout  # the console shows what it showed before
 
 
-def read_run_log(path) -> list[tuple[datetime, str]]:
+def log_lines(path) -> list[tuple[datetime, str]]:
     """A run log's lines as (UTC time, message); fails on a line without its stamp."""
     lines = []
     for line in path.read_text().splitlines():
@@ -85,13 +85,19 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, minari_root):
     steps = [int(r["step"]) for r in read_metrics(run_dir) if r["kind"] == "train"]
     assert steps == [20, 40, 60, 80]
     # the run's log holds both sessions, in order: the resume appended to it
-    messages = [m for _, m in read_run_log(run_dir / "offline.log")]
+    messages = [m for _, m in log_lines(run_dir / "offline.log")]
     sessions = [i for i, m in enumerate(messages) if m.startswith("[dmg] session finished")]
     assert len(sessions) == 2 and sessions[1] == len(messages) - 1
     assert [m for m in messages if m.startswith("[dmg] resumed")] == [
         f"[dmg] resumed {run_dir} at step 40"
     ]
     assert messages.index(f"[dmg] resumed {run_dir} at step 40") > sessions[0]
+    from torchrl_dmg.recording import machine_info, read_run_log
+
+    recorded = read_run_log(run_dir / "offline.log")  # what the report's run-time table reads
+    assert [s.ending for s in recorded] == ["finished", "finished"]
+    assert all(s.wall_s > 0 and s.machine.startswith(machine_info()["cpu"]) for s in recorded)
+    assert recorded[0].last <= recorded[1].start
 
 
 def test_the_default_compiled_mode_trains_and_resumes_as_eager_does(tmp_path, minari_root):

@@ -865,3 +865,68 @@ def test_the_recipe_shows_the_published_scores_unless_told_not_to(antmaze_study,
         proc = run_report(f"runs={antmaze_study}", f"out={out}", flag)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert ("| *80.2* |" in (out / "results.md").read_text()) == shown
+
+
+def test_run_time_adds_up_training_evaluation_and_the_logged_sessions(tmp_path):
+    from torchrl_dmg.report.runtime import run_time, runtime_table
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"dataset": "d", "steps": 3000}))
+    rows = [  # 1000 steps at 50/s (the warm-up), 1000 at 200/s, 1000 at 100/s; evals 5 + 7 s
+        {"step": 1000, "kind": "train", "updates_per_s": 50.0, "eval_s": ""},
+        {"step": 2000, "kind": "train", "updates_per_s": 200.0, "eval_s": ""},
+        {"step": 2000, "kind": "eval", "updates_per_s": "", "eval_s": 5.0},
+        {"step": 3000, "kind": "train", "updates_per_s": 100.0, "eval_s": ""},
+        {"step": 3000, "kind": "eval", "updates_per_s": "", "eval_s": 7.0},
+    ]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (run / "offline.log").write_text(
+        "2026-12-07T17:13:05Z [dmg] algo=dmg dataset=d (sha256:00) seeds=[0]\n"
+        "2026-12-07T17:13:05Z [dmg] machine: AMD EPYC (2 logical cores), 1 torch thread(s)\n"
+        "2026-12-07T18:49:00Z [dmg] stopped by SIGTERM at step 2000; checkpoint saved.\n"
+        "2026-12-07T18:49:00Z [dmg] session stopped after 1 h 36 min 10 s (wall time)\n"
+        "2026-12-08T09:00:00Z [dmg] resumed run at step 2000\n"
+        "2026-12-08T09:00:00Z [dmg] machine: Intel(R) Xeon(R) (2 logical cores)\n"
+        "2026-12-08T09:30:00Z [dmg] session finished after 30 min 02 s (wall time)\n"
+    )
+    timing = run_time(run)
+    assert timing.steps == 3000 and timing.evals == 2
+    assert timing.train_s == pytest.approx(1000 / 50 + 1000 / 200 + 1000 / 100)
+    assert timing.rate == pytest.approx(150.0)  # the median after the warm-up row
+    assert timing.eval_s == pytest.approx(12.0)
+    assert timing.eval_share == pytest.approx(12.0 / 47.0)
+    first, second = timing.sessions
+    assert (first.ending, first.wall_s, first.machine.startswith("AMD EPYC")) == (
+        "stopped",
+        5770.0,
+        True,
+    )
+    assert (second.ending, second.wall_s) == ("finished", 1802.0)
+    assert second.start.isoformat() == "2026-12-08T09:00:00+00:00"
+    assert timing.wall_s == 5770.0 + 1802.0
+    table = runtime_table([run], tmp_path)
+    assert "| [run](run/config.yaml) | 3,000 | 150.0 | 35 s | 12 s (25.5%) |" in table
+    assert "2026-12-07 17:13 UTC, 1 h 36 min, stopped, AMD EPYC<br>" in table
+    assert (
+        "2026-12-08 09:00 UTC, 30 min, finished, Intel(R) Xeon(R)<br>**2 h 06 min** in 2 sessions"
+        in table
+    )
+
+    # a session killed without its end line: its last line, no wall time, no total
+    with open(run / "offline.log", "a") as f:
+        f.write("2026-12-09T10:00:00Z [dmg] resumed run at step 3000\n")
+    timing = run_time(run)
+    assert timing.sessions[-1].ending == "unrecorded" and timing.wall_s is None
+    assert "2026-12-09 10:00 UTC → last line 10:00 (no end recorded)" in runtime_table(
+        [run], tmp_path
+    )
+    # a run made before its log: said so; a file that is not a run log: refused
+    (run / "offline.log").unlink()
+    assert "not recorded (no run log)" in runtime_table([run], tmp_path)
+    (run / "offline.log").write_text("[2026-12-07 17:13:05,123][__main__][INFO] - hydra's format\n")
+    with pytest.raises(ValueError, match="not a run-log line"):
+        run_time(run)

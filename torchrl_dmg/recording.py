@@ -9,10 +9,13 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -128,7 +131,7 @@ def open_run_log(path: str | os.PathLike) -> None:
     resumed run appends to the same file). Replaces a log opened before."""
     close_run_log()
     handler = _RunLogHandler(path, mode="a", encoding="utf-8")
-    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ")
+    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt=_STAMP)
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     logger = logging.getLogger(RUN_LOGGER)
@@ -150,6 +153,89 @@ def say(message: str, *, echo: bool = True, file: IO[str] | None = None) -> None
     if echo:
         print(message, file=file or sys.stdout, flush=True)
     logging.getLogger(RUN_LOGGER).info(message)
+
+
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+#: how a session of a run ended: its last line in the run's log
+SESSION_ENDINGS = ("finished", "stopped", "failed")
+_SESSION_END = re.compile(
+    r"^\[\w+\] session (?P<ending>\w+) after (?:(?P<h>\d+) h )?(?P<m>\d+) min (?P<s>\d+) s"
+)
+_MACHINE = re.compile(r"^\[\w+\] machine: (?P<machine>.+)$")
+
+
+def format_duration(seconds: float) -> str:
+    """``3725.2`` -> ``"1 h 02 min 05 s"``; ``65`` -> ``"1 min 05 s"``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {secs:02d} s" if hours else f"{minutes} min {secs:02d} s"
+
+
+def end_session(tag: str, ending: str, seconds: float) -> None:
+    """The last line of a session in the run's log (how it ended, ``SESSION_ENDINGS``, and
+    its wall time), then the log closed: :func:`read_run_log` adds the sessions up."""
+    if ending not in SESSION_ENDINGS:
+        raise ValueError(f"ending={ending!r}: one of {SESSION_ENDINGS}")
+    say(f"{tag} session {ending} after {format_duration(seconds)} (wall time)", echo=False)
+    close_run_log()
+
+
+@dataclass(frozen=True)
+class Session:
+    """One process's part of a run, read from the run's log (:func:`read_run_log`).
+
+    Attributes:
+        start: the UTC time of its first line (the run's start line, after the data loaded).
+        last: the UTC time of its last line.
+        wall_s: its wall time as the process measured it (from its start to its end line);
+            ``None`` when it has no end line (killed, or the machine went away).
+        ending: ``"finished"``, ``"stopped"`` (SIGTERM / Ctrl-C, checkpoint saved),
+            ``"failed"``, or ``"unrecorded"`` (no end line).
+        machine: the machine line's text (CPU, threads, torch), if it wrote one.
+    """
+
+    start: datetime
+    last: datetime
+    wall_s: float | None
+    ending: str
+    machine: str | None
+
+
+def read_run_log(path: str | os.PathLike) -> list[Session]:
+    """The sessions of a run's log (:func:`open_run_log`, :func:`end_session`), in order;
+    ``[]`` when there is no log or it is empty (runs made before the log existed). A line
+    without a time stamp is refused: the file is not a run log."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    sessions: list[Session] = []
+    lines: list[tuple[datetime, str]] = []
+
+    def close(wall_s: float | None, ending: str) -> None:
+        machines = [m["machine"] for _, text in lines if (m := _MACHINE.match(text))]
+        sessions.append(
+            Session(lines[0][0], lines[-1][0], wall_s, ending, machines[0] if machines else None)
+        )
+        lines.clear()
+
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        stamp, _, text = line.partition(" ")
+        try:
+            when = datetime.strptime(stamp, _STAMP).replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise ValueError(
+                f"{path}:{number} is not a run-log line (no UTC stamp): {line[:80]!r}"
+            ) from None
+        lines.append((when, text))
+        end = _SESSION_END.match(text)
+        if end:
+            wall = 3600 * int(end["h"] or 0) + 60 * int(end["m"]) + int(end["s"])
+            close(float(wall), end["ending"])
+    if lines:
+        close(None, "unrecorded")
+    return sessions
 
 
 def _wandb_has_account() -> bool:

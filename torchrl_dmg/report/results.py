@@ -26,6 +26,7 @@ from torchrl_dmg.report.published import (
     published_note,
 )
 from torchrl_dmg.report.runs import ONLINE_SUFFIX, SeedRun, load_runs
+from torchrl_dmg.report.runtime import runtime_table
 from torchrl_dmg.report.stats import BOOTSTRAP_REPS
 from torchrl_dmg.report.tables import (
     ABLATION_KEYS,
@@ -205,6 +206,7 @@ def write_report(
             md += _legend(csv_path.name)
         md += _curves_section(study_cells, out_dir, fig_dir, figures, level)
         md += _overestimation_section(study_cells, out_dir, fig_dir, figures, level)
+        md += _runtime_section(study_cells, out_dir, level)
         if not studies:
             md += _ablation_section(study_cells, out_dir, fig_dir, figures, level)
     if studies:  # a sweep may span studies (its crossing point run in another one)
@@ -282,6 +284,12 @@ def _legend(csv_name: str) -> list[str]:
         "scores are normalised with. Algorithm `dmg` includes runs that predate the `algo` "
         "key.",
         "",
+        "**Run time**, one row per run directory: training is its logged steps over its "
+        "logged rates (`updates_per_s`, measured over everything but evaluation and "
+        "checkpoints; the compile warm-up included), evaluation the sum of its eval rows' "
+        "`eval_s`; its sessions (start, wall time, how each ended, the machine) come from its "
+        "log (`offline.log` / `finetune.log`), each process's own wall time.",
+        "",
         f"Also as CSV, with a column for every setting: [{csv_name}]({csv_name}).",
         "",
     ]
@@ -331,6 +339,16 @@ def _overestimation_section(cells, out_dir: Path, fig_dir: Path, figures: list[P
             "",
         ]
     return md
+
+
+def _runtime_section(cells, out_dir: Path, level: str) -> list[str]:
+    """How long each run took: training and evaluation from its metrics, its sessions from
+    its log (:mod:`torchrl_dmg.report.runtime`)."""
+    run_dirs = {r.run_dir for c in cells for r in c.runs}
+    table = runtime_table(run_dirs, out_dir)
+    if table.count("\n") < 2:  # no run logged a rate
+        return []
+    return [f"{level} Run time", "", table, ""]
 
 
 def _ablation_section(cells, out_dir: Path, fig_dir: Path, figures: list[Path], level: str):

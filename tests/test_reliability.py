@@ -232,7 +232,12 @@ def test_resume_on_data_with_another_fingerprint_is_refused_before_writing(
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "trained on other data" in line and "sha256:0000000000000000" in line, line
-    assert snapshot(run) == before
+    # the run's files are untouched; its log records the refused session (and only that)
+    after = snapshot(run)
+    log_before, log_after = before.pop("offline.log", None), after.pop("offline.log")
+    assert after == before and log_after != log_before
+    tail = (run / "offline.log").read_text().splitlines()[-2:]
+    assert "trained on other data" in tail[0] and "session failed after" in tail[1]
 
 
 def test_resume_with_other_settings_is_refused(runs, minari_root):

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from torchrl_dmg.recording import Session, read_run_log
+from torchrl_dmg.report.runs import _float
 
 __all__ = ["RunTime", "run_log_path", "run_time", "runtime_table"]
 
@@ -69,11 +70,12 @@ def _config(run_dir: Path) -> dict:
     return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
 
 
-def run_log_path(run_dir: str | os.PathLike) -> Path:
-    """The run's log: ``finetune.log`` for a fine-tuning run (its config has
-    ``online_steps``), else ``offline.log``."""
+def run_log_path(run_dir: str | os.PathLike, config: dict | None = None) -> Path:
+    """The run's log: ``finetune.log`` for a fine-tuning run (its config, read from the run
+    unless given, has ``online_steps``), else ``offline.log``."""
     run_dir = Path(run_dir)
-    return run_dir / ("finetune.log" if "online_steps" in _config(run_dir) else "offline.log")
+    config = _config(run_dir) if config is None else config
+    return run_dir / ("finetune.log" if "online_steps" in config else "offline.log")
 
 
 def run_time(run_dir: str | os.PathLike) -> RunTime | None:
@@ -84,17 +86,17 @@ def run_time(run_dir: str | os.PathLike) -> RunTime | None:
     updates_per_step = float(config.get("utd", 1)) if "online_steps" in config else 1.0
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: float(r["step"]))
-    timed = [r for r in rows if r.get("kind") != "eval" and _value(r, "updates_per_s") > 0]
+    timed = [r for r in rows if r.get("kind") != "eval" and _float(r, "updates_per_s") > 0]
     if not timed:
         return None
     train_s, previous = 0.0, 0.0
     for row in timed:
         step = float(row["step"])
-        train_s += (step - previous) * updates_per_step / _value(row, "updates_per_s")
+        train_s += (step - previous) * updates_per_step / _float(row, "updates_per_s")
         previous = step
-    rates = [_value(r, "updates_per_s") for r in timed]
+    rates = [_float(r, "updates_per_s") for r in timed]
     evals = [r for r in rows if r.get("kind") == "eval"]
-    eval_times = [_value(r, "eval_s") for r in evals]
+    eval_times = [_float(r, "eval_s") for r in evals]
     logged = evals and all(math.isfinite(t) for t in eval_times)
     return RunTime(
         run_dir=run_dir,
@@ -103,13 +105,8 @@ def run_time(run_dir: str | os.PathLike) -> RunTime | None:
         rate=statistics.median(rates[1:] if len(rates) > 1 else rates),
         eval_s=sum(eval_times) if logged else None,
         evals=len(evals),
-        sessions=tuple(read_run_log(run_log_path(run_dir))),
+        sessions=tuple(read_run_log(run_log_path(run_dir, config))),
     )
-
-
-def _value(row: dict[str, str], key: str) -> float:
-    value = row.get(key)
-    return float(value) if value not in (None, "") else math.nan
 
 
 def _hours(seconds: float) -> str:

@@ -16,12 +16,18 @@ import torch
 from omegaconf import OmegaConf
 from recipe_runner import ROOT, TINY, read_metrics, run_recipe
 
-from torchrl_dmg.errors import CheckpointWriteError, RunRefused, TrainingDiverged
+from torchrl_dmg.errors import (
+    CheckpointWriteError,
+    RunInterrupted,
+    RunRefused,
+    TrainingDiverged,
+)
 from torchrl_dmg.training.checkpoint import (
     load_checkpoint_safely,
     previous_path,
     save_checkpoint_safely,
 )
+from torchrl_dmg.training.guards import StopRequest
 
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -411,6 +417,42 @@ def test_sigterm_saves_a_checkpoint_and_names_the_resume_command(tmp_path, minar
     log = (run_dir / "offline.log").read_text().splitlines()  # the session's end, recorded
     assert f"[dmg] stopped by SIGTERM at step {step}; checkpoint saved." in log[-2]
     assert "[dmg] session stopped after " in log[-1]
+
+
+def test_a_stop_signal_inside_a_compiled_call_with_guards_skipped_is_only_recorded():
+    """SIGTERM handled inside a compiled call running without guard checks (the CPU
+    default, ``skip_guard_eval_unsafe``) sets the flag; the handler is not compiled there,
+    which would fail the call (a run once died so, with a traceback, at its stop)."""
+
+    def step(x):
+        y = x * 2
+        signal.raise_signal(signal.SIGTERM)  # handled here, in the compiled frame
+        return y + 1
+
+    compiled = torch.compile(step, backend="eager")
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # warm-up: nothing handles it
+    try:
+        for _ in range(2):
+            compiled(torch.ones(3))
+        skip = torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+        with StopRequest("the resume command") as stop, skip:
+            out = compiled(torch.ones(3))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stop.signum == signal.SIGTERM
+    assert out.tolist() == [3.0, 3.0, 3.0]
+    with pytest.raises(RunInterrupted, match="stopped by SIGTERM at step 7.*the resume command"):
+        stop.check(7, lambda step: None)
+
+
+def test_ctrl_c_once_asks_for_a_stop_and_twice_interrupts_at_once():
+    previous = signal.getsignal(signal.SIGINT)
+    with StopRequest("the resume command") as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous  # given back
 
 
 # ---------------------------------------------------------------- determinism and exact resume

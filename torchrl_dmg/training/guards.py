@@ -111,9 +111,13 @@ class StopRequest:
         return self.__enter__()
 
     def __enter__(self) -> StopRequest:
+        # A signal handler runs inside whatever Python frame is executing, a compiled
+        # update's included; kept out of Dynamo, it never triggers a compilation there,
+        # which with the guards skipped (``skip_guard_eval_unsafe``) would be an error.
+        handler = torch.compiler.disable(self._handle)
         for sig in self.SIGNALS:
             try:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread: signals stay as they were
                 pass
         return self

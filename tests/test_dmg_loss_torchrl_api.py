@@ -4,6 +4,9 @@ for wiring mistakes."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -51,6 +54,26 @@ class Critic(torch.nn.Module):
 
     def forward(self, obs, act):
         return self.mlp(torch.cat([obs, act], -1))
+
+
+# --------------------------------------------------------------- copies
+def test_a_pickled_or_deep_copied_loss_computes_the_same_losses_on_its_own_parameters():
+    """``torch.save(loss)`` pickles the whole module: nothing in it is a local function.
+    A copy computes what the original does, and only from its own parameters."""
+    loss, td = make_loss(policy_noise=0.0), batch()
+    expected = loss(td.clone())
+    terms = ("loss_value", "loss_qvalue", "loss_actor")
+    for twin in (pickle.loads(pickle.dumps(loss)), copy.deepcopy(loss)):
+        got = twin(td.clone())
+        for term in terms:
+            torch.testing.assert_close(got[term], expected[term], rtol=0, atol=0)
+        with torch.no_grad():
+            for p in twin.qvalue_network_params.values(True, True):
+                p.zero_()
+        assert twin(td.clone())["loss_qvalue"] != expected["loss_qvalue"]
+        again = loss(td.clone())
+        for term in terms:
+            torch.testing.assert_close(again[term], expected[term], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------- prioritized replay

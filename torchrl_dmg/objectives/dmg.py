@@ -463,32 +463,11 @@ class DMGLoss(LossModule):
         return action_spec.space.low, action_spec.space.high
 
     def _make_vmap(self) -> None:
-        """``self._vmap_qvalue(tensordict, params)``: every critic on ``tensordict``, stacked
-        (``[num_qvalue_nets, *batch]``): ``torch.vmap`` over the critics' stacked parameters,
-        or a loop over them (``deactivate_vmap``). Rebuilt by ``set_vmap_randomness``."""
-
-        def one_critic(params: dict, tensordict: TensorDictBase) -> torch.Tensor:
-            out = _with_params(self.qvalue_network, params, tensordict)
-            return _require(out, self.tensor_keys.state_action_value, "the critic")
-
-        if self.deactivate_vmap:
-
-            def critics(tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
-                flat = _flat_params(params)
-                return torch.stack(
-                    [
-                        one_critic({k: v[i] for k, v in flat.items()}, tensordict)
-                        for i in range(self.num_qvalue_nets)
-                    ]
-                )
-
-        else:
-            vmapped = torch.vmap(one_critic, (0, None), randomness=self.vmap_randomness)
-
-            def critics(tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
-                return vmapped(_flat_params(params), tensordict)
-
-        self._vmap_qvalue = critics
+        """TorchRL's hook (``set_vmap_randomness`` calls it). The critics are vmapped at
+        each call (:meth:`_qvalues`) with the loss's current ``vmap_randomness``, so that
+        nothing built here holds on to this loss (a deep copy's critics are its own); this
+        only settles ``vmap_randomness`` from the networks, once."""
+        self.vmap_randomness  # noqa: B018  (a property that caches its answer)
 
     # --------------------------------------------------- TorchRL's hooks: keys, γ, λ, ν
     def _estimator_keys(self) -> dict[str, NestedKey]:
@@ -597,7 +576,21 @@ class DMGLoss(LossModule):
     def _qvalues(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         """Every critic on the same inputs: shape ``[num_qvalue_nets, *batch]``."""
         td = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        return self._vmap_qvalue(td, params).squeeze(-1)
+        flat = _flat_params(params)
+        if self.deactivate_vmap:  # a loop over the critics' stacked parameters
+            n = self.num_qvalue_nets
+            out = torch.stack(
+                [self._critic({k: v[i] for k, v in flat.items()}, td) for i in range(n)]
+            )
+        else:
+            critics = torch.vmap(self._critic, (0, None), randomness=self.vmap_randomness)
+            out = critics(flat, td)
+        return out.squeeze(-1)
+
+    def _critic(self, params: dict[str, torch.Tensor], tensordict: TensorDictBase) -> torch.Tensor:
+        """One critic, ``params`` its own (flat, :func:`_flat_params`), on ``tensordict``."""
+        out = _with_params(self.qvalue_network, params, tensordict)
+        return _require(out, self.tensor_keys.state_action_value, "the critic")
 
     def _state_value(self, tensordict: TensorDictBase) -> torch.Tensor:
         td = tensordict.select(*self.value_network.in_keys, strict=False)

@@ -35,17 +35,16 @@ _BOUNDS_ATOL = 1e-4
 
 
 def _with_params(
-    module: torch.nn.Module, params: TensorDictBase | dict, tensordict: TensorDictBase
+    module: torch.nn.Module, params: dict[str, torch.Tensor], tensordict: TensorDictBase
 ) -> TensorDictBase:
-    """``module(tensordict)`` run on ``params`` (a TensorDict of its parameters, as
-    :meth:`~torchrl.objectives.LossModule.convert_to_functional` keeps them, or the same
-    leaves flattened by :func:`_flat_params`) instead of its own: what ``with
-    params.to_module(module): module(tensordict)`` does, through
+    """``module(tensordict)`` run on ``params`` (its parameters under dotted names:
+    :func:`_flat_params` of a TensorDict that
+    :meth:`~torchrl.objectives.LossModule.convert_to_functional` keeps) instead of its own:
+    what ``with params.to_module(module): module(tensordict)`` does, through
     ``torch.func.functional_call``. The same numbers; Dynamo traces it in well under half
     the time (``to_module`` builds and swaps TensorDicts module by module), which is most
     of a compiled update's warm-up once inductor's cache is warm."""
-    flat = params if isinstance(params, dict) else _flat_params(params)
-    return functional_call(module, flat, (tensordict,), tie_weights=False)
+    return functional_call(module, params, (tensordict,), tie_weights=False)
 
 
 def _flat_params(params: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -594,12 +593,12 @@ class DMGLoss(LossModule):
 
     def _state_value(self, tensordict: TensorDictBase) -> torch.Tensor:
         td = tensordict.select(*self.value_network.in_keys, strict=False)
-        td = _with_params(self.value_network, self.value_network_params, td)
+        td = _with_params(self.value_network, _flat_params(self.value_network_params), td)
         return _require(td, self.tensor_keys.value, "the value network").squeeze(-1)
 
     def _action(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         td = tensordict.select(*self.actor_network.in_keys, strict=False)
-        td = _with_params(self.actor_network, params, td)
+        td = _with_params(self.actor_network, _flat_params(params), td)
         return _require(td, self.tensor_keys.action, "the actor")
 
     def _target_min_q(self, tensordict: TensorDictBase) -> torch.Tensor:

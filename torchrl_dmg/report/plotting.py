@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchrl_dmg.report.runs import success_episodes
+from torchrl_dmg.report.runs import cell_float, success_episodes
 from torchrl_dmg.report.stats import wilson_interval
 
 __all__ = ["episode_band", "plot_scores", "read_eval_rows"]
@@ -44,7 +44,7 @@ def read_eval_rows(run_dir: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def _floats(rows: list[dict[str, str]], key: str) -> list[float]:
-    return [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
+    return [cell_float(r, key) for r in rows]
 
 
 def episode_band(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -219,7 +219,9 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _float(row: Mapping[str, str], key: str) -> float:
+def cell_float(row: Mapping[str, str], key: str) -> float:
+    """The value of ``key`` in a ``metrics.csv`` row as a float; NaN where the cell is
+    missing or empty (rows of another kind leave the column blank)."""
     value = row.get(key)
     return float(value) if value not in (None, "") else math.nan
 
@@ -228,7 +230,7 @@ def _series(rows: list[dict[str, str]], key: str) -> tuple[np.ndarray, np.ndarra
     """Steps and values of the rows that have ``key``."""
     have = [r for r in rows if r.get(key) not in (None, "")]
     steps = np.array([int(float(r["step"])) for r in have], dtype=np.int64)
-    return steps, np.array([_float(r, key) for r in have], dtype=np.float64)
+    return steps, np.array([cell_float(r, key) for r in have], dtype=np.float64)
 
 
 def _seed_key(rows: list[dict[str, str]], key: str, seed: int) -> str:
@@ -261,7 +263,7 @@ def load_seed_runs(run_dir: str | os.PathLike) -> list[SeedRun]:
         if "data.score_reference" in flat
         else "not recorded (run predates data.score_reference)"
     )
-    out_of_bounds = any(_float(r, "q_out_of_bounds") == 1.0 for r in train)
+    out_of_bounds = any(cell_float(r, "q_out_of_bounds") == 1.0 for r in train)
     first = int(config.get("seed", 0))
     seeds = [first + i for i in range(int(config.get("seeds", 1) or 1))]
     runs = []
@@ -294,8 +296,8 @@ def load_seed_runs(run_dir: str | os.PathLike) -> list[SeedRun]:
                 curve_steps=curve_steps,
                 curve_scores=curve_scores,
                 diag_steps=np.array([int(float(r["step"])) for r in diag], dtype=np.int64),
-                q_data=np.array([_float(r, diag_q_key) for r in diag]),
-                mc_return=np.array([_float(r, diag_mc_key) for r in diag]),
+                q_data=np.array([cell_float(r, diag_q_key) for r in diag]),
+                mc_return=np.array([cell_float(r, diag_mc_key) for r in diag]),
                 score_reference=reference,
                 finished=summary_path.is_file(),
                 success_episodes=success_episodes(run_dir),

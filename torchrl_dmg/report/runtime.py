@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from torchrl_dmg.recording import Session, read_run_log
-from torchrl_dmg.report.runs import _float
+from torchrl_dmg.report.runs import cell_float
 
 __all__ = ["RunTime", "run_log_path", "run_time", "runtime_table"]
 
@@ -86,17 +86,17 @@ def run_time(run_dir: str | os.PathLike) -> RunTime | None:
     updates_per_step = float(config.get("utd", 1)) if "online_steps" in config else 1.0
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: float(r["step"]))
-    timed = [r for r in rows if r.get("kind") != "eval" and _float(r, "updates_per_s") > 0]
+    timed = [r for r in rows if r.get("kind") != "eval" and cell_float(r, "updates_per_s") > 0]
     if not timed:
         return None
     train_s, previous = 0.0, 0.0
     for row in timed:
         step = float(row["step"])
-        train_s += (step - previous) * updates_per_step / _float(row, "updates_per_s")
+        train_s += (step - previous) * updates_per_step / cell_float(row, "updates_per_s")
         previous = step
-    rates = [_float(r, "updates_per_s") for r in timed]
+    rates = [cell_float(r, "updates_per_s") for r in timed]
     evals = [r for r in rows if r.get("kind") == "eval"]
-    eval_times = [_float(r, "eval_s") for r in evals]
+    eval_times = [cell_float(r, "eval_s") for r in evals]
     logged = evals and all(math.isfinite(t) for t in eval_times)
     return RunTime(
         run_dir=run_dir,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tensordict import TensorDict
+from torchrl.objectives import SoftUpdate
 
 from torchrl_dmg.objectives.baselines import make_bc_loss, make_iql_loss, make_td3bc_loss
 from torchrl_dmg.training import ActorCriticUpdater, SeedStackedUpdater, steps_for
@@ -315,3 +316,33 @@ def test_iql_s_actor_is_its_authors_gaussian_with_finite_log_probs_on_the_bounds
     assert (mean[:, 1] >= -3).all() and (mean[:, 1] <= 1).all() and mean[:, 1].min() < -1
     with pytest.raises(ValueError, match="iql actor must be one of"):
         make_iql_loss(3, 2, low, high, actor="beta")
+
+
+@pytest.mark.parametrize("tau", [0.005, 0.3])
+@pytest.mark.parametrize("algo", ["dmg", "iql", "td3bc", "bc", "sac"])
+def test_the_updater_s_target_update_is_torchrl_s_soft_update_to_the_bit(algo, tau):
+    """``update_targets`` (one ``_foreach_lerp_`` over the trained parameters, compiled
+    into the iteration) moves every target of every loss exactly as TorchRL's
+    ``SoftUpdate(loss, tau).step()`` does, and nothing else of the loss."""
+    ours, theirs = _any_loss(algo), _any_loss(algo)
+    updater = ActorCriticUpdater(ours, mode="eager", tau=tau)
+    # starts the targets equal to their networks; BC has none (TorchRL refuses it)
+    soft_update = SoftUpdate(theirs, tau=tau) if algo != "bc" else None
+    with torch.no_grad():  # the networks move away from their targets, alike in both
+        g = torch.Generator().manual_seed(0)
+        for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+            noise = torch.randn(a.shape, generator=g)
+            a.add_(noise)
+            b.add_(noise)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    for _ in range(3):
+        updater.update_targets()
+        if soft_update is not None:
+            soft_update.step()
+    after, expected = ours.state_dict(), theirs.state_dict()
+    moved_targets = {k for k in after if not torch.equal(after[k], before[k])}
+    assert moved_targets == {k for k in expected if not torch.equal(expected[k], before[k])}
+    assert all(k.startswith("target_") for k in moved_targets)
+    assert bool(moved_targets) == bool(updater.steps.targets)
+    for key, value in expected.items():
+        assert torch.equal(after[key], value), key

@@ -147,16 +147,6 @@ class SeedStackedUpdater(ActorCriticUpdater):
             self.loss._has_update_associated[name] = True
         return None
 
-    @torch.no_grad()
-    def update_targets(self) -> None:
-        for name in self.steps.targets:
-            target = self.stacked.get(f"target_{name}_network_params")
-            source = self.stacked.get(f"{name}_network_params")
-            keys = list(source.keys(True, True))
-            torch._foreach_lerp_(
-                [target.get(k) for k in keys], [source.get(k).data for k in keys], self.tau
-            )
-
     def agents_in_loss(self) -> contextlib.AbstractContextManager:
         """The stacked agents' tensors (batch ``[N]``) swapped into the skeleton loss."""
         return self.stacked.to_module(self.loss)

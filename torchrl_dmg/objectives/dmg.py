@@ -9,7 +9,6 @@ import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import ProbabilisticTensorDictModule, TensorDictModule, dispatch
 from tensordict.utils import NestedKey
-from torch.func import functional_call
 from torchrl.data.tensor_specs import Bounded, Composite, TensorSpec
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
@@ -34,17 +33,54 @@ __all__ = ["DMGLoss"]
 _BOUNDS_ATOL = 1e-4
 
 
+#: where each parameter of a network lives: ``(dotted name, the owning submodule's
+#: ``_parameters`` or ``_buffers``, attribute)``, from :func:`_param_slots`
+_Slots = tuple[tuple[str, dict, str], ...]
+
+
+def _param_slots(module: torch.nn.Module, params: TensorDictBase) -> _Slots:
+    """The slots of ``module`` that ``params``'s leaves (a TensorDict that
+    :meth:`~torchrl.objectives.LossModule.convert_to_functional` keeps) stand in for,
+    resolved once."""
+    slots = []
+    for key in params.keys(include_nested=True, leaves_only=True):
+        name = ".".join(key) if isinstance(key, tuple) else key
+        prefix, _, attr = name.rpartition(".")
+        owner = module.get_submodule(prefix)
+        for store in (owner._parameters, owner._buffers):
+            if attr in store:
+                slots.append((name, store, attr))
+                break
+        else:
+            raise ValueError(
+                f"{name!r} of the loss's parameters is neither a parameter nor a buffer of "
+                f"{type(module).__name__}: were the network's parameters renamed after the "
+                "loss was built?"
+            )
+    return tuple(slots)
+
+
 def _with_params(
-    module: torch.nn.Module, params: dict[str, torch.Tensor], tensordict: TensorDictBase
+    module: torch.nn.Module,
+    slots: _Slots,
+    params: dict[str, torch.Tensor],
+    tensordict: TensorDictBase,
 ) -> TensorDictBase:
-    """``module(tensordict)`` run on ``params`` (its parameters under dotted names:
-    :func:`_flat_params` of a TensorDict that
-    :meth:`~torchrl.objectives.LossModule.convert_to_functional` keeps) instead of its own:
-    what ``with params.to_module(module): module(tensordict)`` does, through
-    ``torch.func.functional_call``. The same numbers; Dynamo traces it in well under half
-    the time (``to_module`` builds and swaps TensorDicts module by module), which is most
-    of a compiled update's warm-up once inductor's cache is warm."""
-    return functional_call(module, params, (tensordict,), tie_weights=False)
+    """``module(tensordict)`` run on ``params`` (its parameters under dotted names,
+    :func:`_flat_params`) instead of its own: what ``with params.to_module(module):
+    module(tensordict)`` and ``torch.func.functional_call`` do (each puts the tensors in
+    the modules' ``_parameters`` for the call and back after it), with the slots found
+    once (:func:`_param_slots`). The same numbers; under Dynamo ``to_module`` builds and
+    swaps TensorDicts module by module and ``functional_call`` resolves every dotted name
+    again, which was most of a compiled update's tracing (docs/benchmarks.md)."""
+    saved = [store[attr] for _, store, attr in slots]
+    for name, store, attr in slots:
+        store[attr] = params[name]
+    try:
+        return module(tensordict)
+    finally:
+        for (_, store, attr), value in zip(slots, saved, strict=True):
+            store[attr] = value
 
 
 def _flat_params(params: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -328,6 +364,14 @@ class DMGLoss(LossModule):
             ),
         )
 
+        #: each network's parameter slots (its target's params fill the same ones)
+        self._param_slots = {
+            name: _param_slots(
+                getattr(self, f"{name}_network"), getattr(self, f"{name}_network_params")
+            )
+            for name in ("actor", "value", "qvalue")
+        }
+
         device = next(iter(self.parameters())).device
         self._register_bounds(action_spec, bounds, device)
         # buffers, so that compiled code and captured CUDA graphs read the current value
@@ -588,17 +632,18 @@ class DMGLoss(LossModule):
 
     def _critic(self, params: dict[str, torch.Tensor], tensordict: TensorDictBase) -> torch.Tensor:
         """One critic, ``params`` its own (flat, :func:`_flat_params`), on ``tensordict``."""
-        out = _with_params(self.qvalue_network, params, tensordict)
+        out = _with_params(self.qvalue_network, self._param_slots["qvalue"], params, tensordict)
         return _require(out, self.tensor_keys.state_action_value, "the critic")
 
     def _state_value(self, tensordict: TensorDictBase) -> torch.Tensor:
         td = tensordict.select(*self.value_network.in_keys, strict=False)
-        td = _with_params(self.value_network, _flat_params(self.value_network_params), td)
+        flat = _flat_params(self.value_network_params)
+        td = _with_params(self.value_network, self._param_slots["value"], flat, td)
         return _require(td, self.tensor_keys.value, "the value network").squeeze(-1)
 
     def _action(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         td = tensordict.select(*self.actor_network.in_keys, strict=False)
-        td = _with_params(self.actor_network, _flat_params(params), td)
+        td = _with_params(self.actor_network, self._param_slots["actor"], _flat_params(params), td)
         return _require(td, self.tensor_keys.action, "the actor")
 
     def _target_min_q(self, tensordict: TensorDictBase) -> torch.Tensor:

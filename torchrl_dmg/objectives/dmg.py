@@ -85,7 +85,7 @@ def _with_params(
 
 def _flat_params(params: TensorDictBase) -> dict[str, torch.Tensor]:
     """``params``'s leaves under dotted names (``"module.0.weight"``), as
-    ``torch.func.functional_call`` takes them."""
+    :func:`_with_params` takes them (``torch.func.functional_call``'s convention)."""
     return {
         ".".join(key) if isinstance(key, tuple) else key: value
         for key, value in params.items(include_nested=True, leaves_only=True)

@@ -347,7 +347,27 @@ class DMGLoss(LossModule):
         self.xql_clip = float(xql_clip)
         self.sql_alpha = float(sql_alpha)
         self.reduction = reduction
-        self.convert_to_functional(actor_network, "actor_network", create_target_params=delay_actor)
+        self._convert_networks(actor_network, qvalue_network, value_network, separate_losses)
+        device = next(iter(self.parameters())).device
+        self._register_bounds(action_spec, bounds, device)
+        # buffers, so that compiled code and captured CUDA graphs read the current value
+        self.register_buffer("mixture_coef", torch.tensor(float(mixture_coef), device=device))
+        self.register_buffer("penalty_coef", torch.tensor(float(penalty_coef), device=device))
+        self.make_value_estimator(ValueEstimators.TD0, gamma=0.99, device=device)
+        self._make_vmap()
+
+    def _convert_networks(
+        self,
+        actor_network: TensorDictModule,
+        qvalue_network: TensorDictModule,
+        value_network: TensorDictModule,
+        separate_losses: bool,
+    ) -> None:
+        """TorchRL's functional parameters (and targets) of the three networks, and where
+        each network's parameters go when it is called on them (:func:`_param_slots`)."""
+        self.convert_to_functional(
+            actor_network, "actor_network", create_target_params=self.delay_actor
+        )
         # separate_losses: what V or Q share with the actor is held as the actor's
         # parameters (detached), so only the actor's loss trains it
         actor_params = list(actor_network.parameters()) if separate_losses else None
@@ -357,13 +377,12 @@ class DMGLoss(LossModule):
         self.convert_to_functional(
             qvalue_network,
             "qvalue_network",
-            num_qvalue_nets,
-            create_target_params=delay_qvalue,
+            self.num_qvalue_nets,
+            create_target_params=self.delay_qvalue,
             compare_against=(
                 actor_params + list(value_network.parameters()) if separate_losses else None
             ),
         )
-
         #: each network's parameter slots (its target's params fill the same ones)
         self._param_slots = {
             name: _param_slots(
@@ -371,14 +390,6 @@ class DMGLoss(LossModule):
             )
             for name in ("actor", "value", "qvalue")
         }
-
-        device = next(iter(self.parameters())).device
-        self._register_bounds(action_spec, bounds, device)
-        # buffers, so that compiled code and captured CUDA graphs read the current value
-        self.register_buffer("mixture_coef", torch.tensor(float(mixture_coef), device=device))
-        self.register_buffer("penalty_coef", torch.tensor(float(penalty_coef), device=device))
-        self.make_value_estimator(ValueEstimators.TD0, gamma=0.99, device=device)
-        self._make_vmap()
 
     # ------------------------------------------------------------------ checks
     @staticmethod

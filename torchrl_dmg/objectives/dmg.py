@@ -43,8 +43,7 @@ def _param_slots(module: torch.nn.Module, params: TensorDictBase) -> _Slots:
     :meth:`~torchrl.objectives.LossModule.convert_to_functional` keeps) stand in for,
     resolved once."""
     slots = []
-    for key in params.keys(include_nested=True, leaves_only=True):
-        name = ".".join(key) if isinstance(key, tuple) else key
+    for name in _flat_params(params):
         prefix, _, attr = name.rpartition(".")
         owner = module.get_submodule(prefix)
         for store in (owner._parameters, owner._buffers):
